@@ -1,0 +1,3 @@
+//! Adapters: MongoDB storage, and later tokens and password hashing.
+
+pub mod mongo;

@@ -1,0 +1,99 @@
+//! Connecting to MongoDB and preparing its collections.
+
+use std::time::Duration;
+
+use mongodb::bson::doc;
+use mongodb::options::ClientOptions;
+use mongodb::{Client, Database, IndexModel};
+use secrecy::ExposeSecret;
+
+use crate::config::MongoSettings;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MongoError {
+    #[error("invalid MongoDB URI {uri}: {source}")]
+    InvalidUri {
+        uri: String,
+        #[source]
+        source: mongodb::error::Error,
+    },
+    #[error("MongoDB at {uri} is unreachable after {waited_secs} s: {source}")]
+    Unreachable {
+        uri: String,
+        waited_secs: u64,
+        #[source]
+        source: mongodb::error::Error,
+    },
+}
+
+/// Builds a client with bounded timeouts. The driver connects lazily, so this
+/// succeeds even while the server is down.
+pub async fn client(settings: &MongoSettings) -> Result<Client, MongoError> {
+    let invalid = |source| MongoError::InvalidUri {
+        uri: settings.redacted_uri(),
+        source,
+    };
+    let mut options = ClientOptions::parse(settings.uri.expose_secret())
+        .await
+        .map_err(invalid)?;
+    options.app_name.get_or_insert_with(|| "allot".to_owned());
+    options.connect_timeout = Some(Duration::from_millis(settings.connect_timeout_ms));
+    options.server_selection_timeout =
+        Some(Duration::from_millis(settings.server_selection_timeout_ms));
+    Client::with_options(options).map_err(invalid)
+}
+
+/// Round-trips a `ping` to the server.
+pub async fn ping(database: &Database) -> mongodb::error::Result<()> {
+    database.run_command(doc! { "ping": 1 }).await.map(drop)
+}
+
+/// The indexes each collection needs, declared next to the code that queries them.
+pub fn required_indexes() -> Vec<(&'static str, IndexModel)> {
+    Vec::new()
+}
+
+/// Creates the required indexes; a no-op for those that already exist.
+pub async fn ensure_indexes(database: &Database) -> mongodb::error::Result<()> {
+    for (collection, index) in required_indexes() {
+        database
+            .collection::<mongodb::bson::Document>(collection)
+            .create_index(index)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Waits for the server (ping + indexes), retrying with capped backoff for up to
+/// `startup_retry_secs`, and logs each failed attempt with the redacted URI.
+pub async fn prepare(settings: &MongoSettings, database: &Database) -> Result<(), MongoError> {
+    let started = tokio::time::Instant::now();
+    let deadline = started + Duration::from_secs(settings.startup_retry_secs);
+    let mut delay = Duration::from_millis(250);
+    loop {
+        let attempt = async {
+            ping(database).await?;
+            ensure_indexes(database).await
+        };
+        match attempt.await {
+            Ok(()) => return Ok(()),
+            Err(source) if tokio::time::Instant::now() + delay >= deadline => {
+                return Err(MongoError::Unreachable {
+                    uri: settings.redacted_uri(),
+                    waited_secs: started.elapsed().as_secs(),
+                    source,
+                });
+            }
+            Err(error) => {
+                tracing::warn!(
+                    uri = %settings.redacted_uri(),
+                    %error,
+                    retry_in_ms = delay.as_millis() as u64,
+                    "MongoDB is not reachable yet"
+                );
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}

@@ -1,0 +1,55 @@
+//! The one place where errors become HTTP responses: every error body is JSON.
+
+use poem::Response;
+use poem::http::StatusCode;
+use poem_openapi::Object;
+
+/// The body of every error response that is not about a bearer token.
+#[derive(Debug, Clone, Object, serde::Serialize)]
+pub struct ErrorBody {
+    /// What went wrong, in words meant for the API's user.
+    pub message: String,
+}
+
+impl ErrorBody {
+    pub fn new(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+        }
+    }
+}
+
+/// A JSON response with the given status and an [`ErrorBody`].
+pub fn json_error(status: StatusCode, message: impl Into<String>) -> Response {
+    let body = serde_json::to_vec(&ErrorBody::new(message)).unwrap_or_default();
+    Response::builder()
+        .status(status)
+        .content_type("application/json; charset=utf-8")
+        .body(body)
+}
+
+/// Turns any error that escaped the typed responses (unknown route, wrong method,
+/// unparsable request, oversized body, panic) into a JSON response.
+pub async fn error_to_json(error: poem::Error) -> Response {
+    if error.is_from_response() {
+        return error.into_response();
+    }
+    let status = error.status();
+    let message = match status {
+        StatusCode::NOT_FOUND => "Not found".to_owned(),
+        StatusCode::METHOD_NOT_ALLOWED => "Method not allowed".to_owned(),
+        StatusCode::PAYLOAD_TOO_LARGE => "Request body is too large".to_owned(),
+        status if status.is_server_error() => {
+            tracing::error!(%error, "request failed");
+            "Internal server error".to_owned()
+        }
+        _ => error.to_string(),
+    };
+    json_error(status, message)
+}
+
+/// What a panicking handler answers: the panic is a bug, the caller still gets JSON.
+pub fn panic_response(_panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    tracing::error!("a request handler panicked");
+    json_error(StatusCode::INTERNAL_SERVER_ERROR, "Internal server error")
+}

@@ -1,0 +1,63 @@
+//! The HTTP entrypoint: poem-openapi endpoints (one file per tag), the error
+//! mapping, and the middleware every request passes through.
+
+pub mod error;
+pub mod health;
+pub mod middleware;
+pub mod test_endpoints;
+
+use std::time::Duration;
+
+use mongodb::Database;
+use poem_openapi::{OpenApiService, Tags};
+
+/// What the handlers share, attached to every request.
+#[derive(Clone)]
+pub struct AppState {
+    pub database: Database,
+    pub ready_timeout: Duration,
+}
+
+#[derive(Tags)]
+#[oai(rename_all = "lowercase")]
+pub enum ApiTags {
+    /// Liveness and readiness probes.
+    Health,
+    /// Sample endpoints from the original service, handy for checking a token.
+    Tests,
+}
+
+/// The whole API, described for the OpenAPI document.
+pub type Api = (health::HealthApi, test_endpoints::TestEndpointsApi);
+
+const DESCRIPTION: &str = "\
+allot registers users, issues JWT access and refresh tokens, and allocates \
+customer order lines to stock batches without ever overselling.
+
+Errors are JSON: `{\"message\": ...}` for request and business errors, \
+`{\"msg\": ...}` for bearer-token errors.";
+
+/// The OpenAPI service; its spec is committed as `openapi/openapi.yaml`.
+pub fn service() -> OpenApiService<Api, ()> {
+    OpenApiService::new(
+        (health::HealthApi, test_endpoints::TestEndpointsApi),
+        "allot",
+        env!("CARGO_PKG_VERSION"),
+    )
+    .description(DESCRIPTION)
+    .server("/")
+}
+
+#[cfg(test)]
+mod spec_tests {
+    #[test]
+    fn the_committed_spec_matches_the_code() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/openapi/openapi.yaml");
+        let committed = std::fs::read_to_string(path).unwrap_or_default();
+        assert!(
+            committed == super::service().spec_yaml(),
+            "openapi/openapi.yaml differs from the API the code serves; \
+             regenerate it with `cargo run --quiet -- openapi > openapi/openapi.yaml`"
+        );
+    }
+}

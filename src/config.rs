@@ -1,0 +1,274 @@
+//! Layered settings: `config/default.toml`, then `config/<ALLOT_ENV>.toml`,
+//! then `ALLOT__<SECTION>__<KEY>` environment variables.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+
+/// The development-only JWT secret shipped in `config/default.toml`.
+pub const DEVELOPMENT_JWT_SECRET: &str = "allot-development-secret-do-not-use-in-production";
+/// Shortest JWT secret production accepts, in bytes (the HS256 key size).
+pub const MIN_PRODUCTION_SECRET_BYTES: usize = 32;
+
+/// Which set of settings to load, chosen by `ALLOT_ENV`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Environment {
+    Development,
+    Testing,
+    Production,
+}
+
+impl Environment {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Environment::Development => "development",
+            Environment::Testing => "testing",
+            Environment::Production => "production",
+        }
+    }
+
+    /// Reads `ALLOT_ENV`; unset means development.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        match std::env::var("ALLOT_ENV") {
+            Ok(value) => value.parse(),
+            Err(std::env::VarError::NotPresent) => Ok(Environment::Development),
+            Err(std::env::VarError::NotUnicode(_)) => Err(ConfigError::UnknownEnvironment(
+                "<not valid UTF-8>".to_owned(),
+            )),
+        }
+    }
+}
+
+impl fmt::Display for Environment {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Environment {
+    type Err = ConfigError;
+
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        match value.trim().to_ascii_lowercase().as_str() {
+            "development" => Ok(Environment::Development),
+            "testing" => Ok(Environment::Testing),
+            "production" => Ok(Environment::Production),
+            _ => Err(ConfigError::UnknownEnvironment(value.to_owned())),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error(
+        "unknown ALLOT_ENV {0:?}: use one of \"development\" (the default), \"testing\" or \"production\""
+    )]
+    UnknownEnvironment(String),
+    #[error(
+        "configuration file {0} not found: run from the project folder or set ALLOT_CONFIG_DIR"
+    )]
+    MissingBaseFile(PathBuf),
+    #[error("invalid configuration: {0}")]
+    Invalid(#[from] Box<figment::Error>),
+    #[error("refusing to start in production: {0}")]
+    Insecure(String),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Settings {
+    /// Set from `ALLOT_ENV`, not from the files.
+    #[serde(skip, default = "default_environment")]
+    pub environment: Environment,
+    pub http: HttpSettings,
+    pub mongo: MongoSettings,
+    pub log: LogSettings,
+    pub auth: AuthSettings,
+}
+
+fn default_environment() -> Environment {
+    Environment::Development
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct HttpSettings {
+    pub host: String,
+    pub port: u16,
+    pub body_limit_bytes: usize,
+    pub shutdown_grace_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct MongoSettings {
+    /// May hold credentials, so it never prints; see [`MongoSettings::redacted_uri`].
+    pub uri: SecretString,
+    pub database: String,
+    pub connect_timeout_ms: u64,
+    pub server_selection_timeout_ms: u64,
+    pub ready_timeout_ms: u64,
+    pub startup_retry_secs: u64,
+}
+
+impl MongoSettings {
+    /// The URI with any password replaced by `****`, safe for logs and errors.
+    pub fn redacted_uri(&self) -> String {
+        redact_uri(self.uri.expose_secret())
+    }
+}
+
+/// Replaces the password in `scheme://user:password@host/...` with `****`.
+pub fn redact_uri(uri: &str) -> String {
+    let Some(scheme_end) = uri.find("://").map(|i| i + 3) else {
+        return uri.to_owned();
+    };
+    let rest = &uri[scheme_end..];
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => {
+            let user = rest[..at].split(':').next().unwrap_or_default();
+            format!("{}{user}:****{}", &uri[..scheme_end], &rest[at..])
+        }
+        None => uri.to_owned(),
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct LogSettings {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct AuthSettings {
+    pub jwt_secret: SecretString,
+}
+
+impl Settings {
+    /// Loads the settings for `ALLOT_ENV` from `ALLOT_CONFIG_DIR` (default `./config`).
+    pub fn load() -> Result<Self, ConfigError> {
+        let environment = Environment::from_env()?;
+        let dir = std::env::var_os("ALLOT_CONFIG_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("config"));
+        Self::load_from(&dir, environment)
+    }
+
+    pub fn load_from(dir: &Path, environment: Environment) -> Result<Self, ConfigError> {
+        let base = dir.join("default.toml");
+        if !base.is_file() {
+            return Err(ConfigError::MissingBaseFile(base));
+        }
+        let mut settings: Settings = Figment::new()
+            .merge(Toml::file(base))
+            .merge(Toml::file(dir.join(format!("{environment}.toml"))))
+            .merge(Env::prefixed("ALLOT__").split("__"))
+            .extract()
+            .map_err(Box::new)?;
+        settings.environment = environment;
+        Ok(settings)
+    }
+
+    /// Production must not run with development defaults; names the setting to fix.
+    pub fn check_production_safety(&self) -> Result<(), ConfigError> {
+        if self.environment != Environment::Production {
+            return Ok(());
+        }
+        let secret = self.auth.jwt_secret.expose_secret();
+        let problem = if secret.is_empty() {
+            Some("is not set")
+        } else if secret == DEVELOPMENT_JWT_SECRET {
+            Some("is the development secret")
+        } else if secret.len() < MIN_PRODUCTION_SECRET_BYTES {
+            Some("is shorter than 32 bytes")
+        } else {
+            None
+        };
+        match problem {
+            Some(problem) => Err(ConfigError::Insecure(format!(
+                "auth.jwt_secret {problem}; set ALLOT__AUTH__JWT_SECRET to a random value of at least {MIN_PRODUCTION_SECRET_BYTES} bytes"
+            ))),
+            None => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config_dir() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("config")
+    }
+
+    #[test]
+    fn each_environment_uses_its_own_database() {
+        for (environment, database) in [
+            (Environment::Development, "allot_dev"),
+            (Environment::Testing, "allot_test"),
+            (Environment::Production, "allot"),
+        ] {
+            let settings = Settings::load_from(&config_dir(), environment).unwrap();
+            assert_eq!(settings.mongo.database, database, "{environment}");
+            assert_eq!(settings.environment, environment);
+        }
+    }
+
+    #[test]
+    fn an_unknown_environment_names_the_valid_ones() {
+        let message = "bogus".parse::<Environment>().unwrap_err().to_string();
+        for name in ["development", "testing", "production", "bogus"] {
+            assert!(message.contains(name), "{message}");
+        }
+    }
+
+    #[test]
+    fn the_shipped_development_secret_is_the_one_production_refuses() {
+        let settings = Settings::load_from(&config_dir(), Environment::Development).unwrap();
+        assert_eq!(
+            settings.auth.jwt_secret.expose_secret(),
+            DEVELOPMENT_JWT_SECRET
+        );
+    }
+
+    #[test]
+    fn production_refuses_missing_development_and_short_secrets() {
+        let mut settings = Settings::load_from(&config_dir(), Environment::Production).unwrap();
+        for weak in [
+            "",
+            DEVELOPMENT_JWT_SECRET,
+            "0123456789abcdef0123456789abcde",
+        ] {
+            settings.auth.jwt_secret = weak.into();
+            let message = settings.check_production_safety().unwrap_err().to_string();
+            assert!(message.contains("ALLOT__AUTH__JWT_SECRET"), "{message}");
+        }
+        settings.auth.jwt_secret = "0123456789abcdef0123456789abcdef".into();
+        settings.check_production_safety().unwrap();
+    }
+
+    #[test]
+    fn passwords_in_mongo_uris_are_redacted() {
+        assert_eq!(
+            redact_uri("mongodb://alice:s3cret@db:27017/allot?authSource=admin"),
+            "mongodb://alice:****@db:27017/allot?authSource=admin"
+        );
+        assert_eq!(
+            redact_uri("mongodb://db:27017/?a=b@c"),
+            "mongodb://db:27017/?a=b@c"
+        );
+        assert_eq!(
+            redact_uri("mongodb+srv://bob:p@ss@cluster.example.net"),
+            "mongodb+srv://bob:****@cluster.example.net"
+        );
+    }
+}

@@ -1,0 +1,5 @@
+pub mod adapters;
+pub mod api;
+pub mod config;
+pub mod startup;
+pub mod telemetry;

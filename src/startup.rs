@@ -1,0 +1,127 @@
+//! Builds the application from settings: database, routes, listener.
+
+use std::future::Future;
+use std::time::Duration;
+
+use poem::listener::TcpAcceptor;
+use poem::middleware::CatchPanic;
+use poem::{Endpoint, EndpointExt, IntoEndpoint, Response, Route, Server};
+
+use crate::adapters::mongo::{self, MongoError};
+use crate::api::{self, AppState, error, middleware};
+use crate::config::Settings;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error(transparent)]
+    Mongo(#[from] MongoError),
+    #[error("cannot listen on {address}: {source}")]
+    Bind {
+        address: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A built application: connected, indexed and bound, not yet serving.
+pub struct Application {
+    acceptor: TcpAcceptor,
+    port: u16,
+    endpoint: poem::endpoint::BoxEndpoint<'static, Response>,
+    shutdown_grace: Duration,
+}
+
+impl Application {
+    /// Connects to MongoDB (retrying for `mongo.startup_retry_secs`), creates the
+    /// indexes and binds the listener. Port 0 picks a free port; see [`Self::port`].
+    pub async fn build(settings: Settings) -> Result<Self, StartupError> {
+        let client = mongo::client(&settings.mongo).await?;
+        let database = client.database(&settings.mongo.database);
+        mongo::prepare(&settings.mongo, &database).await?;
+
+        let address = format!("{}:{}", settings.http.host, settings.http.port);
+        let bind_error = |source| StartupError::Bind {
+            address: address.clone(),
+            source,
+        };
+        let listener = tokio::net::TcpListener::bind(&address)
+            .await
+            .map_err(bind_error)?;
+        let port = listener.local_addr().map_err(bind_error)?.port();
+        let acceptor = TcpAcceptor::from_tokio(listener).map_err(bind_error)?;
+
+        let state = AppState {
+            database,
+            ready_timeout: Duration::from_millis(settings.mongo.ready_timeout_ms),
+        };
+        Ok(Self {
+            acceptor,
+            port,
+            endpoint: routes(state, settings.http.body_limit_bytes).boxed(),
+            shutdown_grace: Duration::from_secs(settings.http.shutdown_grace_secs),
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Serves until `shutdown` resolves, then lets in-flight requests finish
+    /// for up to `http.shutdown_grace_secs`.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()>,
+    ) -> std::io::Result<()> {
+        Server::new_with_acceptor(self.acceptor)
+            .run_with_graceful_shutdown(self.endpoint, shutdown, Some(self.shutdown_grace))
+            .await
+    }
+}
+
+/// The full route table with its middleware, outermost last.
+pub fn routes(state: AppState, body_limit_bytes: usize) -> impl Endpoint<Output = Response> {
+    let api = api::service();
+    Route::new()
+        .at("/openapi.json", api.spec_endpoint())
+        .at("/openapi.yaml", api.spec_endpoint_yaml())
+        .nest("/docs", api.swagger_ui())
+        .nest("/", api)
+        .with(middleware::BodyLimit {
+            max_bytes: body_limit_bytes,
+        })
+        .data(state)
+        .with(CatchPanic::new().with_handler(error::panic_response))
+        .catch_all_error(error::error_to_json)
+        .around(middleware::log_request)
+        .map_to_response()
+        .into_endpoint()
+}
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
+pub async fn shutdown_signal() {
+    let interrupt = async {
+        if let Err(error) = tokio::signal::ctrl_c().await {
+            tracing::error!(%error, "cannot listen for SIGINT");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = interrupt => {}
+        () = terminate => {}
+    }
+    tracing::info!("shutting down: finishing in-flight requests");
+}
