@@ -1,3 +1,6 @@
+// Lets code shared with the integration tests (tests/contract) name this crate `allot` here too.
+extern crate self as allot;
+
 pub mod adapters;
 pub mod api;
 pub mod config;
