@@ -151,6 +151,31 @@ pub struct LogSettings {
 #[derive(Debug, Clone, Deserialize)]
 pub struct AuthSettings {
     pub jwt_secret: SecretString,
+    pub access_token_ttl_secs: u64,
+    pub refresh_token_ttl_secs: u64,
+    pub leeway_secs: u64,
+    pub password_min_length: usize,
+    pub password_max_length: usize,
+    pub revocation_sync_ms: u64,
+    pub hashing_concurrency: usize,
+    pub argon2: Argon2Settings,
+}
+
+/// Argon2id cost parameters; stored hashes keep the parameters they were made with.
+#[derive(Debug, Clone, Copy, Deserialize)]
+pub struct Argon2Settings {
+    pub memory_kib: u32,
+    pub iterations: u32,
+    pub parallelism: u32,
+}
+
+impl AuthSettings {
+    pub fn password_policy(&self) -> crate::domain::user::PasswordPolicy {
+        crate::domain::user::PasswordPolicy {
+            min_length: self.password_min_length,
+            max_length: self.password_max_length,
+        }
+    }
 }
 
 impl Settings {

@@ -1,8 +1,12 @@
 //! The `allot` command line: run the service or print its OpenAPI document.
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
+use allot::adapters::mongo::users::MongoUsers;
+use allot::adapters::passwords::Argon2Hasher;
 use allot::config::Settings;
+use allot::services::{self, users::AdminGrant};
 use allot::startup::{Application, shutdown_signal};
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -25,6 +29,21 @@ enum Command {
     Openapi {
         #[arg(long, value_enum, default_value_t = SpecFormat::Yaml)]
         format: SpecFormat,
+    },
+    /// Manage users in the configured database.
+    Users {
+        #[command(subcommand)]
+        command: UsersCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum UsersCommand {
+    /// Grant the admin role to a user, creating the user if needed. A new
+    /// user's password comes from ALLOT_ADMIN_PASSWORD, or is asked for on a terminal.
+    CreateAdmin {
+        #[arg(long)]
+        username: String,
     },
 }
 
@@ -50,25 +69,102 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Serve => serve(),
+        Command::Users {
+            command: UsersCommand::CreateAdmin { username },
+        } => create_admin(&username),
     }
 }
 
-fn serve() -> ExitCode {
-    let settings = match Settings::load().and_then(|s| s.check_production_safety().map(|()| s)) {
-        Ok(settings) => settings,
-        Err(error) => {
+/// Loads the settings, refusing unsafe production ones; prints why on failure.
+fn load_settings() -> Result<Settings, ExitCode> {
+    Settings::load()
+        .and_then(|settings| settings.check_production_safety().map(|()| settings))
+        .map_err(|error| {
             eprintln!("allot: {error}");
-            return ExitCode::from(2);
-        }
+            ExitCode::from(2)
+        })
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Runtime::new().map_err(|error| {
+        eprintln!("allot: cannot start the async runtime: {error}");
+        ExitCode::FAILURE
+    })
+}
+
+fn admin_password(username: &str) -> Result<String, String> {
+    if let Ok(password) = std::env::var("ALLOT_ADMIN_PASSWORD") {
+        return Ok(password);
+    }
+    if !std::io::stdin().is_terminal() {
+        return Err("set ALLOT_ADMIN_PASSWORD, or run on a terminal to be asked".to_owned());
+    }
+    let password = rpassword::prompt_password(format!("Password for {username}: "))
+        .map_err(|e| e.to_string())?;
+    let again = rpassword::prompt_password("Repeat it: ").map_err(|e| e.to_string())?;
+    if password == again {
+        Ok(password)
+    } else {
+        Err("the passwords differ".to_owned())
+    }
+}
+
+fn create_admin(username: &str) -> ExitCode {
+    let (settings, runtime) = match load_settings().and_then(|s| Ok((s, runtime()?))) {
+        Ok(ready) => ready,
+        Err(code) => return code,
     };
     allot::telemetry::init(&settings.log);
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            tracing::error!(%error, "cannot start the async runtime");
-            return ExitCode::FAILURE;
+    runtime.block_on(async {
+        let database = match connect(&settings).await {
+            Ok(database) => database,
+            Err(error) => {
+                eprintln!("allot: {error}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let hasher = match Argon2Hasher::new(&settings.auth) {
+            Ok(hasher) => hasher,
+            Err(error) => {
+                eprintln!("allot: {error}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let users = MongoUsers::new(&database);
+        let policy = settings.auth.password_policy();
+        let password = || admin_password(username);
+        match services::users::create_admin(&users, &hasher, policy, username, password).await {
+            Ok(AdminGrant::Created) => {
+                println!("created admin {}", username.to_ascii_lowercase());
+                ExitCode::SUCCESS
+            }
+            Ok(AdminGrant::Promoted) => {
+                println!("granted admin to {}", username.to_ascii_lowercase());
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("allot: {error}");
+                ExitCode::FAILURE
+            }
         }
+    })
+}
+
+async fn connect(
+    settings: &Settings,
+) -> Result<mongodb::Database, allot::adapters::mongo::MongoError> {
+    let client = allot::adapters::mongo::client(&settings.mongo).await?;
+    let database = client.database(&settings.mongo.database);
+    allot::adapters::mongo::prepare(&settings.mongo, &database).await?;
+    Ok(database)
+}
+
+fn serve() -> ExitCode {
+    let (settings, runtime) = match load_settings().and_then(|s| Ok((s, runtime()?))) {
+        Ok(ready) => ready,
+        Err(code) => return code,
     };
+    allot::telemetry::init(&settings.log);
     runtime.block_on(async move {
         let environment = settings.environment;
         let host = settings.http.host.clone();

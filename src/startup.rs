@@ -1,20 +1,32 @@
 //! Builds the application from settings: database, routes, listener.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use poem::listener::TcpAcceptor;
 use poem::middleware::CatchPanic;
 use poem::{Endpoint, EndpointExt, IntoEndpoint, Response, Route, Server};
 
+use crate::adapters::mongo::revocations::MongoRevocations;
+use crate::adapters::mongo::users::MongoUsers;
 use crate::adapters::mongo::{self, MongoError};
+use crate::adapters::passwords::Argon2Hasher;
+use crate::adapters::tokens::JwtTokens;
 use crate::api::{self, AppState, error, middleware};
 use crate::config::Settings;
+use crate::services::StoreError;
+use crate::services::tokens::RevocationList;
+use crate::services::users::HashingError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
     #[error(transparent)]
     Mongo(#[from] MongoError),
+    #[error(transparent)]
+    Hashing(#[from] HashingError),
+    #[error("cannot load revoked tokens: {0}")]
+    Revocations(#[from] StoreError),
     #[error("cannot listen on {address}: {source}")]
     Bind {
         address: String,
@@ -29,6 +41,27 @@ pub struct Application {
     port: u16,
     endpoint: poem::endpoint::BoxEndpoint<'static, Response>,
     shutdown_grace: Duration,
+    revocation_sync: RevocationSync,
+}
+
+/// Keeps this instance's revocation list in step with the shared store.
+struct RevocationSync {
+    list: Arc<RevocationList>,
+    store: MongoRevocations,
+    every: Duration,
+}
+
+impl RevocationSync {
+    async fn run(self) {
+        let mut ticks = tokio::time::interval(self.every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            if let Err(error) = self.list.sync(&self.store).await {
+                tracing::warn!(%error, "cannot sync revoked tokens; will retry");
+            }
+        }
+    }
 }
 
 impl Application {
@@ -50,7 +83,16 @@ impl Application {
         let port = listener.local_addr().map_err(bind_error)?.port();
         let acceptor = TcpAcceptor::from_tokio(listener).map_err(bind_error)?;
 
+        let revocation_store = MongoRevocations::new(&database);
+        let revocations = Arc::new(RevocationList::default());
+        revocations.sync(&revocation_store).await?;
         let state = AppState {
+            users: MongoUsers::new(&database),
+            passwords: Argon2Hasher::new(&settings.auth)?,
+            password_policy: settings.auth.password_policy(),
+            tokens: Arc::new(JwtTokens::new(&settings.auth)),
+            revocation_store: revocation_store.clone(),
+            revocations: revocations.clone(),
             database,
             ready_timeout: Duration::from_millis(settings.mongo.ready_timeout_ms),
         };
@@ -59,6 +101,11 @@ impl Application {
             port,
             endpoint: routes(state, settings.http.body_limit_bytes).boxed(),
             shutdown_grace: Duration::from_secs(settings.http.shutdown_grace_secs),
+            revocation_sync: RevocationSync {
+                list: revocations,
+                store: revocation_store,
+                every: Duration::from_millis(settings.auth.revocation_sync_ms.max(10)),
+            },
         })
     }
 
@@ -72,9 +119,12 @@ impl Application {
         self,
         shutdown: impl Future<Output = ()>,
     ) -> std::io::Result<()> {
-        Server::new_with_acceptor(self.acceptor)
+        let sync = tokio::spawn(self.revocation_sync.run());
+        let served = Server::new_with_acceptor(self.acceptor)
             .run_with_graceful_shutdown(self.endpoint, shutdown, Some(self.shutdown_grace))
-            .await
+            .await;
+        sync.abort();
+        served
     }
 }
 

@@ -1,3 +1,6 @@
-//! Adapters: MongoDB storage, and later tokens and password hashing.
+//! Adapters: the outside world behind the services' ports — MongoDB storage,
+//! JWT signing and Argon2 password hashing.
 
 pub mod mongo;
+pub mod passwords;
+pub mod tokens;

@@ -19,6 +19,27 @@ impl ErrorBody {
     }
 }
 
+/// The 400 body for a request poem-openapi could not parse; its message
+/// names the field at fault.
+pub fn bad_request(error: poem::Error) -> poem_openapi::payload::Json<ErrorBody> {
+    poem_openapi::payload::Json(ErrorBody::new(error.to_string()))
+}
+
+/// The 503 body when the database fails; the cause is logged, not returned.
+pub fn unavailable(
+    error: &(dyn std::error::Error + 'static),
+) -> poem_openapi::payload::Json<ErrorBody> {
+    tracing::error!(error = %error, cause = ?error.source().map(ToString::to_string), "database unavailable");
+    poem_openapi::payload::Json(ErrorBody::new("The database is unavailable; retry later"))
+}
+
+/// A 500 for a failure that is a bug or a broken environment; logged in full,
+/// answered opaquely (by [`error_to_json`]).
+pub fn internal_error(error: &(dyn std::error::Error + 'static)) -> poem::Error {
+    tracing::error!(error = %error, cause = ?error.source().map(ToString::to_string), "internal error");
+    poem::Error::from_status(StatusCode::INTERNAL_SERVER_ERROR)
+}
+
 /// A JSON response with the given status and an [`ErrorBody`].
 pub fn json_error(status: StatusCode, message: impl Into<String>) -> Response {
     let body = serde_json::to_vec(&ErrorBody::new(message)).unwrap_or_default();

@@ -1,21 +1,37 @@
 //! The HTTP entrypoint: poem-openapi endpoints (one file per tag), the error
 //! mapping, and the middleware every request passes through.
 
+pub mod auth;
 pub mod error;
 pub mod health;
 pub mod middleware;
 pub mod test_endpoints;
+pub mod users;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use mongodb::Database;
 use poem_openapi::{OpenApiService, Tags};
+
+use crate::adapters::mongo::revocations::MongoRevocations;
+use crate::adapters::mongo::users::MongoUsers;
+use crate::adapters::passwords::Argon2Hasher;
+use crate::adapters::tokens::JwtTokens;
+use crate::domain::user::PasswordPolicy;
+use crate::services::tokens::RevocationList;
 
 /// What the handlers share, attached to every request.
 #[derive(Clone)]
 pub struct AppState {
     pub database: Database,
     pub ready_timeout: Duration,
+    pub users: MongoUsers,
+    pub passwords: Argon2Hasher,
+    pub password_policy: PasswordPolicy,
+    pub tokens: Arc<JwtTokens>,
+    pub revocation_store: MongoRevocations,
+    pub revocations: Arc<RevocationList>,
 }
 
 #[derive(Tags)]
@@ -25,10 +41,16 @@ pub enum ApiTags {
     Health,
     /// Sample endpoints from the original service, handy for checking a token.
     Tests,
+    /// Registration, login and tokens.
+    Users,
 }
 
 /// The whole API, described for the OpenAPI document.
-pub type Api = (health::HealthApi, test_endpoints::TestEndpointsApi);
+pub type Api = (
+    health::HealthApi,
+    test_endpoints::TestEndpointsApi,
+    users::UsersApi,
+);
 
 const DESCRIPTION: &str = "\
 allot registers users, issues JWT access and refresh tokens, and allocates \
@@ -40,7 +62,11 @@ Errors are JSON: `{\"message\": ...}` for request and business errors, \
 /// The OpenAPI service; its spec is committed as `openapi/openapi.yaml`.
 pub fn service() -> OpenApiService<Api, ()> {
     OpenApiService::new(
-        (health::HealthApi, test_endpoints::TestEndpointsApi),
+        (
+            health::HealthApi,
+            test_endpoints::TestEndpointsApi,
+            users::UsersApi,
+        ),
         "allot",
         env!("CARGO_PKG_VERSION"),
     )

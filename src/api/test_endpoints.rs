@@ -4,13 +4,14 @@ use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Object, OpenApi};
 
 use super::ApiTags;
+use super::auth::{AccessToken, Protected};
 
 pub struct TestEndpointsApi;
 
 /// The greeting.
 #[derive(Debug, Object)]
 pub struct Greeting {
-    /// `World!` from `/tests/hello`.
+    /// `World!` from `/tests/hello`, `Secret!` from `/tests/secret`.
     #[oai(rename = "Hello")]
     pub hello: String,
 }
@@ -18,6 +19,13 @@ pub struct Greeting {
 #[derive(ApiResponse)]
 pub enum HelloResponse {
     /// Always `{"Hello": "World!"}`.
+    #[oai(status = 200)]
+    Ok(Json<Greeting>),
+}
+
+#[derive(ApiResponse)]
+pub enum SecretResponse {
+    /// The token is valid: `{"Hello": "Secret!"}`.
     #[oai(status = 200)]
     Ok(Json<Greeting>),
 }
@@ -32,5 +40,16 @@ impl TestEndpointsApi {
         HelloResponse::Ok(Json(Greeting {
             hello: "World!".to_owned(),
         }))
+    }
+
+    /// Say hello to a logged-in user
+    ///
+    /// Answers `{"Hello": "Secret!"}` to a valid access token; shows every
+    /// token error the protected operations share.
+    #[oai(path = "/tests/secret", method = "get", operation_id = "secret")]
+    async fn secret(&self, _token: AccessToken) -> Protected<SecretResponse> {
+        Protected(SecretResponse::Ok(Json(Greeting {
+            hello: "Secret!".to_owned(),
+        })))
     }
 }

@@ -1,4 +1,7 @@
-//! Connecting to MongoDB and preparing its collections.
+//! MongoDB: connecting, preparing collections, and the repositories.
+
+pub mod revocations;
+pub mod users;
 
 use std::time::Duration;
 
@@ -50,7 +53,23 @@ pub async fn ping(database: &Database) -> mongodb::error::Result<()> {
 
 /// The indexes each collection needs, declared next to the code that queries them.
 pub fn required_indexes() -> Vec<(&'static str, IndexModel)> {
-    Vec::new()
+    [users::indexes(), revocations::indexes()].concat()
+}
+
+/// Whether a write failed on a unique index (E11000).
+pub fn is_duplicate_key(error: &mongodb::error::Error) -> bool {
+    use mongodb::error::{ErrorKind, WriteFailure};
+    match error.kind.as_ref() {
+        ErrorKind::Write(WriteFailure::WriteError(write)) => write.code == 11000,
+        ErrorKind::Command(command) => command.code == 11000,
+        _ => false,
+    }
+}
+
+impl From<mongodb::error::Error> for crate::services::StoreError {
+    fn from(error: mongodb::error::Error) -> Self {
+        Self(Box::new(error))
+    }
 }
 
 /// Creates the required indexes; a no-op for those that already exist.

@@ -1,0 +1,222 @@
+//! JWTs signed with HS256 (the `jsonwebtoken` crate).
+
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use secrecy::ExposeSecret;
+
+use crate::config::AuthSettings;
+use crate::domain::token::{Claims, TokenKind, TokenRejection};
+use crate::domain::user::Role;
+use crate::services::tokens::{IssuedToken, TokenIssueError, TokenIssuer};
+
+const ALGORITHM: Algorithm = Algorithm::HS256;
+
+pub struct JwtTokens {
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    validation: Validation,
+    access_lifetime: Duration,
+    refresh_lifetime: Duration,
+}
+
+impl JwtTokens {
+    pub fn new(settings: &AuthSettings) -> Self {
+        let secret = settings.jwt_secret.expose_secret().as_bytes();
+        let mut validation = Validation::new(ALGORITHM);
+        validation.leeway = settings.leeway_secs;
+        validation.validate_nbf = true;
+        validation.set_required_spec_claims(&["exp", "nbf", "iat", "sub"]);
+        Self {
+            encoding: EncodingKey::from_secret(secret),
+            decoding: DecodingKey::from_secret(secret),
+            validation,
+            access_lifetime: Duration::from_secs(settings.access_token_ttl_secs),
+            refresh_lifetime: Duration::from_secs(settings.refresh_token_ttl_secs),
+        }
+    }
+}
+
+/// The `alg` named in a token's header, read before anything is trusted.
+fn header_algorithm(segment: &str) -> Option<String> {
+    let bytes = URL_SAFE_NO_PAD.decode(segment).ok()?;
+    let header: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    header.get("alg")?.as_str().map(str::to_owned)
+}
+
+impl TokenIssuer for JwtTokens {
+    fn issue(
+        &self,
+        subject: &str,
+        roles: &[Role],
+        kind: TokenKind,
+        family: &str,
+    ) -> Result<IssuedToken, TokenIssueError> {
+        let now = chrono::Utc::now().timestamp();
+        let lifetime = match kind {
+            TokenKind::Access => self.access_lifetime,
+            TokenKind::Refresh => self.refresh_lifetime,
+        };
+        let claims = Claims {
+            sub: subject.to_owned(),
+            kind,
+            jti: uuid::Uuid::new_v4().simple().to_string(),
+            iat: now,
+            nbf: now,
+            exp: now.saturating_add(i64::try_from(lifetime.as_secs()).unwrap_or(i64::MAX)),
+            roles: roles.to_vec(),
+            fam: family.to_owned(),
+        };
+        let token = jsonwebtoken::encode(&Header::new(ALGORITHM), &claims, &self.encoding)
+            .map_err(|e| TokenIssueError(e.to_string()))?;
+        Ok(IssuedToken { token, claims })
+    }
+
+    fn decode(&self, token: &str) -> Result<Claims, TokenRejection> {
+        let segments: Vec<&str> = token.split('.').collect();
+        if segments.len() < 3 {
+            return Err(TokenRejection::NotEnoughSegments);
+        }
+        if segments.len() > 3 {
+            return Err(TokenRejection::Malformed("too many segments"));
+        }
+        match header_algorithm(segments[0]) {
+            None => return Err(TokenRejection::Malformed("unreadable header")),
+            Some(alg) if alg != "HS256" => return Err(TokenRejection::DisallowedAlgorithm),
+            Some(_) => {}
+        }
+        jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
+            .map(|data| data.claims)
+            .map_err(|error| match error.kind() {
+                // The header is sound (checked above), so a decoding failure here
+                // is in the signature segment.
+                ErrorKind::InvalidSignature | ErrorKind::Base64(_) => TokenRejection::BadSignature,
+                ErrorKind::ExpiredSignature => TokenRejection::Expired,
+                ErrorKind::ImmatureSignature => TokenRejection::NotYetValid,
+                ErrorKind::InvalidAlgorithm => TokenRejection::DisallowedAlgorithm,
+                ErrorKind::MissingRequiredClaim(_) => TokenRejection::Malformed("missing claim"),
+                _ => TokenRejection::Malformed("unreadable claims"),
+            })
+    }
+
+    fn refresh_lifetime(&self) -> Duration {
+        self.refresh_lifetime
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::config::{Environment, Settings};
+
+    fn tokens() -> JwtTokens {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+        JwtTokens::new(
+            &Settings::load_from(&dir, Environment::Testing)
+                .unwrap()
+                .auth,
+        )
+    }
+
+    fn sign(claims: &serde_json::Value, header: Header, secret: &[u8]) -> String {
+        jsonwebtoken::encode(&header, claims, &EncodingKey::from_secret(secret)).unwrap()
+    }
+
+    fn claims_at(iat: i64, exp: i64) -> serde_json::Value {
+        serde_json::json!({"sub": "alice", "type": "access", "jti": "j", "iat": iat,
+            "nbf": iat, "exp": exp, "roles": ["user"], "fam": "f"})
+    }
+
+    #[test]
+    fn an_issued_token_decodes_to_its_claims() {
+        let tokens = tokens();
+        let issued = tokens
+            .issue("alice", &[Role::User], TokenKind::Refresh, "fam-1")
+            .unwrap();
+        let claims = tokens.decode(&issued.token).unwrap();
+        assert_eq!(claims, issued.claims);
+        assert_eq!(
+            (claims.kind, claims.fam.as_str()),
+            (TokenKind::Refresh, "fam-1")
+        );
+        assert_eq!(claims.exp - claims.iat, 2_592_000);
+    }
+
+    #[test]
+    fn tampering_is_a_signature_failure() {
+        let tokens = tokens();
+        let issued = tokens
+            .issue("alice", &[Role::User], TokenKind::Access, "f")
+            .unwrap();
+        let appended = format!("{}extra-string", issued.token);
+        assert_eq!(tokens.decode(&appended), Err(TokenRejection::BadSignature));
+        let other_key = sign(
+            &claims_at(0, i64::MAX / 2),
+            Header::new(ALGORITHM),
+            b"another secret",
+        );
+        assert_eq!(tokens.decode(&other_key), Err(TokenRejection::BadSignature));
+    }
+
+    #[test]
+    fn other_algorithms_and_none_are_refused() {
+        let tokens = tokens();
+        let now = chrono::Utc::now().timestamp();
+        let hs512 = sign(
+            &claims_at(now, now + 60),
+            Header::new(Algorithm::HS512),
+            b"x",
+        );
+        assert_eq!(
+            tokens.decode(&hs512),
+            Err(TokenRejection::DisallowedAlgorithm)
+        );
+        let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"none","typ":"JWT"}"#);
+        let payload = URL_SAFE_NO_PAD.encode(claims_at(now, now + 60).to_string());
+        let unsigned = format!("{header}.{payload}.");
+        assert_eq!(
+            tokens.decode(&unsigned),
+            Err(TokenRejection::DisallowedAlgorithm)
+        );
+    }
+
+    #[test]
+    fn expiry_allows_the_configured_leeway_only() {
+        let tokens = tokens();
+        let secret = crate::config::DEVELOPMENT_JWT_SECRET.as_bytes();
+        let now = chrono::Utc::now().timestamp();
+        let just_expired = sign(
+            &claims_at(now - 100, now - 2),
+            Header::new(ALGORITHM),
+            secret,
+        );
+        assert!(
+            tokens.decode(&just_expired).is_ok(),
+            "within the 5 s leeway"
+        );
+        let expired = sign(
+            &claims_at(now - 100, now - 60),
+            Header::new(ALGORITHM),
+            secret,
+        );
+        assert_eq!(tokens.decode(&expired), Err(TokenRejection::Expired));
+    }
+
+    #[test]
+    fn garbage_is_refused_with_the_seed_messages() {
+        let tokens = tokens();
+        assert_eq!(
+            tokens.decode("this-is-not-json-web-token"),
+            Err(TokenRejection::NotEnoughSegments)
+        );
+        assert!(matches!(
+            tokens.decode("a.b.c"),
+            Err(TokenRejection::Malformed(_))
+        ));
+    }
+}

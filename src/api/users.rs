@@ -1,0 +1,318 @@
+//! `users` tag: registration, login, token refresh, logout, and the caller's profile.
+
+use chrono::{DateTime, Utc};
+use poem::web::Data;
+use poem_openapi::payload::Json;
+use poem_openapi::{ApiResponse, Object, OpenApi};
+
+use super::auth::{AnyToken, AuthErrorBody, Protected, RefreshToken};
+use super::error::{ErrorBody, bad_request, internal_error, unavailable};
+use super::{ApiTags, AppState};
+use crate::domain::user::User;
+use crate::services::tokens::{self, AuthError, TokenPair};
+use crate::services::users::{self, LoginError, ProfileError, RegistrationError};
+
+pub struct UsersApi;
+
+/// A username and password.
+#[derive(Debug, Object)]
+pub struct Credentials {
+    /// 3–64 characters: letters, digits, `_`, `-` or `.`. Usernames are
+    /// case-insensitive and stored in lower case.
+    #[oai(validator(max_length = 256))]
+    pub username: String,
+    /// Between the configured bounds (by default 8–256 characters).
+    #[oai(validator(max_length = 4096))]
+    pub password: String,
+}
+
+/// A new access token and refresh token.
+#[derive(Debug, Object)]
+pub struct TokenPairBody {
+    /// Send as `Authorization: Bearer <access_token>`; valid for `expires_in` seconds.
+    pub access_token: String,
+    /// Exchange at `POST /users/refresh` for a new pair. Single use: presenting
+    /// it twice revokes the whole login.
+    pub refresh_token: String,
+    /// Always `bearer`.
+    pub token_type: String,
+    /// Seconds until the access token expires.
+    pub expires_in: i64,
+}
+
+impl From<TokenPair> for TokenPairBody {
+    fn from(pair: TokenPair) -> Self {
+        let claims = &pair.access.claims;
+        Self {
+            expires_in: claims.exp - claims.iat,
+            access_token: pair.access.token,
+            refresh_token: pair.refresh.token,
+            token_type: "bearer".to_owned(),
+        }
+    }
+}
+
+/// A user as the API shows it: never with a password or its hash.
+#[derive(Debug, Object)]
+pub struct Profile {
+    /// Lower-cased username.
+    pub username: String,
+    /// `user`, and `admin` for administrators.
+    pub roles: Vec<String>,
+    /// When the user registered.
+    pub created_at: DateTime<Utc>,
+}
+
+impl From<User> for Profile {
+    fn from(user: User) -> Self {
+        Self {
+            username: user.username.to_string(),
+            roles: user.roles.iter().map(|r| r.as_str().to_owned()).collect(),
+            created_at: user.created_at,
+        }
+    }
+}
+
+/// Confirmation of a logout.
+#[derive(Debug, Object)]
+pub struct LogoutBody {
+    /// What was revoked: `access_token`, or `login` (the refresh token and every
+    /// token of its login).
+    pub revoked: String,
+}
+
+#[derive(ApiResponse)]
+#[oai(bad_request_handler = "registration_bad_request")]
+pub enum RegistrationResponse {
+    /// Registered with the `user` role, and logged in.
+    #[oai(status = 201)]
+    Created(Json<TokenPairBody>),
+    /// The body is not valid JSON, a field is missing, or the username or
+    /// password breaks the rules; the message names the field.
+    #[oai(status = 400)]
+    BadRequest(Json<ErrorBody>),
+    /// The username is taken (regardless of case).
+    #[oai(status = 409)]
+    Conflict(Json<ErrorBody>),
+    /// The database is unreachable; retry later.
+    #[oai(status = 503)]
+    Unavailable(Json<ErrorBody>),
+}
+
+fn registration_bad_request(error: poem::Error) -> RegistrationResponse {
+    RegistrationResponse::BadRequest(bad_request(error))
+}
+
+#[derive(ApiResponse)]
+#[oai(bad_request_handler = "login_bad_request")]
+pub enum LoginResponse {
+    /// Logged in: a new token pair starting a new login.
+    #[oai(status = 200)]
+    Ok(Json<TokenPairBody>),
+    /// The body is not valid JSON or a field is missing.
+    #[oai(status = 400)]
+    BadRequest(Json<ErrorBody>),
+    /// `{"msg": "Bad username or password"}`, the same for an unknown user.
+    #[oai(status = 401)]
+    BadCredentials(Json<AuthErrorBody>),
+    /// The database is unreachable; retry later.
+    #[oai(status = 503)]
+    Unavailable(Json<ErrorBody>),
+}
+
+fn login_bad_request(error: poem::Error) -> LoginResponse {
+    LoginResponse::BadRequest(bad_request(error))
+}
+
+#[derive(ApiResponse)]
+pub enum RefreshResponse {
+    /// A new access token and a new refresh token; the one presented is now used up.
+    #[oai(status = 200)]
+    Ok(Json<TokenPairBody>),
+    /// The database is unreachable; retry later.
+    #[oai(status = 503)]
+    Unavailable(Json<ErrorBody>),
+}
+
+#[derive(ApiResponse)]
+pub enum LogoutResponse {
+    /// The token (and, for a refresh token, its whole login) is revoked.
+    #[oai(status = 200)]
+    Ok(Json<LogoutBody>),
+    /// The database is unreachable; retry later.
+    #[oai(status = 503)]
+    Unavailable(Json<ErrorBody>),
+}
+
+#[derive(ApiResponse)]
+pub enum ProfileResponse {
+    /// The caller's profile.
+    #[oai(status = 200)]
+    Ok(Json<Profile>),
+    /// The token is valid but its user no longer exists.
+    #[oai(status = 404)]
+    NotFound(Json<ErrorBody>),
+    /// The database is unreachable; retry later.
+    #[oai(status = 503)]
+    Unavailable(Json<ErrorBody>),
+}
+
+/// Token errors raised inside a use case answer like the extractors' do.
+fn token_error<T>(
+    error: AuthError,
+    unavailable_variant: fn(Json<ErrorBody>) -> T,
+) -> poem::Result<T> {
+    match error {
+        AuthError::Rejected(rejection) => Err(poem::Error::from_response(
+            super::auth::rejection_response(&rejection),
+        )),
+        AuthError::Store(error) => Ok(unavailable_variant(unavailable(&error))),
+        AuthError::Issue(error) => Err(internal_error(&error)),
+    }
+}
+
+#[OpenApi(tag = "ApiTags::Users")]
+impl UsersApi {
+    /// Register
+    ///
+    /// Creates a user with the `user` role and returns a token pair, as a login would.
+    #[oai(
+        path = "/users/registration",
+        method = "post",
+        operation_id = "register"
+    )]
+    async fn register(
+        &self,
+        state: Data<&AppState>,
+        body: Json<Credentials>,
+    ) -> poem::Result<RegistrationResponse> {
+        let result = users::register(
+            &state.users,
+            &state.passwords,
+            &*state.tokens,
+            state.password_policy,
+            &body.username,
+            &body.password,
+        )
+        .await;
+        Ok(match result {
+            Ok((_, tokens)) => RegistrationResponse::Created(Json(tokens.into())),
+            Err(RegistrationError::Invalid(error)) => {
+                RegistrationResponse::BadRequest(Json(ErrorBody::new(error.to_string())))
+            }
+            Err(error @ RegistrationError::UsernameTaken(_)) => {
+                RegistrationResponse::Conflict(Json(ErrorBody::new(error.to_string())))
+            }
+            Err(RegistrationError::Store(error)) => {
+                RegistrationResponse::Unavailable(unavailable(&error))
+            }
+            Err(RegistrationError::Hashing(error)) => return Err(internal_error(&error)),
+            Err(RegistrationError::Issue(error)) => return Err(internal_error(&error)),
+        })
+    }
+
+    /// Log in
+    ///
+    /// Checks the password and returns a new token pair. A wrong password and an
+    /// unknown user get the same answer, in about the same time.
+    #[oai(path = "/users/login", method = "post", operation_id = "login")]
+    async fn login(
+        &self,
+        state: Data<&AppState>,
+        body: Json<Credentials>,
+    ) -> poem::Result<LoginResponse> {
+        let result = users::login(
+            &state.users,
+            &state.passwords,
+            &*state.tokens,
+            &body.username,
+            &body.password,
+        )
+        .await;
+        Ok(match result {
+            Ok((_, tokens)) => LoginResponse::Ok(Json(tokens.into())),
+            Err(error @ LoginError::BadCredentials) => {
+                LoginResponse::BadCredentials(Json(AuthErrorBody {
+                    msg: error.to_string(),
+                }))
+            }
+            Err(LoginError::Store(error)) => LoginResponse::Unavailable(unavailable(&error)),
+            Err(LoginError::Hashing(error)) => return Err(internal_error(&error)),
+            Err(LoginError::Issue(error)) => return Err(internal_error(&error)),
+        })
+    }
+
+    /// Refresh tokens
+    ///
+    /// Send the refresh token as the bearer token. Returns a new access token and
+    /// a new refresh token, and revokes the one presented. Presenting a used
+    /// refresh token again revokes every token of that login and answers 401.
+    #[oai(path = "/users/refresh", method = "post", operation_id = "refresh")]
+    async fn refresh(
+        &self,
+        state: Data<&AppState>,
+        token: RefreshToken,
+    ) -> poem::Result<Protected<RefreshResponse>> {
+        let result = tokens::refresh(
+            &state.users,
+            &state.revocation_store,
+            &state.revocations,
+            &*state.tokens,
+            token.0,
+        )
+        .await;
+        match result {
+            Ok(pair) => Ok(RefreshResponse::Ok(Json(pair.into()))),
+            Err(error) => token_error(error, RefreshResponse::Unavailable),
+        }
+        .map(Protected)
+    }
+
+    /// Log out
+    ///
+    /// Revokes the bearer token. With a refresh token, revokes its whole login:
+    /// that refresh token and every access token issued with it.
+    #[oai(path = "/users/logout", method = "post", operation_id = "logout")]
+    async fn logout(
+        &self,
+        state: Data<&AppState>,
+        token: AnyToken,
+    ) -> poem::Result<Protected<LogoutResponse>> {
+        let revoked = match token.0.kind {
+            crate::domain::token::TokenKind::Access => "access_token",
+            crate::domain::token::TokenKind::Refresh => "login",
+        };
+        let result = tokens::logout(
+            &state.revocation_store,
+            &state.revocations,
+            &*state.tokens,
+            token.0,
+        )
+        .await;
+        match result {
+            Ok(()) => Ok(LogoutResponse::Ok(Json(LogoutBody {
+                revoked: revoked.to_owned(),
+            }))),
+            Err(error) => token_error(error, LogoutResponse::Unavailable),
+        }
+        .map(Protected)
+    }
+
+    /// Who am I
+    ///
+    /// The caller's username, roles and registration time.
+    #[oai(path = "/users/me", method = "get", operation_id = "me")]
+    async fn me(
+        &self,
+        state: Data<&AppState>,
+        token: super::auth::AccessToken,
+    ) -> Protected<ProfileResponse> {
+        Protected(match users::profile(&state.users, &token.0.sub).await {
+            Ok(user) => ProfileResponse::Ok(Json(user.into())),
+            Err(error @ ProfileError::NotFound(_)) => {
+                ProfileResponse::NotFound(Json(ErrorBody::new(error.to_string())))
+            }
+            Err(ProfileError::Store(error)) => ProfileResponse::Unavailable(unavailable(&error)),
+        })
+    }
+}

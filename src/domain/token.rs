@@ -1,0 +1,99 @@
+//! Bearer tokens: what they claim, and every reason one is refused.
+
+use serde::{Deserialize, Serialize};
+
+use super::user::Role;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenKind {
+    /// Short-lived; sent with every API call.
+    Access,
+    /// Long-lived; only exchanged for a new token pair or used to log out.
+    Refresh,
+}
+
+/// The claims allot signs into every token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claims {
+    /// The username.
+    pub sub: String,
+    #[serde(rename = "type")]
+    pub kind: TokenKind,
+    /// Unique id of this token, the handle for revoking it.
+    pub jti: String,
+    pub iat: i64,
+    pub nbf: i64,
+    pub exp: i64,
+    pub roles: Vec<Role>,
+    /// Id shared by every token descended from one login: revoking the family
+    /// logs that login out everywhere.
+    pub fam: String,
+}
+
+impl Claims {
+    pub fn has_role(&self, role: Role) -> bool {
+        self.roles.contains(&role)
+    }
+}
+
+/// Why a request's token is refused. The messages are the API's contract
+/// (those of Flask-JWT-Extended, which the original service used).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenRejection {
+    #[error("Missing Authorization Header")]
+    MissingHeader,
+    #[error("Bad Authorization header. Expected value 'Bearer <JWT>'")]
+    BadHeader,
+    #[error("Not enough segments")]
+    NotEnoughSegments,
+    #[error("Signature verification failed")]
+    BadSignature,
+    #[error("The specified alg value is not allowed")]
+    DisallowedAlgorithm,
+    #[error("Token has expired")]
+    Expired,
+    #[error("The token is not yet valid (nbf)")]
+    NotYetValid,
+    #[error("Token has been revoked")]
+    Revoked,
+    #[error("Only access tokens are allowed")]
+    AccessTokenRequired,
+    #[error("Only refresh tokens are allowed")]
+    RefreshTokenRequired,
+    #[error("Admin role required")]
+    AdminRequired,
+    #[error("Invalid token: {0}")]
+    Malformed(&'static str),
+}
+
+/// Reads the token out of an `Authorization: Bearer <JWT>` header value.
+pub fn bearer_token(header: Option<&str>) -> Result<&str, TokenRejection> {
+    let header = header.ok_or(TokenRejection::MissingHeader)?;
+    match header.split_once(' ') {
+        Some((scheme, token))
+            if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() =>
+        {
+            Ok(token.trim())
+        }
+        _ => Err(TokenRejection::BadHeader),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bearer_token_is_read_from_the_header() {
+        assert_eq!(bearer_token(Some("Bearer a.b.c")), Ok("a.b.c"));
+        assert_eq!(bearer_token(None), Err(TokenRejection::MissingHeader));
+        for bad in ["this-is-plain-text", "Bearer", "Bearer ", "Basic abc"] {
+            assert_eq!(
+                bearer_token(Some(bad)),
+                Err(TokenRejection::BadHeader),
+                "{bad}"
+            );
+        }
+    }
+}

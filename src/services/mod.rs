@@ -1,0 +1,10 @@
+//! Use cases. Each depends on ports (traits) that the adapters implement, so
+//! the rules can be tested over in-memory fakes.
+
+pub mod tokens;
+pub mod users;
+
+/// A store (database) failed: unreachable, timed out, or refused the operation.
+#[derive(Debug, thiserror::Error)]
+#[error("the database is unavailable")]
+pub struct StoreError(#[source] pub Box<dyn std::error::Error + Send + Sync>);
