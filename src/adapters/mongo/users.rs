@@ -1,6 +1,5 @@
 //! The `users` collection.
 
-use chrono::{DateTime, Utc};
 use mongodb::bson::{self, doc};
 use mongodb::options::IndexOptions;
 use mongodb::{Collection, Database, IndexModel};
@@ -42,7 +41,7 @@ impl UserDocument {
             username,
             password_hash: PasswordHash::new(self.password_hash),
             roles: self.roles,
-            created_at: DateTime::<Utc>::from(self.created_at.to_chrono()),
+            created_at: self.created_at.to_chrono(),
         })
     }
 }
