@@ -100,13 +100,14 @@ where
     H: PasswordHasher,
     T: TokenIssuer,
 {
-    let username = Username::parse(username)?;
+    let requested = username;
+    let username = Username::parse(requested)?;
     policy.check(password)?;
     let user = User::new(username, hasher.hash(password).await?, Utc::now());
     match users.add(&user).await {
         Ok(()) => {}
         Err(AddUserError::Taken) => {
-            return Err(RegistrationError::UsernameTaken(user.username.to_string()));
+            return Err(RegistrationError::UsernameTaken(requested.to_owned()));
         }
         Err(AddUserError::Store(error)) => return Err(error.into()),
     }

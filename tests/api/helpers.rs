@@ -70,6 +70,81 @@ impl TestApp {
             .await
             .expect("request sent")
     }
+
+    /// GET with a raw `Authorization` header value.
+    pub async fn get_authorized(&self, path: &str, authorization: &str) -> reqwest::Response {
+        self.http
+            .get(self.url(path))
+            .header("Authorization", authorization)
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    pub async fn post_json(
+        &self,
+        path: &str,
+        token: Option<&str>,
+        body: &serde_json::Value,
+    ) -> reqwest::Response {
+        let mut request = self.http.post(self.url(path)).json(body);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request.send().await.expect("request sent")
+    }
+
+    pub async fn register(&self, username: &str, password: &str) -> (u16, serde_json::Value) {
+        let credentials = serde_json::json!({"username": username, "password": password});
+        json(
+            self.post_json("/users/registration", None, &credentials)
+                .await,
+        )
+        .await
+    }
+
+    pub async fn login(&self, username: &str, password: &str) -> (u16, serde_json::Value) {
+        let credentials = serde_json::json!({"username": username, "password": password});
+        json(self.post_json("/users/login", None, &credentials).await).await
+    }
+
+    /// Registers a fresh user and returns its token pair.
+    pub async fn new_user(&self) -> Tokens {
+        let (status, body) = self.register(&random_name("user"), PASSWORD).await;
+        assert_eq!(status, 201, "{body}");
+        Tokens::from(&body)
+    }
+}
+
+pub const PASSWORD: &str = "correct horse battery";
+
+#[derive(Debug, Clone)]
+pub struct Tokens {
+    pub access: String,
+    pub refresh: String,
+}
+
+impl From<&serde_json::Value> for Tokens {
+    fn from(body: &serde_json::Value) -> Self {
+        Self {
+            access: body["access_token"]
+                .as_str()
+                .expect("access_token")
+                .to_owned(),
+            refresh: body["refresh_token"]
+                .as_str()
+                .expect("refresh_token")
+                .to_owned(),
+        }
+    }
+}
+
+/// A name no other test uses (the seed's `random_sku()` idea).
+pub fn random_name(kind: &str) -> String {
+    format!(
+        "{kind}-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..10]
+    )
 }
 
 /// Status and JSON body of a response.

@@ -2,6 +2,7 @@
 //! MongoDB server, runs every test against it in parallel, then drops every
 //! database it created and checks that none is left — also when tests fail.
 
+mod auth;
 mod cli;
 mod foundation;
 mod helpers;
@@ -32,6 +33,27 @@ fn main() -> std::process::ExitCode {
         foundation::the_default_body_limit_is_64_kib,
         foundation::docs_and_spec_are_served,
         foundation::each_test_app_gets_a_database_of_its_own_that_the_session_drops,
+        auth::registration_returns_201_with_a_token_pair,
+        auth::secret_with_an_access_token_says_hello_secret,
+        auth::secret_without_a_header_is_401_missing_header,
+        auth::secret_with_a_refresh_token_is_422_only_access_tokens,
+        auth::secret_with_characters_appended_is_422_signature_failed,
+        auth::secret_with_a_non_jwt_is_422_not_enough_segments,
+        auth::secret_with_a_plain_text_header_is_422_bad_header,
+        auth::an_expired_token_is_401_token_has_expired,
+        auth::tokens_naming_another_algorithm_or_none_are_refused,
+        auth::an_access_token_where_a_refresh_token_is_required_is_422,
+        auth::a_logged_out_access_token_is_401_revoked,
+        auth::logging_out_a_refresh_token_ends_its_whole_login,
+        auth::login_returns_a_new_pair_and_refuses_bad_credentials_alike,
+        auth::an_unknown_user_takes_about_as_long_as_a_wrong_password,
+        auth::refresh_rotates_and_reuse_revokes_the_whole_family,
+        auth::me_shows_the_profile_and_never_a_password_hash,
+        auth::registration_rejects_bad_input_naming_the_field,
+        auth::a_taken_username_is_409_regardless_of_case,
+        auth::hello_stays_prompt_while_logins_are_hashing,
+        auth::a_revocation_reaches_another_instance_within_a_second,
+        auth::create_admin_creates_or_promotes_and_login_carries_the_role,
         cli::an_unknown_environment_exits_non_zero_naming_the_valid_ones,
         cli::production_without_a_secret_refuses_and_names_the_setting,
         cli::an_unreachable_database_at_startup_exits_non_zero_with_the_redacted_uri,
@@ -40,6 +62,13 @@ fn main() -> std::process::ExitCode {
     ];
     if arguments.list {
         libtest_mimic::run(&arguments, trials).exit();
+    }
+    // RUST_LOG=... shows the apps' logs, e.g. to see the cause behind a 503.
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .try_init();
     }
     if let Err(message) = session::Session::start() {
         eprintln!("{message}");

@@ -79,6 +79,7 @@ impl RevocationStore for MongoRevocations {
     async fn any_revoked(&self, ids: &[&str]) -> Result<bool, StoreError> {
         let found = self
             .collection
+            .clone_with_type::<bson::Document>()
             .find_one(doc! { "_id": { "$in": ids } })
             .projection(doc! { "_id": 1 })
             .await?;
