@@ -3,6 +3,7 @@
 use poem::Response;
 use poem::http::StatusCode;
 use poem_openapi::Object;
+use poem_openapi::error::ParseRequestPayloadError;
 
 /// The body of every error response that is not about a bearer token.
 #[derive(Debug, Clone, Object, serde::Serialize)]
@@ -22,7 +23,11 @@ impl ErrorBody {
 /// The 400 body for a request poem-openapi could not parse; its message
 /// names the field at fault.
 pub fn bad_request(error: poem::Error) -> poem_openapi::payload::Json<ErrorBody> {
-    poem_openapi::payload::Json(ErrorBody::new(error.to_string()))
+    let message = match error.downcast_ref::<ParseRequestPayloadError>() {
+        Some(payload) => format!("Invalid request body: {}", payload.reason),
+        None => error.to_string(),
+    };
+    poem_openapi::payload::Json(ErrorBody::new(message))
 }
 
 /// The 503 body when the database fails; the cause is logged, not returned.

@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod error;
 pub mod health;
+pub mod json_body;
 pub mod middleware;
 pub mod test_endpoints;
 pub mod users;

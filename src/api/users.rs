@@ -7,6 +7,7 @@ use poem_openapi::{ApiResponse, Object, OpenApi};
 
 use super::auth::{AnyToken, AuthErrorBody, Protected, RefreshToken};
 use super::error::{ErrorBody, bad_request, internal_error, unavailable};
+use super::json_body::JsonBody;
 use super::{ApiTags, AppState};
 use crate::domain::user::User;
 use crate::services::tokens::{self, AuthError, TokenPair};
@@ -15,7 +16,7 @@ use crate::services::users::{self, LoginError, ProfileError, RegistrationError};
 pub struct UsersApi;
 
 /// A username and password.
-#[derive(Debug, Object)]
+#[derive(Debug, Object, serde::Deserialize)]
 pub struct Credentials {
     /// 3–64 characters: letters, digits, `_`, `-` or `.`. Usernames are
     /// case-insensitive and stored in lower case.
@@ -184,7 +185,7 @@ impl UsersApi {
     async fn register(
         &self,
         state: Data<&AppState>,
-        body: Json<Credentials>,
+        body: JsonBody<Credentials>,
     ) -> poem::Result<RegistrationResponse> {
         let result = users::register(
             &state.users,
@@ -219,7 +220,7 @@ impl UsersApi {
     async fn login(
         &self,
         state: Data<&AppState>,
-        body: Json<Credentials>,
+        body: JsonBody<Credentials>,
     ) -> poem::Result<LoginResponse> {
         let result = users::login(
             &state.users,

@@ -310,14 +310,25 @@ pub async fn registration_rejects_bad_input_naming_the_field() {
         assert_eq!(status, 400, "{username:?}/{password:?}: {body}");
         assert!(body["message"].as_str().unwrap().contains(field), "{body}");
     }
-    for body in [
-        json!({"username": "fine-name"}),
-        json!({"username": {"$ne": null}, "password": PASSWORD}),
-        json!([1]),
+    for (body, field) in [
+        (json!({"username": "fine-name"}), "password"),
+        (
+            json!({"username": {"$ne": null}, "password": PASSWORD}),
+            "username",
+        ),
+        (
+            json!({"username": "fine-name", "password": 12345678}),
+            "password",
+        ),
+        (json!([1]), "[0]"),
     ] {
         let (status, reply) = json(app.post_json("/users/registration", None, &body).await).await;
         assert_eq!(status, 400, "{body}: {reply}");
-        assert!(reply["message"].is_string(), "{reply}");
+        let message = reply["message"].as_str().unwrap();
+        assert!(
+            message.starts_with("Invalid request body") && message.contains(field),
+            "{reply}"
+        );
     }
     let count = app
         .database
