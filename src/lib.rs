@@ -4,5 +4,7 @@ extern crate self as allot;
 pub mod adapters;
 pub mod api;
 pub mod config;
+pub mod domain;
+pub mod services;
 pub mod startup;
 pub mod telemetry;
