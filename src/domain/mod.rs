@@ -1,4 +1,6 @@
-//! The domain: plain types and rules, no I/O and no framework.
+//! The domain: plain types and rules — no I/O, and nothing from services,
+//! adapters or the API.
 
+pub mod allocation;
 pub mod token;
 pub mod user;

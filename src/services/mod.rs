@@ -1,6 +1,7 @@
-//! Use cases. Each depends on ports (traits) that the adapters implement, so
-//! the rules can be tested over in-memory fakes.
+//! Use cases. Each is a function over ports (traits) that the adapters
+//! implement, so the rules can be tested over in-memory fakes.
 
+pub mod allocation;
 pub mod tokens;
 pub mod users;
 
