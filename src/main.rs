@@ -175,6 +175,13 @@ fn serve() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+        let shutdown = match shutdown_signal() {
+            Ok(shutdown) => shutdown,
+            Err(error) => {
+                tracing::error!(%error, "cannot listen for SIGINT/SIGTERM");
+                return ExitCode::FAILURE;
+            }
+        };
         let shown_host = if host == "0.0.0.0" {
             "127.0.0.1"
         } else {
@@ -185,7 +192,7 @@ fn serve() -> ExitCode {
             docs = %format!("http://{shown_host}:{}/docs", app.port()),
             "allot is listening"
         );
-        match app.run_until_stopped(shutdown_signal()).await {
+        match app.run_until_stopped(shutdown).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {
                 tracing::error!(%error, "server stopped with an error");

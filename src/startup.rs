@@ -8,6 +8,7 @@ use poem::listener::TcpAcceptor;
 use poem::middleware::CatchPanic;
 use poem::{Endpoint, EndpointExt, IntoEndpoint, Response, Route, Server};
 
+use crate::adapters::mongo::batches::MongoBatches;
 use crate::adapters::mongo::revocations::MongoRevocations;
 use crate::adapters::mongo::users::MongoUsers;
 use crate::adapters::mongo::{self, MongoError};
@@ -88,6 +89,7 @@ impl Application {
         revocations.sync(&revocation_store).await?;
         let state = AppState {
             users: MongoUsers::new(&database),
+            batches: MongoBatches::new(&database),
             passwords: Argon2Hasher::new(&settings.auth)?,
             password_policy: settings.auth.password_policy(),
             tokens: Arc::new(JwtTokens::new(&settings.auth)),
@@ -147,31 +149,27 @@ pub fn routes(state: AppState, body_limit_bytes: usize) -> impl Endpoint<Output 
         .into_endpoint()
 }
 
-/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
-pub async fn shutdown_signal() {
-    let interrupt = async {
-        if let Err(error) = tokio::signal::ctrl_c().await {
-            tracing::error!(%error, "cannot listen for SIGINT");
-            std::future::pending::<()>().await;
+/// A future that resolves on SIGINT (Ctrl-C) or SIGTERM. The handlers are
+/// registered here, at once, so a signal sent as soon as the service says it
+/// is listening is never missed (the default action would kill the process).
+#[cfg(unix)]
+pub fn shutdown_signal() -> std::io::Result<impl Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
         }
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(error) => {
-                tracing::error!(%error, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = interrupt => {}
-        () = terminate => {}
-    }
-    tracing::info!("shutting down: finishing in-flight requests");
+        tracing::info!("shutting down: finishing in-flight requests");
+    })
+}
+
+#[cfg(not(unix))]
+pub fn shutdown_signal() -> std::io::Result<impl Future<Output = ()>> {
+    Ok(async {
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::info!("shutting down: finishing in-flight requests");
+    })
 }

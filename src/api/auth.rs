@@ -183,10 +183,18 @@ pub enum AdminErrors {
 }
 
 /// An operation's own responses plus the token errors (401, 422).
-pub struct Protected<T>(pub T);
+pub enum Protected<T> {
+    Ok(T),
+    /// A token refusal, answered as the extractor built it.
+    Refused(Response),
+}
 
 /// An operation's own responses plus the token errors and 403 for non-admins.
-pub struct AdminOnly<T>(pub T);
+pub enum AdminOnly<T> {
+    Ok(T),
+    /// A token refusal, answered as the extractor built it.
+    Refused(Response),
+}
 
 macro_rules! with_extra_responses {
     ($wrapper:ident, $($extra:ty),+) => {
@@ -204,14 +212,24 @@ macro_rules! with_extra_responses {
                 $(<$extra>::register(registry);)+
             }
 
+            /// poem-openapi sends every extractor error here when the operation
+            /// has a bad-request handler; a token refusal must keep its status
+            /// and body rather than become a 400.
             fn from_parse_request_error(error: poem::Error) -> Self {
-                Self(T::from_parse_request_error(error))
+                if error.is_from_response() {
+                    Self::Refused(error.into_response())
+                } else {
+                    Self::Ok(T::from_parse_request_error(error))
+                }
             }
         }
 
         impl<T: poem::IntoResponse> poem::IntoResponse for $wrapper<T> {
             fn into_response(self) -> Response {
-                self.0.into_response()
+                match self {
+                    Self::Ok(answer) => answer.into_response(),
+                    Self::Refused(response) => response,
+                }
             }
         }
     };

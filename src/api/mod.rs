@@ -1,7 +1,9 @@
 //! The HTTP entrypoint: poem-openapi endpoints (one file per tag), the error
 //! mapping, and the middleware every request passes through.
 
+pub mod allocations;
 pub mod auth;
+pub mod batches;
 pub mod error;
 pub mod health;
 pub mod json_body;
@@ -15,6 +17,7 @@ use std::time::Duration;
 use mongodb::Database;
 use poem_openapi::{OpenApiService, Tags};
 
+use crate::adapters::mongo::batches::MongoBatches;
 use crate::adapters::mongo::revocations::MongoRevocations;
 use crate::adapters::mongo::users::MongoUsers;
 use crate::adapters::passwords::Argon2Hasher;
@@ -33,6 +36,7 @@ pub struct AppState {
     pub tokens: Arc<JwtTokens>,
     pub revocation_store: MongoRevocations,
     pub revocations: Arc<RevocationList>,
+    pub batches: MongoBatches,
 }
 
 #[derive(Tags)]
@@ -44,6 +48,10 @@ pub enum ApiTags {
     Tests,
     /// Registration, login and tokens.
     Users,
+    /// Stock: batches of a sku, with a quantity and an expected arrival.
+    Batches,
+    /// Allocating customer order lines to batches.
+    Allocations,
 }
 
 /// The whole API, described for the OpenAPI document.
@@ -51,6 +59,8 @@ pub type Api = (
     health::HealthApi,
     test_endpoints::TestEndpointsApi,
     users::UsersApi,
+    batches::BatchesApi,
+    allocations::AllocationsApi,
 );
 
 const DESCRIPTION: &str = "\
@@ -67,6 +77,8 @@ pub fn service() -> OpenApiService<Api, ()> {
             health::HealthApi,
             test_endpoints::TestEndpointsApi,
             users::UsersApi,
+            batches::BatchesApi,
+            allocations::AllocationsApi,
         ),
         "allot",
         env!("CARGO_PKG_VERSION"),

@@ -48,7 +48,7 @@ impl TestEndpointsApi {
     /// token error the protected operations share.
     #[oai(path = "/tests/secret", method = "get", operation_id = "secret")]
     async fn secret(&self, _token: AccessToken) -> Protected<SecretResponse> {
-        Protected(SecretResponse::Ok(Json(Greeting {
+        Protected::Ok(SecretResponse::Ok(Json(Greeting {
             hello: "Secret!".to_owned(),
         })))
     }

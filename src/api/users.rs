@@ -266,7 +266,7 @@ impl UsersApi {
             Ok(pair) => Ok(RefreshResponse::Ok(Json(pair.into()))),
             Err(error) => token_error(error, RefreshResponse::Unavailable),
         }
-        .map(Protected)
+        .map(Protected::Ok)
     }
 
     /// Log out
@@ -296,7 +296,7 @@ impl UsersApi {
             }))),
             Err(error) => token_error(error, LogoutResponse::Unavailable),
         }
-        .map(Protected)
+        .map(Protected::Ok)
     }
 
     /// Who am I
@@ -308,7 +308,7 @@ impl UsersApi {
         state: Data<&AppState>,
         token: super::auth::AccessToken,
     ) -> Protected<ProfileResponse> {
-        Protected(match users::profile(&state.users, &token.0.sub).await {
+        Protected::Ok(match users::profile(&state.users, &token.0.sub).await {
             Ok(user) => ProfileResponse::Ok(Json(user.into())),
             Err(error @ ProfileError::NotFound(_)) => {
                 ProfileResponse::NotFound(Json(ErrorBody::new(error.to_string())))

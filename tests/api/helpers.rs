@@ -108,6 +108,24 @@ impl TestApp {
         json(self.post_json("/users/login", None, &credentials).await).await
     }
 
+    /// Registers a fresh user, grants it `admin` in the database (as the CLI
+    /// would) and logs it in, so the token carries the role.
+    pub async fn new_admin(&self) -> Tokens {
+        let username = random_name("admin");
+        self.register(&username, PASSWORD).await;
+        self.database
+            .collection::<mongodb::bson::Document>("users")
+            .update_one(
+                mongodb::bson::doc! { "username": &username },
+                mongodb::bson::doc! { "$addToSet": { "roles": "admin" } },
+            )
+            .await
+            .expect("admin role granted");
+        let (status, body) = self.login(&username, PASSWORD).await;
+        assert_eq!(status, 200, "{body}");
+        Tokens::from(&body)
+    }
+
     /// Registers a fresh user and returns its token pair.
     pub async fn new_user(&self) -> Tokens {
         let (status, body) = self.register(&random_name("user"), PASSWORD).await;

@@ -2,8 +2,11 @@
 //! MongoDB server, runs every test against it in parallel, then drops every
 //! database it created and checks that none is left — also when tests fail.
 
+mod allocation;
 mod auth;
 mod cli;
+#[path = "../contract/batch_repository.rs"]
+mod contract;
 mod foundation;
 mod helpers;
 mod session;
@@ -54,6 +57,19 @@ fn main() -> std::process::ExitCode {
         auth::hello_stays_prompt_while_logins_are_hashing,
         auth::a_revocation_reaches_another_instance_within_a_second,
         auth::create_admin_creates_or_promotes_and_login_carries_the_role,
+        allocation::test_happy_path_returns_201_and_allocated_batch,
+        allocation::test_unhappy_path_returns_400_and_error_message,
+        allocation::test_allocations_are_persisted,
+        allocation::test_400_message_for_out_of_stock,
+        allocation::warehouse_stock_is_preferred_and_reallocating_a_line_changes_nothing,
+        allocation::adding_stock_needs_an_admin_and_a_unique_reference,
+        allocation::batches_are_listed_in_pages_and_read_one_by_one,
+        allocation::deallocating_frees_the_stock_and_allocations_are_readable_by_order,
+        allocation::a_smaller_quantity_reallocates_the_latest_lines_elsewhere,
+        allocation::bad_input_gets_400_naming_the_field_and_changes_nothing,
+        allocation::concurrent_allocations_never_oversell_across_two_instances,
+        allocation::an_uncontended_allocation_takes_two_round_trips_served_by_indexes,
+        allocation::the_mongodb_repository_passes_the_repository_contract,
         cli::an_unknown_environment_exits_non_zero_naming_the_valid_ones,
         cli::production_without_a_secret_refuses_and_names_the_setting,
         cli::an_unreachable_database_at_startup_exits_non_zero_with_the_redacted_uri,

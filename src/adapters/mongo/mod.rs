@@ -1,5 +1,6 @@
 //! MongoDB: connecting, preparing collections, and the repositories.
 
+pub mod batches;
 pub mod revocations;
 pub mod users;
 
@@ -53,7 +54,7 @@ pub async fn ping(database: &Database) -> mongodb::error::Result<()> {
 
 /// The indexes each collection needs, declared next to the code that queries them.
 pub fn required_indexes() -> Vec<(&'static str, IndexModel)> {
-    [users::indexes(), revocations::indexes()].concat()
+    [users::indexes(), revocations::indexes(), batches::indexes()].concat()
 }
 
 /// Whether a write failed on a unique index (E11000).
