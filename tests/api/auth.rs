@@ -473,3 +473,58 @@ pub async fn create_admin_creates_or_promotes_and_login_carries_the_role() {
         .await;
     assert_eq!(json(me).await.1["roles"], json!(["user", "admin"]));
 }
+
+/// Every operation the spec marks as secured refuses a missing or malformed
+/// `Authorization` header with the seed's JSON bodies — not only `/tests/secret`.
+pub async fn every_secured_operation_applies_the_token_rules() {
+    let app = spawn_app().await;
+    let (_, spec) = json(app.get("/openapi.json").await).await;
+    let mut secured = Vec::new();
+    let mut open = Vec::new();
+    for (path, operations) in spec["paths"].as_object().unwrap() {
+        for (method, operation) in operations.as_object().unwrap() {
+            let concrete = path
+                .replace("{reference}", "some-ref")
+                .replace("{orderid}", "some-order");
+            match operation.get("security") {
+                Some(_) => secured.push((method.to_uppercase(), concrete)),
+                None => open.push(operation["operationId"].as_str().unwrap().to_owned()),
+            }
+        }
+    }
+    open.sort();
+    assert_eq!(open, ["health", "hello", "login", "ready", "register"]);
+    assert!(secured.len() >= 10, "{secured:?}");
+    for (method, path) in &secured {
+        let request = |authorization: Option<&str>| {
+            let mut request = app
+                .http
+                .request(method.parse().unwrap(), app.url(path))
+                .json(&json!({}));
+            if let Some(value) = authorization {
+                request = request.header("Authorization", value);
+            }
+            request.send()
+        };
+        let (status, body) = json(request(None).await.unwrap()).await;
+        assert_eq!(
+            (status, body),
+            (401, msg("Missing Authorization Header")),
+            "{method} {path}"
+        );
+        let (status, body) = json(request(Some("this-is-plain-text")).await.unwrap()).await;
+        let expected = msg("Bad Authorization header. Expected value 'Bearer <JWT>'");
+        assert_eq!((status, body), (422, expected), "{method} {path}");
+        let (status, body) = json(
+            request(Some("Bearer this-is-not-json-web-token"))
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(
+            (status, body),
+            (422, msg("Not enough segments")),
+            "{method} {path}"
+        );
+    }
+}

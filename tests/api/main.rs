@@ -57,6 +57,7 @@ fn main() -> std::process::ExitCode {
         auth::hello_stays_prompt_while_logins_are_hashing,
         auth::a_revocation_reaches_another_instance_within_a_second,
         auth::create_admin_creates_or_promotes_and_login_carries_the_role,
+        auth::every_secured_operation_applies_the_token_rules,
         allocation::test_happy_path_returns_201_and_allocated_batch,
         allocation::test_unhappy_path_returns_400_and_error_message,
         allocation::test_allocations_are_persisted,
