@@ -6,7 +6,7 @@ use std::sync::Arc;
 use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{PasswordHasher as _, PasswordVerifier as _, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
-use tokio::sync::Semaphore;
+use tokio::sync::{OnceCell, Semaphore};
 
 use crate::config::AuthSettings;
 use crate::domain::user::PasswordHash;
@@ -17,7 +17,8 @@ pub struct Argon2Hasher {
     argon2: Argon2<'static>,
     permits: Arc<Semaphore>,
     /// Verified against when the user does not exist, to take the same time.
-    dummy_hash: Arc<String>,
+    /// Made on first use so that start-up does not pay for a hash.
+    dummy_hash: Arc<OnceCell<String>>,
 }
 
 impl Argon2Hasher {
@@ -30,11 +31,10 @@ impl Argon2Hasher {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
         };
-        let dummy_hash = hash_with(&argon2, "allot dummy password")?;
         Ok(Self {
             argon2,
             permits: Arc::new(Semaphore::new(concurrency)),
-            dummy_hash: Arc::new(dummy_hash),
+            dummy_hash: Arc::new(OnceCell::new()),
         })
     }
 
@@ -84,7 +84,14 @@ impl PasswordHasher for Argon2Hasher {
         let known = hash.is_some();
         let phc = match hash {
             Some(hash) => hash.as_str().to_owned(),
-            None => self.dummy_hash.as_str().to_owned(),
+            None => self
+                .dummy_hash
+                .get_or_try_init(|| async {
+                    self.run_blocking(|argon2| hash_with(argon2, "allot dummy password"))
+                        .await?
+                })
+                .await?
+                .clone(),
         };
         let matches = self
             .run_blocking(move |argon2| verify_with(argon2, &password, &phc))

@@ -107,40 +107,31 @@ fn unavailable(error: mongodb::error::Error) -> RepositoryError {
 
 /// The indexes behind every query below: `_id` serves reads and writes of one
 /// batch; these serve the rest.
-pub fn indexes() -> Vec<(&'static str, IndexModel)> {
-    vec![
-        // Candidates for an allocation, and pages of one sku's batches.
-        (
-            COLLECTION,
+pub fn indexes() -> (&'static str, Vec<IndexModel>) {
+    let line_allocated_once = IndexOptions::builder()
+        .unique(true)
+        .name("order_line_allocated_once".to_owned())
+        .partial_filter_expression(doc! { "allocations.orderid": { "$exists": true } })
+        .build();
+    (
+        COLLECTION,
+        vec![
+            // Candidates for an allocation, and pages of one sku's batches.
             IndexModel::builder()
                 .keys(doc! { "sku": 1, "_id": 1 })
                 .build(),
-        ),
-        // An order's allocations (GET /allocations/{orderid}).
-        (
-            COLLECTION,
+            // An order's allocations (GET /allocations/{orderid}).
             IndexModel::builder()
                 .keys(doc! { "allocations.orderid": 1 })
                 .build(),
-        ),
-        // One order line is allocated to at most one batch of its sku, even
-        // under concurrent requests for the same line.
-        (
-            COLLECTION,
+            // One order line is allocated to at most one batch of its sku, even
+            // under concurrent requests for the same line.
             IndexModel::builder()
                 .keys(doc! { "sku": 1, "allocations.orderid": 1 })
-                .options(
-                    IndexOptions::builder()
-                        .unique(true)
-                        .name("order_line_allocated_once".to_owned())
-                        .partial_filter_expression(
-                            doc! { "allocations.orderid": { "$exists": true } },
-                        )
-                        .build(),
-                )
+                .options(line_allocated_once)
                 .build(),
-        ),
-    ]
+        ],
+    )
 }
 
 #[derive(Clone)]

@@ -52,9 +52,10 @@ pub async fn ping(database: &Database) -> mongodb::error::Result<()> {
     database.run_command(doc! { "ping": 1 }).await.map(drop)
 }
 
-/// The indexes each collection needs, declared next to the code that queries them.
-pub fn required_indexes() -> Vec<(&'static str, IndexModel)> {
-    [users::indexes(), revocations::indexes(), batches::indexes()].concat()
+/// Each collection with the indexes it needs, declared next to the code that
+/// queries it.
+pub fn required_indexes() -> [(&'static str, Vec<IndexModel>); 3] {
+    [users::indexes(), revocations::indexes(), batches::indexes()]
 }
 
 /// Whether a write failed on a unique index (E11000).
@@ -73,12 +74,13 @@ impl From<mongodb::error::Error> for crate::services::StoreError {
     }
 }
 
-/// Creates the required indexes; a no-op for those that already exist.
+/// Creates the required indexes, one command per collection; a no-op for
+/// those that already exist.
 pub async fn ensure_indexes(database: &Database) -> mongodb::error::Result<()> {
-    for (collection, index) in required_indexes() {
+    for (collection, indexes) in required_indexes() {
         database
             .collection::<mongodb::bson::Document>(collection)
-            .create_index(index)
+            .create_indexes(indexes)
             .await?;
     }
     Ok(())

@@ -24,25 +24,22 @@ struct RevocationDocument {
     revoked_at: bson::DateTime,
 }
 
-pub fn indexes() -> Vec<(&'static str, IndexModel)> {
-    vec![
-        (
-            COLLECTION,
+pub fn indexes() -> (&'static str, Vec<IndexModel>) {
+    let ttl = IndexOptions::builder()
+        .expire_after(Duration::ZERO)
+        .name("expires_at_ttl".to_owned())
+        .build();
+    (
+        COLLECTION,
+        vec![
             IndexModel::builder()
                 .keys(doc! { "expires_at": 1 })
-                .options(
-                    IndexOptions::builder()
-                        .expire_after(Duration::ZERO)
-                        .name("expires_at_ttl".to_owned())
-                        .build(),
-                )
+                .options(ttl)
                 .build(),
-        ),
-        (
-            COLLECTION,
+            // The periodic sync reads what was revoked since its last look.
             IndexModel::builder().keys(doc! { "revoked_at": 1 }).build(),
-        ),
-    ]
+        ],
+    )
 }
 
 #[derive(Clone)]

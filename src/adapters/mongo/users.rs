@@ -46,19 +46,21 @@ impl UserDocument {
     }
 }
 
-pub fn indexes() -> Vec<(&'static str, IndexModel)> {
-    vec![(
+pub fn indexes() -> (&'static str, Vec<IndexModel>) {
+    (
         COLLECTION,
-        IndexModel::builder()
-            .keys(doc! { "username": 1 })
-            .options(
-                IndexOptions::builder()
-                    .unique(true)
-                    .name("username_unique".to_owned())
-                    .build(),
-            )
-            .build(),
-    )]
+        vec![
+            IndexModel::builder()
+                .keys(doc! { "username": 1 })
+                .options(
+                    IndexOptions::builder()
+                        .unique(true)
+                        .name("username_unique".to_owned())
+                        .build(),
+                )
+                .build(),
+        ],
+    )
 }
 
 #[derive(Clone)]
