@@ -14,7 +14,7 @@ use crate::adapters::mongo::users::MongoUsers;
 use crate::adapters::mongo::{self, MongoError};
 use crate::adapters::passwords::Argon2Hasher;
 use crate::adapters::tokens::JwtTokens;
-use crate::api::{self, AppState, error, middleware};
+use crate::api::{self, AppState, Components, error, middleware};
 use crate::config::Settings;
 use crate::services::StoreError;
 use crate::services::tokens::RevocationList;
@@ -87,7 +87,7 @@ impl Application {
         let revocation_store = MongoRevocations::new(&database);
         let revocations = Arc::new(RevocationList::default());
         revocations.sync(&revocation_store).await?;
-        let state = AppState {
+        let state = AppState::new(Components {
             users: MongoUsers::new(&database),
             batches: MongoBatches::new(&database),
             passwords: Argon2Hasher::new(&settings.auth)?,
@@ -97,7 +97,7 @@ impl Application {
             revocations: revocations.clone(),
             database,
             ready_timeout: Duration::from_millis(settings.mongo.ready_timeout_ms),
-        };
+        });
         Ok(Self {
             acceptor,
             port,

@@ -61,6 +61,9 @@ impl<E: Endpoint> Endpoint for BodyLimitEndpoint<E> {
 /// Logs method, path, status and latency of every request. Only the path is
 /// logged: query strings and headers may carry credentials.
 pub async fn log_request<E: Endpoint>(next: E, req: Request) -> Result<Response> {
+    if !tracing::enabled!(tracing::Level::INFO) {
+        return next.call(req).await.map(IntoResponse::into_response);
+    }
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     let started = Instant::now();

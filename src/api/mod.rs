@@ -25,9 +25,27 @@ use crate::adapters::tokens::JwtTokens;
 use crate::domain::user::PasswordPolicy;
 use crate::services::tokens::RevocationList;
 
-/// What the handlers share, attached to every request.
+/// What the handlers share, attached to every request. One `Arc`, because
+/// poem clones it into each request.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Components>);
+
+impl AppState {
+    pub fn new(components: Components) -> Self {
+        Self(Arc::new(components))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Components;
+
+    fn deref(&self) -> &Components {
+        &self.0
+    }
+}
+
+/// The adapters and settings the handlers use.
+pub struct Components {
     pub database: Database,
     pub ready_timeout: Duration,
     pub users: MongoUsers,

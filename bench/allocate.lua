@@ -1,0 +1,26 @@
+-- wrk script: POST /allocate with a new order line each time, over many skus.
+-- Environment: ALLOT_TOKEN (access token), ALLOT_SKUS (comma-separated).
+local token = os.getenv("ALLOT_TOKEN")
+local skus = {}
+for sku in string.gmatch(os.getenv("ALLOT_SKUS"), "[^,]+") do skus[#skus + 1] = sku end
+local thread_id = 0
+local counter = 0
+
+function setup(thread)
+  thread_id = thread_id + 1
+  thread:set("tid", thread_id)
+end
+
+function init(args)
+  math.randomseed(os.time() + tid * 7919)
+end
+
+function request()
+  counter = counter + 1
+  local sku = skus[math.random(#skus)]
+  local body = string.format('{"orderid":"wrk-%d-%d-%d","sku":"%s","qty":1}', tid, os.time(), counter, sku)
+  return wrk.format("POST", "/allocate", {
+    ["Content-Type"] = "application/json",
+    ["Authorization"] = "Bearer " .. token,
+  }, body)
+end

@@ -1,0 +1,52 @@
+//! Benchmark probe: GETs a URL at a fixed rate (open loop: each request is
+//! timed from when it was due, so a stall is never hidden) and reports the
+//! latency percentiles.
+//!
+//! `cargo run --release --example probe -- URL RATE_PER_SEC SECONDS`
+//! prints one JSON line: `{"requests": .., "errors": .., "p50_ms": .., "p99_ms": .., "max_ms": ..}`.
+
+use std::time::{Duration, Instant};
+
+#[tokio::main]
+async fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let [url, rate, seconds] = args.as_slice() else {
+        eprintln!("usage: probe URL RATE_PER_SEC SECONDS");
+        std::process::exit(2);
+    };
+    let rate: f64 = rate.parse().expect("RATE_PER_SEC");
+    let seconds: f64 = seconds.parse().expect("SECONDS");
+    let client = reqwest::Client::builder().pool_max_idle_per_host(64).build().expect("client");
+    let interval = Duration::from_secs_f64(1.0 / rate);
+    let total = (rate * seconds) as u32;
+    let start = Instant::now() + Duration::from_millis(50);
+    let requests: Vec<_> = (0..total)
+        .map(|n| {
+            let (client, url) = (client.clone(), url.clone());
+            let due = start + interval * n;
+            tokio::spawn(async move {
+                tokio::time::sleep_until(due.into()).await;
+                let ok = client.get(&url).send().await.is_ok_and(|r| r.status().is_success());
+                (due.elapsed(), ok)
+            })
+        })
+        .collect();
+    let mut latencies = Vec::with_capacity(requests.len());
+    let mut errors = 0;
+    for request in requests {
+        let (latency, ok) = request.await.expect("request task");
+        if !ok {
+            errors += 1;
+        }
+        latencies.push(latency.as_secs_f64() * 1000.0);
+    }
+    latencies.sort_by(f64::total_cmp);
+    let at = |q: f64| latencies[((latencies.len() as f64 - 1.0) * q).round() as usize];
+    println!(
+        r#"{{"requests": {}, "errors": {errors}, "p50_ms": {:.3}, "p99_ms": {:.3}, "max_ms": {:.3}}}"#,
+        latencies.len(),
+        at(0.50),
+        at(0.99),
+        at(1.0)
+    );
+}
