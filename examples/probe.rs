@@ -16,7 +16,10 @@ async fn main() {
     };
     let rate: f64 = rate.parse().expect("RATE_PER_SEC");
     let seconds: f64 = seconds.parse().expect("SECONDS");
-    let client = reqwest::Client::builder().pool_max_idle_per_host(64).build().expect("client");
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(64)
+        .build()
+        .expect("client");
     let interval = Duration::from_secs_f64(1.0 / rate);
     let total = (rate * seconds) as u32;
     let start = Instant::now() + Duration::from_millis(50);
@@ -26,7 +29,11 @@ async fn main() {
             let due = start + interval * n;
             tokio::spawn(async move {
                 tokio::time::sleep_until(due.into()).await;
-                let ok = client.get(&url).send().await.is_ok_and(|r| r.status().is_success());
+                let ok = client
+                    .get(&url)
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success());
                 (due.elapsed(), ok)
             })
         })

@@ -76,6 +76,8 @@ pub enum ConfigError {
     Invalid(#[from] Box<figment::Error>),
     #[error("refusing to start in production: {0}")]
     Insecure(String),
+    #[error("invalid configuration: {0}")]
+    OutOfRange(String),
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -200,7 +202,60 @@ impl Settings {
             .extract()
             .map_err(Box::new)?;
         settings.environment = environment;
+        settings.check_ranges()?;
         Ok(settings)
+    }
+
+    /// Refuses values that cannot work, naming the setting.
+    fn check_ranges(&self) -> Result<(), ConfigError> {
+        let auth = &self.auth;
+        let checks = [
+            (
+                "http.body_limit_bytes",
+                self.http.body_limit_bytes as u64,
+                1024,
+                64 << 20,
+            ),
+            (
+                "auth.access_token_ttl_secs",
+                auth.access_token_ttl_secs,
+                1,
+                86_400,
+            ),
+            (
+                "auth.refresh_token_ttl_secs",
+                auth.refresh_token_ttl_secs,
+                1,
+                366 * 86_400,
+            ),
+            ("auth.leeway_secs", auth.leeway_secs, 0, 300),
+            (
+                "auth.password_min_length",
+                auth.password_min_length as u64,
+                1,
+                1024,
+            ),
+            (
+                "auth.password_max_length",
+                auth.password_max_length as u64,
+                auth.password_min_length as u64,
+                4096,
+            ),
+            (
+                "auth.revocation_sync_ms",
+                auth.revocation_sync_ms,
+                10,
+                60_000,
+            ),
+        ];
+        for (name, value, min, max) in checks {
+            if !(min..=max).contains(&value) {
+                return Err(ConfigError::OutOfRange(format!(
+                    "{name} is {value}; it must be between {min} and {max}"
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Production must not run with development defaults; names the setting to fix.
@@ -279,6 +334,21 @@ mod tests {
         }
         settings.auth.jwt_secret = "0123456789abcdef0123456789abcdef".into();
         settings.check_production_safety().unwrap();
+    }
+
+    #[test]
+    fn out_of_range_settings_are_refused_by_name() {
+        let mut settings = Settings::load_from(&config_dir(), Environment::Testing).unwrap();
+        settings.auth.refresh_token_ttl_secs = 0;
+        let message = settings.check_ranges().unwrap_err().to_string();
+        assert!(
+            message.contains("auth.refresh_token_ttl_secs is 0"),
+            "{message}"
+        );
+        settings.auth.refresh_token_ttl_secs = 60;
+        settings.auth.password_max_length = 4;
+        let message = settings.check_ranges().unwrap_err().to_string();
+        assert!(message.contains("auth.password_max_length"), "{message}");
     }
 
     #[test]

@@ -27,8 +27,10 @@ impl Argon2Hasher {
         let params = Params::new(cost.memory_kib, cost.iterations, cost.parallelism, None)
             .map_err(|e| HashingError(format!("invalid auth.argon2 settings: {e}")))?;
         let argon2 = Argon2::new(Algorithm::Argon2id, Version::V0x13, params);
+        // By default half the CPUs hash, so logins at full load leave the
+        // other half to every other request.
         let concurrency = match settings.hashing_concurrency {
-            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get().div_ceil(2)),
             n => n,
         };
         Ok(Self {

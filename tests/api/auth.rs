@@ -198,8 +198,8 @@ pub async fn an_unknown_user_takes_about_as_long_as_a_wrong_password() {
     // Production-strength hashing, so the hash dominates the timing.
     let app = spawn_app_with(|settings| {
         settings.auth.argon2 = allot::config::Argon2Settings {
-            memory_kib: 19456,
-            iterations: 2,
+            memory_kib: 7168,
+            iterations: 5,
             parallelism: 1,
         };
     })
