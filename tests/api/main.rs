@@ -4,6 +4,7 @@
 
 mod allocation;
 mod auth;
+mod browser;
 mod cli;
 #[path = "../contract/batch_repository.rs"]
 mod contract;
@@ -76,6 +77,7 @@ fn main() -> std::process::ExitCode {
         cli::an_unreachable_database_at_startup_exits_non_zero_with_the_redacted_uri,
         cli::openapi_command_prints_the_committed_spec,
         cli::production_logs_json_lines_and_stops_gracefully_on_sigterm,
+        browser::swagger_ui_tries_out_hello_and_me_after_authorizing_in_chromium,
     ];
     if arguments.list {
         libtest_mimic::run(&arguments, trials).exit();
