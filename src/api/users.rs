@@ -3,6 +3,7 @@
 use chrono::{DateTime, Utc};
 use poem::web::Data;
 use poem_openapi::payload::Json;
+use poem_openapi::types::Example;
 use poem_openapi::{ApiResponse, Object, OpenApi};
 
 use super::auth::{AnyToken, AuthErrorBody, Protected, RefreshToken};
@@ -17,6 +18,7 @@ pub struct UsersApi;
 
 /// A username and password.
 #[derive(Debug, Object, serde::Deserialize)]
+#[oai(example)]
 pub struct Credentials {
     /// 3–64 characters: letters, digits, `_`, `-` or `.`. Usernames are
     /// case-insensitive and stored in lower case.
@@ -27,8 +29,18 @@ pub struct Credentials {
     pub password: String,
 }
 
+impl Example for Credentials {
+    fn example() -> Self {
+        Self {
+            username: "alice".to_owned(),
+            password: "correct horse battery".to_owned(),
+        }
+    }
+}
+
 /// A new access token and refresh token.
 #[derive(Debug, Object)]
+#[oai(example)]
 pub struct TokenPairBody {
     /// Send as `Authorization: Bearer <access_token>`; valid for `expires_in` seconds.
     pub access_token: String,
@@ -39,6 +51,19 @@ pub struct TokenPairBody {
     pub token_type: String,
     /// Seconds until the access token expires.
     pub expires_in: i64,
+}
+
+impl Example for TokenPairBody {
+    fn example() -> Self {
+        Self {
+            access_token: "eyJ0eXAiOiJKV1QiLCJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJl"
+                .to_owned(),
+            refresh_token: "eyJ0eXAiOiJKV1QiLCJhbGciOiJIUzI1NiJ9.eyJ0eXBlIjoicmVmcmVzaCJ9.c2ln"
+                .to_owned(),
+            token_type: "bearer".to_owned(),
+            expires_in: 900,
+        }
+    }
 }
 
 impl From<TokenPair> for TokenPairBody {
@@ -55,6 +80,7 @@ impl From<TokenPair> for TokenPairBody {
 
 /// A user as the API shows it: never with a password or its hash.
 #[derive(Debug, Object)]
+#[oai(example)]
 pub struct Profile {
     /// Lower-cased username.
     pub username: String,
@@ -62,6 +88,16 @@ pub struct Profile {
     pub roles: Vec<String>,
     /// When the user registered.
     pub created_at: DateTime<Utc>,
+}
+
+impl Example for Profile {
+    fn example() -> Self {
+        Self {
+            username: "alice".to_owned(),
+            roles: vec!["user".to_owned()],
+            created_at: DateTime::from_timestamp(1_767_225_600, 0).unwrap_or_default(),
+        }
+    }
 }
 
 impl From<User> for Profile {
@@ -76,10 +112,19 @@ impl From<User> for Profile {
 
 /// Confirmation of a logout.
 #[derive(Debug, Object)]
+#[oai(example)]
 pub struct LogoutBody {
     /// What was revoked: `access_token`, or `login` (the refresh token and every
     /// token of its login).
     pub revoked: String,
+}
+
+impl Example for LogoutBody {
+    fn example() -> Self {
+        Self {
+            revoked: "login".to_owned(),
+        }
+    }
 }
 
 #[derive(ApiResponse)]
@@ -95,6 +140,10 @@ pub enum RegistrationResponse {
     /// The username is taken (regardless of case).
     #[oai(status = 409)]
     Conflict(Json<ErrorBody>),
+    /// The request body is over the size limit (64 KiB by default).
+    // Answered by `middleware::BodyLimit` before the handler runs.
+    #[oai(status = 413)]
+    PayloadTooLarge(Json<ErrorBody>),
     /// The database is unreachable; retry later.
     #[oai(status = 503)]
     Unavailable(Json<ErrorBody>),
@@ -116,6 +165,10 @@ pub enum LoginResponse {
     /// `{"msg": "Bad username or password"}`, the same for an unknown user.
     #[oai(status = 401)]
     BadCredentials(Json<AuthErrorBody>),
+    /// The request body is over the size limit (64 KiB by default).
+    // Answered by `middleware::BodyLimit` before the handler runs.
+    #[oai(status = 413)]
+    PayloadTooLarge(Json<ErrorBody>),
     /// The database is unreachable; retry later.
     #[oai(status = 503)]
     Unavailable(Json<ErrorBody>),

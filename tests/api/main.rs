@@ -7,6 +7,7 @@ mod auth;
 mod cli;
 #[path = "../contract/batch_repository.rs"]
 mod contract;
+mod contract_tools;
 mod foundation;
 mod helpers;
 mod session;
@@ -76,6 +77,10 @@ fn main() -> std::process::ExitCode {
         cli::an_unreachable_database_at_startup_exits_non_zero_with_the_redacted_uri,
         cli::openapi_command_prints_the_committed_spec,
         cli::production_logs_json_lines_and_stops_gracefully_on_sigterm,
+        contract_tools::the_committed_spec_passes_openapi_spec_validator,
+        contract_tools::schemathesis_finds_no_contract_violation_with_a_user_token,
+        contract_tools::schemathesis_finds_no_contract_violation_with_an_admin_token,
+        contract_tools::a_generated_python_client_drives_a_whole_story,
     ];
     if arguments.list {
         libtest_mimic::run(&arguments, trials).exit();
