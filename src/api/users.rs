@@ -1,20 +1,82 @@
 //! `users` tag: registration, login, token refresh, logout, and the caller's profile.
 
+use std::borrow::Cow;
+
 use chrono::{DateTime, Utc};
 use poem::web::Data;
 use poem_openapi::payload::Json;
-use poem_openapi::types::Example;
+use poem_openapi::registry::{MetaSchema, MetaSchemaRef};
+use poem_openapi::types::{Example, ParseError, ParseFromJSON, ParseResult, ToJSON, Type};
 use poem_openapi::{ApiResponse, Object, OpenApi};
+use serde_json::Value;
 
 use super::auth::{AnyToken, AuthErrorBody, Protected, RefreshToken};
 use super::error::{ErrorBody, bad_request, internal_error, unavailable};
 use super::json_body::JsonBody;
 use super::{ApiTags, AppState};
-use crate::domain::user::User;
+use crate::domain::user::{User, Username};
 use crate::services::tokens::{self, AuthError, TokenPair};
 use crate::services::users::{self, LoginError, ProfileError, RegistrationError};
 
 pub struct UsersApi;
+
+/// A username as sent: its schema states the rule of [`Username::parse`], which
+/// checks it (registration answers 400 with the rule in words; login answers
+/// 401 as for any unknown user). Only a string over 256 characters is refused here.
+#[derive(Debug, serde::Deserialize)]
+#[serde(transparent)]
+pub struct UsernameField(pub String);
+
+impl std::ops::Deref for UsernameField {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Type for UsernameField {
+    const IS_REQUIRED: bool = true;
+    type RawValueType = Self;
+    type RawElementValueType = Self;
+
+    fn name() -> Cow<'static, str> {
+        "username".into()
+    }
+
+    fn schema_ref() -> MetaSchemaRef {
+        MetaSchemaRef::Inline(Box::new(MetaSchema {
+            min_length: Some(Username::MIN_LENGTH),
+            max_length: Some(Username::MAX_LENGTH),
+            pattern: Some(r"^[A-Za-z0-9_.-]+$".to_owned()),
+            ..MetaSchema::new("string")
+        }))
+    }
+
+    fn as_raw_value(&self) -> Option<&Self> {
+        Some(self)
+    }
+
+    fn raw_element_iter<'a>(&'a self) -> Box<dyn Iterator<Item = &'a Self> + 'a> {
+        Box::new(self.as_raw_value().into_iter())
+    }
+}
+
+impl ParseFromJSON for UsernameField {
+    fn parse_from_json(value: Option<Value>) -> ParseResult<Self> {
+        let text = String::parse_from_json(value).map_err(ParseError::propagate)?;
+        if text.chars().count() > 256 {
+            return Err(ParseError::custom("longer than 256 characters"));
+        }
+        Ok(Self(text))
+    }
+}
+
+impl ToJSON for UsernameField {
+    fn to_json(&self) -> Option<Value> {
+        self.0.to_json()
+    }
+}
 
 /// A username and password.
 #[derive(Debug, Object, serde::Deserialize)]
@@ -22,8 +84,7 @@ pub struct UsersApi;
 pub struct Credentials {
     /// 3–64 characters: letters, digits, `_`, `-` or `.`. Usernames are
     /// case-insensitive and stored in lower case.
-    #[oai(validator(max_length = 256))]
-    pub username: String,
+    pub username: UsernameField,
     /// Between the configured bounds (by default 8–256 characters).
     #[oai(validator(max_length = 4096))]
     pub password: String,
@@ -32,7 +93,7 @@ pub struct Credentials {
 impl Example for Credentials {
     fn example() -> Self {
         Self {
-            username: "alice".to_owned(),
+            username: UsernameField("alice".to_owned()),
             password: "correct horse battery".to_owned(),
         }
     }
