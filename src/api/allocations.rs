@@ -43,6 +43,7 @@ impl Example for OrderLineRequest {
 
 /// An order line to deallocate.
 #[derive(Debug, Object, serde::Deserialize)]
+#[oai(example)]
 pub struct OrderLineRef {
     /// The customer order.
     #[oai(validator(min_length = 1, max_length = 100, pattern = r"^\S+$"))]
@@ -52,29 +53,76 @@ pub struct OrderLineRef {
     pub sku: String,
 }
 
+impl Example for OrderLineRef {
+    fn example() -> Self {
+        Self {
+            orderid: "order-001".to_owned(),
+            sku: "SMALL-TABLE".to_owned(),
+        }
+    }
+}
+
 /// Where an order line was allocated.
 #[derive(Debug, Object)]
+#[oai(example)]
 pub struct Allocated {
     /// Reference of the batch the line draws from.
     pub batchref: String,
 }
 
+impl Example for Allocated {
+    fn example() -> Self {
+        Self {
+            batchref: "batch-001".to_owned(),
+        }
+    }
+}
+
 /// A deallocated order line and the batch it was taken from.
 #[derive(Debug, Object)]
+#[oai(example)]
 pub struct Deallocated {
+    /// The customer order.
     pub orderid: String,
+    /// The sku of the line.
     pub sku: String,
+    /// Units that were allocated.
     pub qty: u32,
     /// The batch whose stock it gave back.
     pub batchref: String,
 }
 
+impl Example for Deallocated {
+    fn example() -> Self {
+        Self {
+            orderid: "order-001".to_owned(),
+            sku: "SMALL-TABLE".to_owned(),
+            qty: 2,
+            batchref: "batch-001".to_owned(),
+        }
+    }
+}
+
 /// One line of an order, as allocated.
 #[derive(Debug, Object)]
+#[oai(example)]
 pub struct OrderAllocation {
+    /// The sku of the line.
     pub sku: String,
+    /// The batch the line draws from.
     pub batchref: String,
+    /// Units allocated.
     pub qty: u32,
+}
+
+impl Example for OrderAllocation {
+    fn example() -> Self {
+        Self {
+            sku: "SMALL-TABLE".to_owned(),
+            batchref: "batch-001".to_owned(),
+            qty: 2,
+        }
+    }
 }
 
 #[derive(ApiResponse)]
@@ -87,6 +135,10 @@ pub enum AllocateResponse {
     /// when no batch has enough left; or a field missing, mistyped or out of range.
     #[oai(status = 400)]
     BadRequest(Json<ErrorBody>),
+    /// The request body is over the size limit (64 KiB by default).
+    // Answered by `middleware::BodyLimit` before the handler runs.
+    #[oai(status = 413)]
+    PayloadTooLarge(Json<ErrorBody>),
     /// The database is unreachable, or too many concurrent allocations of the
     /// sku; retry later.
     #[oai(status = 503)]
@@ -109,6 +161,10 @@ pub enum DeallocateResponse {
     /// That order line is not allocated.
     #[oai(status = 404)]
     NotFound(Json<ErrorBody>),
+    /// The request body is over the size limit (64 KiB by default).
+    // Answered by `middleware::BodyLimit` before the handler runs.
+    #[oai(status = 413)]
+    PayloadTooLarge(Json<ErrorBody>),
     /// The database is unreachable; retry later.
     #[oai(status = 503)]
     Unavailable(Json<ErrorBody>),

@@ -19,9 +19,18 @@ const SCHEME: &str = "bearerAuth";
 
 /// The body of every bearer-token error.
 #[derive(Debug, Clone, Object, serde::Serialize)]
+#[oai(example)]
 pub struct AuthErrorBody {
     /// Why the token was refused, e.g. `Token has expired`.
     pub msg: String,
+}
+
+impl poem_openapi::types::Example for AuthErrorBody {
+    fn example() -> Self {
+        Self {
+            msg: "Token has expired".to_owned(),
+        }
+    }
 }
 
 /// Statuses follow Flask-JWT-Extended: 401 for a missing, expired or revoked

@@ -1,12 +1,16 @@
 //! `batches` tag: stock. Reading needs any access token; adding stock or
 //! changing a batch's quantity needs the `admin` role.
 
+use std::borrow::Cow;
+
 use chrono::NaiveDate;
 use poem::web::Data;
 use poem_openapi::param::{Path, Query};
 use poem_openapi::payload::Json;
-use poem_openapi::types::Example;
+use poem_openapi::registry::{MetaSchema, MetaSchemaRef};
+use poem_openapi::types::{Example, ParseFromJSON, ParseResult, ToJSON, Type};
 use poem_openapi::{ApiResponse, Object, OpenApi};
+use serde_json::Value;
 
 use super::auth::{AccessToken, AdminOnly, AdminToken, Protected};
 use super::error::{ErrorBody, bad_request, unavailable};
@@ -21,6 +25,49 @@ pub struct BatchesApi;
 
 /// Largest quantity allot accepts for a batch or an order line.
 pub const MAX_QUANTITY: u32 = 1_000_000_000;
+
+/// A calendar date, `YYYY-MM-DD`. poem-openapi describes `NaiveDate` with the
+/// non-standard format `naive-date`; this is the same value as OpenAPI's
+/// standard `date`, so clients and tools know it is a date.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(transparent)]
+pub struct Date(pub NaiveDate);
+
+impl Type for Date {
+    const IS_REQUIRED: bool = true;
+    type RawValueType = Self;
+    type RawElementValueType = Self;
+
+    fn name() -> Cow<'static, str> {
+        "string_date".into()
+    }
+
+    fn schema_ref() -> MetaSchemaRef {
+        MetaSchemaRef::Inline(Box::new(MetaSchema::new_with_format("string", "date")))
+    }
+
+    fn as_raw_value(&self) -> Option<&Self> {
+        Some(self)
+    }
+
+    fn raw_element_iter<'a>(&'a self) -> Box<dyn Iterator<Item = &'a Self> + 'a> {
+        Box::new(self.as_raw_value().into_iter())
+    }
+}
+
+impl ParseFromJSON for Date {
+    fn parse_from_json(value: Option<Value>) -> ParseResult<Self> {
+        NaiveDate::parse_from_json(value)
+            .map(Self)
+            .map_err(poem_openapi::types::ParseError::propagate)
+    }
+}
+
+impl ToJSON for Date {
+    fn to_json(&self) -> Option<Value> {
+        self.0.to_json()
+    }
+}
 
 /// A batch to add to the stock.
 #[derive(Debug, Object, serde::Deserialize)]
@@ -37,7 +84,8 @@ pub struct NewBatch {
     pub purchased_quantity: u32,
     /// Expected arrival (`YYYY-MM-DD`), or null for stock already in the warehouse.
     /// Allocation prefers warehouse stock, then the earliest arrival.
-    pub eta: Option<NaiveDate>,
+    #[oai(nullable)]
+    pub eta: Option<Date>,
 }
 
 impl Example for NewBatch {
@@ -53,10 +101,19 @@ impl Example for NewBatch {
 
 /// A new purchased quantity for a batch.
 #[derive(Debug, Object, serde::Deserialize)]
+#[oai(example)]
 pub struct QuantityUpdate {
     /// The new number of units bought (1 to 1 000 000 000).
     #[oai(validator(minimum(value = "1"), maximum(value = "1000000000")))]
     pub purchased_quantity: u32,
+}
+
+impl Example for QuantityUpdate {
+    fn example() -> Self {
+        Self {
+            purchased_quantity: 15,
+        }
+    }
 }
 
 /// One order line allocated to a batch.
@@ -70,16 +127,37 @@ pub struct AllocatedLine {
 
 /// A batch with its allocations.
 #[derive(Debug, Object)]
+#[oai(example)]
 pub struct BatchBody {
+    /// Unique reference of the batch.
     pub reference: String,
+    /// The stock-keeping unit it holds.
     pub sku: String,
+    /// How many units were bought.
     pub purchased_quantity: u32,
     /// Units not yet allocated.
     pub available_quantity: i64,
     /// Expected arrival, or null when in the warehouse.
-    pub eta: Option<NaiveDate>,
+    #[oai(nullable)]
+    pub eta: Option<Date>,
     /// Allocated order lines, oldest first.
     pub allocations: Vec<AllocatedLine>,
+}
+
+impl Example for BatchBody {
+    fn example() -> Self {
+        Self {
+            reference: "batch-001".to_owned(),
+            sku: "SMALL-TABLE".to_owned(),
+            purchased_quantity: 20,
+            available_quantity: 18,
+            eta: None,
+            allocations: vec![AllocatedLine {
+                orderid: "order-001".to_owned(),
+                qty: 2,
+            }],
+        }
+    }
 }
 
 impl From<&Batch> for BatchBody {
@@ -89,7 +167,7 @@ impl From<&Batch> for BatchBody {
             sku: batch.sku.clone(),
             purchased_quantity: batch.purchased_quantity(),
             available_quantity: batch.available_quantity(),
-            eta: batch.eta,
+            eta: batch.eta.map(Date),
             allocations: batch
                 .allocations()
                 .iter()
@@ -105,29 +183,53 @@ impl From<&Batch> for BatchBody {
 /// A batch in a listing.
 #[derive(Debug, Object)]
 pub struct BatchSummary {
+    /// Unique reference of the batch.
     pub reference: String,
+    /// The stock-keeping unit it holds.
     pub sku: String,
+    /// How many units were bought.
     pub purchased_quantity: u32,
     /// Units not yet allocated.
     pub available_quantity: i64,
     /// Expected arrival, or null when in the warehouse.
-    pub eta: Option<NaiveDate>,
+    #[oai(nullable)]
+    pub eta: Option<Date>,
 }
 
 /// A page of batches, ordered by reference.
 #[derive(Debug, Object)]
+#[oai(example)]
 pub struct BatchPage {
+    /// At most `limit` batches.
     pub batches: Vec<BatchSummary>,
     /// Pass as `cursor` to get the next page; absent on the last page.
     #[oai(skip_serializing_if_is_none)]
     pub next_cursor: Option<String>,
 }
 
+impl Example for BatchPage {
+    fn example() -> Self {
+        Self {
+            batches: vec![BatchSummary {
+                reference: "batch-001".to_owned(),
+                sku: "SMALL-TABLE".to_owned(),
+                purchased_quantity: 20,
+                available_quantity: 18,
+                eta: None,
+            }],
+            next_cursor: Some("batch-001".to_owned()),
+        }
+    }
+}
+
 /// An order line that lost its allocation.
 #[derive(Debug, Object)]
 pub struct OrderLineBody {
+    /// The customer order.
     pub orderid: String,
+    /// The stock-keeping unit ordered.
     pub sku: String,
+    /// Units ordered.
     pub qty: u32,
 }
 
@@ -144,22 +246,50 @@ impl From<&OrderLine> for OrderLineBody {
 /// An order line moved to another batch.
 #[derive(Debug, Object)]
 pub struct ReallocatedLine {
+    /// The customer order.
     pub orderid: String,
+    /// The stock-keeping unit ordered.
     pub sku: String,
+    /// Units ordered.
     pub qty: u32,
     /// The batch it now draws from.
     pub batchref: String,
 }
 
-/// The outcome of a quantity change.
+/// The outcome of a quantity change: `batch` is the batch after the change.
 #[derive(Debug, Object)]
+#[oai(example)]
 pub struct QuantityChangeBody {
-    /// The batch after the change.
+    // No doc comment: a described `$ref` becomes an `allOf` wrapper, which client
+    // generators turn into a copy of `BatchBody` instead of `BatchBody` itself.
     pub batch: BatchBody,
     /// Lines the smaller quantity no longer covered, allocated again elsewhere.
     pub reallocated: Vec<ReallocatedLine>,
     /// Lines that could not be allocated again: no batch of the sku has room.
     pub unallocated: Vec<OrderLineBody>,
+}
+
+impl Example for QuantityChangeBody {
+    fn example() -> Self {
+        Self {
+            batch: BatchBody {
+                purchased_quantity: 2,
+                available_quantity: 0,
+                ..BatchBody::example()
+            },
+            reallocated: vec![ReallocatedLine {
+                orderid: "order-002".to_owned(),
+                sku: "SMALL-TABLE".to_owned(),
+                qty: 2,
+                batchref: "batch-002".to_owned(),
+            }],
+            unallocated: vec![OrderLineBody {
+                orderid: "order-003".to_owned(),
+                sku: "SMALL-TABLE".to_owned(),
+                qty: 2,
+            }],
+        }
+    }
 }
 
 impl From<QuantityChange> for QuantityChangeBody {
@@ -193,6 +323,10 @@ pub enum AddBatchResponse {
     /// A batch with this reference exists.
     #[oai(status = 409)]
     Conflict(Json<ErrorBody>),
+    /// The request body is over the size limit (64 KiB by default).
+    // Answered by `middleware::BodyLimit` before the handler runs.
+    #[oai(status = 413)]
+    PayloadTooLarge(Json<ErrorBody>),
     /// The database is unreachable; retry later.
     #[oai(status = 503)]
     Unavailable(Json<ErrorBody>),
@@ -253,6 +387,10 @@ pub enum ChangeQuantityResponse {
     /// No batch has this reference.
     #[oai(status = 404)]
     NotFound(Json<ErrorBody>),
+    /// The request body is over the size limit (64 KiB by default).
+    // Answered by `middleware::BodyLimit` before the handler runs.
+    #[oai(status = 413)]
+    PayloadTooLarge(Json<ErrorBody>),
     /// The database is unreachable, or the batch kept changing; retry later.
     #[oai(status = 503)]
     Unavailable(Json<ErrorBody>),
@@ -284,7 +422,7 @@ impl BatchesApi {
             &new.reference,
             &new.sku,
             new.purchased_quantity,
-            new.eta,
+            new.eta.map(|eta| eta.0),
         )
         .await;
         AdminOnly::Ok(match result {
@@ -341,7 +479,7 @@ impl BatchesApi {
                             sku: batch.sku.clone(),
                             purchased_quantity: batch.purchased_quantity(),
                             available_quantity: batch.available_quantity(),
-                            eta: batch.eta,
+                            eta: batch.eta.map(Date),
                         })
                         .collect(),
                     next_cursor,

@@ -4,12 +4,20 @@ use poem::Response;
 use poem::http::StatusCode;
 use poem_openapi::Object;
 use poem_openapi::error::ParseRequestPayloadError;
+use poem_openapi::types::Example;
 
 /// The body of every error response that is not about a bearer token.
 #[derive(Debug, Clone, Object, serde::Serialize)]
+#[oai(example)]
 pub struct ErrorBody {
     /// What went wrong, in words meant for the API's user.
     pub message: String,
+}
+
+impl Example for ErrorBody {
+    fn example() -> Self {
+        Self::new("Out of stock for sku SMALL-TABLE")
+    }
 }
 
 impl ErrorBody {

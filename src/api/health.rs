@@ -2,6 +2,7 @@
 
 use poem::web::Data;
 use poem_openapi::payload::Json;
+use poem_openapi::types::Example;
 use poem_openapi::{ApiResponse, Object, OpenApi};
 
 use super::{ApiTags, AppState};
@@ -11,12 +12,22 @@ pub struct HealthApi;
 
 /// The state of this instance.
 #[derive(Debug, Object)]
+#[oai(example)]
 pub struct Status {
     /// `ok` (alive), `ready` (can serve requests) or `unavailable`.
     pub status: String,
     /// Why the instance is not ready, when it is not.
     #[oai(skip_serializing_if_is_none)]
     pub message: Option<String>,
+}
+
+impl Example for Status {
+    fn example() -> Self {
+        Self {
+            status: "ready".to_owned(),
+            message: None,
+        }
+    }
 }
 
 #[derive(ApiResponse)]

@@ -1,6 +1,7 @@
 //! `tests` tag: the seed service's sample endpoints, kept for compatibility.
 
 use poem_openapi::payload::Json;
+use poem_openapi::types::Example;
 use poem_openapi::{ApiResponse, Object, OpenApi};
 
 use super::ApiTags;
@@ -10,10 +11,19 @@ pub struct TestEndpointsApi;
 
 /// The greeting.
 #[derive(Debug, Object)]
+#[oai(example)]
 pub struct Greeting {
     /// `World!` from `/tests/hello`, `Secret!` from `/tests/secret`.
     #[oai(rename = "Hello")]
     pub hello: String,
+}
+
+impl Example for Greeting {
+    fn example() -> Self {
+        Self {
+            hello: "World!".to_owned(),
+        }
+    }
 }
 
 #[derive(ApiResponse)]

@@ -1,34 +1,107 @@
 //! `users` tag: registration, login, token refresh, logout, and the caller's profile.
 
+use std::borrow::Cow;
+
 use chrono::{DateTime, Utc};
 use poem::web::Data;
 use poem_openapi::payload::Json;
+use poem_openapi::registry::{MetaSchema, MetaSchemaRef};
+use poem_openapi::types::{Example, ParseError, ParseFromJSON, ParseResult, ToJSON, Type};
 use poem_openapi::{ApiResponse, Object, OpenApi};
+use serde_json::Value;
 
 use super::auth::{AnyToken, AuthErrorBody, Protected, RefreshToken};
 use super::error::{ErrorBody, bad_request, internal_error, unavailable};
 use super::json_body::JsonBody;
 use super::{ApiTags, AppState};
-use crate::domain::user::User;
+use crate::domain::user::{User, Username};
 use crate::services::tokens::{self, AuthError, TokenPair};
 use crate::services::users::{self, LoginError, ProfileError, RegistrationError};
 
 pub struct UsersApi;
 
+/// A username as sent: its schema states the rule of [`Username::parse`], which
+/// checks it (registration answers 400 with the rule in words; login answers
+/// 401 as for any unknown user). Only a string over 256 characters is refused here.
+#[derive(Debug, serde::Deserialize)]
+#[serde(transparent)]
+pub struct UsernameField(pub String);
+
+impl std::ops::Deref for UsernameField {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Type for UsernameField {
+    const IS_REQUIRED: bool = true;
+    type RawValueType = Self;
+    type RawElementValueType = Self;
+
+    fn name() -> Cow<'static, str> {
+        "username".into()
+    }
+
+    fn schema_ref() -> MetaSchemaRef {
+        MetaSchemaRef::Inline(Box::new(MetaSchema {
+            min_length: Some(Username::MIN_LENGTH),
+            max_length: Some(Username::MAX_LENGTH),
+            pattern: Some(r"^[A-Za-z0-9_.-]+$".to_owned()),
+            ..MetaSchema::new("string")
+        }))
+    }
+
+    fn as_raw_value(&self) -> Option<&Self> {
+        Some(self)
+    }
+
+    fn raw_element_iter<'a>(&'a self) -> Box<dyn Iterator<Item = &'a Self> + 'a> {
+        Box::new(self.as_raw_value().into_iter())
+    }
+}
+
+impl ParseFromJSON for UsernameField {
+    fn parse_from_json(value: Option<Value>) -> ParseResult<Self> {
+        let text = String::parse_from_json(value).map_err(ParseError::propagate)?;
+        if text.chars().count() > 256 {
+            return Err(ParseError::custom("longer than 256 characters"));
+        }
+        Ok(Self(text))
+    }
+}
+
+impl ToJSON for UsernameField {
+    fn to_json(&self) -> Option<Value> {
+        self.0.to_json()
+    }
+}
+
 /// A username and password.
 #[derive(Debug, Object, serde::Deserialize)]
+#[oai(example)]
 pub struct Credentials {
     /// 3–64 characters: letters, digits, `_`, `-` or `.`. Usernames are
     /// case-insensitive and stored in lower case.
-    #[oai(validator(max_length = 256))]
-    pub username: String,
+    pub username: UsernameField,
     /// Between the configured bounds (by default 8–256 characters).
     #[oai(validator(max_length = 4096))]
     pub password: String,
 }
 
+impl Example for Credentials {
+    fn example() -> Self {
+        Self {
+            username: UsernameField("alice".to_owned()),
+            password: "correct horse battery".to_owned(),
+        }
+    }
+}
+
 /// A new access token and refresh token.
 #[derive(Debug, Object)]
+#[oai(example)]
 pub struct TokenPairBody {
     /// Send as `Authorization: Bearer <access_token>`; valid for `expires_in` seconds.
     pub access_token: String,
@@ -39,6 +112,19 @@ pub struct TokenPairBody {
     pub token_type: String,
     /// Seconds until the access token expires.
     pub expires_in: i64,
+}
+
+impl Example for TokenPairBody {
+    fn example() -> Self {
+        Self {
+            access_token: "eyJ0eXAiOiJKV1QiLCJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJl"
+                .to_owned(),
+            refresh_token: "eyJ0eXAiOiJKV1QiLCJhbGciOiJIUzI1NiJ9.eyJ0eXBlIjoicmVmcmVzaCJ9.c2ln"
+                .to_owned(),
+            token_type: "bearer".to_owned(),
+            expires_in: 900,
+        }
+    }
 }
 
 impl From<TokenPair> for TokenPairBody {
@@ -55,6 +141,7 @@ impl From<TokenPair> for TokenPairBody {
 
 /// A user as the API shows it: never with a password or its hash.
 #[derive(Debug, Object)]
+#[oai(example)]
 pub struct Profile {
     /// Lower-cased username.
     pub username: String,
@@ -62,6 +149,16 @@ pub struct Profile {
     pub roles: Vec<String>,
     /// When the user registered.
     pub created_at: DateTime<Utc>,
+}
+
+impl Example for Profile {
+    fn example() -> Self {
+        Self {
+            username: "alice".to_owned(),
+            roles: vec!["user".to_owned()],
+            created_at: DateTime::from_timestamp(1_767_225_600, 0).unwrap_or_default(),
+        }
+    }
 }
 
 impl From<User> for Profile {
@@ -76,10 +173,19 @@ impl From<User> for Profile {
 
 /// Confirmation of a logout.
 #[derive(Debug, Object)]
+#[oai(example)]
 pub struct LogoutBody {
     /// What was revoked: `access_token`, or `login` (the refresh token and every
     /// token of its login).
     pub revoked: String,
+}
+
+impl Example for LogoutBody {
+    fn example() -> Self {
+        Self {
+            revoked: "login".to_owned(),
+        }
+    }
 }
 
 #[derive(ApiResponse)]
@@ -95,6 +201,10 @@ pub enum RegistrationResponse {
     /// The username is taken (regardless of case).
     #[oai(status = 409)]
     Conflict(Json<ErrorBody>),
+    /// The request body is over the size limit (64 KiB by default).
+    // Answered by `middleware::BodyLimit` before the handler runs.
+    #[oai(status = 413)]
+    PayloadTooLarge(Json<ErrorBody>),
     /// The database is unreachable; retry later.
     #[oai(status = 503)]
     Unavailable(Json<ErrorBody>),
@@ -116,6 +226,10 @@ pub enum LoginResponse {
     /// `{"msg": "Bad username or password"}`, the same for an unknown user.
     #[oai(status = 401)]
     BadCredentials(Json<AuthErrorBody>),
+    /// The request body is over the size limit (64 KiB by default).
+    // Answered by `middleware::BodyLimit` before the handler runs.
+    #[oai(status = 413)]
+    PayloadTooLarge(Json<ErrorBody>),
     /// The database is unreachable; retry later.
     #[oai(status = 503)]
     Unavailable(Json<ErrorBody>),

@@ -8,6 +8,7 @@ mod browser;
 mod cli;
 #[path = "../contract/batch_repository.rs"]
 mod contract;
+mod contract_tools;
 mod foundation;
 mod helpers;
 mod session;
@@ -78,6 +79,10 @@ fn main() -> std::process::ExitCode {
         cli::openapi_command_prints_the_committed_spec,
         cli::production_logs_json_lines_and_stops_gracefully_on_sigterm,
         browser::swagger_ui_tries_out_hello_and_me_after_authorizing_in_chromium,
+        contract_tools::the_committed_spec_passes_openapi_spec_validator,
+        contract_tools::schemathesis_finds_no_contract_violation_with_a_user_token,
+        contract_tools::schemathesis_finds_no_contract_violation_with_an_admin_token,
+        contract_tools::a_generated_python_client_drives_a_whole_story,
     ];
     if arguments.list {
         libtest_mimic::run(&arguments, trials).exit();
