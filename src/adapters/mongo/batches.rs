@@ -146,11 +146,21 @@ impl MongoBatches {
         }
     }
 
-    async fn find_all(&self, filter: Document) -> Result<Vec<Batch>, RepositoryError> {
+    /// Batches matching `filter`, by reference, at most `limit` of them.
+    async fn find_all(
+        &self,
+        filter: Document,
+        limit: Option<usize>,
+    ) -> Result<Vec<Batch>, RepositoryError> {
+        if limit == Some(0) {
+            return Ok(Vec::new());
+        }
         let documents: Vec<BatchDocument> = self
             .collection
             .find(filter)
             .sort(doc! { "_id": 1 })
+            // 0 means no limit to MongoDB.
+            .limit(limit.map_or(0, |n| i64::try_from(n).unwrap_or(i64::MAX)))
             .await
             .map_err(unavailable)?
             .try_collect()
@@ -184,7 +194,7 @@ impl BatchRepository for MongoBatches {
     }
 
     async fn for_sku(&self, sku: &str) -> Result<Vec<Batch>, RepositoryError> {
-        self.find_all(doc! { "sku": sku }).await
+        self.find_all(doc! { "sku": sku }, None).await
     }
 
     async fn list(
@@ -200,20 +210,7 @@ impl BatchRepository for MongoBatches {
         if let Some(after) = after {
             filter.insert("_id", doc! { "$gt": after });
         }
-        let documents: Vec<BatchDocument> = self
-            .collection
-            .find(filter)
-            .sort(doc! { "_id": 1 })
-            .limit(i64::try_from(limit).unwrap_or(i64::MAX))
-            .await
-            .map_err(unavailable)?
-            .try_collect()
-            .await
-            .map_err(unavailable)?;
-        documents
-            .into_iter()
-            .map(BatchDocument::into_batch)
-            .collect()
+        self.find_all(filter, Some(limit)).await
     }
 
     async fn allocate_if_available(
@@ -291,7 +288,7 @@ impl BatchRepository for MongoBatches {
         orderid: &str,
     ) -> Result<Vec<Allocation>, RepositoryError> {
         let batches = self
-            .find_all(doc! { "allocations.orderid": orderid })
+            .find_all(doc! { "allocations.orderid": orderid }, None)
             .await?;
         Ok(batches
             .iter()
