@@ -1,5 +1,7 @@
 //! JWTs signed with HS256 (the `jsonwebtoken` crate).
 
+use std::collections::HashMap;
+use std::sync::RwLock;
 use std::time::Duration;
 
 use base64::Engine;
@@ -19,8 +21,49 @@ pub struct JwtTokens {
     encoding: EncodingKey,
     decoding: DecodingKey,
     validation: Validation,
+    leeway: i64,
     access_lifetime: Duration,
     refresh_lifetime: Duration,
+    verified: VerifiedTokens,
+}
+
+/// Tokens whose signature and claims were already checked. A client sends the
+/// same access token with every call; without this, each call would pay again
+/// for the HMAC and two JSON parses (most of what authentication costs, by
+/// profile). Keyed by the whole token, bounded, and the time claims are checked
+/// again on every hit; revocation is checked by the caller on every request.
+#[derive(Default)]
+struct VerifiedTokens {
+    entries: RwLock<HashMap<Box<str>, Claims>>,
+}
+
+/// About 0.5 MiB at most; when full, the cache starts over.
+const VERIFIED_TOKENS_CAPACITY: usize = 1024;
+
+impl VerifiedTokens {
+    fn get(&self, token: &str) -> Option<Claims> {
+        let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());
+        entries.get(token).cloned()
+    }
+
+    fn insert(&self, token: &str, claims: &Claims) {
+        let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
+        if entries.len() >= VERIFIED_TOKENS_CAPACITY {
+            entries.clear();
+        }
+        entries.insert(token.into(), claims.clone());
+    }
+}
+
+/// `exp` and `nbf` against `now`, with the leeway, as `jsonwebtoken` checks them.
+fn check_time(claims: &Claims, now: i64, leeway: i64) -> Result<(), TokenRejection> {
+    if claims.exp < now.saturating_sub(leeway) {
+        Err(TokenRejection::Expired)
+    } else if claims.nbf > now.saturating_add(leeway) {
+        Err(TokenRejection::NotYetValid)
+    } else {
+        Ok(())
+    }
 }
 
 impl JwtTokens {
@@ -34,6 +77,8 @@ impl JwtTokens {
             encoding: EncodingKey::from_secret(secret),
             decoding: DecodingKey::from_secret(secret),
             validation,
+            leeway: i64::try_from(settings.leeway_secs).unwrap_or(i64::MAX),
+            verified: VerifiedTokens::default(),
             access_lifetime: Duration::from_secs(settings.access_token_ttl_secs),
             refresh_lifetime: Duration::from_secs(settings.refresh_token_ttl_secs),
         }
@@ -76,6 +121,23 @@ impl TokenIssuer for JwtTokens {
     }
 
     fn decode(&self, token: &str) -> Result<Claims, TokenRejection> {
+        if let Some(claims) = self.verified.get(token) {
+            check_time(&claims, chrono::Utc::now().timestamp(), self.leeway)?;
+            return Ok(claims);
+        }
+        let claims = self.verify(token)?;
+        self.verified.insert(token, &claims);
+        Ok(claims)
+    }
+
+    fn refresh_lifetime(&self) -> Duration {
+        self.refresh_lifetime
+    }
+}
+
+impl JwtTokens {
+    /// The full check: segments, algorithm, signature, then claims and times.
+    fn verify(&self, token: &str) -> Result<Claims, TokenRejection> {
         let segments: Vec<&str> = token.split('.').collect();
         if segments.len() < 3 {
             return Err(TokenRejection::NotEnoughSegments);
@@ -100,10 +162,6 @@ impl TokenIssuer for JwtTokens {
                 ErrorKind::MissingRequiredClaim(_) => TokenRejection::Malformed("missing claim"),
                 _ => TokenRejection::Malformed("unreadable claims"),
             })
-    }
-
-    fn refresh_lifetime(&self) -> Duration {
-        self.refresh_lifetime
     }
 }
 
@@ -205,6 +263,50 @@ mod tests {
             secret,
         );
         assert_eq!(tokens.decode(&expired), Err(TokenRejection::Expired));
+    }
+
+    #[test]
+    fn a_remembered_token_still_expires() {
+        let tokens = tokens();
+        let issued = tokens
+            .issue("alice", &[Role::User], TokenKind::Access, "f")
+            .unwrap();
+        assert_eq!(tokens.decode(&issued.token), Ok(issued.claims.clone()));
+        assert_eq!(
+            tokens.verified.get(&issued.token),
+            Some(issued.claims.clone())
+        );
+        assert_eq!(
+            tokens.decode(&issued.token),
+            Ok(issued.claims.clone()),
+            "from the cache"
+        );
+        let (exp, nbf) = (issued.claims.exp, issued.claims.nbf);
+        assert_eq!(check_time(&issued.claims, exp + 5, 5), Ok(()));
+        assert_eq!(
+            check_time(&issued.claims, exp + 6, 5),
+            Err(TokenRejection::Expired)
+        );
+        assert_eq!(
+            check_time(&issued.claims, nbf - 6, 5),
+            Err(TokenRejection::NotYetValid)
+        );
+        // A tampered token is another key: it is verified, and refused.
+        let tampered = format!("{}x", issued.token);
+        assert_eq!(tokens.decode(&tampered), Err(TokenRejection::BadSignature));
+    }
+
+    #[test]
+    fn the_cache_of_verified_tokens_is_bounded() {
+        let tokens = tokens();
+        for n in 0..VERIFIED_TOKENS_CAPACITY + 10 {
+            let issued = tokens
+                .issue(&format!("user{n}"), &[Role::User], TokenKind::Access, "f")
+                .unwrap();
+            tokens.decode(&issued.token).unwrap();
+        }
+        let cached = tokens.verified.entries.read().unwrap().len();
+        assert!(cached <= VERIFIED_TOKENS_CAPACITY, "{cached}");
     }
 
     #[test]
