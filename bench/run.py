@@ -99,6 +99,12 @@ class Allot:
             time.sleep(0.001)
         self.startup_ms = (time.perf_counter() - started) * 1000
 
+    def cpu_seconds(self):
+        """User + system CPU time the process has used (steal time is not counted)."""
+        with open(f"/proc/{self.process.pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def peak_rss_mib(self):
         with open(f"/proc/{self.process.pid}/status") as status:
             kib = int(re.search(r"VmHWM:\s+(\d+) kB", status.read()).group(1))
@@ -132,8 +138,9 @@ def add_stock(allot, token, skus):
             assert status == 201, body
 
 
-def wrk(url, seconds, connections, headers=(), script=None, env=None, method=None, body=None):
-    """Runs wrk; returns rps, p50/p99 in ms, and the count of errors and non-2xx answers."""
+def wrk(url, seconds, connections, headers=(), script=None, env=None, method=None, body=None, server=None):
+    """Runs wrk; returns rps, p50/p99 in ms, the count of errors and non-2xx answers,
+    and, given the server, its CPU time per request in µs."""
     command = ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", url]
     for header in headers:
         command += ["-H", header]
@@ -146,7 +153,9 @@ def wrk(url, seconds, connections, headers=(), script=None, env=None, method=Non
                   'wrk.headers["Content-Type"] = "application/json"\n')
         lua.close()
         command += ["-s", lua.name]
+    cpu_before = server.cpu_seconds() if server else None
     out = subprocess.run(command, capture_output=True, text=True, env=env, check=True).stdout
+    cpu_used = server.cpu_seconds() - cpu_before if server else None
     if lua:
         os.unlink(lua.name)
 
@@ -157,8 +166,12 @@ def wrk(url, seconds, connections, headers=(), script=None, env=None, method=Non
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     errors = (int(non2xx.group(1)) if non2xx else 0) + (sum(map(int, socket_errors.groups())) if socket_errors else 0)
-    return {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
-            "p50_ms": latency(50), "p99_ms": latency(99), "errors": errors}
+    requests = int(re.search(r"(\d+) requests in", out).group(1))
+    result = {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+              "p50_ms": latency(50), "p99_ms": latency(99), "errors": errors}
+    if server:
+        result["cpu_us"] = cpu_used * 1e6 / max(requests, 1)
+    return result
 
 
 def example(name, *args):
@@ -195,10 +208,11 @@ def main():
     login = {"username": "bench-user", "password": PASSWORD}
     for round_ in range(args.repeats):
         for name, run in [
-            ("hello", lambda: wrk(allot.base + "/tests/hello", seconds, args.connections)),
-            ("secret", lambda: wrk(allot.base + "/tests/secret", seconds, args.connections, auth)),
-            ("me", lambda: wrk(allot.base + "/users/me", seconds, args.connections, auth)),
-            ("login", lambda: wrk(allot.base + "/users/login", seconds, 8, method="POST", body=json.dumps(login))),
+            ("hello", lambda: wrk(allot.base + "/tests/hello", seconds, args.connections, server=allot)),
+            ("secret", lambda: wrk(allot.base + "/tests/secret", seconds, args.connections, auth, server=allot)),
+            ("me", lambda: wrk(allot.base + "/users/me", seconds, args.connections, auth, server=allot)),
+            ("login", lambda: wrk(allot.base + "/users/login", seconds, 8, method="POST",
+                                  body=json.dumps(login), server=allot)),
         ]:
             results[name].append(run())
             print(f"  round {round_ + 1} {name}: {results[name][-1]}", file=sys.stderr)
@@ -232,7 +246,7 @@ def main():
         add_stock(allot, allot.admin_token("bench-admin"), skus)
         env = dict(os.environ, ALLOT_TOKEN=allot.user_token("bench-allocator"), ALLOT_SKUS=",".join(skus))
         results["allocate"].append(wrk(allot.base + "/allocate", seconds, args.alloc_concurrency,
-                                       script="allocate.lua", env=env))
+                                       script="allocate.lua", env=env, server=allot))
         print(f"  round {round_ + 1} allocate: {results['allocate'][-1]}", file=sys.stderr)
         peaks.append(allot.peak_rss_mib())
         allot.stop()
@@ -271,14 +285,18 @@ def report(args, results, hashing, startups, peaks):
              f"Each figure is the median of {args.repeats} interleaved runs of {args.seconds:g} s; "
              f"wrk -t2 -c{args.connections} (login -c8, allocate -c{args.alloc_concurrency}); "
              f"allot in production config with log.level={args.log_level}.", "",
-             "| scenario | requests/s | p50 ms | p99 ms | errors |", "|---|---:|---:|---:|---:|"]
+             "| scenario | requests/s | p50 ms | p99 ms | errors | allot CPU µs/request |",
+             "|---|---:|---:|---:|---:|---:|"]
     for name, label in [("hello", "GET /tests/hello"), ("secret", "GET /tests/secret"),
                         ("me", "GET /users/me"), ("login", "POST /users/login"),
                         ("allocate", "POST /allocate"), ("raw", "raw driver: find + conditional update")]:
         m = med[name]
         lines.append(f"| {label} | {m['rps']:.0f} | {m.get('p50_ms', float('nan')):.2f} | "
-                     f"{m.get('p99_ms', float('nan')):.2f} | {m['errors']:.0f} |")
-    lines += ["", f"Hashing: /tests/hello at 500 req/s, p99 idle {idle_p99:.2f} ms, "
+                     f"{m.get('p99_ms', float('nan')):.2f} | {m['errors']:.0f} | "
+                     f"{m.get('cpu_us', float('nan')):.1f} |")
+    lines += ["", f"Authentication's CPU cost per request (steal-proof): secret/hello = "
+              f"{secret['cpu_us'] / hello['cpu_us']:.2f}.",
+              "", f"Hashing: /tests/hello at 500 req/s, p99 idle {idle_p99:.2f} ms, "
               f"while logins run flat out {loaded_p99:.2f} ms; logins/s {logins_per_sec:.1f}.",
               f"Peak RSS {max(peaks):.1f} MiB (per instance: {', '.join(f'{p:.1f}' for p in peaks)}); "
               f"start to /health median {statistics.median(startups):.1f} ms; binary {binary_mib:.1f} MiB.", "",

@@ -92,7 +92,7 @@ impl Application {
             batches: MongoBatches::new(&database),
             passwords: Argon2Hasher::new(&settings.auth)?,
             password_policy: settings.auth.password_policy(),
-            tokens: Arc::new(JwtTokens::new(&settings.auth)),
+            tokens: JwtTokens::new(&settings.auth),
             revocation_store: revocation_store.clone(),
             revocations: revocations.clone(),
             database,

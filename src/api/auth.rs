@@ -132,7 +132,7 @@ macro_rules! bearer_extractor {
 pub struct AccessToken(pub Claims);
 
 fn check_access(state: &AppState, token: &str) -> Result<Claims, TokenRejection> {
-    authenticate_access(&*state.tokens, &state.revocations, token)
+    authenticate_access(&state.tokens, &state.revocations, token)
 }
 bearer_extractor!(AccessToken, check_access);
 

@@ -51,7 +51,7 @@ pub struct Components {
     pub users: MongoUsers,
     pub passwords: Argon2Hasher,
     pub password_policy: PasswordPolicy,
-    pub tokens: Arc<JwtTokens>,
+    pub tokens: JwtTokens,
     pub revocation_store: MongoRevocations,
     pub revocations: Arc<RevocationList>,
     pub batches: MongoBatches,

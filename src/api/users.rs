@@ -304,7 +304,7 @@ impl UsersApi {
         let result = users::register(
             &state.users,
             &state.passwords,
-            &*state.tokens,
+            &state.tokens,
             state.password_policy,
             &body.username,
             &body.password,
@@ -339,7 +339,7 @@ impl UsersApi {
         let result = users::login(
             &state.users,
             &state.passwords,
-            &*state.tokens,
+            &state.tokens,
             &body.username,
             &body.password,
         )
@@ -372,7 +372,7 @@ impl UsersApi {
             &state.users,
             &state.revocation_store,
             &state.revocations,
-            &*state.tokens,
+            &state.tokens,
             token.0,
         )
         .await;
@@ -400,7 +400,7 @@ impl UsersApi {
         let result = tokens::logout(
             &state.revocation_store,
             &state.revocations,
-            &*state.tokens,
+            &state.tokens,
             token.0,
         )
         .await;
