@@ -1,6 +1,8 @@
-//! Benchmark probe: GETs a URL at a fixed rate (open loop: each request is
-//! timed from when it was due, so a stall is never hidden) and reports the
-//! latency percentiles.
+//! Benchmark probe: GETs a URL at a fixed rate and reports the latency
+//! percentiles. Open loop: every request has its own task and is sent when due
+//! whatever the others are doing, so a server stall shows in the latency of
+//! every request it delays. Each is timed from its send, not from its due
+//! instant, which would add the timer's own slack (about 1 ms in tokio).
 //!
 //! `cargo run --release --example probe -- URL RATE_PER_SEC SECONDS`
 //! prints one JSON line: `{"requests": .., "errors": .., "p50_ms": .., "p99_ms": .., "max_ms": ..}`.

@@ -248,6 +248,16 @@ impl Settings {
                 60_000,
             ),
         ];
+        if let Err(error) = self
+            .log
+            .level
+            .parse::<tracing_subscriber::filter::Targets>()
+        {
+            return Err(ConfigError::OutOfRange(format!(
+                "log.level {:?} is not a log filter ({error}); try \"info\" or \"allot=debug,warn\"",
+                self.log.level
+            )));
+        }
         for (name, value, min, max) in checks {
             if !(min..=max).contains(&value) {
                 return Err(ConfigError::OutOfRange(format!(
@@ -349,6 +359,10 @@ mod tests {
         settings.auth.password_max_length = 4;
         let message = settings.check_ranges().unwrap_err().to_string();
         assert!(message.contains("auth.password_max_length"), "{message}");
+        settings.auth.password_max_length = 256;
+        settings.log.level = "allot=loud".to_owned();
+        let message = settings.check_ranges().unwrap_err().to_string();
+        assert!(message.contains("log.level"), "{message}");
     }
 
     #[test]

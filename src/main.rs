@@ -54,6 +54,7 @@ enum SpecFormat {
 }
 
 fn main() -> ExitCode {
+    return_large_allocations_to_the_os();
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Serve) {
         Command::Openapi { format } => {
@@ -72,6 +73,19 @@ fn main() -> ExitCode {
         Command::Users {
             command: UsersCommand::CreateAdmin { username },
         } => create_admin(&username),
+    }
+}
+
+/// Pins glibc's mmap threshold at its default (128 KiB), which also turns off
+/// its dynamic raising. Left dynamic, it rises to the size of an Argon2 block
+/// (7 MiB) after the first hash, and later blocks then come from malloc arenas
+/// that keep them: measured, resident memory went from 25 MiB to 58 MiB under
+/// a login storm. Pinned, every such block goes back to the OS when freed.
+fn return_large_allocations_to_the_os() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: sets a malloc tunable before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
     }
 }
 

@@ -88,10 +88,12 @@ fn main() -> std::process::ExitCode {
         libtest_mimic::run(&arguments, trials).exit();
     }
     // RUST_LOG=... shows the apps' logs, e.g. to see the cause behind a 503.
-    if std::env::var_os("RUST_LOG").is_some() {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-            .with_writer(std::io::stderr)
+    if let Some(filter) = std::env::var("RUST_LOG").ok().and_then(|f| f.parse().ok()) {
+        use tracing_subscriber::layer::SubscriberExt;
+        use tracing_subscriber::util::SubscriberInitExt;
+        let _ = tracing_subscriber::registry()
+            .with::<tracing_subscriber::filter::Targets>(filter)
+            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
             .try_init();
     }
     if let Err(message) = session::Session::start() {
