@@ -133,13 +133,7 @@ impl BatchRepository for InMemoryBatchRepository {
         let batches = self.round_trip().await;
         Ok(batches
             .values()
-            .filter_map(|batch| {
-                batch.allocation_for(orderid).map(|line| Allocation {
-                    sku: batch.sku.clone(),
-                    batchref: batch.reference.clone(),
-                    qty: line.qty,
-                })
-            })
+            .filter_map(|batch| Allocation::in_batch(batch, orderid))
             .collect())
     }
 

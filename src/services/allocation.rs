@@ -23,6 +23,17 @@ pub struct Allocation {
     pub qty: u32,
 }
 
+impl Allocation {
+    /// The line of order `orderid` in `batch`, if the batch holds one.
+    pub fn in_batch(batch: &Batch, orderid: &str) -> Option<Self> {
+        batch.allocation_for(orderid).map(|line| Self {
+            sku: batch.sku.clone(),
+            batchref: batch.reference.clone(),
+            qty: line.qty,
+        })
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum RepositoryError {
     #[error("a batch with reference {0} already exists")]

@@ -292,13 +292,7 @@ impl BatchRepository for MongoBatches {
             .await?;
         Ok(batches
             .iter()
-            .filter_map(|batch| {
-                batch.allocation_for(orderid).map(|line| Allocation {
-                    sku: batch.sku.clone(),
-                    batchref: batch.reference.clone(),
-                    qty: line.qty,
-                })
-            })
+            .filter_map(|batch| Allocation::in_batch(batch, orderid))
             .collect())
     }
 
