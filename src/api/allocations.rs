@@ -8,7 +8,7 @@ use poem_openapi::types::Example;
 use poem_openapi::{ApiResponse, Object, OpenApi};
 
 use super::auth::{AccessToken, Protected};
-use super::error::{ErrorBody, bad_request, unavailable};
+use super::error::{ErrorBody, bad_request, error_body, unavailable};
 use super::json_body::JsonBody;
 use super::{ApiTags, AppState};
 use crate::domain::allocation::OrderLine;
@@ -195,10 +195,6 @@ fn order_bad_request(error: poem::Error) -> OrderAllocationsResponse {
     OrderAllocationsResponse::BadRequest(bad_request(error))
 }
 
-fn message(error: &impl std::fmt::Display) -> Json<ErrorBody> {
-    Json(ErrorBody::new(error.to_string()))
-}
-
 #[OpenApi(tag = "ApiTags::Allocations")]
 impl AllocationsApi {
     /// Allocate an order line
@@ -221,9 +217,11 @@ impl AllocationsApi {
         };
         Protected::Ok(match allocation::allocate(&state.batches, line).await {
             Ok(batchref) => AllocateResponse::Created(Json(Allocated { batchref })),
-            Err(AllocateError::Allocation(error)) => AllocateResponse::BadRequest(message(&error)),
+            Err(AllocateError::Allocation(error)) => {
+                AllocateResponse::BadRequest(error_body(&error))
+            }
             Err(error @ AllocateError::Contention(_)) => {
-                AllocateResponse::Unavailable(message(&error))
+                AllocateResponse::Unavailable(error_body(&error))
             }
             Err(AllocateError::Store(error)) => AllocateResponse::Unavailable(unavailable(&error)),
         })
@@ -248,7 +246,7 @@ impl AllocationsApi {
                 batchref,
             })),
             Err(error @ DeallocateError::NotAllocated { .. }) => {
-                DeallocateResponse::NotFound(message(&error))
+                DeallocateResponse::NotFound(error_body(&error))
             }
             Err(DeallocateError::Store(error)) => {
                 DeallocateResponse::Unavailable(unavailable(&error))
@@ -285,7 +283,7 @@ impl AllocationsApi {
                         .collect(),
                 )),
                 Err(error @ OrderAllocationsError::NoAllocations(_)) => {
-                    OrderAllocationsResponse::NotFound(message(&error))
+                    OrderAllocationsResponse::NotFound(error_body(&error))
                 }
                 Err(OrderAllocationsError::Store(error)) => {
                     OrderAllocationsResponse::Unavailable(unavailable(&error))

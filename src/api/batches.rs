@@ -13,7 +13,7 @@ use poem_openapi::{ApiResponse, Object, OpenApi};
 use serde_json::Value;
 
 use super::auth::{AccessToken, AdminOnly, AdminToken, Protected};
-use super::error::{ErrorBody, bad_request, unavailable};
+use super::error::{ErrorBody, bad_request, error_body, unavailable};
 use super::json_body::JsonBody;
 use super::{ApiTags, AppState};
 use crate::domain::allocation::{Batch, OrderLine};
@@ -400,10 +400,6 @@ fn change_bad_request(error: poem::Error) -> ChangeQuantityResponse {
     ChangeQuantityResponse::BadRequest(bad_request(error))
 }
 
-fn message(error: &impl std::fmt::Display) -> Json<ErrorBody> {
-    Json(ErrorBody::new(error.to_string()))
-}
-
 #[OpenApi(tag = "ApiTags::Batches")]
 impl BatchesApi {
     /// Add a batch
@@ -428,7 +424,7 @@ impl BatchesApi {
         AdminOnly::Ok(match result {
             Ok(batch) => AddBatchResponse::Created(Json(BatchBody::from(&batch))),
             Err(error @ AddBatchError::DuplicateBatch(_)) => {
-                AddBatchResponse::Conflict(message(&error))
+                AddBatchResponse::Conflict(error_body(&error))
             }
             Err(AddBatchError::Store(error)) => AddBatchResponse::Unavailable(unavailable(&error)),
         })
@@ -509,7 +505,7 @@ impl BatchesApi {
             match allocation::get_batch(&state.batches, &reference.0).await {
                 Ok(batch) => GetBatchResponse::Ok(Json(BatchBody::from(&batch))),
                 Err(error @ GetBatchError::BatchNotFound(_)) => {
-                    GetBatchResponse::NotFound(message(&error))
+                    GetBatchResponse::NotFound(error_body(&error))
                 }
                 Err(GetBatchError::Store(error)) => {
                     GetBatchResponse::Unavailable(unavailable(&error))
@@ -547,14 +543,14 @@ impl BatchesApi {
         AdminOnly::Ok(match result {
             Ok(change) => ChangeQuantityResponse::Ok(Json(change.into())),
             Err(error @ ChangeQuantityError::BatchNotFound(_)) => {
-                ChangeQuantityResponse::NotFound(message(&error))
+                ChangeQuantityResponse::NotFound(error_body(&error))
             }
             Err(error @ ChangeQuantityError::Contention(_)) => {
-                ChangeQuantityResponse::Unavailable(message(&error))
+                ChangeQuantityResponse::Unavailable(error_body(&error))
             }
             Err(error @ ChangeQuantityError::Reallocation { .. }) => {
                 tracing::error!(%error, cause = ?std::error::Error::source(&error).map(ToString::to_string), "re-allocation after a quantity change failed");
-                ChangeQuantityResponse::Unavailable(message(&error))
+                ChangeQuantityResponse::Unavailable(error_body(&error))
             }
             Err(ChangeQuantityError::Store(error)) => {
                 ChangeQuantityResponse::Unavailable(unavailable(&error))

@@ -28,6 +28,11 @@ impl ErrorBody {
     }
 }
 
+/// A business error's own message as the body (e.g. `Out of stock for sku X`).
+pub fn error_body(error: &impl std::fmt::Display) -> poem_openapi::payload::Json<ErrorBody> {
+    poem_openapi::payload::Json(ErrorBody::new(error.to_string()))
+}
+
 /// The 400 body for a request poem-openapi could not parse; its message
 /// names the field at fault.
 pub fn bad_request(error: poem::Error) -> poem_openapi::payload::Json<ErrorBody> {

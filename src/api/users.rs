@@ -11,7 +11,7 @@ use poem_openapi::{ApiResponse, Object, OpenApi};
 use serde_json::Value;
 
 use super::auth::{AnyToken, AuthErrorBody, Protected, RefreshToken};
-use super::error::{ErrorBody, bad_request, internal_error, unavailable};
+use super::error::{ErrorBody, bad_request, error_body, internal_error, unavailable};
 use super::json_body::JsonBody;
 use super::{ApiTags, AppState};
 use crate::domain::user::{User, Username};
@@ -313,10 +313,10 @@ impl UsersApi {
         Ok(match result {
             Ok((_, tokens)) => RegistrationResponse::Created(Json(tokens.into())),
             Err(RegistrationError::Invalid(error)) => {
-                RegistrationResponse::BadRequest(Json(ErrorBody::new(error.to_string())))
+                RegistrationResponse::BadRequest(error_body(&error))
             }
             Err(error @ RegistrationError::UsernameTaken(_)) => {
-                RegistrationResponse::Conflict(Json(ErrorBody::new(error.to_string())))
+                RegistrationResponse::Conflict(error_body(&error))
             }
             Err(RegistrationError::Store(error)) => {
                 RegistrationResponse::Unavailable(unavailable(&error))
@@ -424,9 +424,7 @@ impl UsersApi {
     ) -> Protected<ProfileResponse> {
         Protected::Ok(match users::profile(&state.users, &token.0.sub).await {
             Ok(user) => ProfileResponse::Ok(Json(user.into())),
-            Err(error @ ProfileError::NotFound(_)) => {
-                ProfileResponse::NotFound(Json(ErrorBody::new(error.to_string())))
-            }
+            Err(error @ ProfileError::NotFound(_)) => ProfileResponse::NotFound(error_body(&error)),
             Err(ProfileError::Store(error)) => ProfileResponse::Unavailable(unavailable(&error)),
         })
     }

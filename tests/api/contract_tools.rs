@@ -79,14 +79,7 @@ async fn account(app: &TestApp, admin: bool) -> String {
     let (status, body) = app.register(&username, PASSWORD).await;
     assert_eq!(status, 201, "{body}");
     if admin {
-        app.database
-            .collection::<mongodb::bson::Document>("users")
-            .update_one(
-                mongodb::bson::doc! { "username": &username },
-                mongodb::bson::doc! { "$addToSet": { "roles": "admin" } },
-            )
-            .await
-            .expect("admin role granted");
+        app.grant_admin(&username).await;
     }
     username
 }

@@ -108,19 +108,25 @@ impl TestApp {
         json(self.post_json("/users/login", None, &credentials).await).await
     }
 
+    /// Grants `admin` to a registered user directly in the database, as
+    /// `allot users create-admin` does; takes effect at the next login.
+    pub async fn grant_admin(&self, username: &str) {
+        self.database
+            .collection::<mongodb::bson::Document>("users")
+            .update_one(
+                mongodb::bson::doc! { "username": username.to_lowercase() },
+                mongodb::bson::doc! { "$addToSet": { "roles": "admin" } },
+            )
+            .await
+            .expect("admin role granted");
+    }
+
     /// Registers a fresh user, grants it `admin` in the database (as the CLI
     /// would) and logs it in, so the token carries the role.
     pub async fn new_admin(&self) -> Tokens {
         let username = random_name("admin");
         self.register(&username, PASSWORD).await;
-        self.database
-            .collection::<mongodb::bson::Document>("users")
-            .update_one(
-                mongodb::bson::doc! { "username": &username },
-                mongodb::bson::doc! { "$addToSet": { "roles": "admin" } },
-            )
-            .await
-            .expect("admin role granted");
+        self.grant_admin(&username).await;
         let (status, body) = self.login(&username, PASSWORD).await;
         assert_eq!(status, 200, "{body}");
         Tokens::from(&body)
