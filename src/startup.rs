@@ -120,7 +120,7 @@ impl Application {
         let revocation_store = MongoRevocations::new(&database);
         let revocations = Arc::new(RevocationList::default());
         revocations.sync(&revocation_store).await?;
-        let allocations = MongoAllocations::new(&client, &database);
+        let allocations = MongoAllocations::new(&database);
         let state = AppState::new(Components {
             users: MongoUsers::new(&database),
             allocations: allocations.clone(),

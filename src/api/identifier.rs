@@ -13,27 +13,41 @@ use serde_json::Value;
 /// Checked by hand rather than with poem-openapi's `pattern` validator, which
 /// compiles its regex on every request (poem-openapi 5.1: `Regex::new` inside
 /// `Pattern::check`); the schema still states the pattern for clients.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
-#[serde(transparent)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identifier(pub String);
 
 impl Identifier {
     pub const MAX_LENGTH: usize = 100;
 
-    fn check(text: String) -> ParseResult<Self> {
+    fn problem(text: &str) -> Option<String> {
         if text.is_empty() {
-            return Err(ParseError::custom("must not be empty"));
+            Some("must not be empty".to_owned())
+        } else if text.chars().count() > Self::MAX_LENGTH {
+            Some(format!("longer than {} characters", Self::MAX_LENGTH))
+        } else if text.chars().any(char::is_whitespace) {
+            Some("must not contain whitespace".to_owned())
+        } else {
+            None
         }
-        if text.chars().count() > Self::MAX_LENGTH {
-            return Err(ParseError::custom(format!(
-                "longer than {} characters",
-                Self::MAX_LENGTH
-            )));
+    }
+
+    fn check(text: String) -> ParseResult<Self> {
+        match Self::problem(&text) {
+            Some(problem) => Err(ParseError::custom(problem)),
+            None => Ok(Self(text)),
         }
-        if text.chars().any(char::is_whitespace) {
-            return Err(ParseError::custom("must not contain whitespace"));
+    }
+}
+
+/// Checked here too, so that a JSON body's error names the field at fault
+/// (see `json_body`).
+impl<'de> serde::Deserialize<'de> for Identifier {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        match Self::problem(&text) {
+            Some(problem) => Err(serde::de::Error::custom(problem)),
+            None => Ok(Self(text)),
         }
-        Ok(Self(text))
     }
 }
 
@@ -80,8 +94,10 @@ impl Type for Identifier {
 
 impl ParseFromJSON for Identifier {
     fn parse_from_json(value: Option<Value>) -> ParseResult<Self> {
-        let text = String::parse_from_json(value).map_err(ParseError::propagate)?;
-        Self::check(text)
+        match value {
+            Some(Value::String(text)) => Self::check(text),
+            other => Err(ParseError::expected_type(other.unwrap_or_default())),
+        }
     }
 }
 

@@ -305,9 +305,9 @@ fn jitter(pause: Duration) -> Duration {
 }
 
 impl MongoAllocations {
-    pub fn new(client: &Client, database: &Database) -> Self {
+    pub fn new(database: &Database) -> Self {
         Self {
-            client: client.clone(),
+            client: database.client().clone(),
             batches: database.collection(BATCHES),
             lines: database.collection(ORDER_LINES),
             sku_locks: std::sync::Arc::new(std::array::from_fn(|_| Mutex::new(()))),
