@@ -89,6 +89,14 @@ pub struct Settings {
     pub mongo: MongoSettings,
     pub log: LogSettings,
     pub auth: AuthSettings,
+    pub allocation: AllocationSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct AllocationSettings {
+    /// How often each instance runs the recovery pass (finishes interrupted
+    /// shrinks, allocates waiting lines whose stock appeared).
+    pub recovery_interval_ms: u64,
 }
 
 fn default_environment() -> Environment {
@@ -246,6 +254,12 @@ impl Settings {
                 auth.revocation_sync_ms,
                 10,
                 60_000,
+            ),
+            (
+                "allocation.recovery_interval_ms",
+                self.allocation.recovery_interval_ms,
+                10,
+                3_600_000,
             ),
         ];
         if let Err(error) = self

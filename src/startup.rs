@@ -8,7 +8,7 @@ use poem::listener::TcpAcceptor;
 use poem::middleware::CatchPanic;
 use poem::{Endpoint, EndpointExt, IntoEndpoint, Response, Route, Server};
 
-use crate::adapters::mongo::batches::MongoBatches;
+use crate::adapters::mongo::allocations::MongoAllocations;
 use crate::adapters::mongo::revocations::MongoRevocations;
 use crate::adapters::mongo::users::MongoUsers;
 use crate::adapters::mongo::{self, MongoError};
@@ -17,6 +17,7 @@ use crate::adapters::tokens::JwtTokens;
 use crate::api::{self, AppState, Components, error, middleware};
 use crate::config::Settings;
 use crate::services::StoreError;
+use crate::services::allocation;
 use crate::services::tokens::RevocationList;
 use crate::services::users::HashingError;
 
@@ -43,6 +44,7 @@ pub struct Application {
     endpoint: poem::endpoint::BoxEndpoint<'static, Response>,
     shutdown_grace: Duration,
     revocation_sync: RevocationSync,
+    recovery: RecoveryLoop,
 }
 
 /// Keeps this instance's revocation list in step with the shared store.
@@ -60,6 +62,37 @@ impl RevocationSync {
             ticks.tick().await;
             if let Err(error) = self.list.sync(&self.store).await {
                 tracing::warn!(%error, "cannot sync revoked tokens; will retry");
+            }
+        }
+    }
+}
+
+/// Runs the allocation recovery pass at start and then periodically: it
+/// completes what a crash left half-done and serves waiting lines.
+struct RecoveryLoop {
+    allocations: MongoAllocations,
+    every: Duration,
+}
+
+impl RecoveryLoop {
+    async fn run(self) {
+        let mut ticks = tokio::time::interval(self.every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut resume_after = None;
+        loop {
+            ticks.tick().await;
+            match allocation::recover(&self.allocations, resume_after.as_deref()).await {
+                Ok(recovery) => {
+                    if recovery.backordered + recovery.filled > 0 {
+                        tracing::info!(
+                            backordered = recovery.backordered,
+                            filled = recovery.filled,
+                            "allocation recovery pass"
+                        );
+                    }
+                    resume_after = recovery.next_position;
+                }
+                Err(error) => tracing::warn!(%error, "allocation recovery pass failed; will retry"),
             }
         }
     }
@@ -87,9 +120,10 @@ impl Application {
         let revocation_store = MongoRevocations::new(&database);
         let revocations = Arc::new(RevocationList::default());
         revocations.sync(&revocation_store).await?;
+        let allocations = MongoAllocations::new(&database);
         let state = AppState::new(Components {
             users: MongoUsers::new(&database),
-            batches: MongoBatches::new(&database),
+            allocations: allocations.clone(),
             passwords: Argon2Hasher::new(&settings.auth)?,
             password_policy: settings.auth.password_policy(),
             tokens: JwtTokens::new(&settings.auth),
@@ -108,6 +142,10 @@ impl Application {
                 store: revocation_store,
                 every: Duration::from_millis(settings.auth.revocation_sync_ms.max(10)),
             },
+            recovery: RecoveryLoop {
+                allocations,
+                every: Duration::from_millis(settings.allocation.recovery_interval_ms.max(10)),
+            },
         })
     }
 
@@ -122,10 +160,12 @@ impl Application {
         shutdown: impl Future<Output = ()>,
     ) -> std::io::Result<()> {
         let sync = tokio::spawn(self.revocation_sync.run());
+        let recovery = tokio::spawn(self.recovery.run());
         let served = Server::new_with_acceptor(self.acceptor)
             .run_with_graceful_shutdown(self.endpoint, shutdown, Some(self.shutdown_grace))
             .await;
         sync.abort();
+        recovery.abort();
         served
     }
 }

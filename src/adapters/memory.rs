@@ -1,29 +1,73 @@
-//! An in-memory [`BatchRepository`]: the book's FakeRepository, for unit tests
-//! of the use cases without a database.
+//! An in-memory [`AllocationRepository`]: the book's FakeRepository, for unit
+//! tests of the use cases without a database.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
-use crate::domain::allocation::{Batch, OrderLine};
-use crate::services::allocation::{Allocation, BatchRepository, RepositoryError};
+use chrono::Utc;
 
-/// Batches by reference behind one lock, so that each conditional write is
-/// checked and applied atomically, as the port requires of every store.
+use crate::domain::allocation::{
+    AcknowledgedLine, Batch, LineStatus, OrderLine, choose_batch, lines_to_give_up,
+};
+use crate::services::allocation::{
+    Allocated, AllocationRepository, Backorder, BatchLine, Filled, RepositoryError,
+};
+
+#[derive(Debug)]
+struct StoredLine {
+    line: AcknowledgedLine,
+    /// Order of acknowledgement: the backorder queue's order.
+    id: u64,
+    /// Order among the lines of its batch, while allocated.
+    batch_position: Option<u64>,
+}
+
 #[derive(Debug, Default)]
-pub struct InMemoryBatchRepository {
-    batches: Mutex<BTreeMap<String, Batch>>,
+struct Store {
+    batches: BTreeMap<String, Batch>,
+    /// Keyed by (orderid, sku): an order holds one line per sku.
+    lines: BTreeMap<(String, String), StoredLine>,
+    /// Per batch, the position of its latest allocation.
+    batch_positions: HashMap<String, u64>,
+    next_id: u64,
+}
+
+impl Store {
+    /// Takes the line's quantity from the batch [`choose_batch`] prefers.
+    fn take_stock(&mut self, line: &OrderLine) -> Option<(String, u64)> {
+        let candidates: Vec<Batch> = self
+            .batches
+            .values()
+            .filter(|b| b.sku == line.sku)
+            .cloned()
+            .collect();
+        let reference = choose_batch(line, &candidates).ok()?.reference.clone();
+        let batch = self.batches.get_mut(&reference)?;
+        batch.allocate(line);
+        batch.version += 1;
+        let position = self.batch_positions.entry(reference.clone()).or_default();
+        *position += 1;
+        Some((reference, *position))
+    }
+}
+
+/// Batches and lines behind one lock, so that each step is checked and
+/// applied atomically, as the port requires of every store.
+#[derive(Debug, Default)]
+pub struct InMemoryAllocations {
+    store: Mutex<Store>,
     calls: AtomicUsize,
 }
 
-impl InMemoryBatchRepository {
+impl InMemoryAllocations {
     pub fn new() -> Self {
         Self::default()
     }
 
     /// How many repository methods were called since creation or the last
-    /// [`InMemoryBatchRepository::reset_calls`]; lets tests hold use cases to
+    /// [`InMemoryAllocations::reset_calls`]; lets tests hold use cases to
     /// their round-trip budget.
     pub fn calls(&self) -> usize {
         self.calls.load(Ordering::SeqCst)
@@ -34,46 +78,52 @@ impl InMemoryBatchRepository {
     }
 
     /// Counts the call, then yields once as a real store's round trip would, so
-    /// that concurrent tests interleave between reads and writes.
-    async fn round_trip(&self) -> MutexGuard<'_, BTreeMap<String, Batch>> {
+    /// that concurrent tests interleave between steps.
+    async fn step(&self) -> MutexGuard<'_, Store> {
         self.calls.fetch_add(1, Ordering::SeqCst);
         tokio::task::yield_now().await;
-        // A panic while holding the lock cannot leave a batch half-written
-        // (every write is one assignment), so a poisoned map is still sound.
-        self.batches
+        // Every step checks before it writes anything, so a panic cannot
+        // leave a step half-applied: a poisoned store is still sound.
+        self.store
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
-impl BatchRepository for InMemoryBatchRepository {
-    async fn add(&self, batch: &Batch) -> Result<(), RepositoryError> {
-        let mut batches = self.round_trip().await;
-        if batches.contains_key(&batch.reference) {
+fn key(orderid: &str, sku: &str) -> (String, String) {
+    (orderid.to_owned(), sku.to_owned())
+}
+
+fn position(id: u64) -> String {
+    format!("{id:024x}")
+}
+
+impl AllocationRepository for InMemoryAllocations {
+    async fn add_batch(&self, batch: &Batch) -> Result<(), RepositoryError> {
+        let mut store = self.step().await;
+        if store.batches.contains_key(&batch.reference) {
             return Err(RepositoryError::DuplicateReference(batch.reference.clone()));
         }
-        batches.insert(batch.reference.clone(), batch.clone());
+        store
+            .batches
+            .insert(batch.reference.clone(), batch.clone());
         Ok(())
     }
 
-    async fn get(&self, reference: &str) -> Result<Option<Batch>, RepositoryError> {
-        Ok(self.round_trip().await.get(reference).cloned())
+    async fn batch(&self, reference: &str) -> Result<Option<Batch>, RepositoryError> {
+        Ok(self.step().await.batches.get(reference).cloned())
     }
 
-    async fn for_sku(&self, sku: &str) -> Result<Vec<Batch>, RepositoryError> {
-        let batches = self.round_trip().await;
-        Ok(batches.values().filter(|b| b.sku == sku).cloned().collect())
-    }
-
-    async fn list(
+    async fn batches(
         &self,
         sku: Option<&str>,
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<Batch>, RepositoryError> {
-        let batches = self.round_trip().await;
+        let store = self.step().await;
         let start = after.map_or(Bound::Unbounded, Bound::Excluded);
-        Ok(batches
+        Ok(store
+            .batches
             .range::<str, _>((start, Bound::Unbounded))
             .map(|(_, batch)| batch)
             .filter(|batch| sku.is_none_or(|sku| batch.sku == sku))
@@ -82,115 +132,235 @@ impl BatchRepository for InMemoryBatchRepository {
             .collect())
     }
 
-    async fn allocate_if_available(
-        &self,
-        reference: &str,
-        line: &OrderLine,
-    ) -> Result<bool, RepositoryError> {
-        let mut batches = self.round_trip().await;
-        let Some(batch) = batches.get_mut(reference) else {
-            return Ok(false);
-        };
-        let allocated = batch.allocate(line.clone());
-        if allocated {
-            batch.version += 1;
-        }
-        Ok(allocated)
+    async fn sku_exists(&self, sku: &str) -> Result<bool, RepositoryError> {
+        Ok(self.step().await.batches.values().any(|b| b.sku == sku))
     }
 
-    async fn deallocate(
-        &self,
-        reference: &str,
-        orderid: &str,
-    ) -> Result<Option<OrderLine>, RepositoryError> {
-        let mut batches = self.round_trip().await;
-        let Some(batch) = batches.get_mut(reference) else {
-            return Ok(None);
-        };
-        let removed = batch.deallocate(orderid);
-        if removed.is_some() {
-            batch.version += 1;
+    async fn allocate(&self, line: &OrderLine) -> Result<Allocated, RepositoryError> {
+        let mut store = self.step().await;
+        if let Some(existing) = store.lines.get(&key(&line.orderid, &line.sku)) {
+            return Ok(Allocated::AlreadyAcknowledged(existing.line.clone()));
         }
-        Ok(removed)
+        let Some((batchref, batch_position)) = store.take_stock(line) else {
+            return Ok(Allocated::NoRoom);
+        };
+        store.next_id += 1;
+        let stored = StoredLine {
+            line: AcknowledgedLine {
+                line: line.clone(),
+                status: LineStatus::Allocated {
+                    batchref: batchref.clone(),
+                },
+                acknowledged_at: Utc::now(),
+            },
+            id: store.next_id,
+            batch_position: Some(batch_position),
+        };
+        store
+            .lines
+            .insert(key(&line.orderid, &line.sku), stored);
+        Ok(Allocated::Taken(batchref))
     }
 
-    async fn find_allocation(
+    async fn line(
         &self,
         orderid: &str,
         sku: &str,
-    ) -> Result<Option<Batch>, RepositoryError> {
-        let batches = self.round_trip().await;
-        Ok(batches
-            .values()
-            .find(|batch| batch.sku == sku && batch.allocation_for(orderid).is_some())
-            .cloned())
+    ) -> Result<Option<AcknowledgedLine>, RepositoryError> {
+        let store = self.step().await;
+        Ok(store.lines.get(&key(orderid, sku)).map(|s| s.line.clone()))
     }
 
-    async fn allocations_for_order(
+    async fn lines_of_order(
         &self,
         orderid: &str,
-    ) -> Result<Vec<Allocation>, RepositoryError> {
-        let batches = self.round_trip().await;
-        Ok(batches
+        limit: usize,
+    ) -> Result<Vec<AcknowledgedLine>, RepositoryError> {
+        let store = self.step().await;
+        Ok(store
+            .lines
             .values()
-            .filter_map(|batch| Allocation::in_batch(batch, orderid))
+            .filter(|s| s.line.line.orderid == orderid)
+            .take(limit)
+            .map(|s| s.line.clone())
             .collect())
     }
 
-    async fn save_if_unchanged(&self, batch: &Batch) -> Result<bool, RepositoryError> {
-        let mut batches = self.round_trip().await;
-        let Some(stored) = batches.get_mut(&batch.reference) else {
-            return Ok(false);
+    async fn remove_line(
+        &self,
+        orderid: &str,
+        sku: &str,
+    ) -> Result<Option<AcknowledgedLine>, RepositoryError> {
+        let mut store = self.step().await;
+        let Some(removed) = store.lines.remove(&key(orderid, sku)) else {
+            return Ok(None);
         };
-        if stored.version != batch.version {
-            return Ok(false);
+        if let Some(batch) = removed
+            .line
+            .batchref()
+            .and_then(|batchref| store.batches.get_mut(batchref))
+        {
+            batch.deallocate(&removed.line.line);
+            batch.version += 1;
         }
-        // Only the quantity and the allocations are the caller's to change.
-        *stored = Batch::restore(
-            stored.reference.clone(),
-            stored.sku.clone(),
-            batch.purchased_quantity(),
-            stored.eta,
-            batch.allocations().to_vec(),
-            stored.version + 1,
-        );
-        Ok(true)
+        Ok(Some(removed.line))
+    }
+
+    async fn change_purchased_quantity(
+        &self,
+        reference: &str,
+        qty: u32,
+    ) -> Result<Option<Batch>, RepositoryError> {
+        let mut store = self.step().await;
+        Ok(store.batches.get_mut(reference).map(|batch| {
+            batch.change_purchased_quantity(qty);
+            batch.version += 1;
+            batch.clone()
+        }))
+    }
+
+    async fn give_up_recent_lines(
+        &self,
+        reference: &str,
+        max_lines: usize,
+    ) -> Result<Vec<OrderLine>, RepositoryError> {
+        let mut store = self.step().await;
+        let over_by = match store.batches.get(reference) {
+            Some(batch) => batch.over_allocated_by(),
+            None => return Ok(Vec::new()),
+        };
+        let mut recent: Vec<(&(String, String), u64, u32)> = store
+            .lines
+            .iter()
+            .filter(|(_, s)| s.line.batchref() == Some(reference))
+            .filter_map(|(k, s)| Some((k, s.batch_position?, s.line.line.qty)))
+            .collect();
+        recent.sort_by_key(|&(_, position, _)| std::cmp::Reverse(position));
+        recent.truncate(max_lines);
+        let quantities: Vec<u32> = recent.iter().map(|&(_, _, qty)| qty).collect();
+        let count = lines_to_give_up(over_by, &quantities);
+        let keys: Vec<(String, String)> =
+            recent[..count].iter().map(|(k, _, _)| (*k).clone()).collect();
+        let mut given_up = Vec::new();
+        for k in keys {
+            let stored = store.lines.get_mut(&k).expect("listed above");
+            stored.line.status = LineStatus::Backordered;
+            stored.batch_position = None;
+            given_up.push(stored.line.line.clone());
+        }
+        let batch = store.batches.get_mut(reference).expect("checked above");
+        for line in &given_up {
+            batch.deallocate(line);
+        }
+        batch.version += 1;
+        Ok(given_up)
+    }
+
+    async fn over_allocated_batches(&self, limit: usize) -> Result<Vec<String>, RepositoryError> {
+        let store = self.step().await;
+        Ok(store
+            .batches
+            .values()
+            .filter(|b| b.over_allocated_by() > 0)
+            .take(limit)
+            .map(|b| b.reference.clone())
+            .collect())
+    }
+
+    async fn backorders(
+        &self,
+        sku: Option<&str>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Backorder>, RepositoryError> {
+        let store = self.step().await;
+        let mut waiting: Vec<Backorder> = store
+            .lines
+            .values()
+            .filter(|s| s.line.status == LineStatus::Backordered)
+            .filter(|s| sku.is_none_or(|sku| s.line.line.sku == sku))
+            .map(|s| Backorder {
+                line: s.line.clone(),
+                position: position(s.id),
+            })
+            .filter(|b| after.is_none_or(|after| b.position.as_str() > after))
+            .collect();
+        waiting.sort_by(|a, b| a.position.cmp(&b.position));
+        waiting.truncate(limit);
+        Ok(waiting)
+    }
+
+    async fn fill_backorder(&self, line: &OrderLine) -> Result<Filled, RepositoryError> {
+        let mut store = self.step().await;
+        let k = key(&line.orderid, &line.sku);
+        let waiting = store
+            .lines
+            .get(&k)
+            .is_some_and(|s| s.line.status == LineStatus::Backordered);
+        if !waiting {
+            return Ok(Filled::NotWaiting);
+        }
+        let stored_line = store.lines[&k].line.line.clone();
+        let Some((batchref, batch_position)) = store.take_stock(&stored_line) else {
+            return Ok(Filled::NoRoom);
+        };
+        let stored = store.lines.get_mut(&k).expect("checked above");
+        stored.line.status = LineStatus::Allocated {
+            batchref: batchref.clone(),
+        };
+        stored.batch_position = Some(batch_position);
+        Ok(Filled::Taken(batchref))
+    }
+
+    async fn batch_lines(
+        &self,
+        reference: &str,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<BatchLine>, RepositoryError> {
+        let store = self.step().await;
+        let mut lines: Vec<BatchLine> = store
+            .lines
+            .values()
+            .filter(|s| s.line.batchref() == Some(reference))
+            .filter_map(|s| {
+                Some(BatchLine {
+                    orderid: s.line.line.orderid.clone(),
+                    qty: s.line.line.qty,
+                    position: s.batch_position?,
+                })
+            })
+            .filter(|l| after.is_none_or(|after| l.position > after))
+            .collect();
+        lines.sort_by_key(|l| l.position);
+        lines.truncate(limit);
+        Ok(lines)
     }
 }
 
 #[cfg(test)]
-#[path = "../../tests/contract/batch_repository.rs"]
+#[path = "../../tests/contract/allocation_repository.rs"]
 mod contract;
 
 #[cfg(test)]
 mod tests {
-    use super::{InMemoryBatchRepository, contract};
+    use super::{InMemoryAllocations, contract};
 
     /// One `#[tokio::test]` per contract check, each over a fresh repository.
     macro_rules! contract_tests {
         ($($check:ident),* $(,)?) => {$(
             #[tokio::test]
             async fn $check() {
-                contract::$check(&InMemoryBatchRepository::new(), "mem").await;
+                contract::$check(&InMemoryAllocations::new(), "mem").await;
             }
         )*};
     }
 
-    contract_tests![
-        add_then_get,
-        add_refuses_a_duplicate_reference,
-        for_sku_returns_only_that_sku,
-        list_pages_by_reference,
-        allocate_if_available_refuses_short_stock_and_duplicates,
-        deallocate_returns_the_line_and_frees_the_stock,
-        find_allocation_finds_the_holding_batch,
-        allocations_for_order_spans_skus,
-        save_if_unchanged_refuses_a_stale_version,
-    ];
+    contract::for_each_check!(contract_tests);
 
     #[tokio::test]
     async fn all_checks_share_one_repository_without_interfering() {
-        let repo = InMemoryBatchRepository::new();
+        let repo = InMemoryAllocations::new();
         contract::run_all(&repo, "first").await;
         contract::run_all(&repo, "second").await;
     }

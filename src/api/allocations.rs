@@ -2,17 +2,22 @@
 //! where an order's lines were allocated. Any access token will do.
 
 use poem::web::Data;
-use poem_openapi::param::Path;
+use chrono::{DateTime, Utc};
+use poem_openapi::param::{Path, Query};
 use poem_openapi::payload::Json;
 use poem_openapi::types::Example;
 use poem_openapi::{ApiResponse, Object, OpenApi};
 
-use super::auth::{AccessToken, Protected};
+use super::auth::{AccessToken, AdminOnly, AdminToken, Protected};
+use super::batches::{default_limit, next_cursor};
 use super::error::{ErrorBody, bad_request, error_body, unavailable};
+use super::identifier::Identifier;
 use super::json_body::JsonBody;
 use super::{ApiTags, AppState};
-use crate::domain::allocation::OrderLine;
-use crate::services::allocation::{self, AllocateError, DeallocateError, OrderAllocationsError};
+use crate::domain::allocation::{AcknowledgedLine, LineStatus, OrderLine};
+use crate::services::allocation::{
+    self, AllocateError, Allocation, DeallocateError, OrderAllocationsError,
+};
 
 pub struct AllocationsApi;
 
@@ -21,11 +26,9 @@ pub struct AllocationsApi;
 #[oai(example)]
 pub struct OrderLineRequest {
     /// The customer order (1–100 characters, no whitespace).
-    #[oai(validator(min_length = 1, max_length = 100, pattern = r"^\S+$"))]
-    pub orderid: String,
+    pub orderid: Identifier,
     /// The stock-keeping unit ordered (1–100 characters, no whitespace).
-    #[oai(validator(min_length = 1, max_length = 100, pattern = r"^\S+$"))]
-    pub sku: String,
+    pub sku: Identifier,
     /// Units ordered (1 to 1 000 000 000).
     #[oai(validator(minimum(value = "1"), maximum(value = "1000000000")))]
     pub qty: u32,
@@ -34,8 +37,8 @@ pub struct OrderLineRequest {
 impl Example for OrderLineRequest {
     fn example() -> Self {
         Self {
-            orderid: "order-001".to_owned(),
-            sku: "SMALL-TABLE".to_owned(),
+            orderid: Identifier("order-001".to_owned()),
+            sku: Identifier("SMALL-TABLE".to_owned()),
             qty: 2,
         }
     }
@@ -46,18 +49,16 @@ impl Example for OrderLineRequest {
 #[oai(example)]
 pub struct OrderLineRef {
     /// The customer order.
-    #[oai(validator(min_length = 1, max_length = 100, pattern = r"^\S+$"))]
-    pub orderid: String,
+    pub orderid: Identifier,
     /// The sku of the line.
-    #[oai(validator(min_length = 1, max_length = 100, pattern = r"^\S+$"))]
-    pub sku: String,
+    pub sku: Identifier,
 }
 
 impl Example for OrderLineRef {
     fn example() -> Self {
         Self {
-            orderid: "order-001".to_owned(),
-            sku: "SMALL-TABLE".to_owned(),
+            orderid: Identifier("order-001".to_owned()),
+            sku: Identifier("SMALL-TABLE".to_owned()),
         }
     }
 }
@@ -78,49 +79,73 @@ impl Example for Allocated {
     }
 }
 
-/// A deallocated order line and the batch it was taken from.
+/// Where an order line stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, poem_openapi::Enum)]
+#[oai(rename_all = "lowercase")]
+pub enum LineStatusBody {
+    /// The line draws its stock from `batchref`.
+    Allocated,
+    /// The line lost its stock (its batch shrank) and waits for stock of its
+    /// sku; it is allocated, oldest first, as soon as some appears.
+    Backordered,
+}
+
+/// An acknowledged order line was repeated while it waits for stock.
 #[derive(Debug, Object)]
 #[oai(example)]
-pub struct Deallocated {
+pub struct Waiting {
+    /// Always `backordered`.
+    pub status: LineStatusBody,
+}
+
+impl Example for Waiting {
+    fn example() -> Self {
+        Self {
+            status: LineStatusBody::Backordered,
+        }
+    }
+}
+
+/// One line of an order, as it stands.
+#[derive(Debug, Object)]
+#[oai(example)]
+pub struct OrderLineBody {
     /// The customer order.
     pub orderid: String,
     /// The sku of the line.
     pub sku: String,
-    /// Units that were allocated.
+    /// Units ordered.
     pub qty: u32,
-    /// The batch whose stock it gave back.
-    pub batchref: String,
+    /// The batch the line draws from; null while it is backordered.
+    pub batchref: Option<String>,
+    /// `allocated` or `backordered`.
+    pub status: LineStatusBody,
 }
 
-impl Example for Deallocated {
+impl Example for OrderLineBody {
     fn example() -> Self {
         Self {
             orderid: "order-001".to_owned(),
             sku: "SMALL-TABLE".to_owned(),
             qty: 2,
-            batchref: "batch-001".to_owned(),
+            batchref: Some("batch-001".to_owned()),
+            status: LineStatusBody::Allocated,
         }
     }
 }
 
-/// One line of an order, as allocated.
-#[derive(Debug, Object)]
-#[oai(example)]
-pub struct OrderAllocation {
-    /// The sku of the line.
-    pub sku: String,
-    /// The batch the line draws from.
-    pub batchref: String,
-    /// Units allocated.
-    pub qty: u32,
-}
-
-impl Example for OrderAllocation {
-    fn example() -> Self {
+impl From<AcknowledgedLine> for OrderLineBody {
+    fn from(acknowledged: AcknowledgedLine) -> Self {
+        let (batchref, status) = match acknowledged.status {
+            LineStatus::Allocated { batchref } => (Some(batchref), LineStatusBody::Allocated),
+            LineStatus::Backordered => (None, LineStatusBody::Backordered),
+        };
         Self {
-            sku: "SMALL-TABLE".to_owned(),
-            batchref: "batch-001".to_owned(),
-            qty: 2,
+            orderid: acknowledged.line.orderid,
+            sku: acknowledged.line.sku,
+            qty: acknowledged.line.qty,
+            batchref,
+            status,
         }
     }
 }
@@ -131,6 +156,10 @@ pub enum AllocateResponse {
     /// Allocated (or already allocated: allocating the same line again changes nothing).
     #[oai(status = 201)]
     Created(Json<Allocated>),
+    /// This order line was acknowledged before and is backordered: it waits
+    /// for stock and is allocated as soon as some appears. Nothing changed.
+    #[oai(status = 202)]
+    Accepted(Json<Waiting>),
     /// `Invalid sku <sku>` when no batch holds the sku, `Out of stock for sku <sku>`
     /// when no batch has enough left; or a field missing, mistyped or out of range.
     #[oai(status = 400)]
@@ -139,8 +168,8 @@ pub enum AllocateResponse {
     // Answered by `middleware::BodyLimit` before the handler runs.
     #[oai(status = 413)]
     PayloadTooLarge(Json<ErrorBody>),
-    /// The database is unreachable, or too many concurrent allocations of the
-    /// sku; retry later.
+    /// The database is unreachable; retry later (a retry is safe: allocating
+    /// the same line again changes nothing).
     #[oai(status = 503)]
     Unavailable(Json<ErrorBody>),
 }
@@ -152,13 +181,13 @@ fn allocate_bad_request(error: poem::Error) -> AllocateResponse {
 #[derive(ApiResponse)]
 #[oai(bad_request_handler = "deallocate_bad_request")]
 pub enum DeallocateResponse {
-    /// The line is deallocated and its stock is available again.
+    /// The line is gone; if it was allocated, its stock is available again.
     #[oai(status = 200)]
-    Ok(Json<Deallocated>),
+    Ok(Json<OrderLineBody>),
     /// A field is missing, mistyped or out of range.
     #[oai(status = 400)]
     BadRequest(Json<ErrorBody>),
-    /// That order line is not allocated.
+    /// The order has no line for that sku.
     #[oai(status = 404)]
     NotFound(Json<ErrorBody>),
     /// The request body is over the size limit (64 KiB by default).
@@ -174,16 +203,41 @@ fn deallocate_bad_request(error: poem::Error) -> DeallocateResponse {
     DeallocateResponse::BadRequest(bad_request(error))
 }
 
+/// One line of an order.
+#[derive(Debug, Object)]
+#[oai(example)]
+pub struct OrderAllocation {
+    /// The sku of the line.
+    pub sku: String,
+    /// Units ordered.
+    pub qty: u32,
+    /// The batch the line draws from; null while it is backordered.
+    pub batchref: Option<String>,
+    /// `allocated` or `backordered`.
+    pub status: LineStatusBody,
+}
+
+impl Example for OrderAllocation {
+    fn example() -> Self {
+        Self {
+            sku: "SMALL-TABLE".to_owned(),
+            qty: 2,
+            batchref: Some("batch-001".to_owned()),
+            status: LineStatusBody::Allocated,
+        }
+    }
+}
+
 #[derive(ApiResponse)]
 #[oai(bad_request_handler = "order_bad_request")]
 pub enum OrderAllocationsResponse {
-    /// Every allocated line of the order.
+    /// Every line of the order, allocated or backordered, by sku.
     #[oai(status = 200)]
     Ok(Json<Vec<OrderAllocation>>),
     /// The order id is malformed.
     #[oai(status = 400)]
     BadRequest(Json<ErrorBody>),
-    /// The order has no allocated lines.
+    /// The order has no line at all.
     #[oai(status = 404)]
     NotFound(Json<ErrorBody>),
     /// The database is unreachable; retry later.
@@ -195,13 +249,71 @@ fn order_bad_request(error: poem::Error) -> OrderAllocationsResponse {
     OrderAllocationsResponse::BadRequest(bad_request(error))
 }
 
+/// An order line waiting for stock.
+#[derive(Debug, Object)]
+pub struct BackorderBody {
+    /// The customer order.
+    pub orderid: String,
+    /// The stock-keeping unit ordered.
+    pub sku: String,
+    /// Units ordered.
+    pub qty: u32,
+    /// When the line was first allocated (and acknowledged with 201).
+    pub acknowledged_at: DateTime<Utc>,
+}
+
+/// A page of backordered lines, oldest first: the order they are served in.
+#[derive(Debug, Object)]
+#[oai(example)]
+pub struct BackorderPage {
+    /// At most `limit` lines.
+    pub backorders: Vec<BackorderBody>,
+    /// Pass as `cursor` to get the next page; absent on the last page.
+    #[oai(skip_serializing_if_is_none)]
+    pub next_cursor: Option<String>,
+}
+
+impl Example for BackorderPage {
+    fn example() -> Self {
+        Self {
+            backorders: vec![BackorderBody {
+                orderid: "order-003".to_owned(),
+                sku: "SMALL-TABLE".to_owned(),
+                qty: 2,
+                acknowledged_at: DateTime::from_timestamp(1_767_225_600, 0).unwrap_or_default(),
+            }],
+            next_cursor: Some("6952b8c0a1b2c3d4e5f60718".to_owned()),
+        }
+    }
+}
+
+#[derive(ApiResponse)]
+#[oai(bad_request_handler = "backorders_bad_request")]
+pub enum ListBackordersResponse {
+    /// A page of waiting lines, oldest first.
+    #[oai(status = 200)]
+    Ok(Json<BackorderPage>),
+    /// A query parameter is malformed or out of range; the message names it.
+    #[oai(status = 400)]
+    BadRequest(Json<ErrorBody>),
+    /// The database is unreachable; retry later.
+    #[oai(status = 503)]
+    Unavailable(Json<ErrorBody>),
+}
+
+fn backorders_bad_request(error: poem::Error) -> ListBackordersResponse {
+    ListBackordersResponse::BadRequest(bad_request(error))
+}
+
 #[OpenApi(tag = "ApiTags::Allocations")]
 impl AllocationsApi {
     /// Allocate an order line
     ///
     /// Allocates the line to a batch of its sku, preferring stock already in the
     /// warehouse, then the earliest arrival. Never oversells, whatever the
-    /// number of concurrent requests and allot instances.
+    /// number of concurrent requests and allot instances. Once answered 201,
+    /// the line is the system's to keep until it is deallocated: if its batch
+    /// later shrinks, it moves to another batch or waits as a backorder.
     #[oai(path = "/allocate", method = "post", operation_id = "allocate")]
     async fn allocate(
         &self,
@@ -211,17 +323,19 @@ impl AllocationsApi {
     ) -> Protected<AllocateResponse> {
         let JsonBody(request) = body;
         let line = OrderLine {
-            orderid: request.orderid,
-            sku: request.sku,
+            orderid: request.orderid.into(),
+            sku: request.sku.into(),
             qty: request.qty,
         };
-        Protected::Ok(match allocation::allocate(&state.batches, line).await {
-            Ok(batchref) => AllocateResponse::Created(Json(Allocated { batchref })),
+        Protected::Ok(match allocation::allocate(&state.allocations, line).await {
+            Ok(Allocation::Allocated(batchref)) => {
+                AllocateResponse::Created(Json(Allocated { batchref }))
+            }
+            Ok(Allocation::Backordered) => AllocateResponse::Accepted(Json(Waiting {
+                status: LineStatusBody::Backordered,
+            })),
             Err(AllocateError::Allocation(error)) => {
                 AllocateResponse::BadRequest(error_body(&error))
-            }
-            Err(error @ AllocateError::Contention(_)) => {
-                AllocateResponse::Unavailable(error_body(&error))
             }
             Err(AllocateError::Store(error)) => AllocateResponse::Unavailable(unavailable(&error)),
         })
@@ -229,7 +343,8 @@ impl AllocationsApi {
 
     /// Deallocate an order line
     ///
-    /// Gives the line's stock back to its batch.
+    /// Forgets the line, allocated or backordered. An allocated line's stock
+    /// goes back to its batch, where waiting lines of the sku take it first.
     #[oai(path = "/deallocate", method = "post", operation_id = "deallocate")]
     async fn deallocate(
         &self,
@@ -237,14 +352,9 @@ impl AllocationsApi {
         _token: AccessToken,
         body: JsonBody<OrderLineRef>,
     ) -> Protected<DeallocateResponse> {
-        let result = allocation::deallocate(&state.batches, &body.orderid, &body.sku).await;
+        let result = allocation::deallocate(&state.allocations, &body.orderid, &body.sku).await;
         Protected::Ok(match result {
-            Ok((batchref, line)) => DeallocateResponse::Ok(Json(Deallocated {
-                orderid: line.orderid,
-                sku: line.sku,
-                qty: line.qty,
-                batchref,
-            })),
+            Ok(line) => DeallocateResponse::Ok(Json(line.into())),
             Err(error @ DeallocateError::NotAllocated { .. }) => {
                 DeallocateResponse::NotFound(error_body(&error))
             }
@@ -254,9 +364,61 @@ impl AllocationsApi {
         })
     }
 
-    /// An order's allocations
+    /// List backorders
     ///
-    /// Where each line of the order was allocated.
+    /// Order lines waiting for stock, oldest first (the order in which stock
+    /// arriving for their sku serves them), optionally of one sku. Requires
+    /// the `admin` role.
+    #[oai(path = "/backorders", method = "get", operation_id = "list_backorders")]
+    async fn list_backorders(
+        &self,
+        state: Data<&AppState>,
+        _admin: AdminToken,
+        /// Only lines of this sku.
+        #[oai(validator(min_length = 1, max_length = 100))]
+        sku: Query<Option<String>>,
+        /// Lines per page, 1–200 (default 50).
+        #[oai(
+            default = "default_limit",
+            validator(minimum(value = "1"), maximum(value = "200"))
+        )]
+        limit: Query<u32>,
+        /// `next_cursor` of the previous page.
+        #[oai(validator(min_length = 1, max_length = 100))]
+        cursor: Query<Option<String>>,
+    ) -> AdminOnly<ListBackordersResponse> {
+        let limit = limit.0 as usize;
+        let result = allocation::list_backorders(
+            &state.allocations,
+            sku.0.as_deref(),
+            cursor.0.as_deref(),
+            limit + 1,
+        )
+        .await;
+        AdminOnly::Ok(match result {
+            Ok(mut waiting) => {
+                let next_cursor = next_cursor(&mut waiting, limit, |b| b.position.clone());
+                ListBackordersResponse::Ok(Json(BackorderPage {
+                    backorders: waiting
+                        .into_iter()
+                        .map(|b| BackorderBody {
+                            orderid: b.line.line.orderid,
+                            sku: b.line.line.sku,
+                            qty: b.line.line.qty,
+                            acknowledged_at: b.line.acknowledged_at,
+                        })
+                        .collect(),
+                    next_cursor,
+                }))
+            }
+            Err(error) => ListBackordersResponse::Unavailable(unavailable(&error)),
+        })
+    }
+
+    /// An order's lines
+    ///
+    /// Where each line of the order stands: the batch it draws from, or
+    /// `backordered` while it waits for stock.
     #[oai(
         path = "/allocations/:orderid",
         method = "get",
@@ -271,14 +433,18 @@ impl AllocationsApi {
         orderid: Path<String>,
     ) -> Protected<OrderAllocationsResponse> {
         Protected::Ok(
-            match allocation::allocations_for_order(&state.batches, &orderid.0).await {
-                Ok(allocations) => OrderAllocationsResponse::Ok(Json(
-                    allocations
+            match allocation::allocations_for_order(&state.allocations, &orderid.0).await {
+                Ok(lines) => OrderAllocationsResponse::Ok(Json(
+                    lines
                         .into_iter()
-                        .map(|a| OrderAllocation {
-                            sku: a.sku,
-                            batchref: a.batchref,
-                            qty: a.qty,
+                        .map(|line| {
+                            let body = OrderLineBody::from(line);
+                            OrderAllocation {
+                                sku: body.sku,
+                                qty: body.qty,
+                                batchref: body.batchref,
+                                status: body.status,
+                            }
                         })
                         .collect(),
                 )),

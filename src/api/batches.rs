@@ -14,17 +14,13 @@ use serde_json::Value;
 
 use super::auth::{AccessToken, AdminOnly, AdminToken, Protected};
 use super::error::{ErrorBody, bad_request, error_body, unavailable};
+use super::identifier::Identifier;
 use super::json_body::JsonBody;
 use super::{ApiTags, AppState};
 use crate::domain::allocation::{Batch, OrderLine};
-use crate::services::allocation::{
-    self, AddBatchError, ChangeQuantityError, GetBatchError, QuantityChange,
-};
+use crate::services::allocation::{self, AddBatchError, BatchError, BatchLine, QuantityChange};
 
 pub struct BatchesApi;
-
-/// Largest quantity allot accepts for a batch or an order line.
-pub const MAX_QUANTITY: u32 = 1_000_000_000;
 
 /// A calendar date, `YYYY-MM-DD`. poem-openapi describes `NaiveDate` with the
 /// non-standard format `naive-date`; this is the same value as OpenAPI's
@@ -74,11 +70,9 @@ impl ToJSON for Date {
 #[oai(example)]
 pub struct NewBatch {
     /// Unique reference of the batch (1–100 characters, no whitespace).
-    #[oai(validator(min_length = 1, max_length = 100, pattern = r"^\S+$"))]
-    pub reference: String,
+    pub reference: Identifier,
     /// The stock-keeping unit it holds (1–100 characters, no whitespace).
-    #[oai(validator(min_length = 1, max_length = 100, pattern = r"^\S+$"))]
-    pub sku: String,
+    pub sku: Identifier,
     /// How many units were bought (1 to 1 000 000 000).
     #[oai(validator(minimum(value = "1"), maximum(value = "1000000000")))]
     pub purchased_quantity: u32,
@@ -91,8 +85,8 @@ pub struct NewBatch {
 impl Example for NewBatch {
     fn example() -> Self {
         Self {
-            reference: "batch-001".to_owned(),
-            sku: "SMALL-TABLE".to_owned(),
+            reference: Identifier("batch-001".to_owned()),
+            sku: Identifier("SMALL-TABLE".to_owned()),
             purchased_quantity: 20,
             eta: None,
         }
@@ -103,8 +97,8 @@ impl Example for NewBatch {
 #[derive(Debug, Object, serde::Deserialize)]
 #[oai(example)]
 pub struct QuantityUpdate {
-    /// The new number of units bought (1 to 1 000 000 000).
-    #[oai(validator(minimum(value = "1"), maximum(value = "1000000000")))]
+    /// The new number of units bought (0 to 1 000 000 000; 0 for a lost shipment).
+    #[oai(validator(minimum(value = "0"), maximum(value = "1000000000")))]
     pub purchased_quantity: u32,
 }
 
@@ -116,16 +110,8 @@ impl Example for QuantityUpdate {
     }
 }
 
-/// One order line allocated to a batch.
-#[derive(Debug, Object)]
-pub struct AllocatedLine {
-    /// The customer order.
-    pub orderid: String,
-    /// Units allocated.
-    pub qty: u32,
-}
-
-/// A batch with its allocations.
+/// A batch and its quantities. Its lines are paged by
+/// `GET /batches/{reference}/allocations`.
 #[derive(Debug, Object)]
 #[oai(example)]
 pub struct BatchBody {
@@ -135,13 +121,14 @@ pub struct BatchBody {
     pub sku: String,
     /// How many units were bought.
     pub purchased_quantity: u32,
-    /// Units not yet allocated.
+    /// Units held by the order lines drawing from it.
+    pub allocated_quantity: i64,
+    /// Units not yet allocated. Negative only for a moment, while a batch that
+    /// shrank below its lines gives the most recent of them up.
     pub available_quantity: i64,
     /// Expected arrival, or null when in the warehouse.
     #[oai(nullable)]
     pub eta: Option<Date>,
-    /// Allocated order lines, oldest first.
-    pub allocations: Vec<AllocatedLine>,
 }
 
 impl Example for BatchBody {
@@ -150,12 +137,9 @@ impl Example for BatchBody {
             reference: "batch-001".to_owned(),
             sku: "SMALL-TABLE".to_owned(),
             purchased_quantity: 20,
+            allocated_quantity: 2,
             available_quantity: 18,
             eta: None,
-            allocations: vec![AllocatedLine {
-                orderid: "order-001".to_owned(),
-                qty: 2,
-            }],
         }
     }
 }
@@ -166,34 +150,11 @@ impl From<&Batch> for BatchBody {
             reference: batch.reference.clone(),
             sku: batch.sku.clone(),
             purchased_quantity: batch.purchased_quantity(),
+            allocated_quantity: batch.allocated_quantity(),
             available_quantity: batch.available_quantity(),
             eta: batch.eta.map(Date),
-            allocations: batch
-                .allocations()
-                .iter()
-                .map(|line| AllocatedLine {
-                    orderid: line.orderid.clone(),
-                    qty: line.qty,
-                })
-                .collect(),
         }
     }
-}
-
-/// A batch in a listing.
-#[derive(Debug, Object)]
-pub struct BatchSummary {
-    /// Unique reference of the batch.
-    pub reference: String,
-    /// The stock-keeping unit it holds.
-    pub sku: String,
-    /// How many units were bought.
-    pub purchased_quantity: u32,
-    /// Units not yet allocated.
-    pub available_quantity: i64,
-    /// Expected arrival, or null when in the warehouse.
-    #[oai(nullable)]
-    pub eta: Option<Date>,
 }
 
 /// A page of batches, ordered by reference.
@@ -201,7 +162,7 @@ pub struct BatchSummary {
 #[oai(example)]
 pub struct BatchPage {
     /// At most `limit` batches.
-    pub batches: Vec<BatchSummary>,
+    pub batches: Vec<BatchBody>,
     /// Pass as `cursor` to get the next page; absent on the last page.
     #[oai(skip_serializing_if_is_none)]
     pub next_cursor: Option<String>,
@@ -210,21 +171,47 @@ pub struct BatchPage {
 impl Example for BatchPage {
     fn example() -> Self {
         Self {
-            batches: vec![BatchSummary {
-                reference: "batch-001".to_owned(),
-                sku: "SMALL-TABLE".to_owned(),
-                purchased_quantity: 20,
-                available_quantity: 18,
-                eta: None,
-            }],
+            batches: vec![BatchBody::example()],
             next_cursor: Some("batch-001".to_owned()),
         }
     }
 }
 
-/// An order line that lost its allocation.
+/// One order line drawing from a batch.
 #[derive(Debug, Object)]
-pub struct OrderLineBody {
+pub struct BatchAllocation {
+    /// The customer order.
+    pub orderid: String,
+    /// Units allocated.
+    pub qty: u32,
+}
+
+/// A page of a batch's order lines, oldest first.
+#[derive(Debug, Object)]
+#[oai(example)]
+pub struct BatchAllocationPage {
+    /// At most `limit` lines.
+    pub allocations: Vec<BatchAllocation>,
+    /// Pass as `cursor` to get the next page; absent on the last page.
+    #[oai(skip_serializing_if_is_none)]
+    pub next_cursor: Option<String>,
+}
+
+impl Example for BatchAllocationPage {
+    fn example() -> Self {
+        Self {
+            allocations: vec![BatchAllocation {
+                orderid: "order-001".to_owned(),
+                qty: 2,
+            }],
+            next_cursor: Some("1".to_owned()),
+        }
+    }
+}
+
+/// An order line waiting for stock.
+#[derive(Debug, Object)]
+pub struct BackorderedLine {
     /// The customer order.
     pub orderid: String,
     /// The stock-keeping unit ordered.
@@ -233,7 +220,7 @@ pub struct OrderLineBody {
     pub qty: u32,
 }
 
-impl From<&OrderLine> for OrderLineBody {
+impl From<&OrderLine> for BackorderedLine {
     fn from(line: &OrderLine) -> Self {
         Self {
             orderid: line.orderid.clone(),
@@ -243,7 +230,7 @@ impl From<&OrderLine> for OrderLineBody {
     }
 }
 
-/// An order line moved to another batch.
+/// An order line allocated to a batch by a quantity change.
 #[derive(Debug, Object)]
 pub struct ReallocatedLine {
     /// The customer order.
@@ -263,10 +250,13 @@ pub struct QuantityChangeBody {
     // No doc comment: a described `$ref` becomes an `allOf` wrapper, which client
     // generators turn into a copy of `BatchBody` instead of `BatchBody` itself.
     pub batch: BatchBody,
-    /// Lines the smaller quantity no longer covered, allocated again elsewhere.
+    /// Lines this change allocated: lines the smaller quantity no longer
+    /// covered that found room (in another batch, or back in this one), and
+    /// backordered lines that a larger quantity served.
     pub reallocated: Vec<ReallocatedLine>,
-    /// Lines that could not be allocated again: no batch of the sku has room.
-    pub unallocated: Vec<OrderLineBody>,
+    /// Lines the smaller quantity no longer covered that found no room: they
+    /// wait for stock of their sku (see `GET /backorders`).
+    pub backordered: Vec<BackorderedLine>,
 }
 
 impl Example for QuantityChangeBody {
@@ -274,6 +264,7 @@ impl Example for QuantityChangeBody {
         Self {
             batch: BatchBody {
                 purchased_quantity: 2,
+                allocated_quantity: 2,
                 available_quantity: 0,
                 ..BatchBody::example()
             },
@@ -283,7 +274,7 @@ impl Example for QuantityChangeBody {
                 qty: 2,
                 batchref: "batch-002".to_owned(),
             }],
-            unallocated: vec![OrderLineBody {
+            backordered: vec![BackorderedLine {
                 orderid: "order-003".to_owned(),
                 sku: "SMALL-TABLE".to_owned(),
                 qty: 2,
@@ -298,15 +289,15 @@ impl From<QuantityChange> for QuantityChangeBody {
             batch: BatchBody::from(&change.batch),
             reallocated: change
                 .reallocated
-                .iter()
+                .into_iter()
                 .map(|(line, batchref)| ReallocatedLine {
-                    orderid: line.orderid.clone(),
-                    sku: line.sku.clone(),
+                    orderid: line.orderid,
+                    sku: line.sku,
                     qty: line.qty,
-                    batchref: batchref.clone(),
+                    batchref,
                 })
                 .collect(),
-            unallocated: change.unallocated.iter().map(OrderLineBody::from).collect(),
+            backordered: change.backordered.iter().map(BackorderedLine::from).collect(),
         }
     }
 }
@@ -314,7 +305,8 @@ impl From<QuantityChange> for QuantityChangeBody {
 #[derive(ApiResponse)]
 #[oai(bad_request_handler = "add_bad_request")]
 pub enum AddBatchResponse {
-    /// The batch was added.
+    /// The batch was added (backordered lines of its sku may already have taken
+    /// some of it).
     #[oai(status = 201)]
     Created(Json<BatchBody>),
     /// A field is missing, mistyped or out of range; the message names it.
@@ -357,7 +349,7 @@ fn list_bad_request(error: poem::Error) -> ListBatchesResponse {
 #[derive(ApiResponse)]
 #[oai(bad_request_handler = "get_bad_request")]
 pub enum GetBatchResponse {
-    /// The batch, with its allocations.
+    /// The batch and its quantities.
     #[oai(status = 200)]
     Ok(Json<BatchBody>),
     /// The reference is malformed.
@@ -376,9 +368,31 @@ fn get_bad_request(error: poem::Error) -> GetBatchResponse {
 }
 
 #[derive(ApiResponse)]
+#[oai(bad_request_handler = "batch_allocations_bad_request")]
+pub enum BatchAllocationsResponse {
+    /// A page of the batch's order lines, oldest first.
+    #[oai(status = 200)]
+    Ok(Json<BatchAllocationPage>),
+    /// A parameter is malformed or out of range; the message names it.
+    #[oai(status = 400)]
+    BadRequest(Json<ErrorBody>),
+    /// No batch has this reference.
+    #[oai(status = 404)]
+    NotFound(Json<ErrorBody>),
+    /// The database is unreachable; retry later.
+    #[oai(status = 503)]
+    Unavailable(Json<ErrorBody>),
+}
+
+fn batch_allocations_bad_request(error: poem::Error) -> BatchAllocationsResponse {
+    BatchAllocationsResponse::BadRequest(bad_request(error))
+}
+
+#[derive(ApiResponse)]
 #[oai(bad_request_handler = "change_bad_request")]
 pub enum ChangeQuantityResponse {
-    /// The quantity changed; lines it no longer covers were re-allocated where possible.
+    /// The quantity changed. Lines it no longer covers were moved to other
+    /// batches where stock allows, and are backordered where it does not.
     #[oai(status = 200)]
     Ok(Json<QuantityChangeBody>),
     /// The quantity is missing or out of range.
@@ -391,7 +405,8 @@ pub enum ChangeQuantityResponse {
     // Answered by `middleware::BodyLimit` before the handler runs.
     #[oai(status = 413)]
     PayloadTooLarge(Json<ErrorBody>),
-    /// The database is unreachable, or the batch kept changing; retry later.
+    /// The database is unreachable; retry later. The change may be partly
+    /// done: no line is lost, and allot finishes it by itself.
     #[oai(status = 503)]
     Unavailable(Json<ErrorBody>),
 }
@@ -400,11 +415,20 @@ fn change_bad_request(error: poem::Error) -> ChangeQuantityResponse {
     ChangeQuantityResponse::BadRequest(bad_request(error))
 }
 
+/// The next page's cursor: the last item's, when the page came back full.
+pub fn next_cursor<T>(items: &mut Vec<T>, limit: usize, cursor: impl Fn(&T) -> String) -> Option<String> {
+    // Callers ask for one more than `limit`: it tells whether a page follows.
+    let more = items.len() > limit;
+    items.truncate(limit);
+    more.then(|| items.last().map(cursor)).flatten()
+}
+
 #[OpenApi(tag = "ApiTags::Batches")]
 impl BatchesApi {
     /// Add a batch
     ///
-    /// Adds a batch of stock. Requires the `admin` role.
+    /// Adds a batch of stock; backordered lines of its sku take it first,
+    /// oldest first. Requires the `admin` role.
     #[oai(path = "/batches", method = "post", operation_id = "add_batch")]
     async fn add_batch(
         &self,
@@ -414,7 +438,7 @@ impl BatchesApi {
     ) -> AdminOnly<AddBatchResponse> {
         let JsonBody(new) = body;
         let result = allocation::add_batch(
-            &state.batches,
+            &state.allocations,
             &new.reference,
             &new.sku,
             new.purchased_quantity,
@@ -452,9 +476,8 @@ impl BatchesApi {
         cursor: Query<Option<String>>,
     ) -> Protected<ListBatchesResponse> {
         let limit = limit.0 as usize;
-        // One extra tells whether another page follows.
         let result = allocation::list_batches(
-            &state.batches,
+            &state.allocations,
             sku.0.as_deref(),
             cursor.0.as_deref(),
             limit + 1,
@@ -462,22 +485,9 @@ impl BatchesApi {
         .await;
         Protected::Ok(match result {
             Ok(mut batches) => {
-                let more = batches.len() > limit;
-                batches.truncate(limit);
-                let next_cursor = more
-                    .then(|| batches.last().map(|b| b.reference.clone()))
-                    .flatten();
+                let next_cursor = next_cursor(&mut batches, limit, |b| b.reference.clone());
                 ListBatchesResponse::Ok(Json(BatchPage {
-                    batches: batches
-                        .iter()
-                        .map(|batch| BatchSummary {
-                            reference: batch.reference.clone(),
-                            sku: batch.sku.clone(),
-                            purchased_quantity: batch.purchased_quantity(),
-                            available_quantity: batch.available_quantity(),
-                            eta: batch.eta.map(Date),
-                        })
-                        .collect(),
+                    batches: batches.iter().map(BatchBody::from).collect(),
                     next_cursor,
                 }))
             }
@@ -487,7 +497,7 @@ impl BatchesApi {
 
     /// Get a batch
     ///
-    /// The batch with its allocations.
+    /// The batch and its quantities.
     #[oai(
         path = "/batches/:reference",
         method = "get",
@@ -502,24 +512,71 @@ impl BatchesApi {
         reference: Path<String>,
     ) -> Protected<GetBatchResponse> {
         Protected::Ok(
-            match allocation::get_batch(&state.batches, &reference.0).await {
+            match allocation::get_batch(&state.allocations, &reference.0).await {
                 Ok(batch) => GetBatchResponse::Ok(Json(BatchBody::from(&batch))),
-                Err(error @ GetBatchError::BatchNotFound(_)) => {
+                Err(error @ BatchError::BatchNotFound(_)) => {
                     GetBatchResponse::NotFound(error_body(&error))
                 }
-                Err(GetBatchError::Store(error)) => {
-                    GetBatchResponse::Unavailable(unavailable(&error))
-                }
+                Err(BatchError::Store(error)) => GetBatchResponse::Unavailable(unavailable(&error)),
             },
         )
     }
 
+    /// A batch's order lines
+    ///
+    /// Pages through the order lines drawing from a batch, oldest first.
+    /// Requires the `admin` role.
+    #[oai(
+        path = "/batches/:reference/allocations",
+        method = "get",
+        operation_id = "batch_allocations"
+    )]
+    async fn batch_allocations(
+        &self,
+        state: Data<&AppState>,
+        _admin: AdminToken,
+        /// The batch reference.
+        #[oai(validator(min_length = 1, max_length = 100))]
+        reference: Path<String>,
+        /// Lines per page, 1–200 (default 50).
+        #[oai(
+            default = "default_limit",
+            validator(minimum(value = "1"), maximum(value = "200"))
+        )]
+        limit: Query<u32>,
+        /// `next_cursor` of the previous page.
+        cursor: Query<Option<u64>>,
+    ) -> AdminOnly<BatchAllocationsResponse> {
+        let limit = limit.0 as usize;
+        let result =
+            allocation::batch_lines(&state.allocations, &reference.0, cursor.0, limit + 1).await;
+        AdminOnly::Ok(match result {
+            Ok(mut lines) => {
+                let next_cursor = next_cursor(&mut lines, limit, |l| l.position.to_string());
+                BatchAllocationsResponse::Ok(Json(BatchAllocationPage {
+                    allocations: lines
+                        .into_iter()
+                        .map(|BatchLine { orderid, qty, .. }| BatchAllocation { orderid, qty })
+                        .collect(),
+                    next_cursor,
+                }))
+            }
+            Err(error @ BatchError::BatchNotFound(_)) => {
+                BatchAllocationsResponse::NotFound(error_body(&error))
+            }
+            Err(BatchError::Store(error)) => {
+                BatchAllocationsResponse::Unavailable(unavailable(&error))
+            }
+        })
+    }
+
     /// Change a batch's quantity
     ///
-    /// Sets the purchased quantity. When it no longer covers the allocations, the
-    /// most recently allocated lines are deallocated and allocated again to other
-    /// batches of the sku where possible; the response lists those that could not
-    /// be. Requires the `admin` role.
+    /// Sets the purchased quantity (0 for a lost shipment). When it no longer
+    /// covers the batch's lines, the most recently allocated ones are moved to
+    /// other batches of the sku where stock allows, and backordered where it
+    /// does not; none is ever dropped. A larger quantity serves backordered
+    /// lines first. Requires the `admin` role.
     #[oai(
         path = "/batches/:reference",
         method = "patch",
@@ -535,30 +592,23 @@ impl BatchesApi {
         body: JsonBody<QuantityUpdate>,
     ) -> AdminOnly<ChangeQuantityResponse> {
         let result = allocation::change_batch_quantity(
-            &state.batches,
+            &state.allocations,
             &reference.0,
             body.purchased_quantity,
         )
         .await;
         AdminOnly::Ok(match result {
             Ok(change) => ChangeQuantityResponse::Ok(Json(change.into())),
-            Err(error @ ChangeQuantityError::BatchNotFound(_)) => {
+            Err(error @ BatchError::BatchNotFound(_)) => {
                 ChangeQuantityResponse::NotFound(error_body(&error))
             }
-            Err(error @ ChangeQuantityError::Contention(_)) => {
-                ChangeQuantityResponse::Unavailable(error_body(&error))
-            }
-            Err(error @ ChangeQuantityError::Reallocation { .. }) => {
-                tracing::error!(%error, cause = ?std::error::Error::source(&error).map(ToString::to_string), "re-allocation after a quantity change failed");
-                ChangeQuantityResponse::Unavailable(error_body(&error))
-            }
-            Err(ChangeQuantityError::Store(error)) => {
+            Err(BatchError::Store(error)) => {
                 ChangeQuantityResponse::Unavailable(unavailable(&error))
             }
         })
     }
 }
 
-fn default_limit() -> u32 {
+pub fn default_limit() -> u32 {
     50
 }

@@ -6,6 +6,7 @@ pub mod auth;
 pub mod batches;
 pub mod error;
 pub mod health;
+pub mod identifier;
 pub mod json_body;
 pub mod middleware;
 pub mod test_endpoints;
@@ -17,7 +18,7 @@ use std::time::Duration;
 use mongodb::Database;
 use poem_openapi::{OpenApiService, Tags};
 
-use crate::adapters::mongo::batches::MongoBatches;
+use crate::adapters::mongo::allocations::MongoAllocations;
 use crate::adapters::mongo::revocations::MongoRevocations;
 use crate::adapters::mongo::users::MongoUsers;
 use crate::adapters::passwords::Argon2Hasher;
@@ -54,7 +55,7 @@ pub struct Components {
     pub tokens: JwtTokens,
     pub revocation_store: MongoRevocations,
     pub revocations: Arc<RevocationList>,
-    pub batches: MongoBatches,
+    pub allocations: MongoAllocations,
 }
 
 #[derive(Tags)]

@@ -1,7 +1,10 @@
-//! Order lines, stock batches and the rule for which batch an order line draws
+//! Order lines, stock batches and the rules for which batch an order line draws
 //! from ("Architecture Patterns with Python", chapters 1 and 4).
+//!
+//! A batch knows only its quantities: the lines drawing from it are stored
+//! apart, one record each, so that nothing grows with the number of orders.
 
-use chrono::NaiveDate;
+use chrono::{DateTime, NaiveDate, Utc};
 
 /// A quantity of one sku that a customer ordered. Its identity is
 /// (`orderid`, `sku`): an order holds at most one line per sku.
@@ -22,6 +25,35 @@ impl OrderLine {
     }
 }
 
+/// Where an acknowledged order line stands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LineStatus {
+    /// The line draws its stock from this batch.
+    Allocated { batchref: String },
+    /// The line lost its stock (its batch shrank) and waits for stock of its
+    /// sku to appear; it is allocated, oldest first, as soon as some does.
+    Backordered,
+}
+
+/// An order line the system acknowledged: it stays the system's to keep,
+/// allocated or backordered, until it is deallocated.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AcknowledgedLine {
+    pub line: OrderLine,
+    pub status: LineStatus,
+    /// When the line was first allocated; backorders are served oldest first.
+    pub acknowledged_at: DateTime<Utc>,
+}
+
+impl AcknowledgedLine {
+    pub fn batchref(&self) -> Option<&str> {
+        match &self.status {
+            LineStatus::Allocated { batchref } => Some(batchref),
+            LineStatus::Backordered => None,
+        }
+    }
+}
+
 /// Why an order line cannot be allocated. The messages are part of the API
 /// contract: clients see them verbatim.
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -37,19 +69,19 @@ pub enum AllocationError {
 /// Stock of one sku that was bought together: either already in the warehouse
 /// (`eta` is `None`) or on its way (`eta` is the expected arrival).
 ///
-/// The quantity and the allocations are private so that only the methods below,
-/// which keep them consistent, can change them.
+/// The quantities are private so that only the methods below, which keep them
+/// consistent, can change them. `available_quantity` is what the lines
+/// drawing from the batch leave of `purchased_quantity`; it is negative only
+/// while a shrunk batch still has to give up lines.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Batch {
     pub reference: String,
     pub sku: String,
     pub eta: Option<NaiveDate>,
     purchased_quantity: u32,
-    /// Oldest first, so the most recent allocation is the one given up first.
-    allocations: Vec<OrderLine>,
+    available_quantity: i64,
     /// Optimistic-concurrency token: the repository bumps it on every write and
-    /// refuses a whole-batch write made from a stale copy. The domain never
-    /// changes it.
+    /// refuses a write made from a stale copy. The domain never changes it.
     pub version: u64,
 }
 
@@ -61,17 +93,23 @@ impl Batch {
         purchased_quantity: u32,
         eta: Option<NaiveDate>,
     ) -> Self {
-        Self::restore(reference, sku, purchased_quantity, eta, Vec::new(), 0)
+        Self::restore(
+            reference,
+            sku,
+            purchased_quantity,
+            i64::from(purchased_quantity),
+            eta,
+            0,
+        )
     }
 
     /// Rebuilds a stored batch exactly as it was saved; for repositories.
-    /// `allocations` must be oldest first.
     pub fn restore(
         reference: impl Into<String>,
         sku: impl Into<String>,
         purchased_quantity: u32,
+        available_quantity: i64,
         eta: Option<NaiveDate>,
-        allocations: Vec<OrderLine>,
         version: u64,
     ) -> Self {
         Self {
@@ -79,7 +117,7 @@ impl Batch {
             sku: sku.into(),
             eta,
             purchased_quantity,
-            allocations,
+            available_quantity,
             version,
         }
     }
@@ -88,82 +126,57 @@ impl Batch {
         self.purchased_quantity
     }
 
-    /// Summed as `u64` so that many large lines cannot overflow.
-    pub fn allocated_quantity(&self) -> u64 {
-        self.allocations
-            .iter()
-            .map(|line| u64::from(line.qty))
-            .sum()
-    }
-
-    /// Signed because [`Batch::change_purchased_quantity`] may shrink the batch
-    /// below what is allocated, until it has given up enough lines.
     pub fn available_quantity(&self) -> i64 {
-        let allocated = i64::try_from(self.allocated_quantity()).unwrap_or(i64::MAX);
-        i64::from(self.purchased_quantity) - allocated
+        self.available_quantity
     }
 
-    /// The lines allocated to this batch, oldest first.
-    pub fn allocations(&self) -> &[OrderLine] {
-        &self.allocations
+    /// Units held by the lines drawing from this batch.
+    pub fn allocated_quantity(&self) -> i64 {
+        i64::from(self.purchased_quantity) - self.available_quantity
     }
 
-    /// The line of order `orderid` in this batch. A batch holds one sku, so the
-    /// order id alone identifies the line here.
-    pub fn allocation_for(&self, orderid: &str) -> Option<&OrderLine> {
-        self.allocations.iter().find(|line| line.orderid == orderid)
-    }
-
-    /// Whether [`Batch::allocate`] would add `line`: same sku, not already here,
-    /// and enough stock left.
+    /// Whether [`Batch::allocate`] would take `line`: same sku and enough stock
+    /// left. (That the line is not allocated elsewhere already is the
+    /// repository's to enforce: lines are stored apart from batches.)
     pub fn can_allocate(&self, line: &OrderLine) -> bool {
-        self.sku == line.sku
-            && self.allocation_for(&line.orderid).is_none()
-            && self.available_quantity() >= i64::from(line.qty)
+        self.sku == line.sku && self.available_quantity >= i64::from(line.qty)
     }
 
-    /// Adds `line` if [`Batch::can_allocate`] allows it, and says whether it did.
-    ///
-    /// Idempotent: if this batch already holds the order line, nothing changes
-    /// and the answer is `false`, as for a line that does not fit; callers that
-    /// need to tell the two apart check [`Batch::allocation_for`] first.
-    pub fn allocate(&mut self, line: OrderLine) -> bool {
-        let fits = self.can_allocate(&line);
+    /// Takes `line`'s quantity if [`Batch::can_allocate`] allows it, and says
+    /// whether it did.
+    pub fn allocate(&mut self, line: &OrderLine) -> bool {
+        let fits = self.can_allocate(line);
         if fits {
-            self.allocations.push(line);
+            self.available_quantity -= i64::from(line.qty);
         }
         fits
     }
 
-    /// Removes and returns the line of order `orderid`, if this batch holds it.
-    pub fn deallocate(&mut self, orderid: &str) -> Option<OrderLine> {
-        let index = self
-            .allocations
-            .iter()
-            .position(|line| line.orderid == orderid)?;
-        Some(self.allocations.remove(index))
+    /// Gives back the stock of a line that drew from this batch.
+    pub fn deallocate(&mut self, line: &OrderLine) {
+        self.available_quantity += i64::from(line.qty);
     }
 
-    /// Sets the purchased quantity (a recount, or a delivery that came short)
-    /// and, while more is allocated than there is, gives up the most recently
-    /// allocated line: the oldest orders keep their stock. Returns the lines
-    /// given up, in the order they were removed (most recent first), so that
-    /// the caller can allocate them elsewhere.
-    pub fn change_purchased_quantity(&mut self, qty: u32) -> Vec<OrderLine> {
+    /// Sets the purchased quantity (a recount, or a delivery that came short or
+    /// was lost). Returns how many units the lines drawing from the batch now
+    /// hold beyond what it has: the most recent of them must give their stock
+    /// up (see [`lines_to_give_up`]).
+    pub fn change_purchased_quantity(&mut self, qty: u32) -> u64 {
+        self.available_quantity += i64::from(qty) - i64::from(self.purchased_quantity);
         self.purchased_quantity = qty;
-        let mut removed = Vec::new();
-        while self.available_quantity() < 0 {
-            match self.allocations.pop() {
-                Some(line) => removed.push(line),
-                None => break,
-            }
-        }
-        removed
+        self.over_allocated_by()
+    }
+
+    /// Units held beyond what the batch has; 0 unless it shrank below its lines.
+    pub fn over_allocated_by(&self) -> u64 {
+        self.available_quantity.min(0).unsigned_abs()
     }
 
     /// Sort key for allocation preference: stock in the warehouse (`None`)
     /// ships sooner than any shipment, then the earliest arrival; the reference
-    /// breaks ties so that the choice never depends on storage order.
+    /// breaks ties so that the choice never depends on storage order. Stores
+    /// that pick the batch themselves (MongoDB sorts on `eta` then reference,
+    /// nulls first) must follow the same order.
     fn preference(&self) -> (bool, Option<NaiveDate>, &str) {
         (self.eta.is_some(), self.eta, &self.reference)
     }
@@ -191,6 +204,21 @@ pub fn choose_batch<'a>(
         .ok_or_else(|| AllocationError::OutOfStock(line.sku.clone()))
 }
 
+/// How many lines a batch over-allocated by `over_by` units gives up, given
+/// the quantities of its lines most recent first: the most recent lines go
+/// first, so the oldest orders keep their stock.
+pub fn lines_to_give_up(over_by: u64, most_recent_first: &[u32]) -> usize {
+    let mut freed = 0u64;
+    most_recent_first
+        .iter()
+        .take_while(|&&qty| {
+            let needed = freed < over_by;
+            freed += u64::from(qty);
+            needed
+        })
+        .count()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -209,7 +237,7 @@ mod tests {
     #[test]
     fn allocating_to_a_batch_reduces_the_available_quantity() {
         let mut batch = Batch::new("batch-001", "SMALL-TABLE", 20, day(1));
-        assert!(batch.allocate(OrderLine::new("order-ref", "SMALL-TABLE", 2)));
+        assert!(batch.allocate(&OrderLine::new("order-ref", "SMALL-TABLE", 2)));
         assert_eq!(batch.available_quantity(), 18);
         assert_eq!(batch.allocated_quantity(), 2);
         assert_eq!(batch.purchased_quantity(), 20);
@@ -228,8 +256,8 @@ mod tests {
     fn cannot_allocate_if_available_smaller_than_required() {
         let (mut batch, line) = batch_and_line(2, 20);
         assert!(!batch.can_allocate(&line));
-        assert!(!batch.allocate(line));
-        assert!(batch.allocations().is_empty());
+        assert!(!batch.allocate(&line));
+        assert_eq!(batch.available_quantity(), 2);
     }
 
     #[test]
@@ -240,61 +268,39 @@ mod tests {
     }
 
     #[test]
-    fn allocation_is_idempotent() {
+    fn deallocate_frees_the_lines_stock() {
         let (mut batch, line) = batch_and_line(20, 2);
-        assert!(batch.allocate(line.clone()));
-        assert!(!batch.can_allocate(&line));
-        assert!(!batch.allocate(line.clone()));
-        assert_eq!(batch.available_quantity(), 18);
-        assert_eq!(batch.allocations(), [line]);
-    }
-
-    #[test]
-    fn deallocate_returns_the_line_and_frees_its_stock() {
-        let (mut batch, line) = batch_and_line(20, 2);
-        batch.allocate(line.clone());
-        assert_eq!(batch.allocation_for("order-123"), Some(&line));
-        assert_eq!(batch.deallocate("order-123"), Some(line));
-        assert_eq!(batch.available_quantity(), 20);
-        assert_eq!(batch.allocation_for("order-123"), None);
-    }
-
-    #[test]
-    fn can_only_deallocate_allocated_lines() {
-        let (mut batch, _) = batch_and_line(20, 2);
-        assert_eq!(batch.deallocate("order-123"), None);
+        batch.allocate(&line);
+        batch.deallocate(&line);
         assert_eq!(batch.available_quantity(), 20);
     }
 
     #[test]
-    fn shrinking_a_batch_gives_up_the_most_recent_lines_first() {
+    fn shrinking_below_the_allocations_says_by_how_much() {
         let mut batch = Batch::new("batch-001", "LAMP", 10, None);
-        for (orderid, qty) in [("o1", 3), ("o2", 3), ("o3", 2), ("o4", 2)] {
-            assert!(batch.allocate(OrderLine::new(orderid, "LAMP", qty)));
+        for (orderid, qty) in [("o1", 3), ("o2", 3), ("o3", 2)] {
+            assert!(batch.allocate(&OrderLine::new(orderid, "LAMP", qty)));
         }
-        let removed = batch.change_purchased_quantity(5);
-        assert_eq!(
-            removed,
-            [
-                OrderLine::new("o4", "LAMP", 2),
-                OrderLine::new("o3", "LAMP", 2),
-                OrderLine::new("o2", "LAMP", 3)
-            ]
-        );
-        assert_eq!(batch.purchased_quantity(), 5);
-        assert_eq!(batch.allocations(), [OrderLine::new("o1", "LAMP", 3)]);
-        assert_eq!(batch.available_quantity(), 2);
+        assert_eq!(batch.change_purchased_quantity(9), 0);
+        assert_eq!(batch.available_quantity(), 1);
+        assert_eq!(batch.change_purchased_quantity(5), 3);
+        assert_eq!(batch.available_quantity(), -3);
+        assert_eq!(batch.over_allocated_by(), 3);
+        assert_eq!(batch.change_purchased_quantity(0), 8);
+        assert_eq!(batch.change_purchased_quantity(50), 0);
+        assert_eq!(batch.available_quantity(), 42);
     }
 
     #[test]
-    fn changing_the_quantity_keeps_lines_that_still_fit() {
-        let mut batch = Batch::new("batch-001", "LAMP", 10, None);
-        batch.allocate(OrderLine::new("o1", "LAMP", 4));
-        assert!(batch.change_purchased_quantity(4).is_empty());
-        assert!(batch.change_purchased_quantity(50).is_empty());
-        assert_eq!(batch.available_quantity(), 46);
-        assert_eq!(batch.change_purchased_quantity(0).len(), 1);
-        assert_eq!(batch.available_quantity(), 0);
+    fn the_most_recent_lines_are_given_up_until_the_batch_fits() {
+        // Most recent first: o4 (2), o3 (2), o2 (3), o1 (3).
+        let recent = [2, 2, 3, 3];
+        assert_eq!(lines_to_give_up(0, &recent), 0);
+        assert_eq!(lines_to_give_up(1, &recent), 1);
+        assert_eq!(lines_to_give_up(2, &recent), 1);
+        assert_eq!(lines_to_give_up(5, &recent), 3);
+        assert_eq!(lines_to_give_up(10, &recent), 4);
+        assert_eq!(lines_to_give_up(99, &recent), 4, "no more lines than there are");
     }
 
     #[test]
@@ -357,7 +363,7 @@ mod tests {
     #[test]
     fn out_of_stock_when_no_batch_can_take_the_line() {
         let mut batch = Batch::new("batch1", "SMALL-TABLE", 10, day(1));
-        batch.allocate(OrderLine::new("order1", "SMALL-TABLE", 10));
+        batch.allocate(&OrderLine::new("order1", "SMALL-TABLE", 10));
         let line = OrderLine::new("order2", "SMALL-TABLE", 1);
         let error = choose_batch(&line, &[batch]).unwrap_err();
         assert_eq!(error, AllocationError::OutOfStock("SMALL-TABLE".into()));

@@ -1,38 +1,32 @@
 //! Allocation use cases and the repository port they need.
 //!
 //! Several processes may serve requests against the same store, so no use case
-//! trusts what it read: stock is only ever taken through a conditional write
-//! that the store checks atomically, and a refused write means "read again".
+//! trusts what it read: stock is only ever taken or given back by an atomic
+//! repository step that also records where the order line stands. A step
+//! that dies half-way leaves nothing behind; a use case made of several steps
+//! (a shrink, filling backorders) leaves a state that [`recover`] completes.
 
+use std::collections::BTreeSet;
 use std::future::Future;
 
 use chrono::NaiveDate;
 
-use crate::domain::allocation::{AllocationError, Batch, OrderLine, choose_batch};
+use crate::domain::allocation::{
+    AcknowledgedLine, AllocationError, Batch, LineStatus, OrderLine,
+};
 
-/// How often a use case re-reads and retries after losing a race for the same
-/// stock, before it gives up and asks the client to retry. Bounded so that a
-/// hot sku cannot keep a request busy forever.
-pub const MAX_ATTEMPTS: usize = 8;
+/// How many lines one atomic step of a shrink gives up. A shrink that must
+/// give up more takes several steps; between two of them the batch is left
+/// over-allocated, which [`recover`] notices and finishes.
+pub const GIVE_UP_STEP: usize = 100;
 
-/// One allocated order line as seen from its order: which batch holds it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Allocation {
-    pub sku: String,
-    pub batchref: String,
-    pub qty: u32,
-}
+/// How many backorders of a sku one call of [`fill_backorders`] allocates at
+/// most, so that a request that brought stock stays bounded; the periodic
+/// [`recover`] pass serves the rest.
+pub const FILL_LIMIT: usize = 200;
 
-impl Allocation {
-    /// The line of order `orderid` in `batch`, if the batch holds one.
-    pub fn in_batch(batch: &Batch, orderid: &str) -> Option<Self> {
-        batch.allocation_for(orderid).map(|line| Self {
-            sku: batch.sku.clone(),
-            batchref: batch.reference.clone(),
-            qty: line.qty,
-        })
-    }
-}
+/// How many of an order's lines [`allocations_for_order`] returns at most.
+pub const ORDER_LINES_LIMIT: usize = 1000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RepositoryError {
@@ -42,75 +36,151 @@ pub enum RepositoryError {
     Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
-/// Where batches live. Every write that could oversell is a single conditional
-/// write that the implementation checks atomically, so use cases stay correct
-/// with many processes sharing one store.
+/// What an atomic allocation step did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Allocated {
+    /// Took the line's quantity from this batch and recorded the line there.
+    Taken(String),
+    /// No batch of the sku has room; nothing changed.
+    NoRoom,
+    /// The line was acknowledged before; nothing changed.
+    AlreadyAcknowledged(AcknowledgedLine),
+}
+
+/// What an atomic step to allocate a waiting line did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Filled {
+    /// The line now draws from this batch.
+    Taken(String),
+    /// No batch of the sku has room for it; nothing changed.
+    NoRoom,
+    /// The line is no longer waiting (filled or cancelled meanwhile).
+    NotWaiting,
+}
+
+/// A waiting line and its place in the queue (oldest first).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Backorder {
+    pub line: AcknowledgedLine,
+    /// Opaque; positions order as strings, oldest first.
+    pub position: String,
+}
+
+/// A line drawing from a batch and its place among the batch's lines (oldest
+/// first).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BatchLine {
+    pub orderid: String,
+    pub qty: u32,
+    pub position: u64,
+}
+
+/// Where batches and order lines live. Every method is one atomic step: the
+/// store applies it whole or not at all (MongoDB: one transaction), so use
+/// cases stay correct with many processes sharing one store and with a crash
+/// between any two steps.
 ///
 /// The methods return `impl Future + Send` (implementors may write `async fn`)
 /// so that the use cases' futures are `Send` and can run on a multi-threaded
 /// runtime.
-pub trait BatchRepository: Send + Sync {
+pub trait AllocationRepository: Send + Sync {
     /// Stores a new batch; Err(RepositoryError::DuplicateReference) if the reference exists.
-    fn add(&self, batch: &Batch) -> impl Future<Output = Result<(), RepositoryError>> + Send;
+    fn add_batch(&self, batch: &Batch)
+    -> impl Future<Output = Result<(), RepositoryError>> + Send;
 
-    fn get(
+    fn batch(
         &self,
         reference: &str,
     ) -> impl Future<Output = Result<Option<Batch>, RepositoryError>> + Send;
 
-    /// Every batch of a sku (the candidates for an allocation).
-    fn for_sku(
-        &self,
-        sku: &str,
-    ) -> impl Future<Output = Result<Vec<Batch>, RepositoryError>> + Send;
-
     /// A page of batches ordered by reference, optionally of one sku, strictly after `after`.
-    fn list(
+    fn batches(
         &self,
         sku: Option<&str>,
         after: Option<&str>,
         limit: usize,
     ) -> impl Future<Output = Result<Vec<Batch>, RepositoryError>> + Send;
 
-    /// Atomically appends `line` to batch `reference` only if, at that instant,
-    /// the batch still has available >= line.qty and does not hold the line;
-    /// bumps version. Ok(false) when the condition failed (someone else took the
-    /// stock or the batch is gone). This single conditional write is what keeps
-    /// stock from being oversold across processes.
-    fn allocate_if_available(
+    /// Whether any batch of the sku exists.
+    fn sku_exists(&self, sku: &str) -> impl Future<Output = Result<bool, RepositoryError>> + Send;
+
+    /// Takes the line's quantity from the preferred batch of its sku that has
+    /// room (the order of [`crate::domain::allocation::choose_batch`]) and
+    /// records the line as allocated there, unless the line (orderid, sku) was
+    /// acknowledged before.
+    fn allocate(
         &self,
-        reference: &str,
         line: &OrderLine,
-    ) -> impl Future<Output = Result<bool, RepositoryError>> + Send;
+    ) -> impl Future<Output = Result<Allocated, RepositoryError>> + Send;
 
-    /// Atomically removes the line (orderid) from batch `reference`; returns the
-    /// removed line, or None if it was not there.
-    fn deallocate(
-        &self,
-        reference: &str,
-        orderid: &str,
-    ) -> impl Future<Output = Result<Option<OrderLine>, RepositoryError>> + Send;
-
-    /// The batch holding order line (orderid, sku), if any.
-    fn find_allocation(
+    fn line(
         &self,
         orderid: &str,
         sku: &str,
-    ) -> impl Future<Output = Result<Option<Batch>, RepositoryError>> + Send;
+    ) -> impl Future<Output = Result<Option<AcknowledgedLine>, RepositoryError>> + Send;
 
-    /// Every allocation of an order across skus: (sku, batch reference, qty).
-    fn allocations_for_order(
+    /// The lines of an order, allocated or backordered, at most `limit`.
+    fn lines_of_order(
         &self,
         orderid: &str,
-    ) -> impl Future<Output = Result<Vec<Allocation>, RepositoryError>> + Send;
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<AcknowledgedLine>, RepositoryError>> + Send;
 
-    /// Writes purchased_quantity and allocations of `batch` only if the stored
-    /// version still equals batch.version (then bumps it); Ok(false) on a
-    /// version conflict.
-    fn save_if_unchanged(
+    /// Forgets the line and, if it was allocated, gives its stock back to its
+    /// batch. None if there was no such line.
+    fn remove_line(
         &self,
-        batch: &Batch,
-    ) -> impl Future<Output = Result<bool, RepositoryError>> + Send;
+        orderid: &str,
+        sku: &str,
+    ) -> impl Future<Output = Result<Option<AcknowledgedLine>, RepositoryError>> + Send;
+
+    /// Sets the batch's purchased quantity (see
+    /// [`Batch::change_purchased_quantity`]); the batch as changed, or None if
+    /// there is no such batch.
+    fn change_purchased_quantity(
+        &self,
+        reference: &str,
+        qty: u32,
+    ) -> impl Future<Output = Result<Option<Batch>, RepositoryError>> + Send;
+
+    /// If the batch holds more than it has, backorders its most recent lines
+    /// (at most `max_lines`, chosen by
+    /// [`crate::domain::allocation::lines_to_give_up`]) and takes their stock
+    /// back; returns the lines given up.
+    fn give_up_recent_lines(
+        &self,
+        reference: &str,
+        max_lines: usize,
+    ) -> impl Future<Output = Result<Vec<OrderLine>, RepositoryError>> + Send;
+
+    /// References of batches that hold more than they have, at most `limit`.
+    fn over_allocated_batches(
+        &self,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<String>, RepositoryError>> + Send;
+
+    /// Waiting lines, oldest first, optionally of one sku, strictly after
+    /// position `after`.
+    fn backorders(
+        &self,
+        sku: Option<&str>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<Backorder>, RepositoryError>> + Send;
+
+    /// Allocates a waiting line like [`AllocationRepository::allocate`] would.
+    fn fill_backorder(
+        &self,
+        line: &OrderLine,
+    ) -> impl Future<Output = Result<Filled, RepositoryError>> + Send;
+
+    /// The lines drawing from a batch, oldest first, strictly after position `after`.
+    fn batch_lines(
+        &self,
+        reference: &str,
+        after: Option<u64>,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<BatchLine>, RepositoryError>> + Send;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -125,9 +195,6 @@ pub enum AddBatchError {
 pub enum AllocateError {
     #[error(transparent)]
     Allocation(#[from] AllocationError),
-    /// Every attempt lost the race for the chosen batch's stock.
-    #[error("Too much contention for sku {0}; retry")]
-    Contention(String),
     #[error(transparent)]
     Store(#[from] RepositoryError),
 }
@@ -141,29 +208,7 @@ pub enum DeallocateError {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum ChangeQuantityError {
-    #[error("Batch {0} not found")]
-    BatchNotFound(String),
-    /// Every attempt to save the new quantity met a newer version of the batch.
-    #[error("Too much contention for batch {0}; retry")]
-    Contention(String),
-    /// The new quantity is saved, but re-allocating the lines it displaced
-    /// failed for a reason other than missing stock. `unplaced` are the
-    /// displaced lines that are now allocated nowhere, so that they are not lost
-    /// silently.
-    #[error("Batch {reference} was changed, but {} displaced order lines could not be re-allocated", unplaced.len())]
-    Reallocation {
-        reference: String,
-        unplaced: Vec<OrderLine>,
-        #[source]
-        source: AllocateError,
-    },
-    #[error(transparent)]
-    Store(#[from] RepositoryError),
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum GetBatchError {
+pub enum BatchError {
     #[error("Batch {0} not found")]
     BatchNotFound(String),
     #[error(transparent)]
@@ -178,20 +223,41 @@ pub enum OrderAllocationsError {
     Store(#[from] RepositoryError),
 }
 
-/// What changing a batch's quantity did to the lines it had to give up.
+/// Where an allocation request left its line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Allocation {
+    /// The line draws from this batch.
+    Allocated(String),
+    /// The line was acknowledged before and now waits for stock.
+    Backordered,
+}
+
+/// What changing a batch's quantity did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct QuantityChange {
     /// The batch as stored after the change and the re-allocations.
     pub batch: Batch,
-    /// Displaced lines and the batch each one now draws from (possibly this one,
-    /// if a smaller line fits after a larger one left).
+    /// Lines this change allocated, each with its batch: lines it displaced
+    /// that found room (possibly back in this batch), and waiting lines that
+    /// the new stock took.
     pub reallocated: Vec<(OrderLine, String)>,
-    /// Displaced lines for which no batch of the sku had stock left.
-    pub unallocated: Vec<OrderLine>,
+    /// Lines this change displaced that found no room: they wait for stock.
+    pub backordered: Vec<OrderLine>,
 }
 
-/// Registers newly bought stock.
-pub async fn add_batch<R: BatchRepository>(
+/// What one [`recover`] pass did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Recovery {
+    /// Lines that over-allocated batches gave up (a shrink that had not finished).
+    pub backordered: usize,
+    /// Waiting lines that were allocated.
+    pub filled: usize,
+    /// Where the next pass resumes its walk through the backorders.
+    pub next_position: Option<String>,
+}
+
+/// Registers newly bought stock; waiting lines of the sku take it at once.
+pub async fn add_batch<R: AllocationRepository>(
     repo: &R,
     reference: &str,
     sku: &str,
@@ -199,156 +265,237 @@ pub async fn add_batch<R: BatchRepository>(
     eta: Option<NaiveDate>,
 ) -> Result<Batch, AddBatchError> {
     let batch = Batch::new(reference, sku, purchased_quantity, eta);
-    match repo.add(&batch).await {
-        Ok(()) => Ok(batch),
+    match repo.add_batch(&batch).await {
+        Ok(()) => {}
         Err(RepositoryError::DuplicateReference(reference)) => {
-            Err(AddBatchError::DuplicateBatch(reference))
+            return Err(AddBatchError::DuplicateBatch(reference));
         }
-        Err(error) => Err(AddBatchError::Store(error)),
+        Err(error) => return Err(AddBatchError::Store(error)),
     }
+    let filled = fill_backorders(repo, sku)
+        .await
+        .map_err(AddBatchError::Store)?;
+    if filled.is_empty() {
+        return Ok(batch);
+    }
+    Ok(repo
+        .batch(reference)
+        .await
+        .map_err(AddBatchError::Store)?
+        .unwrap_or(batch))
 }
 
-/// Allocates `line` to the preferred batch with room for it and returns that
-/// batch's reference.
+/// Allocates `line` to the preferred batch with room for it.
 ///
-/// Idempotent: if a batch of the sku already holds the order's line, its
-/// reference is returned and nothing is written (even if the quantity asked
-/// now differs; change an allocation by deallocating first). Uncontended, this
-/// costs exactly two repository calls: one read and one conditional write.
-pub async fn allocate<R: BatchRepository>(
+/// Idempotent: if the order's line for this sku was acknowledged before, its
+/// batch is returned (or [`Allocation::Backordered`]) and nothing is written,
+/// even if the quantity asked now differs (change a line by deallocating
+/// first). A new line that finds no room is refused (`Out of stock`); only
+/// lines the system acknowledged ever become backorders.
+pub async fn allocate<R: AllocationRepository>(
     repo: &R,
     line: OrderLine,
-) -> Result<String, AllocateError> {
-    for _ in 0..MAX_ATTEMPTS {
-        let batches = repo.for_sku(&line.sku).await?;
-        if let Some(holder) = batches
-            .iter()
-            .find(|batch| batch.allocation_for(&line.orderid).is_some())
-        {
-            return Ok(holder.reference.clone());
+) -> Result<Allocation, AllocateError> {
+    match repo.allocate(&line).await? {
+        Allocated::Taken(batchref) => Ok(Allocation::Allocated(batchref)),
+        Allocated::AlreadyAcknowledged(existing) => Ok(match existing.status {
+            LineStatus::Allocated { batchref } => Allocation::Allocated(batchref),
+            LineStatus::Backordered => Allocation::Backordered,
+        }),
+        Allocated::NoRoom if repo.sku_exists(&line.sku).await? => {
+            Err(AllocationError::OutOfStock(line.sku).into())
         }
-        let reference = choose_batch(&line, &batches)?.reference.clone();
-        if repo.allocate_if_available(&reference, &line).await? {
-            return Ok(reference);
-        }
-        // Someone took the stock between our read and our write: look again.
+        Allocated::NoRoom => Err(AllocationError::InvalidSku(line.sku).into()),
     }
-    Err(AllocateError::Contention(line.sku))
 }
 
-/// Frees the stock held by order `orderid` for `sku`; returns the batch it was
-/// taken from and the line.
-pub async fn deallocate<R: BatchRepository>(
+/// Forgets the order's line for `sku`, allocated or backordered, and gives its
+/// stock back; waiting lines of the sku take that stock at once.
+pub async fn deallocate<R: AllocationRepository>(
     repo: &R,
     orderid: &str,
     sku: &str,
-) -> Result<(String, OrderLine), DeallocateError> {
-    let not_allocated = || DeallocateError::NotAllocated {
-        orderid: orderid.to_owned(),
-        sku: sku.to_owned(),
-    };
-    let batch = repo
-        .find_allocation(orderid, sku)
+) -> Result<AcknowledgedLine, DeallocateError> {
+    let removed = repo
+        .remove_line(orderid, sku)
         .await?
-        .ok_or_else(not_allocated)?;
-    // A concurrent deallocation may win between the two calls: then the line
-    // is simply no longer allocated.
-    let line = repo
-        .deallocate(&batch.reference, orderid)
-        .await?
-        .ok_or_else(not_allocated)?;
-    Ok((batch.reference, line))
+        .ok_or_else(|| DeallocateError::NotAllocated {
+            orderid: orderid.to_owned(),
+            sku: sku.to_owned(),
+        })?;
+    if removed.batchref().is_some() {
+        fill_backorders(repo, sku).await?;
+    }
+    Ok(removed)
 }
 
 /// Sets a batch's purchased quantity. If the batch now holds more than it has,
-/// its most recent lines are displaced and each is allocated again as if newly
-/// ordered; those that find no stock are reported as unallocated.
-pub async fn change_batch_quantity<R: BatchRepository>(
+/// its most recent lines are backordered (durably, before anything else), then
+/// the sku's waiting lines, oldest first, are allocated where stock allows.
+/// More stock also goes to waiting lines first.
+pub async fn change_batch_quantity<R: AllocationRepository>(
     repo: &R,
     reference: &str,
     new_qty: u32,
-) -> Result<QuantityChange, ChangeQuantityError> {
-    let not_found = || ChangeQuantityError::BatchNotFound(reference.to_owned());
-    let mut displaced = None;
-    for _ in 0..MAX_ATTEMPTS {
-        let mut batch = repo.get(reference).await?.ok_or_else(not_found)?;
-        let removed = batch.change_purchased_quantity(new_qty);
-        if repo.save_if_unchanged(&batch).await? {
-            displaced = Some(removed);
-            break;
-        }
-        // The batch changed since we read it (an allocation, say): redo the
-        // change on the fresh copy so that no concurrent write is lost.
-    }
-    let displaced =
-        displaced.ok_or_else(|| ChangeQuantityError::Contention(reference.to_owned()))?;
-
-    let mut reallocated = Vec::new();
-    let mut unallocated = Vec::new();
-    for (index, line) in displaced.iter().enumerate() {
-        match allocate(repo, line.clone()).await {
-            Ok(batchref) => reallocated.push((line.clone(), batchref)),
-            Err(AllocateError::Allocation(_)) => unallocated.push(line.clone()),
-            Err(source) => {
-                let mut unplaced = unallocated;
-                unplaced.extend_from_slice(&displaced[index..]);
-                return Err(ChangeQuantityError::Reallocation {
-                    reference: reference.to_owned(),
-                    unplaced,
-                    source,
-                });
-            }
-        }
-    }
-    let batch = repo.get(reference).await?.ok_or_else(not_found)?;
+) -> Result<QuantityChange, BatchError> {
+    let not_found = || BatchError::BatchNotFound(reference.to_owned());
+    let batch = repo
+        .change_purchased_quantity(reference, new_qty)
+        .await?
+        .ok_or_else(not_found)?;
+    let displaced = give_up_all(repo, reference).await?;
+    let reallocated = fill_backorders(repo, &batch.sku).await?;
+    let backordered = displaced
+        .into_iter()
+        .filter(|line| !reallocated.iter().any(|(placed, _)| placed == line))
+        .collect();
+    let batch = repo.batch(reference).await?.ok_or_else(not_found)?;
     Ok(QuantityChange {
         batch,
         reallocated,
-        unallocated,
+        backordered,
     })
 }
 
-pub async fn get_batch<R: BatchRepository>(
+/// Gives up the most recent lines of an over-allocated batch, one atomic step
+/// at a time, until it holds no more than it has.
+async fn give_up_all<R: AllocationRepository>(
     repo: &R,
     reference: &str,
-) -> Result<Batch, GetBatchError> {
-    repo.get(reference)
+) -> Result<Vec<OrderLine>, RepositoryError> {
+    let mut displaced = Vec::new();
+    loop {
+        let step = repo.give_up_recent_lines(reference, GIVE_UP_STEP).await?;
+        if step.is_empty() {
+            return Ok(displaced);
+        }
+        displaced.extend(step);
+    }
+}
+
+/// Allocates the sku's waiting lines, oldest first, while stock allows: it
+/// stops at the first line that finds no room, so a line is never overtaken
+/// by a younger one of the same sku. At most [`FILL_LIMIT`] lines per call.
+pub async fn fill_backorders<R: AllocationRepository>(
+    repo: &R,
+    sku: &str,
+) -> Result<Vec<(OrderLine, String)>, RepositoryError> {
+    const PAGE: usize = 50;
+    let mut filled = Vec::new();
+    let mut after = None;
+    while filled.len() < FILL_LIMIT {
+        let page = repo.backorders(Some(sku), after.as_deref(), PAGE).await?;
+        let Some(last) = page.last() else {
+            break;
+        };
+        after = Some(last.position.clone());
+        let full_page = page.len() == PAGE;
+        for waiting in page {
+            match repo.fill_backorder(&waiting.line.line).await? {
+                Filled::Taken(batchref) => filled.push((waiting.line.line, batchref)),
+                Filled::NotWaiting => {}
+                Filled::NoRoom => return Ok(filled),
+            }
+        }
+        if !full_page {
+            break;
+        }
+    }
+    Ok(filled)
+}
+
+/// Completes what a crash or a lost connection may have left half-done, and
+/// serves backorders whose stock appeared without anybody filling them. Runs
+/// at start-up and periodically; safe to run in any number of processes at
+/// once, since every step it takes is atomic and checks its condition again.
+///
+/// - A batch that shrank but did not finish giving up lines is over-allocated:
+///   its most recent lines are backordered.
+/// - The backorders are walked from `resume_after` a page at a time; each
+///   sku met is filled (oldest first).
+pub async fn recover<R: AllocationRepository>(
+    repo: &R,
+    resume_after: Option<&str>,
+) -> Result<Recovery, RepositoryError> {
+    const PAGE: usize = 100;
+    let mut recovery = Recovery::default();
+    for reference in repo.over_allocated_batches(PAGE).await? {
+        recovery.backordered += give_up_all(repo, &reference).await?.len();
+    }
+    let page = repo.backorders(None, resume_after, PAGE).await?;
+    let skus: BTreeSet<&str> = page.iter().map(|b| b.line.line.sku.as_str()).collect();
+    for sku in skus {
+        recovery.filled += fill_backorders(repo, sku).await?.len();
+    }
+    recovery.next_position = (page.len() == PAGE)
+        .then(|| page.last().map(|b| b.position.clone()))
+        .flatten();
+    Ok(recovery)
+}
+
+pub async fn get_batch<R: AllocationRepository>(
+    repo: &R,
+    reference: &str,
+) -> Result<Batch, BatchError> {
+    repo.batch(reference)
         .await?
-        .ok_or_else(|| GetBatchError::BatchNotFound(reference.to_owned()))
+        .ok_or_else(|| BatchError::BatchNotFound(reference.to_owned()))
 }
 
 /// A page of batches ordered by reference; pass the last reference of a page
 /// as `after` to get the next one.
-pub async fn list_batches<R: BatchRepository>(
+pub async fn list_batches<R: AllocationRepository>(
     repo: &R,
     sku: Option<&str>,
     after: Option<&str>,
     limit: usize,
 ) -> Result<Vec<Batch>, RepositoryError> {
-    repo.list(sku, after, limit).await
+    repo.batches(sku, after, limit).await
 }
 
-/// Where each line of an order draws its stock from, ordered by sku then batch
-/// reference so that answers are stable whatever the store's order.
-pub async fn allocations_for_order<R: BatchRepository>(
+/// A page of the lines drawing from a batch, oldest first.
+pub async fn batch_lines<R: AllocationRepository>(
+    repo: &R,
+    reference: &str,
+    after: Option<u64>,
+    limit: usize,
+) -> Result<Vec<BatchLine>, BatchError> {
+    let lines = repo.batch_lines(reference, after, limit).await?;
+    if lines.is_empty() && repo.batch(reference).await?.is_none() {
+        return Err(BatchError::BatchNotFound(reference.to_owned()));
+    }
+    Ok(lines)
+}
+
+/// A page of waiting lines, oldest first.
+pub async fn list_backorders<R: AllocationRepository>(
+    repo: &R,
+    sku: Option<&str>,
+    after: Option<&str>,
+    limit: usize,
+) -> Result<Vec<Backorder>, RepositoryError> {
+    repo.backorders(sku, after, limit).await
+}
+
+/// Every line of an order, allocated or backordered, ordered by sku.
+pub async fn allocations_for_order<R: AllocationRepository>(
     repo: &R,
     orderid: &str,
-) -> Result<Vec<Allocation>, OrderAllocationsError> {
-    let mut allocations = repo.allocations_for_order(orderid).await?;
-    if allocations.is_empty() {
+) -> Result<Vec<AcknowledgedLine>, OrderAllocationsError> {
+    let mut lines = repo.lines_of_order(orderid, ORDER_LINES_LIMIT).await?;
+    if lines.is_empty() {
         return Err(OrderAllocationsError::NoAllocations(orderid.to_owned()));
     }
-    allocations.sort_by(|a, b| (&a.sku, &a.batchref).cmp(&(&b.sku, &b.batchref)));
-    Ok(allocations)
+    lines.sort_by(|a, b| a.line.sku.cmp(&b.line.sku));
+    Ok(lines)
 }
 
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
-    use std::sync::atomic::{AtomicUsize, Ordering};
 
     use super::*;
-    use crate::adapters::memory::InMemoryBatchRepository;
+    use crate::adapters::memory::InMemoryAllocations;
 
     fn day(d: u32) -> Option<NaiveDate> {
         NaiveDate::from_ymd_opt(2025, 5, d)
@@ -358,30 +505,39 @@ mod tests {
         OrderLine::new(orderid, sku, qty)
     }
 
-    async fn repo_with(
-        batches: &[(&str, &str, u32, Option<NaiveDate>)],
-    ) -> InMemoryBatchRepository {
-        let repo = InMemoryBatchRepository::new();
+    async fn repo_with(batches: &[(&str, &str, u32, Option<NaiveDate>)]) -> InMemoryAllocations {
+        let repo = InMemoryAllocations::new();
         for &(reference, sku, qty, eta) in batches {
             add_batch(&repo, reference, sku, qty, eta).await.unwrap();
         }
         repo
     }
 
-    async fn available(repo: &InMemoryBatchRepository, reference: &str) -> i64 {
-        get_batch(repo, reference)
-            .await
-            .unwrap()
-            .available_quantity()
+    async fn available(repo: &InMemoryAllocations, reference: &str) -> i64 {
+        get_batch(repo, reference).await.unwrap().available_quantity()
+    }
+
+    async fn allocated(repo: &InMemoryAllocations, l: OrderLine) -> String {
+        match allocate(repo, l).await.unwrap() {
+            Allocation::Allocated(batchref) => batchref,
+            Allocation::Backordered => panic!("backordered"),
+        }
+    }
+
+    async fn status(repo: &InMemoryAllocations, orderid: &str, sku: &str) -> LineStatus {
+        repo.line(orderid, sku).await.unwrap().unwrap().status
+    }
+
+    fn at(batchref: &str) -> LineStatus {
+        LineStatus::Allocated {
+            batchref: batchref.to_owned(),
+        }
     }
 
     #[tokio::test]
     async fn returns_allocation() {
         let repo = repo_with(&[("b1", "COMPLICATED-LAMP", 100, None)]).await;
-        let batchref = allocate(&repo, line("o1", "COMPLICATED-LAMP", 10))
-            .await
-            .unwrap();
-        assert_eq!(batchref, "b1");
+        assert_eq!(allocated(&repo, line("o1", "COMPLICATED-LAMP", 10)).await, "b1");
         assert_eq!(available(&repo, "b1").await, 90);
     }
 
@@ -404,11 +560,7 @@ mod tests {
         .await;
         let mut chosen = Vec::new();
         for orderid in ["o1", "o2", "o3"] {
-            chosen.push(
-                allocate(&repo, line(orderid, "RETRO-CLOCK", 10))
-                    .await
-                    .unwrap(),
-            );
+            chosen.push(allocated(&repo, line(orderid, "RETRO-CLOCK", 10)).await);
         }
         assert_eq!(chosen, ["warehouse", "shipment-soon", "shipment-late"]);
     }
@@ -427,11 +579,9 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn errors_when_out_of_stock() {
+    async fn errors_when_out_of_stock_and_keeps_no_record_of_the_line() {
         let repo = repo_with(&[("b1", "SMALL-TABLE", 10, day(1))]).await;
-        allocate(&repo, line("o1", "SMALL-TABLE", 10))
-            .await
-            .unwrap();
+        allocated(&repo, line("o1", "SMALL-TABLE", 10)).await;
         let error = allocate(&repo, line("o2", "SMALL-TABLE", 1))
             .await
             .unwrap_err();
@@ -440,62 +590,44 @@ mod tests {
             AllocateError::Allocation(AllocationError::OutOfStock(_))
         ));
         assert_eq!(error.to_string(), "Out of stock for sku SMALL-TABLE");
+        // A new line without stock is refused, not backordered.
+        assert!(repo.line("o2", "SMALL-TABLE").await.unwrap().is_none());
+        assert!(list_backorders(&repo, None, None, 10).await.unwrap().is_empty());
     }
 
     #[tokio::test]
     async fn allocating_the_same_line_again_returns_the_same_batch_and_writes_nothing() {
         let repo = repo_with(&[("b1", "LAMP", 10, None), ("b2", "LAMP", 10, day(1))]).await;
-        assert_eq!(allocate(&repo, line("o1", "LAMP", 6)).await.unwrap(), "b1");
+        assert_eq!(allocated(&repo, line("o1", "LAMP", 6)).await, "b1");
         repo.reset_calls();
-        assert_eq!(allocate(&repo, line("o1", "LAMP", 6)).await.unwrap(), "b1");
-        assert_eq!(repo.calls(), 1, "one read, no write");
-        let b1 = get_batch(&repo, "b1").await.unwrap();
-        assert_eq!(b1.allocations(), [line("o1", "LAMP", 6)]);
+        assert_eq!(allocated(&repo, line("o1", "LAMP", 6)).await, "b1");
+        assert_eq!(repo.calls(), 1, "one step, no write");
+        assert_eq!(available(&repo, "b1").await, 4);
         assert_eq!(available(&repo, "b2").await, 10);
     }
 
     #[tokio::test]
-    async fn an_uncontended_allocation_costs_two_repository_calls() {
+    async fn an_uncontended_allocation_is_one_repository_step() {
         let repo = repo_with(&[("b1", "LAMP", 10, None), ("b2", "LAMP", 10, day(1))]).await;
         repo.reset_calls();
-        allocate(&repo, line("o1", "LAMP", 1)).await.unwrap();
-        assert_eq!(repo.calls(), 2, "one read and one conditional write");
-    }
-
-    #[tokio::test]
-    async fn a_lost_race_is_retried_on_fresh_data() {
-        let repo = LosesRaces::new(repo_with(&[("b1", "LAMP", 10, None)]).await, 1);
-        assert_eq!(allocate(&repo, line("o1", "LAMP", 1)).await.unwrap(), "b1");
-        assert_eq!(
-            repo.inner.calls(),
-            4,
-            "two rounds of read + conditional write"
-        );
-    }
-
-    #[tokio::test]
-    async fn gives_up_after_max_attempts() {
-        let repo = LosesRaces::new(repo_with(&[("b1", "LAMP", 10, None)]).await, usize::MAX);
-        let error = allocate(&repo, line("o1", "LAMP", 1)).await.unwrap_err();
-        assert!(matches!(error, AllocateError::Contention(_)));
-        assert_eq!(error.to_string(), "Too much contention for sku LAMP; retry");
-        assert_eq!(repo.inner.calls(), 2 * MAX_ATTEMPTS);
+        allocated(&repo, line("o1", "LAMP", 1)).await;
+        assert_eq!(repo.calls(), 1, "take the stock and record the line, atomically");
     }
 
     #[tokio::test]
     async fn deallocate_frees_the_stock() {
         let repo = repo_with(&[("b1", "LAMP", 10, None)]).await;
-        allocate(&repo, line("o1", "LAMP", 10)).await.unwrap();
-        let (batchref, removed) = deallocate(&repo, "o1", "LAMP").await.unwrap();
-        assert_eq!((batchref.as_str(), removed), ("b1", line("o1", "LAMP", 10)));
+        allocated(&repo, line("o1", "LAMP", 10)).await;
+        let removed = deallocate(&repo, "o1", "LAMP").await.unwrap();
+        assert_eq!((removed.line, removed.status), (line("o1", "LAMP", 10), at("b1")));
         assert_eq!(available(&repo, "b1").await, 10);
-        assert_eq!(allocate(&repo, line("o2", "LAMP", 10)).await.unwrap(), "b1");
+        assert_eq!(allocated(&repo, line("o2", "LAMP", 10)).await, "b1");
     }
 
     #[tokio::test]
     async fn deallocating_a_line_that_is_not_allocated_fails() {
         let repo = repo_with(&[("b1", "LAMP", 10, None)]).await;
-        allocate(&repo, line("o1", "LAMP", 1)).await.unwrap();
+        allocated(&repo, line("o1", "LAMP", 1)).await;
         for (orderid, sku) in [("o2", "LAMP"), ("o1", "CHAIR")] {
             let error = deallocate(&repo, orderid, sku).await.unwrap_err();
             assert!(matches!(error, DeallocateError::NotAllocated { .. }));
@@ -508,162 +640,159 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn shrinking_a_batch_reallocates_the_most_recent_lines_elsewhere() {
+    async fn shrinking_a_batch_moves_the_most_recent_lines_and_backorders_the_rest() {
         let repo = repo_with(&[
             ("warehouse", "LAMP", 10, None),
             ("shipment", "LAMP", 3, day(1)),
         ])
         .await;
         for (orderid, qty) in [("o1", 4), ("o2", 3), ("o3", 3)] {
-            assert_eq!(
-                allocate(&repo, line(orderid, "LAMP", qty)).await.unwrap(),
-                "warehouse"
-            );
+            assert_eq!(allocated(&repo, line(orderid, "LAMP", qty)).await, "warehouse");
         }
 
         let change = change_batch_quantity(&repo, "warehouse", 4).await.unwrap();
 
         assert_eq!(change.batch.purchased_quantity(), 4);
-        assert_eq!(change.batch.allocations(), [line("o1", "LAMP", 4)]);
-        // o3 was allocated last, so it was displaced first and took the shipment.
+        assert_eq!(change.batch.available_quantity(), 0);
+        // o3 and o2 were displaced; o2 is older, so it is served first.
         assert_eq!(
             change.reallocated,
-            [(line("o3", "LAMP", 3), "shipment".to_owned())]
+            [(line("o2", "LAMP", 3), "shipment".to_owned())]
         );
-        assert_eq!(change.unallocated, [line("o2", "LAMP", 3)]);
-        assert_eq!(available(&repo, "shipment").await, 0);
-        let o2 = allocations_for_order(&repo, "o2").await.unwrap_err();
-        assert!(matches!(o2, OrderAllocationsError::NoAllocations(_)));
+        assert_eq!(change.backordered, [line("o3", "LAMP", 3)]);
+        assert_eq!(status(&repo, "o3", "LAMP").await, LineStatus::Backordered);
+        assert_eq!(status(&repo, "o1", "LAMP").await, at("warehouse"));
+        // The waiting line is still the order's: listed, not 404.
+        let o3 = allocations_for_order(&repo, "o3").await.unwrap();
+        assert_eq!(o3[0].status, LineStatus::Backordered);
     }
 
     #[tokio::test]
     async fn a_displaced_line_may_return_to_the_same_batch_if_it_now_fits() {
         let repo = repo_with(&[("warehouse", "LAMP", 10, None)]).await;
         for (orderid, qty) in [("o1", 4), ("o2", 4), ("o3", 2)] {
-            allocate(&repo, line(orderid, "LAMP", qty)).await.unwrap();
+            allocated(&repo, line(orderid, "LAMP", qty)).await;
         }
-
         let change = change_batch_quantity(&repo, "warehouse", 7).await.unwrap();
-
-        // o3 then o2 had to go; with o2 gone, o3 fits again.
+        // o3 then o2 had to go; o2 (older) does not fit and blocks o3: waiting
+        // lines are served strictly oldest first.
+        assert!(change.reallocated.is_empty());
+        assert_eq!(change.backordered, [line("o3", "LAMP", 2), line("o2", "LAMP", 4)]);
+        assert_eq!(change.batch.available_quantity(), 3);
+        // One more unit and o2 fits; then o3 waits for 2 more.
+        let change = change_batch_quantity(&repo, "warehouse", 8).await.unwrap();
         assert_eq!(
             change.reallocated,
-            [(line("o3", "LAMP", 2), "warehouse".to_owned())]
+            [(line("o2", "LAMP", 4), "warehouse".to_owned())]
         );
-        assert_eq!(change.unallocated, [line("o2", "LAMP", 4)]);
-        assert_eq!(
-            change.batch.allocations(),
-            [line("o1", "LAMP", 4), line("o3", "LAMP", 2)]
-        );
-        assert_eq!(change.batch.available_quantity(), 1);
+        assert_eq!(status(&repo, "o3", "LAMP").await, LineStatus::Backordered);
     }
 
     #[tokio::test]
-    async fn growing_a_batch_displaces_nothing() {
+    async fn a_batch_may_shrink_to_zero() {
+        let repo = repo_with(&[("lost", "LAMP", 5, day(3))]).await;
+        allocated(&repo, line("o1", "LAMP", 2)).await;
+        allocated(&repo, line("o2", "LAMP", 3)).await;
+        let change = change_batch_quantity(&repo, "lost", 0).await.unwrap();
+        assert_eq!(change.batch.purchased_quantity(), 0);
+        assert_eq!(change.batch.available_quantity(), 0);
+        assert_eq!(change.backordered.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn growing_a_batch_serves_backorders_oldest_first() {
         let repo = repo_with(&[("b1", "LAMP", 10, None)]).await;
-        allocate(&repo, line("o1", "LAMP", 10)).await.unwrap();
-        let change = change_batch_quantity(&repo, "b1", 15).await.unwrap();
-        assert!(change.reallocated.is_empty() && change.unallocated.is_empty());
-        assert_eq!(change.batch.available_quantity(), 5);
-    }
-
-    #[tokio::test]
-    async fn a_version_conflict_redoes_the_change_on_a_fresh_copy() {
-        let inner = repo_with(&[("b1", "LAMP", 10, None)]).await;
-        allocate(&inner, line("o1", "LAMP", 4)).await.unwrap();
-        let repo = LosesRaces::new(inner, 0).losing_saves(1);
-        let change = change_batch_quantity(&repo, "b1", 6).await.unwrap();
-        assert_eq!(change.batch.purchased_quantity(), 6);
-        assert_eq!(change.batch.allocations(), [line("o1", "LAMP", 4)]);
-
-        let repo = repo.losing_saves(usize::MAX);
-        let error = change_batch_quantity(&repo, "b1", 2).await.unwrap_err();
-        assert!(matches!(error, ChangeQuantityError::Contention(_)));
-        assert_eq!(error.to_string(), "Too much contention for batch b1; retry");
-        assert_eq!(
-            get_batch(&repo.inner, "b1")
-                .await
-                .unwrap()
-                .purchased_quantity(),
-            6
-        );
-    }
-
-    #[tokio::test]
-    async fn displaced_lines_that_cannot_be_retried_are_reported_not_lost() {
-        let inner = repo_with(&[("b1", "LAMP", 10, None), ("b2", "LAMP", 10, day(1))]).await;
         for orderid in ["o1", "o2", "o3"] {
-            allocate(&inner, line(orderid, "LAMP", 3)).await.unwrap();
+            allocated(&repo, line(orderid, "LAMP", 3)).await;
         }
-        let repo = LosesRaces::new(inner, usize::MAX);
-        let error = change_batch_quantity(&repo, "b1", 3).await.unwrap_err();
-        let ChangeQuantityError::Reallocation {
-            unplaced, source, ..
-        } = &error
-        else {
-            panic!("expected a reallocation error, got {error:?}");
-        };
-        assert_eq!(*unplaced, [line("o3", "LAMP", 3), line("o2", "LAMP", 3)]);
-        assert!(matches!(source, AllocateError::Contention(_)));
+        change_batch_quantity(&repo, "b1", 0).await.unwrap();
+        let change = change_batch_quantity(&repo, "b1", 7).await.unwrap();
+        let served: Vec<&str> = change
+            .reallocated
+            .iter()
+            .map(|(l, _)| l.orderid.as_str())
+            .collect();
+        assert_eq!(served, ["o1", "o2"]);
+        assert!(change.backordered.is_empty());
+        assert_eq!(status(&repo, "o3", "LAMP").await, LineStatus::Backordered);
+    }
+
+    #[tokio::test]
+    async fn new_stock_and_freed_stock_go_to_waiting_lines() {
+        let repo = repo_with(&[("b1", "LAMP", 4, None)]).await;
+        allocated(&repo, line("o1", "LAMP", 2)).await;
+        allocated(&repo, line("o2", "LAMP", 2)).await;
+        change_batch_quantity(&repo, "b1", 2).await.unwrap();
+        assert_eq!(status(&repo, "o2", "LAMP").await, LineStatus::Backordered);
+        // A repeat of the waiting line says it waits and changes nothing.
         assert_eq!(
-            error.to_string(),
-            "Batch b1 was changed, but 2 displaced order lines could not be re-allocated"
+            allocate(&repo, line("o2", "LAMP", 2)).await.unwrap(),
+            Allocation::Backordered
         );
+        deallocate(&repo, "o1", "LAMP").await.unwrap();
+        assert_eq!(status(&repo, "o2", "LAMP").await, at("b1"));
+
+        change_batch_quantity(&repo, "b1", 0).await.unwrap();
+        let batch = add_batch(&repo, "b2", "LAMP", 5, day(4)).await.unwrap();
+        assert_eq!(status(&repo, "o2", "LAMP").await, at("b2"));
+        assert_eq!(batch.available_quantity(), 3, "the batch as its backorders left it");
+    }
+
+    #[tokio::test]
+    async fn deallocating_a_backordered_line_cancels_it() {
+        let repo = repo_with(&[("b1", "LAMP", 4, None)]).await;
+        allocated(&repo, line("o1", "LAMP", 4)).await;
+        change_batch_quantity(&repo, "b1", 1).await.unwrap();
+        let removed = deallocate(&repo, "o1", "LAMP").await.unwrap();
+        assert_eq!(removed.status, LineStatus::Backordered);
+        assert!(list_backorders(&repo, None, None, 10).await.unwrap().is_empty());
+        assert_eq!(available(&repo, "b1").await, 1);
+    }
+
+    #[tokio::test]
+    async fn recovery_finishes_an_interrupted_shrink_and_fills_backorders() {
+        let repo = repo_with(&[("b1", "LAMP", 10, None), ("b2", "CHAIR", 1, None)]).await;
+        for orderid in ["o1", "o2", "o3"] {
+            allocated(&repo, line(orderid, "LAMP", 3)).await;
+        }
+        // A crash right after the quantity was saved: nothing given up yet.
+        repo.change_purchased_quantity("b1", 4).await.unwrap();
+        let recovery = recover(&repo, None).await.unwrap();
+        assert_eq!(recovery.backordered, 2);
+        assert_eq!(recovery.filled, 0);
+        assert_eq!(available(&repo, "b1").await, 1);
+        // Stock that appeared without anybody filling (a crash before the fill).
+        repo.change_purchased_quantity("b1", 7).await.unwrap();
+        let recovery = recover(&repo, None).await.unwrap();
+        assert_eq!((recovery.backordered, recovery.filled), (0, 1));
+        assert_eq!(status(&repo, "o2", "LAMP").await, at("b1"));
+        assert_eq!(recover(&repo, None).await.unwrap(), Recovery::default());
     }
 
     #[tokio::test]
     async fn unknown_batches_are_not_found() {
-        let repo = InMemoryBatchRepository::new();
+        let repo = InMemoryAllocations::new();
         let error = change_batch_quantity(&repo, "nope", 1).await.unwrap_err();
-        assert!(matches!(error, ChangeQuantityError::BatchNotFound(_)));
+        assert!(matches!(error, BatchError::BatchNotFound(_)));
         assert_eq!(error.to_string(), "Batch nope not found");
         let error = get_batch(&repo, "nope").await.unwrap_err();
-        assert!(matches!(error, GetBatchError::BatchNotFound(_)));
         assert_eq!(error.to_string(), "Batch nope not found");
+        let error = batch_lines(&repo, "nope", None, 5).await.unwrap_err();
+        assert!(matches!(error, BatchError::BatchNotFound(_)));
     }
 
     #[tokio::test]
-    async fn lists_batches_a_page_at_a_time() {
-        let repo = repo_with(&[
-            ("b3", "LAMP", 1, None),
-            ("b1", "LAMP", 1, None),
-            ("b2", "CHAIR", 1, None),
-        ])
-        .await;
-        let refs =
-            |batches: Vec<Batch>| batches.into_iter().map(|b| b.reference).collect::<Vec<_>>();
-        assert_eq!(
-            refs(list_batches(&repo, None, None, 2).await.unwrap()),
-            ["b1", "b2"]
-        );
-        assert_eq!(
-            refs(list_batches(&repo, None, Some("b2"), 2).await.unwrap()),
-            ["b3"]
-        );
-        assert_eq!(
-            refs(
-                list_batches(&repo, Some("LAMP"), Some("b1"), 5)
-                    .await
-                    .unwrap()
-            ),
-            ["b3"]
-        );
-    }
-
-    #[tokio::test]
-    async fn lists_an_orders_allocations_across_skus() {
+    async fn lists_an_orders_lines_across_skus() {
         let repo = repo_with(&[("b1", "LAMP", 10, None), ("b2", "CHAIR", 10, None)]).await;
-        allocate(&repo, line("o1", "LAMP", 2)).await.unwrap();
-        allocate(&repo, line("o1", "CHAIR", 3)).await.unwrap();
-        allocate(&repo, line("o2", "LAMP", 1)).await.unwrap();
-        let allocations = allocations_for_order(&repo, "o1").await.unwrap();
-        let expected =
-            [("CHAIR", "b2", 3), ("LAMP", "b1", 2)].map(|(sku, batchref, qty)| Allocation {
-                sku: sku.into(),
-                batchref: batchref.into(),
-                qty,
-            });
-        assert_eq!(allocations, expected);
+        allocated(&repo, line("o1", "LAMP", 2)).await;
+        allocated(&repo, line("o1", "CHAIR", 3)).await;
+        allocated(&repo, line("o2", "LAMP", 1)).await;
+        let lines = allocations_for_order(&repo, "o1").await.unwrap();
+        let got: Vec<_> = lines
+            .iter()
+            .map(|l| (l.line.sku.as_str(), l.batchref(), l.line.qty))
+            .collect();
+        assert_eq!(got, [("CHAIR", Some("b2"), 3), ("LAMP", Some("b1"), 2)]);
         let error = allocations_for_order(&repo, "o9").await.unwrap_err();
         assert_eq!(error.to_string(), "Order o9 has no allocations");
     }
@@ -680,9 +809,7 @@ mod tests {
         let tasks: Vec<_> = (0..50)
             .map(|n| {
                 let repo = Arc::clone(&repo);
-                tokio::spawn(
-                    async move { allocate(&*repo, line(&format!("o{n}"), "CHAIR", 1)).await },
-                )
+                tokio::spawn(async move { allocate(&*repo, line(&format!("o{n}"), "CHAIR", 1)).await })
             })
             .collect();
         let mut allocated = 0;
@@ -697,103 +824,8 @@ mod tests {
         }
         assert_eq!(allocated, 20);
         for reference in ["warehouse", "shipment"] {
-            let batch = get_batch(&*repo, reference).await.unwrap();
-            assert_eq!(
-                batch.available_quantity(),
-                0,
-                "{reference} is neither over- nor under-allocated"
-            );
-            assert_eq!(batch.allocations().len(), 10);
-        }
-    }
-
-    /// Loses the first `losses` conditional allocations and the first
-    /// `lost_saves` versioned saves, as if another process always wrote just
-    /// before.
-    struct LosesRaces {
-        inner: InMemoryBatchRepository,
-        losses: AtomicUsize,
-        lost_saves: AtomicUsize,
-    }
-
-    impl LosesRaces {
-        fn new(inner: InMemoryBatchRepository, losses: usize) -> Self {
-            inner.reset_calls();
-            Self {
-                inner,
-                losses: AtomicUsize::new(losses),
-                lost_saves: AtomicUsize::new(0),
-            }
-        }
-
-        fn losing_saves(self, lost_saves: usize) -> Self {
-            self.lost_saves.store(lost_saves, Ordering::SeqCst);
-            self
-        }
-    }
-
-    /// Takes one from `counter` unless it is zero; true if it did.
-    fn take_one(counter: &AtomicUsize) -> bool {
-        counter
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-            .is_ok()
-    }
-
-    impl BatchRepository for LosesRaces {
-        async fn add(&self, batch: &Batch) -> Result<(), RepositoryError> {
-            self.inner.add(batch).await
-        }
-        async fn get(&self, reference: &str) -> Result<Option<Batch>, RepositoryError> {
-            self.inner.get(reference).await
-        }
-        async fn for_sku(&self, sku: &str) -> Result<Vec<Batch>, RepositoryError> {
-            self.inner.for_sku(sku).await
-        }
-        async fn list(
-            &self,
-            sku: Option<&str>,
-            after: Option<&str>,
-            limit: usize,
-        ) -> Result<Vec<Batch>, RepositoryError> {
-            self.inner.list(sku, after, limit).await
-        }
-        async fn allocate_if_available(
-            &self,
-            reference: &str,
-            line: &OrderLine,
-        ) -> Result<bool, RepositoryError> {
-            if take_one(&self.losses) {
-                self.inner.get(reference).await?; // still a round trip
-                return Ok(false);
-            }
-            self.inner.allocate_if_available(reference, line).await
-        }
-        async fn deallocate(
-            &self,
-            reference: &str,
-            orderid: &str,
-        ) -> Result<Option<OrderLine>, RepositoryError> {
-            self.inner.deallocate(reference, orderid).await
-        }
-        async fn find_allocation(
-            &self,
-            orderid: &str,
-            sku: &str,
-        ) -> Result<Option<Batch>, RepositoryError> {
-            self.inner.find_allocation(orderid, sku).await
-        }
-        async fn allocations_for_order(
-            &self,
-            orderid: &str,
-        ) -> Result<Vec<Allocation>, RepositoryError> {
-            self.inner.allocations_for_order(orderid).await
-        }
-        async fn save_if_unchanged(&self, batch: &Batch) -> Result<bool, RepositoryError> {
-            if take_one(&self.lost_saves) {
-                self.inner.get(&batch.reference).await?; // still a round trip
-                return Ok(false);
-            }
-            self.inner.save_if_unchanged(batch).await
+            assert_eq!(available(&repo, reference).await, 0, "{reference}");
+            assert_eq!(batch_lines(&*repo, reference, None, 100).await.unwrap().len(), 10);
         }
     }
 }

@@ -3,10 +3,10 @@
 
 use std::sync::{Arc, Mutex};
 
-use allot::adapters::mongo::batches::MongoBatches;
+use allot::adapters::mongo::allocations::MongoAllocations;
 use allot::domain::allocation::OrderLine;
 use allot::services::allocation;
-use mongodb::bson::{Bson, Document, doc};
+use mongodb::bson::{Document, doc};
 use mongodb::event::EventHandler;
 use mongodb::event::command::CommandEvent;
 use mongodb::options::ClientOptions;
@@ -58,6 +58,33 @@ impl Shop {
     async fn allocate(&self, orderid: &str, sku: &str, qty: u32) -> (u16, Value) {
         let line = json!({"orderid": orderid, "sku": sku, "qty": qty});
         self.post("/allocate", &self.user, &line).await
+    }
+
+    async fn patch_quantity(&self, reference: &str, qty: u32) -> (u16, Value) {
+        let response = self
+            .app
+            .http
+            .patch(self.app.url(&format!("/batches/{reference}")))
+            .bearer_auth(&self.admin)
+            .json(&json!({"purchased_quantity": qty}))
+            .send()
+            .await
+            .unwrap();
+        json(response).await
+    }
+
+    async fn get_as_admin(&self, path: &str) -> (u16, Value) {
+        json(
+            self.app
+                .get_authorized(path, &format!("Bearer {}", self.admin))
+                .await,
+        )
+        .await
+    }
+
+    /// The status of the order's first line.
+    async fn line_status(&self, orderid: &str) -> Value {
+        self.get(&format!("/allocations/{orderid}")).await.1[0]["status"].clone()
     }
 
     async fn batch_count(&self) -> u64 {
@@ -156,7 +183,7 @@ pub async fn warehouse_stock_is_preferred_and_reallocating_a_line_changes_nothin
     );
     let (_, batch) = shop.get(&format!("/batches/{warehouse}")).await;
     assert_eq!(batch["available_quantity"], 6, "allocated once: {batch}");
-    assert_eq!(batch["allocations"], json!([{"orderid": order, "qty": 4}]));
+    assert_eq!(batch["allocated_quantity"], 4, "{batch}");
 }
 
 pub async fn adding_stock_needs_an_admin_and_a_unique_reference() {
@@ -171,7 +198,7 @@ pub async fn adding_stock_needs_an_admin_and_a_unique_reference() {
     let (status, created) = shop.post("/batches", &shop.admin, &body).await;
     assert_eq!(status, 201);
     assert_eq!(created["available_quantity"], 5);
-    assert_eq!(created["allocations"], json!([]));
+    assert_eq!(created["allocated_quantity"], 0);
     let (status, conflict) = shop.post("/batches", &shop.admin, &body).await;
     let reference = body["reference"].as_str().unwrap();
     assert_eq!(
@@ -220,11 +247,25 @@ pub async fn batches_are_listed_in_pages_and_read_one_by_one() {
     shop.allocate("order-x", &sku, 2).await;
     let (status, batch) = shop.get(&format!("/batches/{}", references[0])).await;
     assert_eq!(status, 200);
+    assert!(batch.get("allocations").is_none(), "no unbounded list: {batch}");
     assert_eq!(
-        batch["allocations"],
-        json!([{"orderid": "order-x", "qty": 2}])
+        (&batch["allocated_quantity"], &batch["available_quantity"]),
+        (&json!(2), &json!(1))
     );
-    assert_eq!(batch["available_quantity"], 1);
+    let lines_path = format!("/batches/{}/allocations", references[0]);
+    assert_eq!(shop.get(&lines_path).await.0, 403, "admins only");
+    shop.allocate("order-y", &sku, 1).await;
+    let (status, page) = shop.get_as_admin(&format!("{lines_path}?limit=1")).await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(page["allocations"], json!([{"orderid": "order-x", "qty": 2}]));
+    let cursor = page["next_cursor"].as_str().unwrap();
+    let (_, rest) = shop
+        .get_as_admin(&format!("{lines_path}?limit=1&cursor={cursor}"))
+        .await;
+    assert_eq!(rest["allocations"], json!([{"orderid": "order-y", "qty": 1}]));
+    assert!(rest.get("next_cursor").is_none(), "{rest}");
+    let (status, _) = shop.get_as_admin(&format!("{lines_path}?cursor=abc")).await;
+    assert_eq!(status, 400);
     let missing = random_name("missing");
     assert_eq!(
         shop.get(&format!("/batches/{missing}")).await,
@@ -249,8 +290,8 @@ pub async fn deallocating_frees_the_stock_and_allocations_are_readable_by_order(
     let (status, lines) = shop.get(&format!("/allocations/{order}")).await;
     assert_eq!(status, 200);
     let mut expected = vec![
-        json!({"sku": sku_a, "batchref": batch_a, "qty": 3}),
-        json!({"sku": sku_b, "batchref": batch_b, "qty": 4}),
+        json!({"sku": sku_a, "batchref": batch_a, "qty": 3, "status": "allocated"}),
+        json!({"sku": sku_b, "batchref": batch_b, "qty": 4, "status": "allocated"}),
     ];
     expected.sort_by_key(|line| line["sku"].as_str().unwrap().to_owned());
     assert_eq!(lines, Value::Array(expected));
@@ -261,7 +302,7 @@ pub async fn deallocating_frees_the_stock_and_allocations_are_readable_by_order(
         (status, body),
         (
             200,
-            json!({"orderid": order, "sku": sku_a, "qty": 3, "batchref": batch_a})
+            json!({"orderid": order, "sku": sku_a, "qty": 3, "batchref": batch_a, "status": "allocated"})
         )
     );
     let (_, batch) = shop.get(&format!("/batches/{batch_a}")).await;
@@ -290,7 +331,7 @@ pub async fn deallocating_frees_the_stock_and_allocations_are_readable_by_order(
     );
 }
 
-pub async fn a_smaller_quantity_reallocates_the_latest_lines_elsewhere() {
+pub async fn a_smaller_quantity_moves_the_latest_lines_and_backorders_the_rest() {
     let shop = Shop::open().await;
     let sku = random_name("sku");
     let (first, second) = (random_name("first"), random_name("second"));
@@ -303,29 +344,43 @@ pub async fn a_smaller_quantity_reallocates_the_latest_lines_elsewhere() {
     shop.allocate(&a, &sku, 5).await;
     shop.allocate(&b, &sku, 3).await;
     shop.allocate(&c, &sku, 2).await;
-    let patch = shop
-        .app
-        .http
-        .patch(shop.app.url(&format!("/batches/{first}")))
-        .bearer_auth(&shop.admin)
-        .json(&json!({"purchased_quantity": 5}))
-        .send()
-        .await
-        .unwrap();
-    let (status, change) = json(patch).await;
+    let (status, change) = shop.patch_quantity(&first, 5).await;
     assert_eq!(status, 200, "{change}");
-    // c (2) then b (3) leave `first`; c fits in `second`, then b no longer does.
-    assert_eq!(
-        change["batch"]["allocations"],
-        json!([{"orderid": a, "qty": 5}])
-    );
+    // c (2) then b (3) leave `first`; b is older, so it is served first and
+    // takes `second`; then c finds no room and waits.
+    assert_eq!(change["batch"]["purchased_quantity"], 5);
+    assert_eq!(change["batch"]["allocated_quantity"], 5);
     assert_eq!(
         change["reallocated"],
-        json!([{"orderid": c, "sku": sku, "qty": 2, "batchref": second}])
+        json!([{"orderid": b, "sku": sku, "qty": 3, "batchref": second}])
     );
     assert_eq!(
-        change["unallocated"],
-        json!([{"orderid": b, "sku": sku, "qty": 3}])
+        change["backordered"],
+        json!([{"orderid": c, "sku": sku, "qty": 2}])
+    );
+    // The waiting line is still the order's, and the admin sees it queued.
+    assert_eq!(
+        shop.get(&format!("/allocations/{c}")).await,
+        (
+            200,
+            json!([{"sku": sku, "qty": 2, "batchref": null, "status": "backordered"}])
+        )
+    );
+    let (status, waiting) = shop.get_as_admin(&format!("/backorders?sku={sku}")).await;
+    assert_eq!(status, 200, "{waiting}");
+    assert_eq!(waiting["backorders"][0]["orderid"], c.as_str());
+    assert_eq!(shop.get("/backorders").await.0, 403, "admins only");
+    // Repeating the waiting line is answered 202 and changes nothing.
+    assert_eq!(
+        shop.allocate(&c, &sku, 2).await,
+        (202, json!({"status": "backordered"}))
+    );
+    // A lost shipment: the batch may shrink to zero.
+    let (status, change) = shop.patch_quantity(&first, 0).await;
+    assert_eq!(status, 200, "{change}");
+    assert_eq!(
+        change["backordered"],
+        json!([{"orderid": a, "sku": sku, "qty": 5}])
     );
     let user_patch = shop
         .app
@@ -337,6 +392,44 @@ pub async fn a_smaller_quantity_reallocates_the_latest_lines_elsewhere() {
         .await
         .unwrap();
     assert_eq!(user_patch.status(), 403);
+}
+
+pub async fn backorders_are_filled_oldest_first_when_stock_appears() {
+    let shop = Shop::open().await;
+    let sku = random_name("sku");
+    let batch = random_name("batch");
+    shop.add_stock(&[(&batch, &sku, 6, None)]).await;
+    let orders: Vec<String> = (0..3).map(|n| format!("{}-{n}", random_name("o"))).collect();
+    for order in &orders {
+        assert_eq!(shop.allocate(order, &sku, 2).await.0, 201);
+    }
+    let (_, change) = shop.patch_quantity(&batch, 0).await;
+    assert_eq!(change["backordered"].as_array().unwrap().len(), 3, "{change}");
+    // A new order with no stock is refused, not queued (the seed's contract).
+    assert_eq!(
+        shop.allocate(&random_name("new"), &sku, 1).await,
+        (400, json!({"message": format!("Out of stock for sku {sku}")}))
+    );
+    // New stock: the oldest waiting line takes it first.
+    shop.add_stock(&[(&random_name("arrival"), &sku, 2, Some("2030-01-01"))])
+        .await;
+    assert_eq!(shop.line_status(&orders[0]).await, "allocated");
+    assert_eq!(shop.line_status(&orders[1]).await, "backordered");
+    // Freed stock: a deallocation of another sku's line changes nothing, of
+    // this sku's gives the next waiting line its stock.
+    let (status, _) = shop
+        .post("/deallocate", &shop.user, &json!({"orderid": orders[0], "sku": sku}))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(shop.line_status(&orders[1]).await, "allocated");
+    // Cancelling a waiting line.
+    let (status, body) = shop
+        .post("/deallocate", &shop.user, &json!({"orderid": orders[2], "sku": sku}))
+        .await;
+    assert_eq!((status, &body["status"]), (200, &json!("backordered")), "{body}");
+    let (_, waiting) = shop.get_as_admin(&format!("/backorders?sku={sku}")).await;
+    assert_eq!(waiting["backorders"], json!([]));
+    assert_counters_agree(&shop.app.database, &sku).await;
 }
 
 pub async fn bad_input_gets_400_naming_the_field_and_changes_nothing() {
@@ -480,43 +573,57 @@ pub async fn concurrent_allocations_never_oversell_across_two_instances() {
         "exactly the stock's worth of 201s"
     );
 
-    let stored: Vec<Document> = {
-        use futures_util::TryStreamExt;
-        shop.app
-            .database
-            .collection::<Document>("batches")
-            .find(doc! {"sku": &sku})
-            .await
-            .unwrap()
-            .try_collect()
-            .await
-            .unwrap()
-    };
-    let mut allocated_orders = Vec::new();
-    for batch in &stored {
-        let lines = batch.get_array("allocations").unwrap();
-        assert!(
-            lines.len() as i64 <= batch.get_i64("purchased_quantity").unwrap(),
-            "oversold: {batch}"
-        );
-        assert_eq!(
-            batch.get_i64("available_quantity").unwrap(),
-            batch.get_i64("purchased_quantity").unwrap() - lines.len() as i64
-        );
-        allocated_orders.extend(lines.iter().map(|line| {
-            line.as_document()
-                .unwrap()
-                .get_str("orderid")
-                .unwrap()
-                .to_owned()
-        }));
-    }
+    let mut allocated_orders: Vec<String> = assert_counters_agree(&shop.app.database, &sku)
+        .await
+        .into_iter()
+        .map(|(orderid, status)| {
+            assert_eq!(status, "allocated");
+            orderid
+        })
+        .collect();
     allocated_orders.sort();
     acknowledged.sort();
     assert_eq!(
         allocated_orders, acknowledged,
         "every acknowledged allocation is stored, once"
     );
+}
+
+/// Checks, from the database itself, that no batch of `sku` is oversold and
+/// that each batch's counter equals what the lines drawing from it hold;
+/// returns every line of the sku as (orderid, status).
+pub async fn assert_counters_agree(database: &mongodb::Database, sku: &str) -> Vec<(String, String)> {
+    use futures_util::TryStreamExt;
+    let (batches, lines) = (database.collection::<Document>("batches"), database.collection::<Document>("order_lines"));
+    let batches: Vec<Document> = batches.find(doc! {"sku": sku}).await.unwrap().try_collect().await.unwrap();
+    let lines: Vec<Document> = lines.find(doc! {"sku": sku}).await.unwrap().try_collect().await.unwrap();
+    for batch in &batches {
+        let reference = batch.get_str("_id").unwrap();
+        let held: i64 = lines
+            .iter()
+            .filter(|line| line.get_str("batchref").ok() == Some(reference))
+            .map(|line| line.get_i64("qty").unwrap())
+            .sum();
+        let purchased = batch.get_i64("purchased_quantity").unwrap();
+        assert!(held <= purchased, "oversold: {batch} holds {held}");
+        assert_eq!(
+            batch.get_i64("available_quantity").unwrap(),
+            purchased - held,
+            "{batch}"
+        );
+    }
+    lines
+        .iter()
+        .map(|line| {
+            let status = line.get_str("status").unwrap().to_owned();
+            assert_eq!(
+                status == "allocated",
+                line.get_str("batchref").is_ok(),
+                "an allocated line names its batch, a backordered one none: {line}"
+            );
+            (line.get_str("orderid").unwrap().to_owned(), status)
+        })
+        .collect()
 }
 
 /// Records the commands a client sends.
@@ -533,14 +640,14 @@ fn monitored_client_options(
     })
 }
 
-pub async fn an_uncontended_allocation_takes_two_round_trips_served_by_indexes() {
+pub async fn an_uncontended_allocation_is_one_transaction_of_three_round_trips() {
     let app = spawn_app().await; // creates the database and its indexes
     let commands = Arc::new(Mutex::new(Vec::new()));
     let mut options = ClientOptions::parse(&session().mongo_uri).await.unwrap();
     options.command_event_handler = Some(monitored_client_options(commands.clone()));
     let client = mongodb::Client::with_options(options).unwrap();
     let database = client.database(app.database.name());
-    let repository = MongoBatches::new(&database);
+    let repository = MongoAllocations::new(&database);
     let sku = random_name("sku");
     for n in 0..3 {
         allocation::add_batch(&repository, &format!("{sku}-batch-{n}"), &sku, 10, None)
@@ -558,67 +665,55 @@ pub async fn an_uncontended_allocation_takes_two_round_trips_served_by_indexes()
     }
     commands.lock().unwrap().clear();
 
-    let batchref = allocation::allocate(&repository, OrderLine::new(random_name("order"), &sku, 2))
+    let order = random_name("order");
+    let allocated = allocation::allocate(&repository, OrderLine::new(&order, &sku, 2))
         .await
         .unwrap();
-    assert_eq!(batchref, format!("{sku}-batch-0"));
+    assert_eq!(
+        allocated,
+        allocation::Allocation::Allocated(format!("{sku}-batch-0"))
+    );
     let issued = commands.lock().unwrap().clone();
     let names: Vec<&str> = issued.iter().map(|(name, _)| name.as_str()).collect();
     assert_eq!(
         names,
-        ["find", "update"],
-        "one read and one conditional write"
+        ["findAndModify", "insert", "commitTransaction"],
+        "take the stock, record the line, commit"
     );
+    let (_, take) = &issued[0];
+    assert_eq!(take.get_bool("startTransaction"), Ok(true), "{take}");
+    let transaction = |command: &Document| command.get("txnNumber").cloned();
+    assert!(issued.iter().all(|(_, c)| transaction(c) == transaction(take)));
 
-    // The read: explained, it must use an index.
-    let find = &issued[0].1;
+    // The batch is picked by the sku's index in preference order: equality
+    // on sku, then sorted by eta and reference, as the index is keyed.
+    assert_eq!(take.get_document("query").unwrap().get_str("sku"), Ok(sku.as_str()));
+    assert_eq!(take.get_document("sort").unwrap(), &doc! {"eta": 1, "_id": 1});
+    let plan = |explained: Document| {
+        explained
+            .get_document("queryPlanner")
+            .unwrap()
+            .get_document("winningPlan")
+            .unwrap()
+            .to_string()
+    };
     let explained = database
-        .run_command(doc! {"explain": {"find": "batches", "filter": find.get_document("filter").unwrap().clone()}, "verbosity": "queryPlanner"})
+        .run_command(doc! {"explain": {"find": "batches", "filter": {"sku": &sku}, "sort": {"eta": 1, "_id": 1}}, "verbosity": "queryPlanner"})
         .await
         .unwrap();
-    let plan = explained
-        .get_document("queryPlanner")
-        .unwrap()
-        .get_document("winningPlan")
-        .unwrap()
-        .to_string();
-    assert!(
-        plan.contains("IXSCAN") && !plan.contains("COLLSCAN"),
-        "the read scans: {plan}"
-    );
-
-    // The write: it selects its one document by _id, the primary key. MongoDB
-    // serves that from the _id index (IDHACK/EXPRESS); SecantusDB's planner only
-    // uses an index when every predicate is on indexed fields, so there the
-    // plan is accepted either way and the _id anchoring is what is checked.
-    let update = &issued[1].1;
-    let statement = update.get_array("updates").unwrap()[0]
-        .as_document()
-        .unwrap();
-    let filter = statement.get_document("q").unwrap();
-    assert_eq!(
-        filter.get("_id"),
-        Some(&Bson::String(batchref.clone())),
-        "{filter}"
-    );
+    let read = plan(explained);
+    assert!(read.contains("IXSCAN") && !read.contains("COLLSCAN"), "{read}");
+    // An order's lines are read through their own index, not through batches.
     let explained = database
-        .run_command(doc! {"explain": {"find": "batches", "filter": {"_id": &batchref}}, "verbosity": "queryPlanner"})
+        .run_command(doc! {"explain": {"find": "order_lines", "filter": {"orderid": &order}}, "verbosity": "queryPlanner"})
         .await
         .unwrap();
-    let plan = explained
-        .get_document("queryPlanner")
-        .unwrap()
-        .get_document("winningPlan")
-        .unwrap()
-        .to_string();
-    assert!(
-        !plan.contains("COLLSCAN"),
-        "even _id is not indexed: {plan}"
-    );
+    let read = plan(explained);
+    assert!(read.contains("IXSCAN") && !read.contains("COLLSCAN"), "{read}");
 }
 
 pub async fn the_mongodb_repository_passes_the_repository_contract() {
     let app = spawn_app().await;
-    let repository = MongoBatches::new(&app.database);
+    let repository = MongoAllocations::new(&app.database);
     crate::contract::run_all(&repository, &random_name("contract")).await;
 }

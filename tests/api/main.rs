@@ -6,7 +6,7 @@ mod allocation;
 mod auth;
 mod browser;
 mod cli;
-#[path = "../contract/batch_repository.rs"]
+#[path = "../contract/allocation_repository.rs"]
 mod contract;
 mod contract_tools;
 mod foundation;
@@ -68,10 +68,11 @@ fn main() -> std::process::ExitCode {
         allocation::adding_stock_needs_an_admin_and_a_unique_reference,
         allocation::batches_are_listed_in_pages_and_read_one_by_one,
         allocation::deallocating_frees_the_stock_and_allocations_are_readable_by_order,
-        allocation::a_smaller_quantity_reallocates_the_latest_lines_elsewhere,
+        allocation::a_smaller_quantity_moves_the_latest_lines_and_backorders_the_rest,
+        allocation::backorders_are_filled_oldest_first_when_stock_appears,
         allocation::bad_input_gets_400_naming_the_field_and_changes_nothing,
         allocation::concurrent_allocations_never_oversell_across_two_instances,
-        allocation::an_uncontended_allocation_takes_two_round_trips_served_by_indexes,
+        allocation::an_uncontended_allocation_is_one_transaction_of_three_round_trips,
         allocation::the_mongodb_repository_passes_the_repository_contract,
         cli::an_unknown_environment_exits_non_zero_naming_the_valid_ones,
         cli::production_without_a_secret_refuses_and_names_the_setting,

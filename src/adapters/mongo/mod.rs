@@ -1,6 +1,7 @@
 //! MongoDB: connecting, preparing collections, and the repositories.
 
-pub mod batches;
+pub mod allocations;
+pub mod layout;
 pub mod revocations;
 pub mod users;
 
@@ -21,6 +22,14 @@ pub enum MongoError {
         #[source]
         source: mongodb::error::Error,
     },
+    #[error(
+        "MongoDB at {uri} is a standalone server, but allot needs transactions: run it as a \
+         replica set (a single node will do: start mongod with --replSet rs0, then run \
+         rs.initiate() once; docker-compose.yml does both)"
+    )]
+    NotAReplicaSet { uri: String },
+    #[error(transparent)]
+    Layout(#[from] layout::LayoutError),
     #[error("MongoDB at {uri} is unreachable after {waited_secs} s: {source}")]
     Unreachable {
         uri: String,
@@ -54,8 +63,17 @@ pub async fn ping(database: &Database) -> mongodb::error::Result<()> {
 
 /// Each collection with the indexes it needs, declared next to the code that
 /// queries it.
-pub fn required_indexes() -> [(&'static str, Vec<IndexModel>); 3] {
-    [users::indexes(), revocations::indexes(), batches::indexes()]
+pub fn required_indexes() -> impl Iterator<Item = (&'static str, Vec<IndexModel>)> {
+    [users::indexes(), revocations::indexes()]
+        .into_iter()
+        .chain(allocations::indexes())
+}
+
+/// Whether the server can run multi-document transactions: a replica-set
+/// member or a sharded cluster's router, not a standalone `mongod`.
+pub async fn supports_transactions(database: &Database) -> mongodb::error::Result<bool> {
+    let hello = database.run_command(doc! { "hello": 1 }).await?;
+    Ok(hello.contains_key("setName") || hello.get_str("msg") == Ok("isdbgrid"))
 }
 
 /// Whether a write failed on a unique index (E11000).
@@ -86,7 +104,8 @@ pub async fn ensure_indexes(database: &Database) -> mongodb::error::Result<()> {
     Ok(())
 }
 
-/// Waits for the server (ping + indexes), retrying with capped backoff for up to
+/// Waits for the server (ping), checks that it runs transactions and that the
+/// data is in this version's layout, then creates the indexes; retrying with capped backoff for up to
 /// `startup_retry_secs`, and logs each failed attempt with the redacted URI.
 pub async fn prepare(settings: &MongoSettings, database: &Database) -> Result<(), MongoError> {
     let started = tokio::time::Instant::now();
@@ -95,10 +114,24 @@ pub async fn prepare(settings: &MongoSettings, database: &Database) -> Result<()
     loop {
         let attempt = async {
             ping(database).await?;
-            ensure_indexes(database).await
+            supports_transactions(database).await
         };
         match attempt.await {
-            Ok(()) => return Ok(()),
+            Ok(false) => {
+                return Err(MongoError::NotAReplicaSet {
+                    uri: settings.redacted_uri(),
+                });
+            }
+            Ok(true) => {
+                layout::check(database).await?;
+                return ensure_indexes(database)
+                    .await
+                    .map_err(|source| MongoError::Unreachable {
+                        uri: settings.redacted_uri(),
+                        waited_secs: started.elapsed().as_secs(),
+                        source,
+                    });
+            }
             Err(source) if tokio::time::Instant::now() + delay >= deadline => {
                 return Err(MongoError::Unreachable {
                     uri: settings.redacted_uri(),

@@ -1,0 +1,753 @@
+//! The `batches` and `order_lines` collections.
+//!
+//! A batch document holds only what the allocation decision needs (its
+//! quantities, eta and a version), and every acknowledged order line is a
+//! document of its own, so no document grows with the number of orders.
+//! Every step that touches both a batch and a line is one multi-document
+//! transaction (this needs a replica set): taking stock and recording the line
+//! happen together or not at all, whatever crashes or disconnects. A
+//! transaction that meets a concurrent one (WriteConflict, labelled
+//! `TransientTransactionError`) is retried whole until
+//! [`TRANSACTION_RETRY_FOR`] has passed.
+
+use std::hash::{BuildHasher, RandomState};
+use std::time::Duration;
+
+use chrono::{NaiveDate, Utc};
+use futures_util::TryStreamExt;
+use mongodb::bson::{self, Document, doc, oid::ObjectId};
+use mongodb::error::{
+    Error as MongoError, TRANSIENT_TRANSACTION_ERROR, UNKNOWN_TRANSACTION_COMMIT_RESULT,
+};
+use mongodb::options::{
+    IndexOptions, ReadConcern, ReturnDocument, TransactionOptions, WriteConcern,
+};
+use mongodb::{Client, ClientSession, Collection, Database, IndexModel};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Mutex;
+
+use super::is_duplicate_key;
+use crate::domain::allocation::{
+    AcknowledgedLine, Batch, LineStatus, OrderLine, lines_to_give_up,
+};
+use crate::services::allocation::{
+    Allocated, AllocationRepository, Backorder, BatchLine, Filled, RepositoryError,
+};
+
+pub const BATCHES: &str = "batches";
+pub const ORDER_LINES: &str = "order_lines";
+
+/// How long a step retries transactions that lost to a concurrent one.
+pub const TRANSACTION_RETRY_FOR: Duration = Duration::from_secs(10);
+
+const ALLOCATED: &str = "allocated";
+const BACKORDERED: &str = "backordered";
+
+/// How a batch is stored. `available_quantity` is `purchased_quantity` minus
+/// what its lines hold, kept in step by the transactions below.
+#[derive(Debug, Serialize, Deserialize)]
+struct BatchDocument {
+    #[serde(rename = "_id")]
+    reference: String,
+    sku: String,
+    purchased_quantity: i64,
+    available_quantity: i64,
+    /// Midnight UTC of the arrival date; null (sorting first) when in the warehouse.
+    eta: Option<bson::DateTime>,
+    version: i64,
+    /// Position of the latest line allocated to this batch.
+    allocation_seq: i64,
+}
+
+/// How an acknowledged order line is stored; unique per (orderid, sku).
+#[derive(Debug, Serialize, Deserialize)]
+struct LineDocument {
+    /// Generated when the line is first acknowledged: backorders are served in
+    /// this order.
+    #[serde(rename = "_id")]
+    id: ObjectId,
+    orderid: String,
+    sku: String,
+    qty: i64,
+    /// `allocated` or `backordered`.
+    status: String,
+    /// The batch it draws from, while allocated.
+    batchref: Option<String>,
+    /// Its position among the batch's lines, while allocated.
+    batch_seq: Option<i64>,
+    acknowledged_at: bson::DateTime,
+}
+
+fn to_bson_date(date: NaiveDate) -> bson::DateTime {
+    bson::DateTime::from_chrono(date.and_time(chrono::NaiveTime::MIN).and_utc())
+}
+
+fn corrupt(what: &str, id: &str) -> RepositoryError {
+    RepositoryError::Unavailable(format!("{id} is stored with an invalid {what}").into())
+}
+
+fn quantity(value: i64, what: &str, id: &str) -> Result<u32, RepositoryError> {
+    u32::try_from(value).map_err(|_| corrupt(what, id))
+}
+
+impl BatchDocument {
+    fn new(batch: &Batch) -> Self {
+        Self {
+            reference: batch.reference.clone(),
+            sku: batch.sku.clone(),
+            purchased_quantity: i64::from(batch.purchased_quantity()),
+            available_quantity: batch.available_quantity(),
+            eta: batch.eta.map(to_bson_date),
+            version: 0,
+            allocation_seq: 0,
+        }
+    }
+
+    fn into_batch(self) -> Result<Batch, RepositoryError> {
+        let purchased = quantity(self.purchased_quantity, "purchased_quantity", &self.reference)?;
+        let version = u64::try_from(self.version).map_err(|_| corrupt("version", &self.reference))?;
+        let eta = self.eta.map(|eta| eta.to_chrono().date_naive());
+        Ok(Batch::restore(
+            self.reference,
+            self.sku,
+            purchased,
+            self.available_quantity,
+            eta,
+            version,
+        ))
+    }
+}
+
+impl LineDocument {
+    fn allocated(line: &OrderLine, batchref: &str, batch_seq: i64) -> Self {
+        Self {
+            id: ObjectId::new(),
+            orderid: line.orderid.clone(),
+            sku: line.sku.clone(),
+            qty: i64::from(line.qty),
+            status: ALLOCATED.to_owned(),
+            batchref: Some(batchref.to_owned()),
+            batch_seq: Some(batch_seq),
+            acknowledged_at: bson::DateTime::now(),
+        }
+    }
+
+    fn into_line(self) -> Result<AcknowledgedLine, RepositoryError> {
+        let id = || format!("order line {}/{}", self.orderid, self.sku);
+        let qty = quantity(self.qty, "qty", &id())?;
+        let status = match (self.status.as_str(), self.batchref) {
+            (ALLOCATED, Some(batchref)) => LineStatus::Allocated { batchref },
+            (BACKORDERED, None) => LineStatus::Backordered,
+            _ => return Err(corrupt("status", &id())),
+        };
+        Ok(AcknowledgedLine {
+            line: OrderLine {
+                orderid: self.orderid,
+                sku: self.sku,
+                qty,
+            },
+            status,
+            acknowledged_at: self.acknowledged_at.to_chrono(),
+        })
+    }
+}
+
+fn unavailable(error: MongoError) -> RepositoryError {
+    RepositoryError::Unavailable(Box::new(error))
+}
+
+/// The indexes behind every query below, per collection.
+pub fn indexes() -> [(&'static str, Vec<IndexModel>); 2] {
+    let named = |name: &str| IndexOptions::builder().name(name.to_owned());
+    let backordered = doc! { "status": BACKORDERED };
+    [
+        (
+            BATCHES,
+            vec![
+                // Candidates for an allocation, in the domain's order of preference.
+                IndexModel::builder()
+                    .keys(doc! { "sku": 1, "eta": 1, "_id": 1 })
+                    .build(),
+                // Pages of one sku's batches.
+                IndexModel::builder()
+                    .keys(doc! { "sku": 1, "_id": 1 })
+                    .build(),
+                // Batches left over-allocated by an unfinished shrink (few, usually none).
+                IndexModel::builder()
+                    .keys(doc! { "available_quantity": 1 })
+                    .options(
+                        named("over_allocated")
+                            .partial_filter_expression(doc! { "available_quantity": { "$lt": 0 } })
+                            .build(),
+                    )
+                    .build(),
+            ],
+        ),
+        (
+            ORDER_LINES,
+            vec![
+                // One line per (order, sku): the idempotent repeat, and an
+                // order's lines (GET /allocations/{orderid}).
+                IndexModel::builder()
+                    .keys(doc! { "orderid": 1, "sku": 1 })
+                    .options(named("order_line").unique(true).build())
+                    .build(),
+                // A batch's lines in allocation order (paging; the most recent
+                // are given up first).
+                IndexModel::builder()
+                    .keys(doc! { "batchref": 1, "batch_seq": 1 })
+                    .options(
+                        named("batch_lines")
+                            .partial_filter_expression(doc! { "status": ALLOCATED })
+                            .build(),
+                    )
+                    .build(),
+                // The backorder queue, oldest first, of one sku or of all.
+                IndexModel::builder()
+                    .keys(doc! { "status": 1, "sku": 1, "_id": 1 })
+                    .options(
+                        named("backorders_by_sku")
+                            .partial_filter_expression(backordered.clone())
+                            .build(),
+                    )
+                    .build(),
+                IndexModel::builder()
+                    .keys(doc! { "status": 1, "_id": 1 })
+                    .options(
+                        named("backorders")
+                            .partial_filter_expression(backordered)
+                            .build(),
+                    )
+                    .build(),
+            ],
+        ),
+    ]
+}
+
+/// How many locks writes to one sku are spread over within a process.
+const SKU_LOCKS: usize = 64;
+
+/// What a transaction attempt decided.
+enum Finish<T> {
+    Commit(T),
+    Abort(T),
+}
+
+#[derive(Clone)]
+pub struct MongoAllocations {
+    client: Client,
+    batches: Collection<BatchDocument>,
+    lines: Collection<LineDocument>,
+    /// Writes to one sku from this process take turns: concurrent
+    /// transactions on the same batch document would otherwise mostly fail
+    /// with WriteConflict and retry. Other processes still conflict, and retry.
+    sku_locks: std::sync::Arc<[Mutex<()>; SKU_LOCKS]>,
+    hasher: RandomState,
+}
+
+/// Runs `$attempt` (an expression using `$session`, a `ClientSession` in a
+/// transaction, evaluating to `mongodb::error::Result<Finish<T>>`) as one
+/// transaction: commits or aborts as it says, retries the whole attempt on
+/// transient errors for up to [`TRANSACTION_RETRY_FOR`], and the commit on an
+/// unknown commit result.
+macro_rules! transaction {
+    ($repo:expr, |$session:ident| $attempt:expr) => {{
+        let deadline = tokio::time::Instant::now() + TRANSACTION_RETRY_FOR;
+        let mut pause = Duration::from_millis(1);
+        loop {
+            let mut $session = $repo.start_transaction().await.map_err(unavailable)?;
+            let outcome: Result<Finish<_>, MongoError> = $attempt;
+            let retry = match outcome {
+                Ok(Finish::Commit(value)) => match commit(&mut $session).await {
+                    Ok(()) => break Ok(value),
+                    Err(error) => error,
+                },
+                Ok(Finish::Abort(value)) => {
+                    let _ = $session.abort_transaction().await;
+                    break Ok(value);
+                }
+                Err(error) => {
+                    let _ = $session.abort_transaction().await;
+                    error
+                }
+            };
+            if !retry.contains_label(TRANSIENT_TRANSACTION_ERROR)
+                || tokio::time::Instant::now() + pause >= deadline
+            {
+                break Err(unavailable(retry));
+            }
+            tokio::time::sleep(jitter(pause)).await;
+            pause = (pause * 2).min(Duration::from_millis(100));
+        }
+    }};
+}
+
+/// Commits, retrying while the outcome is unknown (a commit is idempotent).
+async fn commit(session: &mut ClientSession) -> Result<(), MongoError> {
+    let mut attempts = 0;
+    loop {
+        match session.commit_transaction().await {
+            Err(error)
+                if error.contains_label(UNKNOWN_TRANSACTION_COMMIT_RESULT) && attempts < 3 =>
+            {
+                attempts += 1;
+            }
+            outcome => return outcome,
+        }
+    }
+}
+
+/// Somewhere between half and all of `pause`, so that processes that
+/// conflicted once do not retry in lockstep.
+fn jitter(pause: Duration) -> Duration {
+    let nanos = u64::from(Utc::now().timestamp_subsec_nanos());
+    pause / 2 + Duration::from_nanos(nanos % (pause.as_nanos() as u64 / 2 + 1))
+}
+
+impl MongoAllocations {
+    pub fn new(database: &Database) -> Self {
+        Self {
+            client: database.client().clone(),
+            batches: database.collection(BATCHES),
+            lines: database.collection(ORDER_LINES),
+            sku_locks: std::sync::Arc::new(std::array::from_fn(|_| Mutex::new(()))),
+            hasher: RandomState::new(),
+        }
+    }
+
+    fn sku_lock(&self, sku: &str) -> &Mutex<()> {
+        &self.sku_locks[self.hasher.hash_one(sku) as usize % SKU_LOCKS]
+    }
+
+    async fn start_transaction(&self) -> Result<ClientSession, MongoError> {
+        let mut session = self.client.start_session().await?;
+        session
+            .start_transaction()
+            .with_options(
+                TransactionOptions::builder()
+                    .read_concern(ReadConcern::snapshot())
+                    .write_concern(WriteConcern::majority())
+                    .build(),
+            )
+            .await?;
+        Ok(session)
+    }
+
+    /// Takes `line.qty` from the preferred batch of its sku with room (warehouse
+    /// stock first, then the earliest eta, then the reference: the domain's
+    /// order, which MongoDB's sort gives since null sorts before dates), in one
+    /// command. Returns the batch and the line's position in it.
+    async fn take_stock(
+        &self,
+        session: &mut ClientSession,
+        line: &OrderLine,
+    ) -> Result<Option<(String, i64)>, MongoError> {
+        let qty = i64::from(line.qty);
+        let taken = self
+            .batches
+            .clone_with_type::<Document>()
+            .find_one_and_update(
+                doc! { "sku": &line.sku, "available_quantity": { "$gte": qty } },
+                doc! { "$inc": { "available_quantity": -qty, "version": 1, "allocation_seq": 1 } },
+            )
+            .sort(doc! { "eta": 1, "_id": 1 })
+            .projection(doc! { "allocation_seq": 1 })
+            .return_document(ReturnDocument::After)
+            .session(session)
+            .await?;
+        Ok(taken.and_then(|batch| {
+            let reference = batch.get_str("_id").ok()?.to_owned();
+            let seq = batch.get_i64("allocation_seq").ok()?;
+            Some((reference, seq))
+        }))
+    }
+
+    async fn find_line(
+        &self,
+        orderid: &str,
+        sku: &str,
+    ) -> Result<Option<AcknowledgedLine>, RepositoryError> {
+        self.lines
+            .find_one(doc! { "orderid": orderid, "sku": sku })
+            .await
+            .map_err(unavailable)?
+            .map(LineDocument::into_line)
+            .transpose()
+    }
+}
+
+fn limit(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+impl AllocationRepository for MongoAllocations {
+    async fn add_batch(&self, batch: &Batch) -> Result<(), RepositoryError> {
+        match self.batches.insert_one(BatchDocument::new(batch)).await {
+            Ok(_) => Ok(()),
+            Err(error) if is_duplicate_key(&error) => {
+                Err(RepositoryError::DuplicateReference(batch.reference.clone()))
+            }
+            Err(error) => Err(unavailable(error)),
+        }
+    }
+
+    async fn batch(&self, reference: &str) -> Result<Option<Batch>, RepositoryError> {
+        self.batches
+            .find_one(doc! { "_id": reference })
+            .await
+            .map_err(unavailable)?
+            .map(BatchDocument::into_batch)
+            .transpose()
+    }
+
+    async fn batches(
+        &self,
+        sku: Option<&str>,
+        after: Option<&str>,
+        limit_to: usize,
+    ) -> Result<Vec<Batch>, RepositoryError> {
+        if limit_to == 0 {
+            return Ok(Vec::new());
+        }
+        let mut filter = Document::new();
+        if let Some(sku) = sku {
+            filter.insert("sku", sku);
+        }
+        if let Some(after) = after {
+            filter.insert("_id", doc! { "$gt": after });
+        }
+        let documents: Vec<BatchDocument> = self
+            .batches
+            .find(filter)
+            .sort(doc! { "_id": 1 })
+            .limit(limit(limit_to))
+            .await
+            .map_err(unavailable)?
+            .try_collect()
+            .await
+            .map_err(unavailable)?;
+        documents
+            .into_iter()
+            .map(BatchDocument::into_batch)
+            .collect()
+    }
+
+    async fn sku_exists(&self, sku: &str) -> Result<bool, RepositoryError> {
+        let found = self
+            .batches
+            .clone_with_type::<Document>()
+            .find_one(doc! { "sku": sku })
+            .projection(doc! { "_id": 1 })
+            .await
+            .map_err(unavailable)?;
+        Ok(found.is_some())
+    }
+
+    async fn allocate(&self, line: &OrderLine) -> Result<Allocated, RepositoryError> {
+        let taken = {
+            let _turn = self.sku_lock(&line.sku).lock().await;
+            transaction!(self, |session| async {
+                let Some((batchref, seq)) = self.take_stock(&mut session, line).await? else {
+                    return Ok(Finish::Abort(None));
+                };
+                let document = LineDocument::allocated(line, &batchref, seq);
+                match self.lines.insert_one(document).session(&mut session).await {
+                    Ok(_) => Ok(Finish::Commit(Some(Ok(batchref)))),
+                    // Acknowledged before: the stock taken above goes back with the abort.
+                    Err(error) if is_duplicate_key(&error) => Ok(Finish::Abort(Some(Err(())))),
+                    Err(error) => Err(error),
+                }
+            }
+            .await)?
+        };
+        match taken {
+            Some(Ok(batchref)) => Ok(Allocated::Taken(batchref)),
+            // No room, or a repeat: a line acknowledged before is answered as it stands.
+            _ => Ok(match self.find_line(&line.orderid, &line.sku).await? {
+                Some(existing) => Allocated::AlreadyAcknowledged(existing),
+                None => Allocated::NoRoom,
+            }),
+        }
+    }
+
+    async fn line(
+        &self,
+        orderid: &str,
+        sku: &str,
+    ) -> Result<Option<AcknowledgedLine>, RepositoryError> {
+        self.find_line(orderid, sku).await
+    }
+
+    async fn lines_of_order(
+        &self,
+        orderid: &str,
+        limit_to: usize,
+    ) -> Result<Vec<AcknowledgedLine>, RepositoryError> {
+        let documents: Vec<LineDocument> = self
+            .lines
+            .find(doc! { "orderid": orderid })
+            .sort(doc! { "orderid": 1, "sku": 1 })
+            .limit(limit(limit_to))
+            .await
+            .map_err(unavailable)?
+            .try_collect()
+            .await
+            .map_err(unavailable)?;
+        documents.into_iter().map(LineDocument::into_line).collect()
+    }
+
+    async fn remove_line(
+        &self,
+        orderid: &str,
+        sku: &str,
+    ) -> Result<Option<AcknowledgedLine>, RepositoryError> {
+        let _turn = self.sku_lock(sku).lock().await;
+        let removed = transaction!(self, |session| async {
+            let Some(removed) = self
+                .lines
+                .find_one_and_delete(doc! { "orderid": orderid, "sku": sku })
+                .session(&mut session)
+                .await?
+            else {
+                return Ok(Finish::Abort(None));
+            };
+            if let Some(batchref) = &removed.batchref {
+                self.batches
+                    .update_one(
+                        doc! { "_id": batchref },
+                        doc! { "$inc": { "available_quantity": removed.qty, "version": 1 } },
+                    )
+                    .session(&mut session)
+                    .await?;
+            }
+            Ok(Finish::Commit(Some(removed)))
+        }
+        .await)?;
+        removed.map(LineDocument::into_line).transpose()
+    }
+
+    async fn change_purchased_quantity(
+        &self,
+        reference: &str,
+        qty: u32,
+    ) -> Result<Option<Batch>, RepositoryError> {
+        let Some(sku) = self.batch(reference).await?.map(|b| b.sku) else {
+            return Ok(None);
+        };
+        let _turn = self.sku_lock(&sku).lock().await;
+        let changed = transaction!(self, |session| async {
+            let Some(stored) = self
+                .batches
+                .find_one(doc! { "_id": reference })
+                .session(&mut session)
+                .await?
+            else {
+                return Ok(Finish::Abort(None));
+            };
+            let delta = i64::from(qty) - stored.purchased_quantity;
+            let changed = self
+                .batches
+                .find_one_and_update(
+                    doc! { "_id": reference },
+                    doc! {
+                        "$set": { "purchased_quantity": i64::from(qty) },
+                        "$inc": { "available_quantity": delta, "version": 1 },
+                    },
+                )
+                .return_document(ReturnDocument::After)
+                .session(&mut session)
+                .await?;
+            Ok(Finish::Commit(changed))
+        }
+        .await)?;
+        changed.map(BatchDocument::into_batch).transpose()
+    }
+
+    async fn give_up_recent_lines(
+        &self,
+        reference: &str,
+        max_lines: usize,
+    ) -> Result<Vec<OrderLine>, RepositoryError> {
+        let Some(sku) = self.batch(reference).await?.map(|b| b.sku) else {
+            return Ok(Vec::new());
+        };
+        let _turn = self.sku_lock(&sku).lock().await;
+        transaction!(self, |session| async {
+            let over_by = match self
+                .batches
+                .find_one(doc! { "_id": reference })
+                .session(&mut session)
+                .await?
+            {
+                Some(batch) => batch.available_quantity.min(0).unsigned_abs(),
+                None => 0,
+            };
+            if over_by == 0 {
+                return Ok(Finish::Abort(Vec::new()));
+            }
+            let recent: Vec<LineDocument> = self
+                .lines
+                .find(doc! { "batchref": reference, "status": ALLOCATED })
+                .sort(doc! { "batchref": 1, "batch_seq": -1 })
+                .limit(limit(max_lines))
+                .session(&mut session)
+                .await?
+                .stream(&mut session)
+                .try_collect()
+                .await?;
+            let quantities: Vec<u32> = recent
+                .iter()
+                .map(|line| u32::try_from(line.qty).unwrap_or(u32::MAX))
+                .collect();
+            let given_up = &recent[..lines_to_give_up(over_by, &quantities)];
+            if given_up.is_empty() {
+                return Ok(Finish::Abort(Vec::new()));
+            }
+            let ids: Vec<ObjectId> = given_up.iter().map(|line| line.id).collect();
+            self.lines
+                .update_many(
+                    doc! { "_id": { "$in": ids } },
+                    doc! { "$set": { "status": BACKORDERED, "batchref": null, "batch_seq": null } },
+                )
+                .session(&mut session)
+                .await?;
+            let freed: i64 = given_up.iter().map(|line| line.qty).sum();
+            self.batches
+                .update_one(
+                    doc! { "_id": reference },
+                    doc! { "$inc": { "available_quantity": freed, "version": 1 } },
+                )
+                .session(&mut session)
+                .await?;
+            Ok(Finish::Commit(
+                given_up
+                    .iter()
+                    .map(|line| OrderLine {
+                        orderid: line.orderid.clone(),
+                        sku: line.sku.clone(),
+                        qty: u32::try_from(line.qty).unwrap_or(u32::MAX),
+                    })
+                    .collect(),
+            ))
+        }
+        .await)
+    }
+
+    async fn over_allocated_batches(&self, limit_to: usize) -> Result<Vec<String>, RepositoryError> {
+        let documents: Vec<Document> = self
+            .batches
+            .clone_with_type::<Document>()
+            .find(doc! { "available_quantity": { "$lt": 0 } })
+            .projection(doc! { "_id": 1 })
+            .limit(limit(limit_to))
+            .await
+            .map_err(unavailable)?
+            .try_collect()
+            .await
+            .map_err(unavailable)?;
+        Ok(documents
+            .iter()
+            .filter_map(|d| d.get_str("_id").ok().map(str::to_owned))
+            .collect())
+    }
+
+    async fn backorders(
+        &self,
+        sku: Option<&str>,
+        after: Option<&str>,
+        limit_to: usize,
+    ) -> Result<Vec<Backorder>, RepositoryError> {
+        let mut filter = doc! { "status": BACKORDERED };
+        if let Some(sku) = sku {
+            filter.insert("sku", sku);
+        }
+        if let Some(after) = after {
+            // A position that is no ObjectId was not made here: start over.
+            if let Ok(after) = ObjectId::parse_str(after) {
+                filter.insert("_id", doc! { "$gt": after });
+            }
+        }
+        let documents: Vec<LineDocument> = self
+            .lines
+            .find(filter)
+            .sort(doc! { "_id": 1 })
+            .limit(limit(limit_to))
+            .await
+            .map_err(unavailable)?
+            .try_collect()
+            .await
+            .map_err(unavailable)?;
+        documents
+            .into_iter()
+            .map(|document| {
+                let position = document.id.to_hex();
+                Ok(Backorder {
+                    line: document.into_line()?,
+                    position,
+                })
+            })
+            .collect()
+    }
+
+    async fn fill_backorder(&self, line: &OrderLine) -> Result<Filled, RepositoryError> {
+        let _turn = self.sku_lock(&line.sku).lock().await;
+        transaction!(self, |session| async {
+            let Some((batchref, seq)) = self.take_stock(&mut session, line).await? else {
+                return Ok(Finish::Abort(Filled::NoRoom));
+            };
+            let updated = self
+                .lines
+                .update_one(
+                    doc! { "orderid": &line.orderid, "sku": &line.sku, "status": BACKORDERED },
+                    doc! { "$set": { "status": ALLOCATED, "batchref": &batchref, "batch_seq": seq } },
+                )
+                .session(&mut session)
+                .await?;
+            if updated.modified_count == 0 {
+                // Filled or cancelled meanwhile: the abort gives the stock back.
+                return Ok(Finish::Abort(Filled::NotWaiting));
+            }
+            Ok(Finish::Commit(Filled::Taken(batchref)))
+        }
+        .await)
+    }
+
+    async fn batch_lines(
+        &self,
+        reference: &str,
+        after: Option<u64>,
+        limit_to: usize,
+    ) -> Result<Vec<BatchLine>, RepositoryError> {
+        let mut filter = doc! { "batchref": reference, "status": ALLOCATED };
+        if let Some(after) = after {
+            filter.insert(
+                "batch_seq",
+                doc! { "$gt": i64::try_from(after).unwrap_or(i64::MAX) },
+            );
+        }
+        let documents: Vec<LineDocument> = self
+            .lines
+            .find(filter)
+            .sort(doc! { "batchref": 1, "batch_seq": 1 })
+            .limit(limit(limit_to))
+            .await
+            .map_err(unavailable)?
+            .try_collect()
+            .await
+            .map_err(unavailable)?;
+        documents
+            .into_iter()
+            .map(|document| {
+                let id = format!("order line {}/{}", document.orderid, document.sku);
+                Ok(BatchLine {
+                    qty: quantity(document.qty, "qty", &id)?,
+                    position: document
+                        .batch_seq
+                        .and_then(|seq| u64::try_from(seq).ok())
+                        .ok_or_else(|| corrupt("batch_seq", &id))?,
+                    orderid: document.orderid,
+                })
+            })
+            .collect()
+    }
+}
