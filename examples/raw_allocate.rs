@@ -16,7 +16,8 @@
 //!
 //! `cargo run --release --example raw_allocate -- URI DATABASE CONCURRENCY SECONDS SKU...`
 //! prints one JSON line: `{"ops": .., "seconds": .., "ops_per_sec": .., "errors": ..,
-//! "retries": .., "p50_ms": .., "p99_ms": ..}`. With `RAW_ALLOCATE_MAX_OPS=N` in
+//! "retries": .., "p50_ms": .., "p99_ms": .., "cpu_us_per_op": ..}` (this process's
+//! user + system CPU from `getrusage`, over the loop only, per allocation). With `RAW_ALLOCATE_MAX_OPS=N` in
 //! the environment it also stops once N allocations have been attempted (for
 //! sequential latency runs: `CONCURRENCY` 1).
 
@@ -134,6 +135,18 @@ async fn allocate(target: &Target, sku: &str, orderid: &str) -> (bool, u64) {
     }
 }
 
+/// User + system CPU this process has used, in seconds.
+fn cpu_seconds() -> f64 {
+    // SAFETY: getrusage only writes the struct it is given.
+    let usage = unsafe {
+        let mut usage = std::mem::zeroed::<libc::rusage>();
+        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
+        usage
+    };
+    let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    seconds(usage.ru_utime) + seconds(usage.ru_stime)
+}
+
 fn percentile(sorted: &[f64], percent: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -170,6 +183,7 @@ async fn main() {
     let run = std::process::id();
     let (attempted, ops, errors, retries) =
         (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let cpu_before = cpu_seconds();
     let started = Instant::now();
     let workers: Vec<_> = (0..concurrency)
         .map(|worker| {
@@ -201,14 +215,16 @@ async fn main() {
         latencies.extend(worker.await.expect("worker"));
     }
     let seconds = started.elapsed().as_secs_f64();
+    let cpu = cpu_seconds() - cpu_before;
     latencies.sort_by(f64::total_cmp);
     let ops = ops.load(Ordering::Relaxed);
     println!(
-        r#"{{"ops": {ops}, "seconds": {seconds:.3}, "ops_per_sec": {:.1}, "errors": {}, "retries": {}, "p50_ms": {:.3}, "p99_ms": {:.3}}}"#,
+        r#"{{"ops": {ops}, "seconds": {seconds:.3}, "ops_per_sec": {:.1}, "errors": {}, "retries": {}, "p50_ms": {:.3}, "p99_ms": {:.3}, "cpu_us_per_op": {:.1}}}"#,
         ops as f64 / seconds,
         errors.load(Ordering::Relaxed),
         retries.load(Ordering::Relaxed),
         percentile(&latencies, 50.0),
         percentile(&latencies, 99.0),
+        cpu * 1e6 / (ops.max(1) as f64),
     );
 }
