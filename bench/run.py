@@ -41,7 +41,10 @@ from bson.raw_bson import RawBSONDocument
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TARGET = os.path.join(ROOT, os.environ.get("CARGO_TARGET_DIR") or "target")
-ALLOT = os.path.join(TARGET, "release/allot")
+# BENCH_ALLOT / BENCH_ALLOT_CWD: measure another allot build (e.g. an older version's, run
+# from its own checkout for its config/); the examples still come from TARGET.
+ALLOT = os.environ.get("BENCH_ALLOT") or os.path.join(TARGET, "release/allot")
+ALLOT_CWD = os.environ.get("BENCH_ALLOT_CWD") or ROOT
 EXAMPLES = os.path.join(TARGET, "release/examples")
 PHASES = ["http", "allocate", "growth", "hot-sku"]
 SECANTUSD = os.path.join(ROOT, ".venv/bin/secantusd-py")
@@ -103,7 +106,7 @@ class Allot:
                         ALLOT__HTTP__HOST="127.0.0.1", ALLOT__HTTP__PORT=str(self.port),
                         ALLOT__LOG__LEVEL=log_level, ALLOT_ADMIN_PASSWORD=PASSWORD)
         started = time.perf_counter()
-        self.process = subprocess.Popen([ALLOT, "serve"], env=self.env, cwd=ROOT,
+        self.process = subprocess.Popen([ALLOT, "serve"], env=self.env, cwd=ALLOT_CWD,
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         while True:
             try:
@@ -135,6 +138,19 @@ class Allot:
                 pass
         return total / 1e9
 
+    def context_switches(self):
+        """Voluntary and involuntary context switches of all its threads so far."""
+        voluntary = involuntary = 0
+        for task in os.listdir(f"/proc/{self.process.pid}/task"):
+            try:
+                with open(f"/proc/{self.process.pid}/task/{task}/status") as status:
+                    text = status.read()
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+            voluntary += int(re.search(r"^voluntary_ctxt_switches:\s+(\d+)", text, re.M).group(1))
+            involuntary += int(re.search(r"^nonvoluntary_ctxt_switches:\s+(\d+)", text, re.M).group(1))
+        return voluntary, involuntary
+
     def peak_rss_mib(self):
         with open(f"/proc/{self.process.pid}/status") as status:
             kib = int(re.search(r"VmHWM:\s+(\d+) kB", status.read()).group(1))
@@ -148,7 +164,7 @@ class Allot:
 
     def admin_token(self, username):
         subprocess.run([ALLOT, "users", "create-admin", "--username", username],
-                       env=self.env, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+                       env=self.env, cwd=ALLOT_CWD, check=True, stdout=subprocess.DEVNULL)
         status, body = http("POST", self.base + "/users/login",
                             {"username": username, "password": PASSWORD})
         assert status == 200, body
@@ -350,6 +366,7 @@ def growth_allot(args, size, idle_seconds=0):
             idle_us_per_s = (allot.cpu_seconds_precise() - before) * 1e6 / idle_seconds
         latencies, errors = [], 0
         ticks_before, cpu_before = allot.cpu_seconds(), allot.cpu_seconds_precise()
+        switches_before = allot.context_switches()
         started = time.perf_counter()
         for n in range(args.growth_requests):
             status, seconds = connection.allocate(f"growth-{n}", GROWTH_SKU)
@@ -358,10 +375,13 @@ def growth_allot(args, size, idle_seconds=0):
         elapsed = time.perf_counter() - started
         cpu_us = (allot.cpu_seconds_precise() - cpu_before) * 1e6 / args.growth_requests
         ticks_us = (allot.cpu_seconds() - ticks_before) * 1e6 / args.growth_requests
+        voluntary, involuntary = (round((after - before) / args.growth_requests, 1)
+                                  for after, before in zip(allot.context_switches(), switches_before))
         connection.close()
         batch_bytes, line_bytes = document_sizes(database, GROWTH_SKU)
         return {"size": size, "p50_ms": percentile(latencies, 50), "p99_ms": percentile(latencies, 99),
                 "rps": args.growth_requests / elapsed, "cpu_us": cpu_us, "ticks_cpu_us": ticks_us, "errors": errors,
+                "switches_voluntary": voluntary, "switches_involuntary": involuntary,
                 "batch_bytes": batch_bytes, "line_bytes": line_bytes, "preload_s": preload_s,
                 "idle_us_per_s": idle_us_per_s, "startup_ms": allot.startup_ms, "peak_mib": allot.peak_rss_mib()}
     finally:
@@ -552,8 +572,10 @@ def main():
         print(f"phase 5: growth, one sku holding {args.growth_sizes} lines, "
               f"{args.growth_requests} sequential allocations, allot vs the raw driver", file=sys.stderr)
         for round_ in range(args.growth_repeats):
-            for size in args.growth_sizes:
-                run = growth_allot(args, size, idle_seconds=3 if size == args.growth_sizes[0] else 0)
+            # Every other round runs the sizes the other way, so drift in the machine's load
+            # does not read as growth.
+            for size in args.growth_sizes[::-1] if round_ % 2 else args.growth_sizes:
+                run = growth_allot(args, size, idle_seconds=3)
                 growth["allot"][size].append(run)
                 startups.append(run["startup_ms"])
                 peaks.append(run["peak_mib"])
@@ -640,7 +662,10 @@ def report(args, results, hashing, startups, peaks, growth, hot):
         lines += ["", f"{last} vs {first} lines: allot CPU ×{a1['cpu_us'] / a0['cpu_us']:.2f}, "
                   f"allot p50 ×{a1['p50_ms'] / a0['p50_ms']:.2f}; raw driver CPU ×{r1['cpu_us'] / r0['cpu_us']:.2f}, "
                   f"p50 ×{r1['p50_ms'] / r0['p50_ms']:.2f} (the database's own slow-down). allot's background CPU while idle (recovery and revocation "
-                  f"loops): {a0['idle_us_per_s']:.0f} µs/s, included in the figures above.", ""]
+                  f"loops): " + ", ".join(f"{g['allot'][n]['idle_us_per_s']:.0f} µs/s at {n}" for n in sizes)
+                  + ", included in the figures above. allot's context switches per allocation (voluntary/involuntary): "
+                  + ", ".join(f"{g['allot'][n]['switches_voluntary']:.1f}/{g['allot'][n]['switches_involuntary']:.1f} "
+                              f"at {n}" for n in sizes) + ".", ""]
         budget += [
             ("5. growth: allot CPU per allocation ≤ 100 µs (worst size)",
              max(a["cpu_us"] for a in g["allot"].values()), 100.0, "<="),
