@@ -1,8 +1,8 @@
 //! `allocations` tag: allocating customer order lines to stock, and reading
 //! where an order's lines were allocated. Any access token will do.
 
-use poem::web::Data;
 use chrono::{DateTime, Utc};
+use poem::web::Data;
 use poem_openapi::param::{Path, Query};
 use poem_openapi::payload::Json;
 use poem_openapi::types::Example;

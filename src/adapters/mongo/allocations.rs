@@ -27,9 +27,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
 use super::is_duplicate_key;
-use crate::domain::allocation::{
-    AcknowledgedLine, Batch, LineStatus, OrderLine, lines_to_give_up,
-};
+use crate::domain::allocation::{AcknowledgedLine, Batch, LineStatus, OrderLine, lines_to_give_up};
 use crate::services::allocation::{
     Allocated, AllocationRepository, Backorder, BatchLine, Filled, RepositoryError,
 };
@@ -104,8 +102,13 @@ impl BatchDocument {
     }
 
     fn into_batch(self) -> Result<Batch, RepositoryError> {
-        let purchased = quantity(self.purchased_quantity, "purchased_quantity", &self.reference)?;
-        let version = u64::try_from(self.version).map_err(|_| corrupt("version", &self.reference))?;
+        let purchased = quantity(
+            self.purchased_quantity,
+            "purchased_quantity",
+            &self.reference,
+        )?;
+        let version =
+            u64::try_from(self.version).map_err(|_| corrupt("version", &self.reference))?;
         let eta = self.eta.map(|eta| eta.to_chrono().date_naive());
         Ok(Batch::restore(
             self.reference,
@@ -633,7 +636,10 @@ impl AllocationRepository for MongoAllocations {
         .await)
     }
 
-    async fn over_allocated_batches(&self, limit_to: usize) -> Result<Vec<String>, RepositoryError> {
+    async fn over_allocated_batches(
+        &self,
+        limit_to: usize,
+    ) -> Result<Vec<String>, RepositoryError> {
         let documents: Vec<Document> = self
             .batches
             .clone_with_type::<Document>()
@@ -691,7 +697,8 @@ impl AllocationRepository for MongoAllocations {
 
     async fn fill_backorder(&self, line: &OrderLine) -> Result<Filled, RepositoryError> {
         let _turn = self.sku_lock(&line.sku).lock().await;
-        transaction!(self, |session| async {
+        transaction!(self, |session| {
+            async {
             let Some((batchref, seq)) = self.take_stock(&mut session, line).await? else {
                 return Ok(Finish::Abort(Filled::NoRoom));
             };
@@ -709,7 +716,8 @@ impl AllocationRepository for MongoAllocations {
             }
             Ok(Finish::Commit(Filled::Taken(batchref)))
         }
-        .await)
+        .await
+        })
     }
 
     async fn batch_lines(
