@@ -383,6 +383,27 @@ fn limit(n: usize) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
+/// At most `limit_to` documents matching `filter`, in `sort` order.
+async fn find_many<T>(
+    collection: &Collection<T>,
+    filter: Document,
+    sort: Document,
+    limit_to: usize,
+) -> Result<Vec<T>, RepositoryError>
+where
+    T: serde::de::DeserializeOwned + Send + Sync,
+{
+    collection
+        .find(filter)
+        .sort(sort)
+        .limit(limit(limit_to))
+        .await
+        .map_err(unavailable)?
+        .try_collect()
+        .await
+        .map_err(unavailable)
+}
+
 impl AllocationRepository for MongoAllocations {
     async fn add_batch(&self, batch: &Batch) -> Result<(), RepositoryError> {
         match self.batches.insert_one(BatchDocument::new(batch)).await {
@@ -419,16 +440,8 @@ impl AllocationRepository for MongoAllocations {
         if let Some(after) = after {
             filter.insert("_id", doc! { "$gt": after });
         }
-        let documents: Vec<BatchDocument> = self
-            .batches
-            .find(filter)
-            .sort(doc! { "_id": 1 })
-            .limit(limit(limit_to))
-            .await
-            .map_err(unavailable)?
-            .try_collect()
-            .await
-            .map_err(unavailable)?;
+        let documents: Vec<BatchDocument> =
+            find_many(&self.batches, filter, doc! { "_id": 1 }, limit_to).await?;
         documents
             .into_iter()
             .map(BatchDocument::into_batch)
@@ -486,16 +499,13 @@ impl AllocationRepository for MongoAllocations {
         orderid: &str,
         limit_to: usize,
     ) -> Result<Vec<AcknowledgedLine>, RepositoryError> {
-        let documents: Vec<LineDocument> = self
-            .lines
-            .find(doc! { "orderid": orderid })
-            .sort(doc! { "orderid": 1, "sku": 1 })
-            .limit(limit(limit_to))
-            .await
-            .map_err(unavailable)?
-            .try_collect()
-            .await
-            .map_err(unavailable)?;
+        let documents: Vec<LineDocument> = find_many(
+            &self.lines,
+            doc! { "orderid": orderid },
+            doc! { "orderid": 1, "sku": 1 },
+            limit_to,
+        )
+        .await?;
         documents.into_iter().map(LineDocument::into_line).collect()
     }
 
@@ -640,21 +650,9 @@ impl AllocationRepository for MongoAllocations {
         &self,
         limit_to: usize,
     ) -> Result<Vec<String>, RepositoryError> {
-        let documents: Vec<Document> = self
-            .batches
-            .clone_with_type::<Document>()
-            .find(doc! { "available_quantity": { "$lt": 0 } })
-            .projection(doc! { "_id": 1 })
-            .limit(limit(limit_to))
-            .await
-            .map_err(unavailable)?
-            .try_collect()
-            .await
-            .map_err(unavailable)?;
-        Ok(documents
-            .iter()
-            .filter_map(|d| d.get_str("_id").ok().map(str::to_owned))
-            .collect())
+        let filter = doc! { "available_quantity": { "$lt": 0 } };
+        let batches = find_many(&self.batches, filter, doc! {}, limit_to).await?;
+        Ok(batches.into_iter().map(|batch| batch.reference).collect())
     }
 
     async fn backorders(
@@ -673,16 +671,8 @@ impl AllocationRepository for MongoAllocations {
                 filter.insert("_id", doc! { "$gt": after });
             }
         }
-        let documents: Vec<LineDocument> = self
-            .lines
-            .find(filter)
-            .sort(doc! { "_id": 1 })
-            .limit(limit(limit_to))
-            .await
-            .map_err(unavailable)?
-            .try_collect()
-            .await
-            .map_err(unavailable)?;
+        let documents: Vec<LineDocument> =
+            find_many(&self.lines, filter, doc! { "_id": 1 }, limit_to).await?;
         documents
             .into_iter()
             .map(|document| {
@@ -733,16 +723,13 @@ impl AllocationRepository for MongoAllocations {
                 doc! { "$gt": i64::try_from(after).unwrap_or(i64::MAX) },
             );
         }
-        let documents: Vec<LineDocument> = self
-            .lines
-            .find(filter)
-            .sort(doc! { "batchref": 1, "batch_seq": 1 })
-            .limit(limit(limit_to))
-            .await
-            .map_err(unavailable)?
-            .try_collect()
-            .await
-            .map_err(unavailable)?;
+        let documents: Vec<LineDocument> = find_many(
+            &self.lines,
+            filter,
+            doc! { "batchref": 1, "batch_seq": 1 },
+            limit_to,
+        )
+        .await?;
         documents
             .into_iter()
             .map(|document| {
