@@ -341,11 +341,20 @@ pub async fn change_batch_quantity<R: AllocationRepository>(
         .await?
         .ok_or_else(not_found)?;
     let displaced = give_up_all(repo, reference).await?;
-    let reallocated = fill_backorders(repo, &batch.sku).await?;
-    let backordered = displaced
-        .into_iter()
-        .filter(|line| !reallocated.iter().any(|(placed, _)| placed == line))
-        .collect();
+    let mut reallocated = fill_backorders(repo, &batch.sku).await?;
+    let mut backordered = Vec::new();
+    for line in displaced {
+        if reallocated.iter().any(|(placed, _)| *placed == line) {
+            continue;
+        }
+        // Another process (a recovery pass, a concurrent fill) may have
+        // served it meanwhile: report where it stands now.
+        match repo.line(&line.orderid, &line.sku).await?.map(|l| l.status) {
+            Some(LineStatus::Allocated { batchref }) => reallocated.push((line, batchref)),
+            Some(LineStatus::Backordered) => backordered.push(line),
+            None => {} // deallocated meanwhile
+        }
+    }
     let batch = repo.batch(reference).await?.ok_or_else(not_found)?;
     Ok(QuantityChange {
         batch,
