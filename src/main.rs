@@ -30,6 +30,10 @@ enum Command {
         #[arg(long, value_enum, default_value_t = SpecFormat::Yaml)]
         format: SpecFormat,
     },
+    /// Convert a database written by allot 0.1 (order lines inside batch
+    /// documents) to this version's layout. Idempotent and resumable: run it
+    /// again after an interruption. Stop every allot process first.
+    Migrate,
     /// Manage users in the configured database.
     Users {
         #[command(subcommand)]
@@ -70,6 +74,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Serve => serve(),
+        Command::Migrate => migrate(),
         Command::Users {
             command: UsersCommand::CreateAdmin { username },
         } => create_admin(&username),
@@ -154,6 +159,44 @@ fn create_admin(username: &str) -> ExitCode {
             }
             Ok(AdminGrant::Promoted) => {
                 println!("granted admin to {}", username.to_ascii_lowercase());
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("allot: {error}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+fn migrate() -> ExitCode {
+    use allot::adapters::mongo::{self, layout};
+    let (settings, runtime) = match load_settings().and_then(|s| Ok((s, runtime()?))) {
+        Ok(ready) => ready,
+        Err(code) => return code,
+    };
+    allot::telemetry::init(&settings.log);
+    runtime.block_on(async {
+        let outcome = async {
+            let client = mongo::client(&settings.mongo).await?;
+            let database = client.database(&settings.mongo.database);
+            mongo::ping(&database)
+                .await
+                .map_err(|source| mongo::MongoError::Unreachable {
+                    uri: settings.mongo.redacted_uri(),
+                    waited_secs: 0,
+                    source,
+                })?;
+            Ok::<_, mongo::MongoError>(layout::migrate(&client, &database).await?)
+        };
+        match outcome.await {
+            Ok(done) => {
+                println!(
+                    "migrated {} batches and {} order lines; the database is in layout {}",
+                    done.batches,
+                    done.lines,
+                    layout::LAYOUT_VERSION
+                );
                 ExitCode::SUCCESS
             }
             Err(error) => {

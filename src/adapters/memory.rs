@@ -104,9 +104,7 @@ impl AllocationRepository for InMemoryAllocations {
         if store.batches.contains_key(&batch.reference) {
             return Err(RepositoryError::DuplicateReference(batch.reference.clone()));
         }
-        store
-            .batches
-            .insert(batch.reference.clone(), batch.clone());
+        store.batches.insert(batch.reference.clone(), batch.clone());
         Ok(())
     }
 
@@ -156,9 +154,7 @@ impl AllocationRepository for InMemoryAllocations {
             id: store.next_id,
             batch_position: Some(batch_position),
         };
-        store
-            .lines
-            .insert(key(&line.orderid, &line.sku), stored);
+        store.lines.insert(key(&line.orderid, &line.sku), stored);
         Ok(Allocated::Taken(batchref))
     }
 
@@ -239,8 +235,10 @@ impl AllocationRepository for InMemoryAllocations {
         recent.truncate(max_lines);
         let quantities: Vec<u32> = recent.iter().map(|&(_, _, qty)| qty).collect();
         let count = lines_to_give_up(over_by, &quantities);
-        let keys: Vec<(String, String)> =
-            recent[..count].iter().map(|(k, _, _)| (*k).clone()).collect();
+        let keys: Vec<(String, String)> = recent[..count]
+            .iter()
+            .map(|(k, _, _)| (*k).clone())
+            .collect();
         let mut given_up = Vec::new();
         for k in keys {
             let stored = store.lines.get_mut(&k).expect("listed above");

@@ -1,8 +1,8 @@
 //! `allocations` tag: allocating customer order lines to stock, and reading
 //! where an order's lines were allocated. Any access token will do.
 
-use poem::web::Data;
 use chrono::{DateTime, Utc};
+use poem::web::Data;
 use poem_openapi::param::{Path, Query};
 use poem_openapi::payload::Json;
 use poem_openapi::types::Example;
@@ -79,7 +79,8 @@ impl Example for Allocated {
     }
 }
 
-/// Where an order line stands.
+/// Where an order line stands: `allocated` (it draws from `batchref`) or
+/// `backordered` (it waits for stock of its sku).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, poem_openapi::Enum)]
 #[oai(rename_all = "lowercase")]
 pub enum LineStatusBody {
@@ -90,11 +91,13 @@ pub enum LineStatusBody {
     Backordered,
 }
 
-/// An acknowledged order line was repeated while it waits for stock.
+/// An acknowledged order line was repeated while it waits for stock; `status`
+/// is always `backordered`.
 #[derive(Debug, Object)]
 #[oai(example)]
 pub struct Waiting {
-    /// Always `backordered`.
+    // No doc comment on enum fields: a described `$ref` becomes an `allOf`
+    // wrapper, which client generators cannot take (see `LineStatusBody`).
     pub status: LineStatusBody,
 }
 
@@ -118,7 +121,6 @@ pub struct OrderLineBody {
     pub qty: u32,
     /// The batch the line draws from; null while it is backordered.
     pub batchref: Option<String>,
-    /// `allocated` or `backordered`.
     pub status: LineStatusBody,
 }
 
@@ -213,7 +215,6 @@ pub struct OrderAllocation {
     pub qty: u32,
     /// The batch the line draws from; null while it is backordered.
     pub batchref: Option<String>,
-    /// `allocated` or `backordered`.
     pub status: LineStatusBody,
 }
 

@@ -297,7 +297,11 @@ impl From<QuantityChange> for QuantityChangeBody {
                     batchref,
                 })
                 .collect(),
-            backordered: change.backordered.iter().map(BackorderedLine::from).collect(),
+            backordered: change
+                .backordered
+                .iter()
+                .map(BackorderedLine::from)
+                .collect(),
         }
     }
 }
@@ -416,7 +420,11 @@ fn change_bad_request(error: poem::Error) -> ChangeQuantityResponse {
 }
 
 /// The next page's cursor: the last item's, when the page came back full.
-pub fn next_cursor<T>(items: &mut Vec<T>, limit: usize, cursor: impl Fn(&T) -> String) -> Option<String> {
+pub fn next_cursor<T>(
+    items: &mut Vec<T>,
+    limit: usize,
+    cursor: impl Fn(&T) -> String,
+) -> Option<String> {
     // Callers ask for one more than `limit`: it tells whether a page follows.
     let more = items.len() > limit;
     items.truncate(limit);

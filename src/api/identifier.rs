@@ -132,11 +132,26 @@ mod tests {
 
     #[test]
     fn refuses_empty_long_or_spaced_ids_and_non_strings() {
-        for bad in ["", " ", "a b", "tab\there", "nl\n", "\u{a0}nbsp", &"x".repeat(101)] {
+        for bad in [
+            "",
+            " ",
+            "a b",
+            "tab\there",
+            "nl\n",
+            "\u{a0}nbsp",
+            &"x".repeat(101),
+        ] {
             assert!(Identifier::parse_from_parameter(bad).is_err(), "{bad:?}");
         }
-        for bad in [Value::Null, serde_json::json!(3), serde_json::json!({"$ne": null})] {
-            assert!(Identifier::parse_from_json(Some(bad.clone())).is_err(), "{bad}");
+        for bad in [
+            Value::Null,
+            serde_json::json!(3),
+            serde_json::json!({"$ne": null}),
+        ] {
+            assert!(
+                Identifier::parse_from_json(Some(bad.clone())).is_err(),
+                "{bad}"
+            );
         }
     }
 }

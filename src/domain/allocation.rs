@@ -300,7 +300,11 @@ mod tests {
         assert_eq!(lines_to_give_up(2, &recent), 1);
         assert_eq!(lines_to_give_up(5, &recent), 3);
         assert_eq!(lines_to_give_up(10, &recent), 4);
-        assert_eq!(lines_to_give_up(99, &recent), 4, "no more lines than there are");
+        assert_eq!(
+            lines_to_give_up(99, &recent),
+            4,
+            "no more lines than there are"
+        );
     }
 
     #[test]

@@ -11,9 +11,7 @@ use std::future::Future;
 
 use chrono::NaiveDate;
 
-use crate::domain::allocation::{
-    AcknowledgedLine, AllocationError, Batch, LineStatus, OrderLine,
-};
+use crate::domain::allocation::{AcknowledgedLine, AllocationError, Batch, LineStatus, OrderLine};
 
 /// How many lines one atomic step of a shrink gives up. A shrink that must
 /// give up more takes several steps; between two of them the batch is left
@@ -85,8 +83,7 @@ pub struct BatchLine {
 /// runtime.
 pub trait AllocationRepository: Send + Sync {
     /// Stores a new batch; Err(RepositoryError::DuplicateReference) if the reference exists.
-    fn add_batch(&self, batch: &Batch)
-    -> impl Future<Output = Result<(), RepositoryError>> + Send;
+    fn add_batch(&self, batch: &Batch) -> impl Future<Output = Result<(), RepositoryError>> + Send;
 
     fn batch(
         &self,
@@ -316,13 +313,13 @@ pub async fn deallocate<R: AllocationRepository>(
     orderid: &str,
     sku: &str,
 ) -> Result<AcknowledgedLine, DeallocateError> {
-    let removed = repo
-        .remove_line(orderid, sku)
-        .await?
-        .ok_or_else(|| DeallocateError::NotAllocated {
-            orderid: orderid.to_owned(),
-            sku: sku.to_owned(),
-        })?;
+    let removed =
+        repo.remove_line(orderid, sku)
+            .await?
+            .ok_or_else(|| DeallocateError::NotAllocated {
+                orderid: orderid.to_owned(),
+                sku: sku.to_owned(),
+            })?;
     if removed.batchref().is_some() {
         fill_backorders(repo, sku).await?;
     }
@@ -344,11 +341,20 @@ pub async fn change_batch_quantity<R: AllocationRepository>(
         .await?
         .ok_or_else(not_found)?;
     let displaced = give_up_all(repo, reference).await?;
-    let reallocated = fill_backorders(repo, &batch.sku).await?;
-    let backordered = displaced
-        .into_iter()
-        .filter(|line| !reallocated.iter().any(|(placed, _)| placed == line))
-        .collect();
+    let mut reallocated = fill_backorders(repo, &batch.sku).await?;
+    let mut backordered = Vec::new();
+    for line in displaced {
+        if reallocated.iter().any(|(placed, _)| *placed == line) {
+            continue;
+        }
+        // Another process (a recovery pass, a concurrent fill) may have
+        // served it meanwhile: report where it stands now.
+        match repo.line(&line.orderid, &line.sku).await?.map(|l| l.status) {
+            Some(LineStatus::Allocated { batchref }) => reallocated.push((line, batchref)),
+            Some(LineStatus::Backordered) => backordered.push(line),
+            None => {} // deallocated meanwhile
+        }
+    }
     let batch = repo.batch(reference).await?.ok_or_else(not_found)?;
     Ok(QuantityChange {
         batch,
@@ -514,7 +520,10 @@ mod tests {
     }
 
     async fn available(repo: &InMemoryAllocations, reference: &str) -> i64 {
-        get_batch(repo, reference).await.unwrap().available_quantity()
+        get_batch(repo, reference)
+            .await
+            .unwrap()
+            .available_quantity()
     }
 
     async fn allocated(repo: &InMemoryAllocations, l: OrderLine) -> String {
@@ -537,7 +546,10 @@ mod tests {
     #[tokio::test]
     async fn returns_allocation() {
         let repo = repo_with(&[("b1", "COMPLICATED-LAMP", 100, None)]).await;
-        assert_eq!(allocated(&repo, line("o1", "COMPLICATED-LAMP", 10)).await, "b1");
+        assert_eq!(
+            allocated(&repo, line("o1", "COMPLICATED-LAMP", 10)).await,
+            "b1"
+        );
         assert_eq!(available(&repo, "b1").await, 90);
     }
 
@@ -592,7 +604,12 @@ mod tests {
         assert_eq!(error.to_string(), "Out of stock for sku SMALL-TABLE");
         // A new line without stock is refused, not backordered.
         assert!(repo.line("o2", "SMALL-TABLE").await.unwrap().is_none());
-        assert!(list_backorders(&repo, None, None, 10).await.unwrap().is_empty());
+        assert!(
+            list_backorders(&repo, None, None, 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
     }
 
     #[tokio::test]
@@ -611,7 +628,11 @@ mod tests {
         let repo = repo_with(&[("b1", "LAMP", 10, None), ("b2", "LAMP", 10, day(1))]).await;
         repo.reset_calls();
         allocated(&repo, line("o1", "LAMP", 1)).await;
-        assert_eq!(repo.calls(), 1, "take the stock and record the line, atomically");
+        assert_eq!(
+            repo.calls(),
+            1,
+            "take the stock and record the line, atomically"
+        );
     }
 
     #[tokio::test]
@@ -619,7 +640,10 @@ mod tests {
         let repo = repo_with(&[("b1", "LAMP", 10, None)]).await;
         allocated(&repo, line("o1", "LAMP", 10)).await;
         let removed = deallocate(&repo, "o1", "LAMP").await.unwrap();
-        assert_eq!((removed.line, removed.status), (line("o1", "LAMP", 10), at("b1")));
+        assert_eq!(
+            (removed.line, removed.status),
+            (line("o1", "LAMP", 10), at("b1"))
+        );
         assert_eq!(available(&repo, "b1").await, 10);
         assert_eq!(allocated(&repo, line("o2", "LAMP", 10)).await, "b1");
     }
@@ -647,7 +671,10 @@ mod tests {
         ])
         .await;
         for (orderid, qty) in [("o1", 4), ("o2", 3), ("o3", 3)] {
-            assert_eq!(allocated(&repo, line(orderid, "LAMP", qty)).await, "warehouse");
+            assert_eq!(
+                allocated(&repo, line(orderid, "LAMP", qty)).await,
+                "warehouse"
+            );
         }
 
         let change = change_batch_quantity(&repo, "warehouse", 4).await.unwrap();
@@ -677,7 +704,10 @@ mod tests {
         // o3 then o2 had to go; o2 (older) does not fit and blocks o3: waiting
         // lines are served strictly oldest first.
         assert!(change.reallocated.is_empty());
-        assert_eq!(change.backordered, [line("o3", "LAMP", 2), line("o2", "LAMP", 4)]);
+        assert_eq!(
+            change.backordered,
+            [line("o3", "LAMP", 2), line("o2", "LAMP", 4)]
+        );
         assert_eq!(change.batch.available_quantity(), 3);
         // One more unit and o2 fits; then o3 waits for 2 more.
         let change = change_batch_quantity(&repo, "warehouse", 8).await.unwrap();
@@ -735,7 +765,11 @@ mod tests {
         change_batch_quantity(&repo, "b1", 0).await.unwrap();
         let batch = add_batch(&repo, "b2", "LAMP", 5, day(4)).await.unwrap();
         assert_eq!(status(&repo, "o2", "LAMP").await, at("b2"));
-        assert_eq!(batch.available_quantity(), 3, "the batch as its backorders left it");
+        assert_eq!(
+            batch.available_quantity(),
+            3,
+            "the batch as its backorders left it"
+        );
     }
 
     #[tokio::test]
@@ -745,7 +779,12 @@ mod tests {
         change_batch_quantity(&repo, "b1", 1).await.unwrap();
         let removed = deallocate(&repo, "o1", "LAMP").await.unwrap();
         assert_eq!(removed.status, LineStatus::Backordered);
-        assert!(list_backorders(&repo, None, None, 10).await.unwrap().is_empty());
+        assert!(
+            list_backorders(&repo, None, None, 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
         assert_eq!(available(&repo, "b1").await, 1);
     }
 
@@ -809,7 +848,9 @@ mod tests {
         let tasks: Vec<_> = (0..50)
             .map(|n| {
                 let repo = Arc::clone(&repo);
-                tokio::spawn(async move { allocate(&*repo, line(&format!("o{n}"), "CHAIR", 1)).await })
+                tokio::spawn(
+                    async move { allocate(&*repo, line(&format!("o{n}"), "CHAIR", 1)).await },
+                )
             })
             .collect();
         let mut allocated = 0;
@@ -825,7 +866,13 @@ mod tests {
         assert_eq!(allocated, 20);
         for reference in ["warehouse", "shipment"] {
             assert_eq!(available(&repo, reference).await, 0, "{reference}");
-            assert_eq!(batch_lines(&*repo, reference, None, 100).await.unwrap().len(), 10);
+            assert_eq!(
+                batch_lines(&*repo, reference, None, 100)
+                    .await
+                    .unwrap()
+                    .len(),
+                10
+            );
         }
     }
 }

@@ -247,7 +247,10 @@ pub async fn batches_are_listed_in_pages_and_read_one_by_one() {
     shop.allocate("order-x", &sku, 2).await;
     let (status, batch) = shop.get(&format!("/batches/{}", references[0])).await;
     assert_eq!(status, 200);
-    assert!(batch.get("allocations").is_none(), "no unbounded list: {batch}");
+    assert!(
+        batch.get("allocations").is_none(),
+        "no unbounded list: {batch}"
+    );
     assert_eq!(
         (&batch["allocated_quantity"], &batch["available_quantity"]),
         (&json!(2), &json!(1))
@@ -257,12 +260,18 @@ pub async fn batches_are_listed_in_pages_and_read_one_by_one() {
     shop.allocate("order-y", &sku, 1).await;
     let (status, page) = shop.get_as_admin(&format!("{lines_path}?limit=1")).await;
     assert_eq!(status, 200, "{page}");
-    assert_eq!(page["allocations"], json!([{"orderid": "order-x", "qty": 2}]));
+    assert_eq!(
+        page["allocations"],
+        json!([{"orderid": "order-x", "qty": 2}])
+    );
     let cursor = page["next_cursor"].as_str().unwrap();
     let (_, rest) = shop
         .get_as_admin(&format!("{lines_path}?limit=1&cursor={cursor}"))
         .await;
-    assert_eq!(rest["allocations"], json!([{"orderid": "order-y", "qty": 1}]));
+    assert_eq!(
+        rest["allocations"],
+        json!([{"orderid": "order-y", "qty": 1}])
+    );
     assert!(rest.get("next_cursor").is_none(), "{rest}");
     let (status, _) = shop.get_as_admin(&format!("{lines_path}?cursor=abc")).await;
     assert_eq!(status, 400);
@@ -399,16 +408,25 @@ pub async fn backorders_are_filled_oldest_first_when_stock_appears() {
     let sku = random_name("sku");
     let batch = random_name("batch");
     shop.add_stock(&[(&batch, &sku, 6, None)]).await;
-    let orders: Vec<String> = (0..3).map(|n| format!("{}-{n}", random_name("o"))).collect();
+    let orders: Vec<String> = (0..3)
+        .map(|n| format!("{}-{n}", random_name("o")))
+        .collect();
     for order in &orders {
         assert_eq!(shop.allocate(order, &sku, 2).await.0, 201);
     }
     let (_, change) = shop.patch_quantity(&batch, 0).await;
-    assert_eq!(change["backordered"].as_array().unwrap().len(), 3, "{change}");
+    assert_eq!(
+        change["backordered"].as_array().unwrap().len(),
+        3,
+        "{change}"
+    );
     // A new order with no stock is refused, not queued (the seed's contract).
     assert_eq!(
         shop.allocate(&random_name("new"), &sku, 1).await,
-        (400, json!({"message": format!("Out of stock for sku {sku}")}))
+        (
+            400,
+            json!({"message": format!("Out of stock for sku {sku}")})
+        )
     );
     // New stock: the oldest waiting line takes it first.
     shop.add_stock(&[(&random_name("arrival"), &sku, 2, Some("2030-01-01"))])
@@ -418,15 +436,27 @@ pub async fn backorders_are_filled_oldest_first_when_stock_appears() {
     // Freed stock: a deallocation of another sku's line changes nothing, of
     // this sku's gives the next waiting line its stock.
     let (status, _) = shop
-        .post("/deallocate", &shop.user, &json!({"orderid": orders[0], "sku": sku}))
+        .post(
+            "/deallocate",
+            &shop.user,
+            &json!({"orderid": orders[0], "sku": sku}),
+        )
         .await;
     assert_eq!(status, 200);
     assert_eq!(shop.line_status(&orders[1]).await, "allocated");
     // Cancelling a waiting line.
     let (status, body) = shop
-        .post("/deallocate", &shop.user, &json!({"orderid": orders[2], "sku": sku}))
+        .post(
+            "/deallocate",
+            &shop.user,
+            &json!({"orderid": orders[2], "sku": sku}),
+        )
         .await;
-    assert_eq!((status, &body["status"]), (200, &json!("backordered")), "{body}");
+    assert_eq!(
+        (status, &body["status"]),
+        (200, &json!("backordered")),
+        "{body}"
+    );
     let (_, waiting) = shop.get_as_admin(&format!("/backorders?sku={sku}")).await;
     assert_eq!(waiting["backorders"], json!([]));
     assert_counters_agree(&shop.app.database, &sku).await;
@@ -592,11 +622,29 @@ pub async fn concurrent_allocations_never_oversell_across_two_instances() {
 /// Checks, from the database itself, that no batch of `sku` is oversold and
 /// that each batch's counter equals what the lines drawing from it hold;
 /// returns every line of the sku as (orderid, status).
-pub async fn assert_counters_agree(database: &mongodb::Database, sku: &str) -> Vec<(String, String)> {
+pub async fn assert_counters_agree(
+    database: &mongodb::Database,
+    sku: &str,
+) -> Vec<(String, String)> {
     use futures_util::TryStreamExt;
-    let (batches, lines) = (database.collection::<Document>("batches"), database.collection::<Document>("order_lines"));
-    let batches: Vec<Document> = batches.find(doc! {"sku": sku}).await.unwrap().try_collect().await.unwrap();
-    let lines: Vec<Document> = lines.find(doc! {"sku": sku}).await.unwrap().try_collect().await.unwrap();
+    let (batches, lines) = (
+        database.collection::<Document>("batches"),
+        database.collection::<Document>("order_lines"),
+    );
+    let batches: Vec<Document> = batches
+        .find(doc! {"sku": sku})
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    let lines: Vec<Document> = lines
+        .find(doc! {"sku": sku})
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
     for batch in &batches {
         let reference = batch.get_str("_id").unwrap();
         let held: i64 = lines
@@ -683,12 +731,22 @@ pub async fn an_uncontended_allocation_is_one_transaction_of_three_round_trips()
     let (_, take) = &issued[0];
     assert_eq!(take.get_bool("startTransaction"), Ok(true), "{take}");
     let transaction = |command: &Document| command.get("txnNumber").cloned();
-    assert!(issued.iter().all(|(_, c)| transaction(c) == transaction(take)));
+    assert!(
+        issued
+            .iter()
+            .all(|(_, c)| transaction(c) == transaction(take))
+    );
 
     // The batch is picked by the sku's index in preference order: equality
     // on sku, then sorted by eta and reference, as the index is keyed.
-    assert_eq!(take.get_document("query").unwrap().get_str("sku"), Ok(sku.as_str()));
-    assert_eq!(take.get_document("sort").unwrap(), &doc! {"eta": 1, "_id": 1});
+    assert_eq!(
+        take.get_document("query").unwrap().get_str("sku"),
+        Ok(sku.as_str())
+    );
+    assert_eq!(
+        take.get_document("sort").unwrap(),
+        &doc! {"eta": 1, "_id": 1}
+    );
     let plan = |explained: Document| {
         explained
             .get_document("queryPlanner")
@@ -702,18 +760,28 @@ pub async fn an_uncontended_allocation_is_one_transaction_of_three_round_trips()
         .await
         .unwrap();
     let read = plan(explained);
-    assert!(read.contains("IXSCAN") && !read.contains("COLLSCAN"), "{read}");
+    assert!(
+        read.contains("IXSCAN") && !read.contains("COLLSCAN"),
+        "{read}"
+    );
     // An order's lines are read through their own index, not through batches.
     let explained = database
         .run_command(doc! {"explain": {"find": "order_lines", "filter": {"orderid": &order}}, "verbosity": "queryPlanner"})
         .await
         .unwrap();
     let read = plan(explained);
-    assert!(read.contains("IXSCAN") && !read.contains("COLLSCAN"), "{read}");
+    assert!(
+        read.contains("IXSCAN") && !read.contains("COLLSCAN"),
+        "{read}"
+    );
 }
 
 pub async fn the_mongodb_repository_passes_the_repository_contract() {
-    let app = spawn_app().await;
-    let repository = MongoAllocations::new(&app.database);
+    // A database with no app, whose recovery pass would take steps of its own.
+    let database = session().client().database(&session().new_database_name());
+    allot::adapters::mongo::ensure_indexes(&database)
+        .await
+        .unwrap();
+    let repository = MongoAllocations::new(&database);
     crate::contract::run_all(&repository, &random_name("contract")).await;
 }

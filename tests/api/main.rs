@@ -9,6 +9,7 @@ mod cli;
 #[path = "../contract/allocation_repository.rs"]
 mod contract;
 mod contract_tools;
+mod durability;
 mod foundation;
 mod helpers;
 mod session;
@@ -74,6 +75,10 @@ fn main() -> std::process::ExitCode {
         allocation::concurrent_allocations_never_oversell_across_two_instances,
         allocation::an_uncontended_allocation_is_one_transaction_of_three_round_trips,
         allocation::the_mongodb_repository_passes_the_repository_contract,
+        durability::a_shrink_killed_at_any_point_loses_no_line,
+        durability::the_recovery_pass_finishes_a_shrink_a_crash_left_half_done,
+        durability::two_hundred_buyers_of_one_sku_across_two_instances_all_get_201,
+        durability::data_in_the_old_layout_is_refused_until_migrated,
         cli::an_unknown_environment_exits_non_zero_naming_the_valid_ones,
         cli::production_without_a_secret_refuses_and_names_the_setting,
         cli::an_unreachable_database_at_startup_exits_non_zero_with_the_redacted_uri,

@@ -1,6 +1,7 @@
 //! The test session: finds a real MongoDB server once, gives every test app its
 //! own database, and drops them all when the run ends — pass or fail.
 
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -9,9 +10,9 @@ use std::time::Duration;
 
 use mongodb::Client;
 use mongodb::bson::doc;
-use testcontainers::core::{IntoContainerPort, WaitFor};
+use testcontainers::core::{CmdWaitFor, ExecCommand, IntoContainerPort, WaitFor};
 use testcontainers::runners::AsyncRunner;
-use testcontainers::{ContainerAsync, GenericImage};
+use testcontainers::{ContainerAsync, GenericImage, ImageExt};
 use tokio::runtime::Runtime;
 
 pub struct Session {
@@ -42,16 +43,19 @@ pub fn session() -> &'static Session {
 }
 
 const NO_SERVER: &str = "no MongoDB server for the integration tests: set ALLOT_TEST_MONGO_URI, \
-    start a Docker engine (tests then run mongo:7), or run scripts/test, which installs \
+    start Docker or Podman (tests then run mongo:7), or run scripts/test, which installs \
     SecantusDB into .venv";
 
 impl Session {
     pub fn start() -> Result<(), String> {
+        // First, while this process still has a single thread: finding the
+        // engine may set DOCKER_HOST.
+        let docker = docker_is_reachable();
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
             .map_err(|e| format!("cannot start the tokio runtime: {e}"))?;
-        let (server, mongo_uri, mongo_address) = runtime.block_on(find_server())?;
+        let (server, mongo_uri, mongo_address) = runtime.block_on(find_server(docker))?;
         let client = runtime
             .block_on(Client::with_uri_str(&mongo_uri))
             .map_err(|e| format!("invalid test MongoDB URI: {e}"))?;
@@ -140,13 +144,13 @@ impl Session {
     }
 }
 
-async fn find_server() -> Result<(Server, String, String), String> {
+async fn find_server(docker: bool) -> Result<(Server, String, String), String> {
     if let Ok(uri) = std::env::var("ALLOT_TEST_MONGO_URI") {
         let address = address_of(&uri);
         eprintln!("tests use the MongoDB at ALLOT_TEST_MONGO_URI ({address})");
         return Ok((Server::External, uri, address));
     }
-    if docker_is_reachable() {
+    if docker {
         match start_container().await {
             Ok(found) => return Ok(found),
             Err(error) => eprintln!(
@@ -161,27 +165,116 @@ async fn find_server() -> Result<(Server, String, String), String> {
     start_secantus(&secantusd).await
 }
 
+/// Whether a Docker engine, or Podman's Docker-compatible service, answers.
+/// testcontainers itself only looks for rootful Docker (and Docker Desktop), so
+/// an engine found elsewhere is handed to it through `DOCKER_HOST`. Must run
+/// while the process has a single thread.
 fn docker_is_reachable() -> bool {
-    std::env::var_os("DOCKER_HOST").is_some()
-        || std::os::unix::net::UnixStream::connect("/var/run/docker.sock").is_ok()
+    if std::env::var_os("DOCKER_HOST").is_some() {
+        return true;
+    }
+    let Some(socket) = docker_sockets()
+        .into_iter()
+        .find(|socket| UnixStream::connect(socket).is_ok())
+    else {
+        return false;
+    };
+    if socket != Path::new(ROOTFUL_DOCKER) {
+        // SAFETY: Session::start calls this before it starts the tokio runtime,
+        // while main's is the only thread, so nothing reads the environment
+        // concurrently.
+        unsafe { std::env::set_var("DOCKER_HOST", format!("unix://{}", socket.display())) };
+    }
+    true
 }
 
+const ROOTFUL_DOCKER: &str = "/var/run/docker.sock";
+
+/// Where the engines listen, in order: rootful Docker, rootless Docker,
+/// rootless Podman, rootful Podman.
+fn docker_sockets() -> Vec<PathBuf> {
+    // SAFETY: getuid has no preconditions and always succeeds.
+    let uid = unsafe { libc::getuid() };
+    let user_dirs: Vec<PathBuf> = std::env::var_os("XDG_RUNTIME_DIR")
+        .map(PathBuf::from)
+        .into_iter()
+        .chain([PathBuf::from(format!("/run/user/{uid}"))])
+        .collect();
+    let mut sockets = vec![PathBuf::from(ROOTFUL_DOCKER)];
+    sockets.extend(user_dirs.iter().map(|dir| dir.join("docker.sock")));
+    sockets.extend(user_dirs.iter().map(|dir| dir.join("podman/podman.sock")));
+    sockets.push(PathBuf::from("/run/podman/podman.sock"));
+    sockets
+}
+
+/// mongo:7 as a replica set of one member, since allocations run in
+/// transactions. The member is named localhost:27017, which means it only
+/// inside the container, so clients connect directly (`directConnection`) to
+/// the mapped port instead of discovering the set.
 async fn start_container() -> Result<(Server, String, String), String> {
     let container = GenericImage::new("mongo", "7")
         .with_exposed_port(27017.tcp())
         .with_wait_for(WaitFor::message_on_stdout("Waiting for connections"))
+        .with_cmd(["--replSet", "rs0", "--bind_ip_all"])
         .start()
         .await
         .map_err(|e| e.to_string())?;
+    initiate_replica_set(&container).await?;
     let host = container.get_host().await.map_err(|e| e.to_string())?;
     let port = container
         .get_host_port_ipv4(27017)
         .await
         .map_err(|e| e.to_string())?;
     let address = format!("{host}:{port}");
-    eprintln!("tests use a mongo:7 container at {address}");
     let uri = format!("mongodb://{address}/?directConnection=true");
+    wait_for_primary(&uri).await?;
+    eprintln!("tests use a mongo:7 replica set (rs0) container at {address}");
     Ok((Server::Container(Box::new(container)), uri, address))
+}
+
+const RS_INITIATE: &str = "rs.initiate({_id:'rs0',members:[{_id:0,host:'localhost:27017'}]})";
+
+/// Runs `rs.initiate` with mongosh inside the container, for at most 60 s.
+async fn initiate_replica_set(container: &ContainerAsync<GenericImage>) -> Result<(), String> {
+    let command = ExecCommand::new(["mongosh", "--quiet", "--eval", RS_INITIATE])
+        .with_cmd_ready_condition(CmdWaitFor::exit());
+    let run = async {
+        let mut exec = container.exec(command).await.map_err(|e| e.to_string())?;
+        if exec.exit_code().await.map_err(|e| e.to_string())? == Some(0) {
+            return Ok(());
+        }
+        let stdout = exec.stdout_to_vec().await.unwrap_or_default();
+        let stderr = exec.stderr_to_vec().await.unwrap_or_default();
+        Err(format!(
+            "{}{}",
+            String::from_utf8_lossy(&stdout),
+            String::from_utf8_lossy(&stderr)
+        ))
+    };
+    match tokio::time::timeout(Duration::from_secs(60), run).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(output)) => Err(format!("rs.initiate failed: {}", output.trim())),
+        Err(_) => Err("rs.initiate did not finish within 60 s".to_owned()),
+    }
+}
+
+/// Waits, at most 30 s, until the server at `uri` says it is a writable primary.
+async fn wait_for_primary(uri: &str) -> Result<(), String> {
+    let client = Client::with_uri_str(uri).await.map_err(|e| e.to_string())?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let hello = client
+            .database("admin")
+            .run_command(doc! { "hello": 1 })
+            .await;
+        if hello.is_ok_and(|reply| reply.get_bool("isWritablePrimary").unwrap_or(false)) {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err("no writable primary within 30 s of rs.initiate".to_owned());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 fn secantusd_path() -> PathBuf {

@@ -16,20 +16,35 @@ import uuid
 sys.path.insert(0, os.environ["ALLOT_CLIENT_DIR"])
 
 from allot_client import AuthenticatedClient, Client  # noqa: E402
-from allot_client.api.allocations import allocate, order_allocations  # noqa: E402
-from allot_client.api.batches import add_batch, get_batch, list_batches  # noqa: E402
+from allot_client.api.allocations import (  # noqa: E402
+    allocate,
+    list_backorders,
+    order_allocations,
+)
+from allot_client.api.batches import (  # noqa: E402
+    add_batch,
+    batch_allocations,
+    change_batch_quantity,
+    get_batch,
+    list_batches,
+)
 from allot_client.api.users import login, logout, me, refresh, register  # noqa: E402
 from allot_client.models import (  # noqa: E402
     Allocated,
     AuthErrorBody,
+    BackorderPage,
+    BatchAllocationPage,
     BatchBody,
     BatchPage,
     Credentials,
     ErrorBody,
+    LineStatusBody,
     LogoutBody,
     NewBatch,
     OrderLineRequest,
     Profile,
+    QuantityChangeBody,
+    QuantityUpdate,
     TokenPairBody,
 )
 
@@ -144,7 +159,11 @@ lines = order_allocations.sync(client=user, orderid=order)
 assert isinstance(lines, list) and len(lines) == 1, lines
 assert (lines[0].sku, lines[0].batchref, lines[0].qty) == (sku, in_stock, 8), lines
 batch = expect(get_batch.sync(client=user, reference=in_stock), BatchBody)
-assert batch.available_quantity == 2 and batch.allocations[0].orderid == order, batch
+assert (batch.available_quantity, batch.allocated_quantity) == (2, 8), batch
+drawing = expect(
+    batch_allocations.sync(client=admin, reference=in_stock), BatchAllocationPage
+)
+assert [line.orderid for line in drawing.allocations] == [order], drawing
 page = expect(list_batches.sync(client=user, sku=sku, limit=1), BatchPage)
 assert [b.reference for b in page.batches] == sorted([in_stock, shipment])[:1], page
 page = expect(
@@ -158,6 +177,31 @@ out_of_stock = allocate.sync_detailed(
 )
 assert out_of_stock.status_code == 400, out_of_stock
 assert expect(out_of_stock.parsed, ErrorBody).message == f"Out of stock for sku {sku}"
+
+step(f"the warehouse batch is lost: {order} waits as a backorder, then takes new stock")
+change = expect(
+    change_batch_quantity.sync(
+        client=admin, reference=in_stock, body=QuantityUpdate(purchased_quantity=0)
+    ),
+    QuantityChangeBody,
+)
+assert [line.orderid for line in change.backordered] == [order], change
+lines = order_allocations.sync(client=user, orderid=order)
+assert isinstance(lines, list), lines
+assert (lines[0].status, lines[0].batchref) == (LineStatusBody.BACKORDERED, None), lines
+waiting = expect(list_backorders.sync(client=admin, sku=sku), BackorderPage)
+assert [line.orderid for line in waiting.backorders] == [order], waiting
+restock = name("batch")
+expect(
+    add_batch.sync(
+        client=admin,
+        body=NewBatch(reference=restock, sku=sku, purchased_quantity=10, eta=arrival),
+    ),
+    BatchBody,
+)
+lines = order_allocations.sync(client=user, orderid=order)
+assert isinstance(lines, list), lines
+assert (lines[0].status, lines[0].batchref) == (LineStatusBody.ALLOCATED, restock), lines
 
 step("refresh the tokens")
 renewed = expect(refresh.sync(client=as_bearer(tokens.refresh_token)), TokenPairBody)

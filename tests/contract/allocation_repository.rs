@@ -86,16 +86,31 @@ pub async fn add_then_get<R: AllocationRepository>(repo: &R, prefix: &str) {
     assert_eq!(batch, Batch::new(&reference, &sku, 7, day(9)));
     add(repo, &format!("{prefix}-get-2"), &sku, 3, None).await;
     assert_eq!(stored(repo, &format!("{prefix}-get-2")).await.eta, None);
-    assert!(repo.batch(&format!("{prefix}-get-none")).await.unwrap().is_none());
+    assert!(
+        repo.batch(&format!("{prefix}-get-none"))
+            .await
+            .unwrap()
+            .is_none()
+    );
     assert!(repo.sku_exists(&sku).await.unwrap());
-    assert!(!repo.sku_exists(&format!("{prefix}-get-nosku")).await.unwrap());
+    assert!(
+        !repo
+            .sku_exists(&format!("{prefix}-get-nosku"))
+            .await
+            .unwrap()
+    );
 }
 
 pub async fn add_refuses_a_duplicate_reference<R: AllocationRepository>(repo: &R, prefix: &str) {
     let reference = format!("{prefix}-dup-1");
     add(repo, &reference, &format!("{prefix}-dup-sku"), 5, None).await;
     let error = repo
-        .add_batch(&Batch::new(&reference, format!("{prefix}-dup-other"), 9, None))
+        .add_batch(&Batch::new(
+            &reference,
+            format!("{prefix}-dup-other"),
+            9,
+            None,
+        ))
         .await
         .unwrap_err();
     assert!(matches!(error, RepositoryError::DuplicateReference(r) if r == reference));
@@ -107,7 +122,14 @@ pub async fn batches_page_by_reference_and_sku<R: AllocationRepository>(repo: &R
     for n in [3, 1, 2] {
         add(repo, &format!("{prefix}-page-{n}"), &sku, 1, None).await;
     }
-    add(repo, &format!("{prefix}-page-4"), &format!("{prefix}-page-other"), 1, None).await;
+    add(
+        repo,
+        &format!("{prefix}-page-4"),
+        &format!("{prefix}-page-other"),
+        1,
+        None,
+    )
+    .await;
     let first = repo.batches(Some(&sku), None, 2).await.unwrap();
     let names = [1, 2, 3].map(|n| format!("{prefix}-page-{n}"));
     assert_eq!(references(&first), [&names[0], &names[1]]);
@@ -163,7 +185,12 @@ pub async fn allocate_is_idempotent_per_order_line<R: AllocationRepository>(
         match repo.allocate(&again).await.unwrap() {
             Allocated::AlreadyAcknowledged(existing) => {
                 assert_eq!(existing.line, line);
-                assert_eq!(existing.status, LineStatus::Allocated { batchref: reference.clone() });
+                assert_eq!(
+                    existing.status,
+                    LineStatus::Allocated {
+                        batchref: reference.clone()
+                    }
+                );
             }
             other => panic!("a repeat was {other:?}"),
         }
@@ -182,7 +209,11 @@ pub async fn allocate_reports_no_room_and_changes_nothing<R: AllocationRepositor
     add(repo, &reference, &sku, 3, None).await;
     let big = OrderLine::new(format!("{prefix}-room-o1"), &sku, 4);
     assert_eq!(repo.allocate(&big).await.unwrap(), Allocated::NoRoom);
-    let unknown = OrderLine::new(format!("{prefix}-room-o2"), format!("{prefix}-room-none"), 1);
+    let unknown = OrderLine::new(
+        format!("{prefix}-room-o2"),
+        format!("{prefix}-room-none"),
+        1,
+    );
     assert_eq!(repo.allocate(&unknown).await.unwrap(), Allocated::NoRoom);
     assert_eq!(stored(repo, &reference).await.available_quantity(), 3);
     assert!(repo.line(&big.orderid, &sku).await.unwrap().is_none());
@@ -194,11 +225,25 @@ pub async fn remove_line_gives_the_stock_back<R: AllocationRepository>(repo: &R,
     add(repo, &reference, &sku, 10, None).await;
     let line = OrderLine::new(format!("{prefix}-rm-o1"), &sku, 4);
     taken(repo, &line).await;
-    let removed = repo.remove_line(&line.orderid, &sku).await.unwrap().unwrap();
+    let removed = repo
+        .remove_line(&line.orderid, &sku)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(removed.line, line);
-    assert_eq!(removed.status, LineStatus::Allocated { batchref: reference.clone() });
+    assert_eq!(
+        removed.status,
+        LineStatus::Allocated {
+            batchref: reference.clone()
+        }
+    );
     assert_eq!(stored(repo, &reference).await.available_quantity(), 10);
-    assert!(repo.remove_line(&line.orderid, &sku).await.unwrap().is_none());
+    assert!(
+        repo.remove_line(&line.orderid, &sku)
+            .await
+            .unwrap()
+            .is_none()
+    );
     assert!(repo.line(&line.orderid, &sku).await.unwrap().is_none());
     // A line can be allocated again once removed.
     assert_eq!(taken(repo, &line).await, reference);
@@ -212,13 +257,25 @@ pub async fn lines_of_order_span_skus<R: AllocationRepository>(repo: &R, prefix:
     let orderid = format!("{prefix}-ord-o1");
     taken(repo, &OrderLine::new(&orderid, &skus[1], 2)).await;
     taken(repo, &OrderLine::new(&orderid, &skus[0], 3)).await;
-    taken(repo, &OrderLine::new(format!("{prefix}-ord-o2"), &skus[0], 1)).await;
+    taken(
+        repo,
+        &OrderLine::new(format!("{prefix}-ord-o2"), &skus[0], 1),
+    )
+    .await;
     let mut lines = repo.lines_of_order(&orderid, 10).await.unwrap();
     lines.sort_by(|a, b| a.line.sku.cmp(&b.line.sku));
-    let got: Vec<_> = lines.iter().map(|l| (l.line.sku.as_str(), l.line.qty)).collect();
+    let got: Vec<_> = lines
+        .iter()
+        .map(|l| (l.line.sku.as_str(), l.line.qty))
+        .collect();
     assert_eq!(got, [(skus[0].as_str(), 3), (skus[1].as_str(), 2)]);
     assert_eq!(repo.lines_of_order(&orderid, 1).await.unwrap().len(), 1);
-    assert!(repo.lines_of_order(&format!("{prefix}-ord-none"), 10).await.unwrap().is_empty());
+    assert!(
+        repo.lines_of_order(&format!("{prefix}-ord-none"), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 pub async fn a_shrunk_batch_gives_up_its_most_recent_lines<R: AllocationRepository>(
@@ -236,25 +293,63 @@ pub async fn a_shrunk_batch_gives_up_its_most_recent_lines<R: AllocationReposito
     for line in &lines {
         taken(repo, line).await;
     }
-    assert!(repo.give_up_recent_lines(&reference, 10).await.unwrap().is_empty(), "fits");
-    let shrunk = repo.change_purchased_quantity(&reference, 5).await.unwrap().unwrap();
-    assert_eq!((shrunk.purchased_quantity(), shrunk.available_quantity()), (5, -5));
-    assert_eq!(repo.over_allocated_batches(1000).await.unwrap().iter().filter(|r| **r == reference).count(), 1);
+    assert!(
+        repo.give_up_recent_lines(&reference, 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "fits"
+    );
+    let shrunk = repo
+        .change_purchased_quantity(&reference, 5)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (shrunk.purchased_quantity(), shrunk.available_quantity()),
+        (5, -5)
+    );
+    assert_eq!(
+        repo.over_allocated_batches(1000)
+            .await
+            .unwrap()
+            .iter()
+            .filter(|r| **r == reference)
+            .count(),
+        1
+    );
     // At most one line per step: the most recent first.
-    assert_eq!(repo.give_up_recent_lines(&reference, 1).await.unwrap(), [lines[3].clone()]);
+    assert_eq!(
+        repo.give_up_recent_lines(&reference, 1).await.unwrap(),
+        [lines[3].clone()]
+    );
     assert_eq!(stored(repo, &reference).await.available_quantity(), -3);
     assert_eq!(
         repo.give_up_recent_lines(&reference, 10).await.unwrap(),
         [lines[2].clone(), lines[1].clone()]
     );
     let batch = stored(repo, &reference).await;
-    assert_eq!((batch.available_quantity(), batch.allocated_quantity()), (2, 3));
-    assert!(!repo.over_allocated_batches(1000).await.unwrap().contains(&reference));
+    assert_eq!(
+        (batch.available_quantity(), batch.allocated_quantity()),
+        (2, 3)
+    );
+    assert!(
+        !repo
+            .over_allocated_batches(1000)
+            .await
+            .unwrap()
+            .contains(&reference)
+    );
     for given_up in &lines[1..] {
         let stands = repo.line(&given_up.orderid, &sku).await.unwrap().unwrap();
         assert_eq!(stands.status, LineStatus::Backordered, "{given_up:?}");
     }
-    assert!(repo.change_purchased_quantity(&format!("{prefix}-shr-none"), 1).await.unwrap().is_none());
+    assert!(
+        repo.change_purchased_quantity(&format!("{prefix}-shr-none"), 1)
+            .await
+            .unwrap()
+            .is_none()
+    );
 }
 
 pub async fn backorders_wait_oldest_first_and_are_filled<R: AllocationRepository>(
@@ -271,36 +366,76 @@ pub async fn backorders_wait_oldest_first_and_are_filled<R: AllocationRepository
         taken(repo, line).await;
     }
     repo.change_purchased_quantity(&reference, 0).await.unwrap();
-    assert_eq!(repo.give_up_recent_lines(&reference, 10).await.unwrap().len(), 3);
+    assert_eq!(
+        repo.give_up_recent_lines(&reference, 10)
+            .await
+            .unwrap()
+            .len(),
+        3
+    );
     let waiting = repo.backorders(Some(&sku), None, 10).await.unwrap();
-    let ids: Vec<&str> = waiting.iter().map(|b| b.line.line.orderid.as_str()).collect();
+    let ids: Vec<&str> = waiting
+        .iter()
+        .map(|b| b.line.line.orderid.as_str())
+        .collect();
     // All three were given up in one step; the queue keeps acknowledgement order.
-    assert_eq!(ids, lines.iter().map(|l| l.orderid.as_str()).collect::<Vec<_>>());
-    let page = repo.backorders(Some(&sku), Some(&waiting[0].position), 1).await.unwrap();
+    assert_eq!(
+        ids,
+        lines.iter().map(|l| l.orderid.as_str()).collect::<Vec<_>>()
+    );
+    let page = repo
+        .backorders(Some(&sku), Some(&waiting[0].position), 1)
+        .await
+        .unwrap();
     assert_eq!(page[0].line.line, lines[1]);
-    assert!(repo.backorders(None, None, 1000).await.unwrap().iter().any(|b| b.line.line == lines[2]));
+    assert!(
+        repo.backorders(None, None, 1000)
+            .await
+            .unwrap()
+            .iter()
+            .any(|b| b.line.line == lines[2])
+    );
 
     // A repeat of a waiting line changes nothing and says it waits.
     match repo.allocate(&lines[0]).await.unwrap() {
         Allocated::AlreadyAcknowledged(l) => assert_eq!(l.status, LineStatus::Backordered),
         other => panic!("a repeat of a backorder was {other:?}"),
     }
-    assert_eq!(repo.fill_backorder(&lines[0]).await.unwrap(), Filled::NoRoom);
+    assert_eq!(
+        repo.fill_backorder(&lines[0]).await.unwrap(),
+        Filled::NoRoom
+    );
     repo.change_purchased_quantity(&reference, 4).await.unwrap();
-    assert_eq!(repo.fill_backorder(&lines[0]).await.unwrap(), Filled::Taken(reference.clone()));
+    assert_eq!(
+        repo.fill_backorder(&lines[0]).await.unwrap(),
+        Filled::Taken(reference.clone())
+    );
     // Filled already: not again, though there is room.
-    assert_eq!(repo.fill_backorder(&lines[0]).await.unwrap(), Filled::NotWaiting);
+    assert_eq!(
+        repo.fill_backorder(&lines[0]).await.unwrap(),
+        Filled::NotWaiting
+    );
     assert_eq!(stored(repo, &reference).await.available_quantity(), 2);
     repo.change_purchased_quantity(&reference, 3).await.unwrap();
-    assert_eq!(repo.fill_backorder(&lines[1]).await.unwrap(), Filled::NoRoom);
+    assert_eq!(
+        repo.fill_backorder(&lines[1]).await.unwrap(),
+        Filled::NoRoom
+    );
     assert_eq!(stored(repo, &reference).await.available_quantity(), 1);
     // Removing a waiting line gives no stock back: it held none.
-    let removed = repo.remove_line(&lines[1].orderid, &sku).await.unwrap().unwrap();
+    let removed = repo
+        .remove_line(&lines[1].orderid, &sku)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(removed.status, LineStatus::Backordered);
     assert_eq!(stored(repo, &reference).await.available_quantity(), 1);
     // Gone, so never filled; a store may find that out, or find no room, first.
     let cancelled = repo.fill_backorder(&lines[1]).await.unwrap();
-    assert!(matches!(cancelled, Filled::NotWaiting | Filled::NoRoom), "{cancelled:?}");
+    assert!(
+        matches!(cancelled, Filled::NotWaiting | Filled::NoRoom),
+        "{cancelled:?}"
+    );
     let left = repo.backorders(Some(&sku), None, 10).await.unwrap();
     assert_eq!(left.len(), 1);
     assert_eq!(left[0].line.line, lines[2]);
@@ -311,13 +446,31 @@ pub async fn batch_lines_page_oldest_first<R: AllocationRepository>(repo: &R, pr
     let reference = format!("{prefix}-bl-1");
     add(repo, &reference, &sku, 10, None).await;
     for n in 0..3 {
-        taken(repo, &OrderLine::new(format!("{prefix}-bl-o{n}"), &sku, n + 1)).await;
+        taken(
+            repo,
+            &OrderLine::new(format!("{prefix}-bl-o{n}"), &sku, n + 1),
+        )
+        .await;
     }
     let first = repo.batch_lines(&reference, None, 2).await.unwrap();
     let got: Vec<_> = first.iter().map(|l| (l.orderid.clone(), l.qty)).collect();
-    assert_eq!(got, [(format!("{prefix}-bl-o0"), 1), (format!("{prefix}-bl-o1"), 2)]);
-    let rest = repo.batch_lines(&reference, Some(first[1].position), 2).await.unwrap();
+    assert_eq!(
+        got,
+        [
+            (format!("{prefix}-bl-o0"), 1),
+            (format!("{prefix}-bl-o1"), 2)
+        ]
+    );
+    let rest = repo
+        .batch_lines(&reference, Some(first[1].position), 2)
+        .await
+        .unwrap();
     assert_eq!(rest.len(), 1);
     assert_eq!(rest[0].orderid, format!("{prefix}-bl-o2"));
-    assert!(repo.batch_lines(&format!("{prefix}-bl-none"), None, 2).await.unwrap().is_empty());
+    assert!(
+        repo.batch_lines(&format!("{prefix}-bl-none"), None, 2)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }

@@ -27,9 +27,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
 use super::is_duplicate_key;
-use crate::domain::allocation::{
-    AcknowledgedLine, Batch, LineStatus, OrderLine, lines_to_give_up,
-};
+use crate::domain::allocation::{AcknowledgedLine, Batch, LineStatus, OrderLine, lines_to_give_up};
 use crate::services::allocation::{
     Allocated, AllocationRepository, Backorder, BatchLine, Filled, RepositoryError,
 };
@@ -104,8 +102,13 @@ impl BatchDocument {
     }
 
     fn into_batch(self) -> Result<Batch, RepositoryError> {
-        let purchased = quantity(self.purchased_quantity, "purchased_quantity", &self.reference)?;
-        let version = u64::try_from(self.version).map_err(|_| corrupt("version", &self.reference))?;
+        let purchased = quantity(
+            self.purchased_quantity,
+            "purchased_quantity",
+            &self.reference,
+        )?;
+        let version =
+            u64::try_from(self.version).map_err(|_| corrupt("version", &self.reference))?;
         let eta = self.eta.map(|eta| eta.to_chrono().date_naive());
         Ok(Batch::restore(
             self.reference,
@@ -380,6 +383,27 @@ fn limit(n: usize) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
+/// At most `limit_to` documents matching `filter`, in `sort` order.
+async fn find_many<T>(
+    collection: &Collection<T>,
+    filter: Document,
+    sort: Document,
+    limit_to: usize,
+) -> Result<Vec<T>, RepositoryError>
+where
+    T: serde::de::DeserializeOwned + Send + Sync,
+{
+    collection
+        .find(filter)
+        .sort(sort)
+        .limit(limit(limit_to))
+        .await
+        .map_err(unavailable)?
+        .try_collect()
+        .await
+        .map_err(unavailable)
+}
+
 impl AllocationRepository for MongoAllocations {
     async fn add_batch(&self, batch: &Batch) -> Result<(), RepositoryError> {
         match self.batches.insert_one(BatchDocument::new(batch)).await {
@@ -416,16 +440,8 @@ impl AllocationRepository for MongoAllocations {
         if let Some(after) = after {
             filter.insert("_id", doc! { "$gt": after });
         }
-        let documents: Vec<BatchDocument> = self
-            .batches
-            .find(filter)
-            .sort(doc! { "_id": 1 })
-            .limit(limit(limit_to))
-            .await
-            .map_err(unavailable)?
-            .try_collect()
-            .await
-            .map_err(unavailable)?;
+        let documents: Vec<BatchDocument> =
+            find_many(&self.batches, filter, doc! { "_id": 1 }, limit_to).await?;
         documents
             .into_iter()
             .map(BatchDocument::into_batch)
@@ -483,16 +499,13 @@ impl AllocationRepository for MongoAllocations {
         orderid: &str,
         limit_to: usize,
     ) -> Result<Vec<AcknowledgedLine>, RepositoryError> {
-        let documents: Vec<LineDocument> = self
-            .lines
-            .find(doc! { "orderid": orderid })
-            .sort(doc! { "orderid": 1, "sku": 1 })
-            .limit(limit(limit_to))
-            .await
-            .map_err(unavailable)?
-            .try_collect()
-            .await
-            .map_err(unavailable)?;
+        let documents: Vec<LineDocument> = find_many(
+            &self.lines,
+            doc! { "orderid": orderid },
+            doc! { "orderid": 1, "sku": 1 },
+            limit_to,
+        )
+        .await?;
         documents.into_iter().map(LineDocument::into_line).collect()
     }
 
@@ -633,22 +646,13 @@ impl AllocationRepository for MongoAllocations {
         .await)
     }
 
-    async fn over_allocated_batches(&self, limit_to: usize) -> Result<Vec<String>, RepositoryError> {
-        let documents: Vec<Document> = self
-            .batches
-            .clone_with_type::<Document>()
-            .find(doc! { "available_quantity": { "$lt": 0 } })
-            .projection(doc! { "_id": 1 })
-            .limit(limit(limit_to))
-            .await
-            .map_err(unavailable)?
-            .try_collect()
-            .await
-            .map_err(unavailable)?;
-        Ok(documents
-            .iter()
-            .filter_map(|d| d.get_str("_id").ok().map(str::to_owned))
-            .collect())
+    async fn over_allocated_batches(
+        &self,
+        limit_to: usize,
+    ) -> Result<Vec<String>, RepositoryError> {
+        let filter = doc! { "available_quantity": { "$lt": 0 } };
+        let batches = find_many(&self.batches, filter, doc! {}, limit_to).await?;
+        Ok(batches.into_iter().map(|batch| batch.reference).collect())
     }
 
     async fn backorders(
@@ -667,16 +671,8 @@ impl AllocationRepository for MongoAllocations {
                 filter.insert("_id", doc! { "$gt": after });
             }
         }
-        let documents: Vec<LineDocument> = self
-            .lines
-            .find(filter)
-            .sort(doc! { "_id": 1 })
-            .limit(limit(limit_to))
-            .await
-            .map_err(unavailable)?
-            .try_collect()
-            .await
-            .map_err(unavailable)?;
+        let documents: Vec<LineDocument> =
+            find_many(&self.lines, filter, doc! { "_id": 1 }, limit_to).await?;
         documents
             .into_iter()
             .map(|document| {
@@ -691,7 +687,8 @@ impl AllocationRepository for MongoAllocations {
 
     async fn fill_backorder(&self, line: &OrderLine) -> Result<Filled, RepositoryError> {
         let _turn = self.sku_lock(&line.sku).lock().await;
-        transaction!(self, |session| async {
+        transaction!(self, |session| {
+            async {
             let Some((batchref, seq)) = self.take_stock(&mut session, line).await? else {
                 return Ok(Finish::Abort(Filled::NoRoom));
             };
@@ -709,7 +706,8 @@ impl AllocationRepository for MongoAllocations {
             }
             Ok(Finish::Commit(Filled::Taken(batchref)))
         }
-        .await)
+        .await
+        })
     }
 
     async fn batch_lines(
@@ -725,16 +723,13 @@ impl AllocationRepository for MongoAllocations {
                 doc! { "$gt": i64::try_from(after).unwrap_or(i64::MAX) },
             );
         }
-        let documents: Vec<LineDocument> = self
-            .lines
-            .find(filter)
-            .sort(doc! { "batchref": 1, "batch_seq": 1 })
-            .limit(limit(limit_to))
-            .await
-            .map_err(unavailable)?
-            .try_collect()
-            .await
-            .map_err(unavailable)?;
+        let documents: Vec<LineDocument> = find_many(
+            &self.lines,
+            filter,
+            doc! { "batchref": 1, "batch_seq": 1 },
+            limit_to,
+        )
+        .await?;
         documents
             .into_iter()
             .map(|document| {

@@ -22,7 +22,9 @@ pub enum LayoutError {
          documents); stop every allot process, then run `allot migrate` once"
     )]
     NeedsMigration,
-    #[error("the database is in layout {0}, newer than this allot's ({LAYOUT_VERSION}): upgrade allot")]
+    #[error(
+        "the database is in layout {0}, newer than this allot's ({LAYOUT_VERSION}): upgrade allot"
+    )]
     Newer(i64),
     #[error("cannot read or write the data layout: {0}")]
     Store(#[from] mongodb::error::Error),

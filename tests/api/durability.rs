@@ -1,0 +1,547 @@
+//! No acknowledged order line is ever lost: allot killed (SIGKILL) in the
+//! middle of a shrink, recovery at start-up, a hot sku, and the migration of
+//! data written by allot 0.1.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Stdio};
+use std::time::Duration;
+
+use futures_util::TryStreamExt;
+use mongodb::bson::{Document, doc};
+use mongodb::{Database, IndexModel};
+use serde_json::{Value, json};
+
+use crate::allocation::assert_counters_agree;
+use crate::helpers::{allot_command, json, random_name, spawn_app_with};
+use crate::session::session;
+
+/// `allot serve` (testing configuration) as a child process on `database`,
+/// once it listens; its log is drained in the background so it never blocks.
+struct Process {
+    child: Child,
+    url: String,
+    http: reqwest::Client,
+}
+
+impl Process {
+    fn start(database: &str) -> Self {
+        let mut child = allot_command()
+            .env("ALLOT_ENV", "testing")
+            .env("ALLOT__LOG__LEVEL", "info")
+            .env("ALLOT__LOG__FORMAT", "json")
+            .env("ALLOT__MONGO__URI", &session().mongo_uri)
+            .env("ALLOT__MONGO__DATABASE", database)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut log = BufReader::new(child.stderr.take().unwrap());
+        let mut line = String::new();
+        let port = loop {
+            line.clear();
+            assert!(
+                log.read_line(&mut line).unwrap() > 0,
+                "allot exited before listening"
+            );
+            let Ok(entry) = serde_json::from_str::<Value>(&line) else {
+                continue;
+            };
+            if let Some(docs) = entry["fields"]["docs"].as_str().or(entry["docs"].as_str()) {
+                let port = docs.trim_end_matches("/docs").rsplit(':').next().unwrap();
+                break port.parse::<u16>().unwrap();
+            }
+        };
+        std::thread::spawn(move || std::io::copy(&mut log, &mut std::io::sink()));
+        Self {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    fn kill(&mut self) {
+        self.child.kill().unwrap(); // SIGKILL
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An admin token the child processes accept: minted by an in-process app on
+/// the same database with the same testing secret, then stopped. Its recovery
+/// pass is made too rare to run after its first, idle, one.
+async fn admin_token(database: &str) -> String {
+    let database = database.to_owned();
+    let app = spawn_app_with(|settings| {
+        settings.mongo.database = database;
+        settings.allocation.recovery_interval_ms = 3_600_000;
+    })
+    .await;
+    app.new_admin().await.access
+}
+
+/// Stores `lines` order lines of qty 1 in batch `reference` directly, in the
+/// layout allot writes, as if they had been allocated one by one.
+async fn with_lines(database: &Database, reference: &str, sku: &str, lines: usize) -> Vec<String> {
+    let orders: Vec<String> = (0..lines).map(|n| format!("{reference}-o{n:04}")).collect();
+    let now = mongodb::bson::DateTime::now();
+    let documents: Vec<Document> = orders
+        .iter()
+        .enumerate()
+        .map(|(n, orderid)| {
+            doc! {
+                "_id": mongodb::bson::oid::ObjectId::new(), "orderid": orderid, "sku": sku,
+                "qty": 1_i64, "status": "allocated", "batchref": reference,
+                "batch_seq": n as i64 + 1, "acknowledged_at": now,
+            }
+        })
+        .collect();
+    database
+        .collection::<Document>("order_lines")
+        .insert_many(documents)
+        .await
+        .unwrap();
+    database
+        .collection::<Document>("batches")
+        .update_one(
+            doc! {"_id": reference},
+            doc! {"$inc": {"available_quantity": -(lines as i64)}, "$set": {"allocation_seq": lines as i64}},
+        )
+        .await
+        .unwrap();
+    orders
+}
+
+async fn add_batch(http: &reqwest::Client, url: &str, token: &str, body: Value) {
+    let response = http
+        .post(format!("{url}/batches"))
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+}
+
+/// What a killed shrink left behind, read from the database.
+async fn interrupted_work(database: &Database, sku: &str) -> (u64, u64) {
+    let batches = database.collection::<Document>("batches");
+    let lines = database.collection::<Document>("order_lines");
+    let over_allocated = batches
+        .count_documents(doc! {"sku": sku, "available_quantity": {"$lt": 0}})
+        .await
+        .unwrap();
+    let waiting = lines
+        .count_documents(doc! {"sku": sku, "status": "backordered"})
+        .await
+        .unwrap();
+    let room = batches
+        .count_documents(doc! {"sku": sku, "available_quantity": {"$gt": 0}})
+        .await
+        .unwrap();
+    // Backorders while some batch has room are lines nobody filled yet.
+    (over_allocated, if room > 0 { waiting } else { 0 })
+}
+
+/// Waits until no batch of `sku` is over-allocated and no line waits while
+/// stock is there: what the recovery pass converges to.
+async fn settled(database: &Database, sku: &str, within: Duration) {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let (over, unfilled) = interrupted_work(database, sku).await;
+        if over == 0 && unfilled == 0 {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "recovery did not finish: {over} over-allocated batches, {unfilled} unfilled backorders"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A transaction open in a killed process keeps the documents it wrote
+/// locked until the server aborts it (`transactionLifetimeLimitSeconds`, 60 s
+/// by default, and on SecantusDB), so recovery may have to wait that long.
+const SERVER_ABORTS_ORPHANED_TRANSACTIONS_WITHIN: Duration = Duration::from_secs(60);
+
+/// When the test kills allot during a shrink of `main` (200 lines) to 10,
+/// which displaces 190 lines (in two steps of at most 100), moves 50 to
+/// `spare` and backorders 140.
+#[derive(Clone, Copy, Debug)]
+enum KillWhen {
+    /// This long after sending the PATCH.
+    After(Duration),
+    /// Once at least this many lines were displaced (backordered or moved).
+    Displaced(u64),
+    /// Once at least this many displaced lines were moved to `spare`.
+    Moved(u64),
+}
+
+pub async fn a_shrink_killed_at_any_point_loses_no_line() {
+    use KillWhen::*;
+    let points = [
+        After(Duration::ZERO),
+        After(Duration::from_millis(20)),
+        Displaced(1),
+        Displaced(100),
+        Displaced(190),
+        Moved(1),
+        Moved(10),
+        Moved(25),
+        Moved(40),
+        After(Duration::from_secs(2)),
+    ];
+    // Concurrently, each on a database of its own, so that the runs that
+    // must wait for an orphaned transaction to be aborted wait together.
+    let runs: Vec<_> = points
+        .into_iter()
+        .map(|point| tokio::spawn(kill_a_shrink(point)))
+        .collect();
+    let mut interrupted = 0;
+    for run in runs {
+        interrupted += usize::from(run.await.unwrap());
+    }
+    assert!(
+        interrupted >= 5,
+        "only {interrupted} of 10 kills struck mid-shrink: the test proves little"
+    );
+}
+
+/// Shrinks a batch of 200 lines to 10, kills allot at `point`, restarts it
+/// and checks that every line is kept; true if the kill struck mid-shrink.
+async fn kill_a_shrink(point: KillWhen) -> bool {
+    let database_name = session().new_database_name();
+    let database = session().client().database(&database_name);
+    let token = admin_token(&database_name).await;
+    let mut allot = Process::start(&database_name);
+    let sku = random_name("sku");
+    let (main, spare) = (random_name("main"), random_name("spare"));
+    add_batch(
+        &allot.http,
+        &allot.url,
+        &token,
+        json!({"reference": main, "sku": sku, "purchased_quantity": 200, "eta": null}),
+    )
+    .await;
+    add_batch(
+        &allot.http,
+        &allot.url,
+        &token,
+        json!({"reference": spare, "sku": sku, "purchased_quantity": 50, "eta": "2031-01-01"}),
+    )
+    .await;
+    let mut acknowledged = with_lines(&database, &main, &sku, 200).await;
+
+    let shrink = allot
+        .http
+        .patch(format!("{}/batches/{main}", allot.url))
+        .bearer_auth(&token)
+        .json(&json!({"purchased_quantity": 10}))
+        .send();
+    let shrink = tokio::spawn(shrink);
+    let lines = database.collection::<Document>("order_lines");
+    let count = |filter: Document| {
+        let lines = lines.clone();
+        async move { lines.count_documents(filter).await.unwrap() }
+    };
+    match point {
+        KillWhen::After(delay) => tokio::time::sleep(delay).await,
+        KillWhen::Displaced(at_least) => {
+            while !shrink.is_finished()
+                && count(doc! {"sku": &sku, "batchref": {"$ne": &main}}).await < at_least
+            {
+            }
+        }
+        KillWhen::Moved(at_least) => {
+            while !shrink.is_finished() && count(doc! {"batchref": &spare}).await < at_least {}
+        }
+    }
+    allot.kill();
+    let answered = shrink.await.unwrap().is_ok_and(|r| r.status() == 200);
+    let left = interrupted_work(&database, &sku).await;
+    eprintln!(
+        "killed at {point:?}: answered {answered}, left {left:?} (over-allocated batches, unfilled backorders)"
+    );
+
+    // The next start completes (or, had nothing been written, never began) the shrink.
+    let _restarted = Process::start(&database_name);
+    settled(
+        &database,
+        &sku,
+        SERVER_ABORTS_ORPHANED_TRANSACTIONS_WITHIN + Duration::from_secs(30),
+    )
+    .await;
+    let lines = assert_counters_agree(&database, &sku).await;
+    let mut stored: Vec<String> = lines.iter().map(|(orderid, _)| orderid.clone()).collect();
+    stored.sort();
+    acknowledged.sort();
+    assert_eq!(
+        stored, acknowledged,
+        "killed at {point:?}: every acknowledged line is kept, once"
+    );
+    let main_batch = database
+        .collection::<Document>("batches")
+        .find_one(doc! {"_id": &main})
+        .await
+        .unwrap()
+        .unwrap();
+    let backordered = lines
+        .iter()
+        .filter(|(_, status)| status == "backordered")
+        .count();
+    match main_batch.get_i64("purchased_quantity").unwrap() {
+        // The shrink took effect: 10 stay, 50 move to the spare, 140 wait.
+        10 => assert_eq!(backordered, 140, "killed at {point:?}"),
+        200 => assert_eq!(backordered, 0, "killed at {point:?}: nothing happened"),
+        other => panic!("purchased_quantity {other}"),
+    }
+    left != (0, 0)
+}
+
+pub async fn the_recovery_pass_finishes_a_shrink_a_crash_left_half_done() {
+    let database_name = session().new_database_name();
+    let database = session().client().database(&database_name);
+    let token = admin_token(&database_name).await;
+    let allot = Process::start(&database_name);
+    let sku = random_name("sku");
+    let batch = random_name("batch");
+    add_batch(
+        &allot.http,
+        &allot.url,
+        &token,
+        json!({"reference": batch, "sku": sku, "purchased_quantity": 30, "eta": null}),
+    )
+    .await;
+    with_lines(&database, &batch, &sku, 30).await;
+    // The state a crash right after saving the smaller quantity leaves: the
+    // batch holds 30 units' worth of lines but has 12.
+    database
+        .collection::<Document>("batches")
+        .update_one(
+            doc! {"_id": &batch},
+            doc! {"$set": {"purchased_quantity": 12_i64, "available_quantity": -18_i64}},
+        )
+        .await
+        .unwrap();
+    // The running process notices on its own, within its recovery interval.
+    settled(&database, &sku, Duration::from_secs(10)).await;
+    let lines = assert_counters_agree(&database, &sku).await;
+    let waiting: Vec<&str> = lines
+        .iter()
+        .filter(|(_, status)| status == "backordered")
+        .map(|(orderid, _)| orderid.as_str())
+        .collect();
+    assert_eq!(waiting.len(), 18);
+    assert!(
+        waiting
+            .iter()
+            .all(|orderid| orderid.as_bytes()[orderid.len() - 2] >= b'1'),
+        "the most recent went: {waiting:?}"
+    );
+    let (status, body) = json(
+        allot
+            .http
+            .get(format!("{}/backorders?sku={sku}&limit=1", allot.url))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["backorders"][0]["orderid"],
+        format!("{batch}-o0012"),
+        "oldest waiting first"
+    );
+}
+
+pub async fn two_hundred_buyers_of_one_sku_across_two_instances_all_get_201() {
+    let database_name = session().new_database_name();
+    let database = session().client().database(&database_name);
+    let token = admin_token(&database_name).await;
+    let first = Process::start(&database_name);
+    let second = Process::start(&database_name);
+    let sku = random_name("sku");
+    let batch = random_name("hot");
+    add_batch(
+        &first.http,
+        &first.url,
+        &token,
+        json!({"reference": batch, "sku": sku, "purchased_quantity": 200, "eta": null}),
+    )
+    .await;
+    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(200));
+    let buyers: Vec<_> = (0..200)
+        .map(|n| {
+            let url = format!(
+                "{}/allocate",
+                if n % 2 == 0 { &first.url } else { &second.url }
+            );
+            let (http, token, barrier) = (first.http.clone(), token.clone(), barrier.clone());
+            let line = json!({"orderid": format!("buyer-{n}"), "sku": sku, "qty": 1});
+            tokio::spawn(async move {
+                barrier.wait().await;
+                json(
+                    http.post(url)
+                        .bearer_auth(token)
+                        .json(&line)
+                        .send()
+                        .await
+                        .unwrap(),
+                )
+                .await
+            })
+        })
+        .collect();
+    for buyer in buyers {
+        let (status, body) = buyer.await.unwrap();
+        assert_eq!((status, &body), (201, &json!({"batchref": batch})));
+    }
+    let lines = assert_counters_agree(&database, &sku).await;
+    assert_eq!(lines.len(), 200);
+    let stored = database
+        .collection::<Document>("batches")
+        .find_one(doc! {"_id": &batch})
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.get_i64("available_quantity"), Ok(0));
+}
+
+/// Writes batches as allot 0.1 did: every line inside its batch document.
+async fn write_old_layout(database: &Database, sku: &str) -> (String, String) {
+    let (full, empty) = (random_name("old"), random_name("old-empty"));
+    let batches = database.collection::<Document>("batches");
+    batches
+        .insert_many([
+            doc! {"_id": &full, "sku": sku, "purchased_quantity": 10_i64, "available_quantity": 4_i64, "eta": null,
+                  "allocations": [{"orderid": "o1", "qty": 4_i64}, {"orderid": "o2", "qty": 2_i64}], "version": 2_i64},
+            doc! {"_id": &empty, "sku": sku, "purchased_quantity": 5_i64, "available_quantity": 5_i64, "eta": null,
+                  "allocations": [], "version": 0_i64},
+        ])
+        .await
+        .unwrap();
+    batches
+        .create_index(
+            IndexModel::builder()
+                .keys(doc! {"allocations.orderid": 1})
+                .build(),
+        )
+        .await
+        .unwrap();
+    (full, empty)
+}
+
+fn migrate(database: &str) -> (bool, String, String) {
+    let output = allot_command()
+        .arg("migrate")
+        .env("ALLOT_ENV", "testing")
+        .env("ALLOT__MONGO__URI", &session().mongo_uri)
+        .env("ALLOT__MONGO__DATABASE", database)
+        .output()
+        .unwrap();
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+pub async fn data_in_the_old_layout_is_refused_until_migrated() {
+    let database_name = session().new_database_name();
+    let database = session().client().database(&database_name);
+    let sku = random_name("sku");
+    let (full, _) = write_old_layout(&database, &sku).await;
+
+    let refused = allot_command()
+        .env("ALLOT_ENV", "testing")
+        .env("ALLOT__MONGO__URI", &session().mongo_uri)
+        .env("ALLOT__MONGO__DATABASE", &database_name)
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("allot migrate"),
+        "names the command: {stderr}"
+    );
+
+    let (ok, stdout, stderr) = migrate(&database_name);
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains("migrated 2 batches and 2 order lines"),
+        "{stdout}"
+    );
+    let (ok, stdout, stderr) = migrate(&database_name);
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains("migrated 0 batches and 0 order lines"),
+        "idempotent: {stdout}"
+    );
+
+    let old_indexes: Vec<String> = database
+        .collection::<Document>("batches")
+        .list_index_names()
+        .await
+        .unwrap();
+    assert!(
+        !old_indexes.iter().any(|name| name.contains("allocations")),
+        "{old_indexes:?}"
+    );
+    let stored = database
+        .collection::<Document>("batches")
+        .find_one(doc! {"_id": &full})
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!stored.contains_key("allocations"), "{stored}");
+
+    let app = Process::start(&database_name);
+    let token = admin_token(&database_name).await;
+    let get = |path: String| {
+        let request = app
+            .http
+            .get(format!("{}{path}", app.url))
+            .bearer_auth(&token);
+        async move { json(request.send().await.unwrap()).await }
+    };
+    assert_eq!(
+        get("/allocations/o1".to_owned()).await,
+        (
+            200,
+            json!([{"sku": sku, "qty": 4, "batchref": full, "status": "allocated"}])
+        )
+    );
+    let (_, lines) = get(format!("/batches/{full}/allocations")).await;
+    assert_eq!(
+        lines["allocations"],
+        json!([{"orderid": "o1", "qty": 4}, {"orderid": "o2", "qty": 2}])
+    );
+    let (status, _) = json(
+        app.http
+            .post(format!("{}/allocate", app.url))
+            .bearer_auth(&token)
+            .json(&json!({"orderid": "o3", "sku": sku, "qty": 4}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 201);
+    assert_counters_agree(&database, &sku).await;
+    let total: Vec<Document> = database
+        .collection::<Document>("order_lines")
+        .find(doc! {})
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(total.len(), 3);
+}
