@@ -45,7 +45,12 @@ enum Outcome {
 }
 
 /// One attempt: the two writes inside the session's transaction.
-async fn attempt(target: &Target, session: &mut ClientSession, sku: &str, orderid: &str) -> Result<Outcome, Error> {
+async fn attempt(
+    target: &Target,
+    session: &mut ClientSession,
+    sku: &str,
+    orderid: &str,
+) -> Result<Outcome, Error> {
     let taken = target
         .batches
         .find_one_and_update(
@@ -84,7 +89,11 @@ async fn commit(session: &mut ClientSession) -> Result<(), Error> {
     let mut attempts = 0;
     loop {
         match session.commit_transaction().await {
-            Err(error) if error.contains_label(UNKNOWN_TRANSACTION_COMMIT_RESULT) && attempts < 3 => attempts += 1,
+            Err(error)
+                if error.contains_label(UNKNOWN_TRANSACTION_COMMIT_RESULT) && attempts < 3 =>
+            {
+                attempts += 1
+            }
             outcome => return outcome,
         }
     }
@@ -123,11 +132,22 @@ async fn allocate(target: &Target, sku: &str, orderid: &str) -> (bool, u64) {
         .await;
         match outcome {
             Ok(allocated) => return (allocated, retries),
-            Err(error) if error.contains_label(TRANSIENT_TRANSACTION_ERROR) && Instant::now() + pause < deadline => {
+            Err(error)
+                if error.contains_label(TRANSIENT_TRANSACTION_ERROR)
+                    && Instant::now() + pause < deadline =>
+            {
                 retries += 1;
                 // Half to all of the pause, so that workers do not retry in lockstep.
-                let nanos = u64::from(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().subsec_nanos());
-                tokio::time::sleep(pause / 2 + Duration::from_nanos(nanos % (pause.as_nanos() as u64 / 2 + 1))).await;
+                let nanos = u64::from(
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .unwrap_or_default()
+                        .subsec_nanos(),
+                );
+                tokio::time::sleep(
+                    pause / 2 + Duration::from_nanos(nanos % (pause.as_nanos() as u64 / 2 + 1)),
+                )
+                .await;
                 pause = (pause * 2).min(Duration::from_millis(100));
             }
             Err(_) => return (false, retries),
@@ -181,18 +201,29 @@ async fn main() {
     });
     let skus = Arc::new(skus.to_vec());
     let run = std::process::id();
-    let (attempted, ops, errors, retries) =
-        (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let (attempted, ops, errors, retries) = (
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+    );
     let cpu_before = cpu_seconds();
     let started = Instant::now();
     let workers: Vec<_> = (0..concurrency)
         .map(|worker| {
             let (target, skus) = (target.clone(), skus.clone());
-            let (attempted, ops, errors, retries) = (attempted.clone(), ops.clone(), errors.clone(), retries.clone());
+            let (attempted, ops, errors, retries) = (
+                attempted.clone(),
+                ops.clone(),
+                errors.clone(),
+                retries.clone(),
+            );
             tokio::spawn(async move {
                 let mut latencies = Vec::new();
                 let mut n = 0usize;
-                while started.elapsed() < duration && attempted.fetch_add(1, Ordering::Relaxed) < max_ops {
+                while started.elapsed() < duration
+                    && attempted.fetch_add(1, Ordering::Relaxed) < max_ops
+                {
                     n += 1;
                     let sku = &skus[(worker * 7919 + n * 104_729) % skus.len()];
                     let orderid = format!("raw-{run}-{worker}-{n}");

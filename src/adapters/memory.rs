@@ -182,6 +182,19 @@ impl AllocationRepository for InMemoryAllocations {
             .collect())
     }
 
+    async fn lines_of_sku(
+        &self,
+        sku: &str,
+        orderids: &[String],
+    ) -> Result<Vec<AcknowledgedLine>, RepositoryError> {
+        let store = self.step().await;
+        Ok(orderids
+            .iter()
+            .filter_map(|orderid| store.lines.get(&key(orderid, sku)))
+            .map(|s| s.line.clone())
+            .collect())
+    }
+
     async fn remove_line(
         &self,
         orderid: &str,

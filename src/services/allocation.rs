@@ -123,6 +123,13 @@ pub trait AllocationRepository: Send + Sync {
         limit: usize,
     ) -> impl Future<Output = Result<Vec<AcknowledgedLine>, RepositoryError>> + Send;
 
+    /// The lines of one sku held by these orders (at most one each).
+    fn lines_of_sku(
+        &self,
+        sku: &str,
+        orderids: &[String],
+    ) -> impl Future<Output = Result<Vec<AcknowledgedLine>, RepositoryError>> + Send;
+
     /// Forgets the line and, if it was allocated, gives its stock back to its
     /// batch. None if there was no such line.
     fn remove_line(
@@ -342,18 +349,26 @@ pub async fn change_batch_quantity<R: AllocationRepository>(
         .ok_or_else(not_found)?;
     let displaced = give_up_all(repo, reference).await?;
     let mut reallocated = fill_backorders(repo, &batch.sku).await?;
+    // Another process (a recovery pass, a concurrent fill) may have served
+    // some displaced lines meanwhile: report where each stands now.
+    let unplaced: Vec<String> = displaced
+        .iter()
+        .filter(|line| !reallocated.iter().any(|(placed, _)| placed == *line))
+        .map(|line| line.orderid.clone())
+        .collect();
     let mut backordered = Vec::new();
-    for line in displaced {
-        if reallocated.iter().any(|(placed, _)| *placed == line) {
-            continue;
+    if !unplaced.is_empty() {
+        // Deallocated meanwhile: no longer there, reported nowhere.
+        for stands in repo.lines_of_sku(&batch.sku, &unplaced).await? {
+            match stands.status {
+                LineStatus::Allocated { batchref } => reallocated.push((stands.line, batchref)),
+                LineStatus::Backordered => backordered.push(stands.line),
+            }
         }
-        // Another process (a recovery pass, a concurrent fill) may have
-        // served it meanwhile: report where it stands now.
-        match repo.line(&line.orderid, &line.sku).await?.map(|l| l.status) {
-            Some(LineStatus::Allocated { batchref }) => reallocated.push((line, batchref)),
-            Some(LineStatus::Backordered) => backordered.push(line),
-            None => {} // deallocated meanwhile
-        }
+        // Most recent first, as displaced.
+        backordered.sort_by_key(|line: &OrderLine| {
+            unplaced.iter().position(|orderid| *orderid == line.orderid)
+        });
     }
     let batch = repo.batch(reference).await?.ok_or_else(not_found)?;
     Ok(QuantityChange {

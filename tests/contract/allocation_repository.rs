@@ -270,6 +270,26 @@ pub async fn lines_of_order_span_skus<R: AllocationRepository>(repo: &R, prefix:
         .collect();
     assert_eq!(got, [(skus[0].as_str(), 3), (skus[1].as_str(), 2)]);
     assert_eq!(repo.lines_of_order(&orderid, 1).await.unwrap().len(), 1);
+    let of_sku = repo
+        .lines_of_sku(
+            &skus[0],
+            &[
+                orderid.clone(),
+                format!("{prefix}-ord-o2"),
+                format!("{prefix}-ord-none"),
+            ],
+        )
+        .await
+        .unwrap();
+    let mut held: Vec<_> = of_sku
+        .iter()
+        .map(|l| (l.line.orderid.clone(), l.line.qty))
+        .collect();
+    held.sort();
+    assert_eq!(
+        held,
+        [(orderid.clone(), 3), (format!("{prefix}-ord-o2"), 1)]
+    );
     assert!(
         repo.lines_of_order(&format!("{prefix}-ord-none"), 10)
             .await

@@ -509,6 +509,16 @@ impl AllocationRepository for MongoAllocations {
         documents.into_iter().map(LineDocument::into_line).collect()
     }
 
+    async fn lines_of_sku(
+        &self,
+        sku: &str,
+        orderids: &[String],
+    ) -> Result<Vec<AcknowledgedLine>, RepositoryError> {
+        let filter = doc! { "orderid": { "$in": orderids }, "sku": sku };
+        let documents = find_many(&self.lines, filter, doc! {}, orderids.len()).await?;
+        documents.into_iter().map(LineDocument::into_line).collect()
+    }
+
     async fn remove_line(
         &self,
         orderid: &str,
