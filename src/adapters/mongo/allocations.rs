@@ -364,19 +364,6 @@ impl MongoAllocations {
             Some((reference, seq))
         }))
     }
-
-    async fn find_line(
-        &self,
-        orderid: &str,
-        sku: &str,
-    ) -> Result<Option<AcknowledgedLine>, RepositoryError> {
-        self.lines
-            .find_one(doc! { "orderid": orderid, "sku": sku })
-            .await
-            .map_err(unavailable)?
-            .map(LineDocument::into_line)
-            .transpose()
-    }
 }
 
 fn limit(n: usize) -> i64 {
@@ -479,7 +466,7 @@ impl AllocationRepository for MongoAllocations {
         match taken {
             Some(Ok(batchref)) => Ok(Allocated::Taken(batchref)),
             // No room, or a repeat: a line acknowledged before is answered as it stands.
-            _ => Ok(match self.find_line(&line.orderid, &line.sku).await? {
+            _ => Ok(match self.line(&line.orderid, &line.sku).await? {
                 Some(existing) => Allocated::AlreadyAcknowledged(existing),
                 None => Allocated::NoRoom,
             }),
@@ -491,7 +478,12 @@ impl AllocationRepository for MongoAllocations {
         orderid: &str,
         sku: &str,
     ) -> Result<Option<AcknowledgedLine>, RepositoryError> {
-        self.find_line(orderid, sku).await
+        self.lines
+            .find_one(doc! { "orderid": orderid, "sku": sku })
+            .await
+            .map_err(unavailable)?
+            .map(LineDocument::into_line)
+            .transpose()
     }
 
     async fn lines_of_order(
