@@ -120,6 +120,7 @@ pub struct OrderLineBody {
     /// Units ordered.
     pub qty: u32,
     /// The batch the line draws from; null while it is backordered.
+    #[oai(nullable)]
     pub batchref: Option<String>,
     pub status: LineStatusBody,
 }
@@ -214,6 +215,7 @@ pub struct OrderAllocation {
     /// Units ordered.
     pub qty: u32,
     /// The batch the line draws from; null while it is backordered.
+    #[oai(nullable)]
     pub batchref: Option<String>,
     pub status: LineStatusBody,
 }

@@ -1,9 +1,12 @@
 //! The spec as a contract, checked by outside tools against the real app: the
-//! OpenAPI validator, schemathesis (contract fuzzing with real tokens), and a
-//! Python client generated from the spec and driven through a whole story.
+//! OpenAPI validator, schemathesis (contract fuzzing with real tokens), and
+//! Python and TypeScript clients generated from the spec, each driven through a
+//! whole story.
 //!
-//! The tools live in `.venv`, installed by `scripts/setup-python` from the pins
-//! in `requirements-dev.txt`. A missing tool fails the test; it never skips.
+//! The Python tools live in `.venv`, installed by `scripts/setup-python` from
+//! the pins in `requirements-dev.txt`; the TypeScript ones in
+//! `tests/client-ts/node_modules`, installed by `scripts/npm-ci tests/client-ts`.
+//! A missing tool fails the test; it never skips.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -174,5 +177,46 @@ pub async fn a_generated_python_client_drives_a_whole_story() {
         .env("ALLOT_MONGO_URI", &session().mongo_uri)
         .env("ALLOT_MONGO_DATABASE", app.database.name());
     let output = run("the client story", story).await;
+    eprintln!("{output}");
+}
+
+/// Generates a TypeScript client (openapi-typescript types for openapi-fetch)
+/// from the committed spec, type-checks tests/client-ts/story.ts against it
+/// under `strict`, and runs the story under node against a live allot.
+pub async fn a_generated_typescript_client_drives_a_whole_story() {
+    let folder = Path::new(ROOT).join("tests/client-ts");
+    let npm_tool = |name: &str| {
+        let path = folder.join("node_modules/.bin").join(name);
+        assert!(
+            path.is_file(),
+            "{} is missing: run scripts/npm-ci tests/client-ts",
+            path.display()
+        );
+        let mut command = Command::new(path);
+        command.current_dir(&folder).env("NO_COLOR", "1");
+        command
+    };
+    let mut generate = npm_tool("openapi-typescript");
+    generate.arg(SPEC).args(["--output", "generated/allot.d.ts"]);
+    run("openapi-typescript", generate).await;
+    let mut check = npm_tool("tsc");
+    check.arg("--noEmit");
+    run("tsc --noEmit", check).await;
+    let mut build = npm_tool("tsc");
+    build.args(["--outDir", "build"]);
+    run("tsc", build).await;
+
+    let app = spawn_app().await;
+    let mut story = Command::new("node");
+    story
+        .current_dir(&folder)
+        .arg("build/story.js")
+        .env("ALLOT_URL", &app.address)
+        .env("ALLOT_BIN", env!("CARGO_BIN_EXE_allot"))
+        .env("ALLOT_CONFIG_DIR", Path::new(ROOT).join("config"))
+        .env("ALLOT_MONGO_URI", &session().mongo_uri)
+        .env("ALLOT_MONGO_DATABASE", app.database.name());
+    let output = run("the TypeScript client story", story).await;
+    assert!(output.contains("the story went as told"), "{output}");
     eprintln!("{output}");
 }
