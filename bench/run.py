@@ -2,6 +2,8 @@
 
 Each budget line of the performance issue is measured as a ratio within one run:
   1. auth cost: /tests/secret vs /tests/hello on the same instance (rps, p99);
+     the request path's floor: /tests/secret vs bare poem serving the same
+     /tests/hello JSON (examples/floor.rs), interleaved (rps, CPU per request);
   2. allocation: POST /allocate vs the same round trips issued straight from the
      MongoDB driver (examples/raw_allocate.rs), each on a fresh database;
   3. hashing: /tests/hello p99 at a fixed rate, idle vs while logins run flat out;
@@ -95,27 +97,24 @@ class Database:
         self.process.wait()
 
 
-class Allot:
-    """The release binary in production configuration on a free port."""
+class Measured:
+    """A server process whose CPU and memory are read from /proc."""
 
-    def __init__(self, database, log_level):
-        self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        self.env = dict(os.environ, ALLOT_ENV="production", ALLOT__AUTH__JWT_SECRET=SECRET,
-                        ALLOT__MONGO__URI=database.uri, ALLOT__MONGO__DATABASE="allot_bench",
-                        ALLOT__HTTP__HOST="127.0.0.1", ALLOT__HTTP__PORT=str(self.port),
-                        ALLOT__LOG__LEVEL=log_level, ALLOT_ADMIN_PASSWORD=PASSWORD)
+    process: subprocess.Popen
+
+    def start(self, command, ready_url, **popen):
+        """Starts the server and waits until `ready_url` answers 200 (start-up time)."""
         started = time.perf_counter()
-        self.process = subprocess.Popen([ALLOT, "serve"], env=self.env, cwd=ALLOT_CWD,
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.DEVNULL, **popen)
         while True:
             try:
-                if http("GET", self.base + "/health")[0] == 200:
+                if http("GET", ready_url)[0] == 200:
                     break
             except OSError:
                 pass
             if self.process.poll() is not None:
-                raise RuntimeError("allot exited at start-up")
+                raise RuntimeError(f"{command[0]} exited at start-up")
             time.sleep(0.001)
         self.startup_ms = (time.perf_counter() - started) * 1000
 
@@ -156,6 +155,23 @@ class Allot:
             kib = int(re.search(r"VmHWM:\s+(\d+) kB", status.read()).group(1))
         return kib / 1024
 
+    def stop(self):
+        self.process.send_signal(signal.SIGTERM)
+        self.process.wait()
+
+
+class Allot(Measured):
+    """The release binary in production configuration on a free port."""
+
+    def __init__(self, database, log_level):
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.env = dict(os.environ, ALLOT_ENV="production", ALLOT__AUTH__JWT_SECRET=SECRET,
+                        ALLOT__MONGO__URI=database.uri, ALLOT__MONGO__DATABASE="allot_bench",
+                        ALLOT__HTTP__HOST="127.0.0.1", ALLOT__HTTP__PORT=str(self.port),
+                        ALLOT__LOG__LEVEL=log_level, ALLOT_ADMIN_PASSWORD=PASSWORD)
+        self.start([ALLOT, "serve"], self.base + "/health", env=self.env, cwd=ALLOT_CWD)
+
     def user_token(self, username):
         status, body = http("POST", self.base + "/users/registration",
                             {"username": username, "password": PASSWORD})
@@ -170,9 +186,14 @@ class Allot:
         assert status == 200, body
         return body["access_token"]
 
-    def stop(self):
-        self.process.send_signal(signal.SIGTERM)
-        self.process.wait()
+
+class Floor(Measured):
+    """examples/floor: bare poem serving allot's /tests/hello, on a free port."""
+
+    def __init__(self):
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.start([os.path.join(EXAMPLES, "floor"), str(self.port)], self.base + "/tests/hello")
 
 
 def add_stock(allot, token, skus):
@@ -496,7 +517,7 @@ def main():
     args.phases = [p for p in PHASES if p in chosen]
     args.growth_sizes = [int(n) for n in args.growth_sizes.split(",")]
     seconds = int(args.seconds)
-    results = {name: [] for name in ["hello", "secret", "me", "login", "allocate", "raw"]}
+    results = {name: [] for name in ["floor", "hello", "secret", "me", "login", "allocate", "raw"]}
     hashing = []
     startups, peaks = [], []
     growth = {"allot": {n: [] for n in args.growth_sizes}, "raw": {n: [] for n in args.growth_sizes}}
@@ -506,12 +527,14 @@ def main():
         print("phase 1: HTTP scenarios on one instance", file=sys.stderr)
         database = Database()
         allot = Allot(database, args.log_level)
+        floor = Floor()
         startups.append(allot.startup_ms)
         token = allot.user_token("bench-user")
         auth = [f"Authorization: Bearer {token}"]
         login = {"username": "bench-user", "password": PASSWORD}
         for round_ in range(args.repeats):
             for name, run in [
+                ("floor", lambda: wrk(floor.base + "/tests/hello", seconds, args.connections, server=floor)),
                 ("hello", lambda: wrk(allot.base + "/tests/hello", seconds, args.connections, server=allot)),
                 ("secret", lambda: wrk(allot.base + "/tests/secret", seconds, args.connections, auth, server=allot)),
                 ("me", lambda: wrk(allot.base + "/users/me", seconds, args.connections, auth, server=allot)),
@@ -539,6 +562,7 @@ def main():
             print(f"  round {round_ + 1} hashing: {hashing[-1]}", file=sys.stderr)
         peaks.append(allot.peak_rss_mib())
         allot.stop()
+        floor.stop()
         database.stop()
 
     if "allocate" in args.phases:
@@ -607,7 +631,8 @@ def report(args, results, hashing, startups, peaks, growth, hot):
     if med:
         lines += ["| scenario | requests/s | p50 ms | p99 ms | errors | allot CPU µs/request |",
                   "|---|---:|---:|---:|---:|---:|"]
-        for name, label in [("hello", "GET /tests/hello"), ("secret", "GET /tests/secret"),
+        for name, label in [("floor", "floor: bare poem, GET /tests/hello"),
+                            ("hello", "GET /tests/hello"), ("secret", "GET /tests/secret"),
                             ("me", "GET /users/me"), ("login", "POST /users/login"),
                             ("allocate", "POST /allocate"),
                             ("raw", "raw driver: transaction (findOneAndUpdate + insertOne + commit); CPU: its own")]:
@@ -623,12 +648,18 @@ def report(args, results, hashing, startups, peaks, growth, hot):
         idle_p99 = statistics.median(h["idle_p99_ms"] for h in hashing)
         loaded_p99 = statistics.median(h["loaded_p99_ms"] for h in hashing)
         logins_per_sec = statistics.median(h["logins_per_sec"] for h in hashing)
+        floor = med["floor"]
         budget += [
+            ("1. /tests/secret rps ≥ 0.8 × the floor's", secret["rps"] / floor["rps"], 0.8, ">="),
+            ("1. /tests/secret CPU per request ≤ 1.3 × the floor's", secret["cpu_us"] / floor["cpu_us"], 1.3, "<="),
             ("1. /tests/secret rps ≥ 0.8 × /tests/hello", secret["rps"] / hello["rps"], 0.8, ">="),
             ("1. /tests/secret p99 ≤ 2 × /tests/hello p99", secret["p99_ms"] / hello["p99_ms"], 2.0, "<="),
         ]
-        lines += [f"Authentication's CPU cost per request (steal-proof): secret/hello = "
-                  f"{secret['cpu_us'] / hello['cpu_us']:.2f}.", "",
+        lines += [f"CPU per request (steal-proof): secret/hello = {secret['cpu_us'] / hello['cpu_us']:.2f} "
+                  f"(authentication's cost), hello/floor = {hello['cpu_us'] / floor['cpu_us']:.2f} and "
+                  f"secret/floor = {secret['cpu_us'] / floor['cpu_us']:.2f} (the request path's cost over bare poem). "
+                  f"Throughput: hello/floor = {hello['rps'] / floor['rps']:.2f}, "
+                  f"secret/floor = {secret['rps'] / floor['rps']:.2f}.", "",
                   f"Hashing: /tests/hello at 500 req/s, p99 idle {idle_p99:.2f} ms, "
                   f"while logins run flat out {loaded_p99:.2f} ms; logins/s {logins_per_sec:.1f}.", ""]
     if "allocate" in med:
