@@ -6,11 +6,11 @@ use poem::web::Data;
 use poem_openapi::param::{Path, Query};
 use poem_openapi::payload::Json;
 use poem_openapi::types::Example;
-use poem_openapi::{ApiResponse, Object, OpenApi};
+use poem_openapi::{ApiResponse, Object, OpenApi, Union};
 
 use super::auth::{AccessToken, AdminOnly, AdminToken, Protected};
 use super::batches::{default_limit, next_cursor};
-use super::error::{ErrorBody, bad_request, error_body, unavailable};
+use super::error::{ApiError, bad_request, error_body, unavailable};
 use super::identifier::Identifier;
 use super::json_body::JsonBody;
 use super::{ApiTags, AppState};
@@ -153,28 +153,38 @@ impl From<AcknowledgedLine> for OrderLineBody {
     }
 }
 
+/// What an allocation answers: `Allocated` with 201, `Waiting` with 202. One
+/// schema for both, so that a generated client has one success type.
+#[derive(Debug, Union)]
+#[oai(one_of)]
+pub enum AllocationResult {
+    Allocated(Allocated),
+    Waiting(Waiting),
+}
+
 #[derive(ApiResponse)]
 #[oai(bad_request_handler = "allocate_bad_request")]
 pub enum AllocateResponse {
-    /// Allocated (or already allocated: allocating the same line again changes nothing).
+    /// `Allocated`: allocated (or already allocated: allocating the same line
+    /// again changes nothing).
     #[oai(status = 201)]
-    Created(Json<Allocated>),
-    /// This order line was acknowledged before and is backordered: it waits
-    /// for stock and is allocated as soon as some appears. Nothing changed.
+    Created(Json<AllocationResult>),
+    /// `Waiting`: this order line was acknowledged before and is backordered:
+    /// it waits for stock and is allocated as soon as some appears. Nothing changed.
     #[oai(status = 202)]
-    Accepted(Json<Waiting>),
+    Accepted(Json<AllocationResult>),
     /// `Invalid sku <sku>` when no batch holds the sku, `Out of stock for sku <sku>`
     /// when no batch has enough left; or a field missing, mistyped or out of range.
     #[oai(status = 400)]
-    BadRequest(Json<ErrorBody>),
+    BadRequest(Json<ApiError>),
     /// The request body is over the size limit (64 KiB by default).
     // Answered by `middleware::BodyLimit` before the handler runs.
     #[oai(status = 413)]
-    PayloadTooLarge(Json<ErrorBody>),
+    PayloadTooLarge(Json<ApiError>),
     /// The database is unreachable; retry later (a retry is safe: allocating
     /// the same line again changes nothing).
     #[oai(status = 503)]
-    Unavailable(Json<ErrorBody>),
+    Unavailable(Json<ApiError>),
 }
 
 fn allocate_bad_request(error: poem::Error) -> AllocateResponse {
@@ -189,17 +199,17 @@ pub enum DeallocateResponse {
     Ok(Json<OrderLineBody>),
     /// A field is missing, mistyped or out of range.
     #[oai(status = 400)]
-    BadRequest(Json<ErrorBody>),
+    BadRequest(Json<ApiError>),
     /// The order has no line for that sku.
     #[oai(status = 404)]
-    NotFound(Json<ErrorBody>),
+    NotFound(Json<ApiError>),
     /// The request body is over the size limit (64 KiB by default).
     // Answered by `middleware::BodyLimit` before the handler runs.
     #[oai(status = 413)]
-    PayloadTooLarge(Json<ErrorBody>),
+    PayloadTooLarge(Json<ApiError>),
     /// The database is unreachable; retry later.
     #[oai(status = 503)]
-    Unavailable(Json<ErrorBody>),
+    Unavailable(Json<ApiError>),
 }
 
 fn deallocate_bad_request(error: poem::Error) -> DeallocateResponse {
@@ -239,13 +249,13 @@ pub enum OrderAllocationsResponse {
     Ok(Json<Vec<OrderAllocation>>),
     /// The order id is malformed.
     #[oai(status = 400)]
-    BadRequest(Json<ErrorBody>),
+    BadRequest(Json<ApiError>),
     /// The order has no line at all.
     #[oai(status = 404)]
-    NotFound(Json<ErrorBody>),
+    NotFound(Json<ApiError>),
     /// The database is unreachable; retry later.
     #[oai(status = 503)]
-    Unavailable(Json<ErrorBody>),
+    Unavailable(Json<ApiError>),
 }
 
 fn order_bad_request(error: poem::Error) -> OrderAllocationsResponse {
@@ -298,10 +308,10 @@ pub enum ListBackordersResponse {
     Ok(Json<BackorderPage>),
     /// A query parameter is malformed or out of range; the message names it.
     #[oai(status = 400)]
-    BadRequest(Json<ErrorBody>),
+    BadRequest(Json<ApiError>),
     /// The database is unreachable; retry later.
     #[oai(status = 503)]
-    Unavailable(Json<ErrorBody>),
+    Unavailable(Json<ApiError>),
 }
 
 fn backorders_bad_request(error: poem::Error) -> ListBackordersResponse {
@@ -332,11 +342,13 @@ impl AllocationsApi {
         };
         Protected::Ok(match allocation::allocate(&state.allocations, line).await {
             Ok(Allocation::Allocated(batchref)) => {
-                AllocateResponse::Created(Json(Allocated { batchref }))
+                AllocateResponse::Created(Json(AllocationResult::Allocated(Allocated { batchref })))
             }
-            Ok(Allocation::Backordered) => AllocateResponse::Accepted(Json(Waiting {
-                status: LineStatusBody::Backordered,
-            })),
+            Ok(Allocation::Backordered) => {
+                AllocateResponse::Accepted(Json(AllocationResult::Waiting(Waiting {
+                    status: LineStatusBody::Backordered,
+                })))
+            }
             Err(AllocateError::Allocation(error)) => {
                 AllocateResponse::BadRequest(error_body(&error))
             }

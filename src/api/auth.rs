@@ -7,31 +7,16 @@ use poem::http::header::{AUTHORIZATION, WWW_AUTHENTICATE};
 use poem::{Request, RequestBody, Response};
 use poem_openapi::payload::Json;
 use poem_openapi::registry::{MetaResponses, MetaSecurityScheme, Registry};
-use poem_openapi::{ApiExtractor, ApiExtractorType, ApiResponse, ExtractParamOptions, Object};
+use poem_openapi::{ApiExtractor, ApiExtractorType, ApiResponse, ExtractParamOptions};
 
 use super::AppState;
+use super::error::{ApiError, AuthErrorBody};
 use crate::domain::token::{Claims, TokenKind, TokenRejection, bearer_token};
 use crate::domain::user::Role;
 use crate::services::tokens::TokenIssuer as _;
 use crate::services::tokens::authenticate_access;
 
 const SCHEME: &str = "bearerAuth";
-
-/// The body of every bearer-token error.
-#[derive(Debug, Clone, Object, serde::Serialize)]
-#[oai(example)]
-pub struct AuthErrorBody {
-    /// Why the token was refused, e.g. `Token has expired`.
-    pub msg: String,
-}
-
-impl poem_openapi::types::Example for AuthErrorBody {
-    fn example() -> Self {
-        Self {
-            msg: "Token has expired".to_owned(),
-        }
-    }
-}
 
 /// Statuses follow Flask-JWT-Extended: 401 for a missing, expired or revoked
 /// token, 403 for a missing role, 422 for a token that is not acceptable.
@@ -177,18 +162,18 @@ pub enum TokenErrors {
     /// No `Authorization` header, or an expired or revoked token.
     /// Comes with `WWW-Authenticate: Bearer`.
     #[oai(status = 401)]
-    Unauthorized(Json<AuthErrorBody>),
+    Unauthorized(Json<ApiError>),
     /// A token that is malformed, wrongly signed, uses another algorithm, or is
     /// of the wrong kind (access vs refresh); or a header not of the form `Bearer <JWT>`.
     #[oai(status = 422)]
-    Unprocessable(Json<AuthErrorBody>),
+    Unprocessable(Json<ApiError>),
 }
 
 #[derive(ApiResponse)]
 pub enum AdminErrors {
     /// The token is valid but its user does not have the `admin` role.
     #[oai(status = 403)]
-    Forbidden(Json<AuthErrorBody>),
+    Forbidden(Json<ApiError>),
 }
 
 /// An operation's own responses plus the token errors (401, 422).

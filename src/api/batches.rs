@@ -13,7 +13,7 @@ use poem_openapi::{ApiResponse, Object, OpenApi};
 use serde_json::Value;
 
 use super::auth::{AccessToken, AdminOnly, AdminToken, Protected};
-use super::error::{ErrorBody, bad_request, error_body, unavailable};
+use super::error::{ApiError, bad_request, error_body, unavailable};
 use super::identifier::Identifier;
 use super::json_body::JsonBody;
 use super::{ApiTags, AppState};
@@ -315,17 +315,17 @@ pub enum AddBatchResponse {
     Created(Json<BatchBody>),
     /// A field is missing, mistyped or out of range; the message names it.
     #[oai(status = 400)]
-    BadRequest(Json<ErrorBody>),
+    BadRequest(Json<ApiError>),
     /// A batch with this reference exists.
     #[oai(status = 409)]
-    Conflict(Json<ErrorBody>),
+    Conflict(Json<ApiError>),
     /// The request body is over the size limit (64 KiB by default).
     // Answered by `middleware::BodyLimit` before the handler runs.
     #[oai(status = 413)]
-    PayloadTooLarge(Json<ErrorBody>),
+    PayloadTooLarge(Json<ApiError>),
     /// The database is unreachable; retry later.
     #[oai(status = 503)]
-    Unavailable(Json<ErrorBody>),
+    Unavailable(Json<ApiError>),
 }
 
 fn add_bad_request(error: poem::Error) -> AddBatchResponse {
@@ -340,10 +340,10 @@ pub enum ListBatchesResponse {
     Ok(Json<BatchPage>),
     /// A query parameter is out of range; the message names it.
     #[oai(status = 400)]
-    BadRequest(Json<ErrorBody>),
+    BadRequest(Json<ApiError>),
     /// The database is unreachable; retry later.
     #[oai(status = 503)]
-    Unavailable(Json<ErrorBody>),
+    Unavailable(Json<ApiError>),
 }
 
 fn list_bad_request(error: poem::Error) -> ListBatchesResponse {
@@ -358,13 +358,13 @@ pub enum GetBatchResponse {
     Ok(Json<BatchBody>),
     /// The reference is malformed.
     #[oai(status = 400)]
-    BadRequest(Json<ErrorBody>),
+    BadRequest(Json<ApiError>),
     /// No batch has this reference.
     #[oai(status = 404)]
-    NotFound(Json<ErrorBody>),
+    NotFound(Json<ApiError>),
     /// The database is unreachable; retry later.
     #[oai(status = 503)]
-    Unavailable(Json<ErrorBody>),
+    Unavailable(Json<ApiError>),
 }
 
 fn get_bad_request(error: poem::Error) -> GetBatchResponse {
@@ -379,13 +379,13 @@ pub enum BatchAllocationsResponse {
     Ok(Json<BatchAllocationPage>),
     /// A parameter is malformed or out of range; the message names it.
     #[oai(status = 400)]
-    BadRequest(Json<ErrorBody>),
+    BadRequest(Json<ApiError>),
     /// No batch has this reference.
     #[oai(status = 404)]
-    NotFound(Json<ErrorBody>),
+    NotFound(Json<ApiError>),
     /// The database is unreachable; retry later.
     #[oai(status = 503)]
-    Unavailable(Json<ErrorBody>),
+    Unavailable(Json<ApiError>),
 }
 
 fn batch_allocations_bad_request(error: poem::Error) -> BatchAllocationsResponse {
@@ -401,18 +401,18 @@ pub enum ChangeQuantityResponse {
     Ok(Json<QuantityChangeBody>),
     /// The quantity is missing or out of range.
     #[oai(status = 400)]
-    BadRequest(Json<ErrorBody>),
+    BadRequest(Json<ApiError>),
     /// No batch has this reference.
     #[oai(status = 404)]
-    NotFound(Json<ErrorBody>),
+    NotFound(Json<ApiError>),
     /// The request body is over the size limit (64 KiB by default).
     // Answered by `middleware::BodyLimit` before the handler runs.
     #[oai(status = 413)]
-    PayloadTooLarge(Json<ErrorBody>),
+    PayloadTooLarge(Json<ApiError>),
     /// The database is unreachable; retry later. The change may be partly
     /// done: no line is lost, and allot finishes it by itself.
     #[oai(status = 503)]
-    Unavailable(Json<ErrorBody>),
+    Unavailable(Json<ApiError>),
 }
 
 fn change_bad_request(error: poem::Error) -> ChangeQuantityResponse {

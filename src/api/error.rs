@@ -2,9 +2,20 @@
 
 use poem::Response;
 use poem::http::StatusCode;
-use poem_openapi::Object;
 use poem_openapi::error::ParseRequestPayloadError;
+use poem_openapi::payload::Json;
 use poem_openapi::types::Example;
+use poem_openapi::{Object, Union};
+
+/// Every error body: `{"message": ...}`, or `{"msg": ...}` for bearer-token
+/// errors and a failed login (the original service's contract). One schema for
+/// every error response, so that a generated client has one error type.
+#[derive(Debug, Clone, Union)]
+#[oai(one_of, rename = "Error")]
+pub enum ApiError {
+    Message(ErrorBody),
+    Token(AuthErrorBody),
+}
 
 /// The body of every error response that is not about a bearer token.
 #[derive(Debug, Clone, Object, serde::Serialize)]
@@ -28,27 +39,46 @@ impl ErrorBody {
     }
 }
 
+/// The body of every bearer-token error, and of a failed login.
+#[derive(Debug, Clone, Object, serde::Serialize)]
+#[oai(example)]
+pub struct AuthErrorBody {
+    /// Why the token was refused, e.g. `Token has expired`.
+    pub msg: String,
+}
+
+impl Example for AuthErrorBody {
+    fn example() -> Self {
+        Self {
+            msg: "Token has expired".to_owned(),
+        }
+    }
+}
+
+/// An [`ErrorBody`] with the given message.
+pub fn message(message: impl Into<String>) -> Json<ApiError> {
+    Json(ApiError::Message(ErrorBody::new(message)))
+}
+
 /// A business error's own message as the body (e.g. `Out of stock for sku X`).
-pub fn error_body(error: &impl std::fmt::Display) -> poem_openapi::payload::Json<ErrorBody> {
-    poem_openapi::payload::Json(ErrorBody::new(error.to_string()))
+pub fn error_body(error: &impl std::fmt::Display) -> Json<ApiError> {
+    message(error.to_string())
 }
 
 /// The 400 body for a request poem-openapi could not parse; its message
 /// names the field at fault.
-pub fn bad_request(error: poem::Error) -> poem_openapi::payload::Json<ErrorBody> {
+pub fn bad_request(error: poem::Error) -> Json<ApiError> {
     let message = match error.downcast_ref::<ParseRequestPayloadError>() {
         Some(payload) => format!("Invalid request body: {}", payload.reason),
         None => error.to_string(),
     };
-    poem_openapi::payload::Json(ErrorBody::new(message))
+    self::message(message)
 }
 
 /// The 503 body when the database fails; the cause is logged, not returned.
-pub fn unavailable(
-    error: &(dyn std::error::Error + 'static),
-) -> poem_openapi::payload::Json<ErrorBody> {
+pub fn unavailable(error: &(dyn std::error::Error + 'static)) -> Json<ApiError> {
     tracing::error!(error = %error, cause = ?error.source().map(ToString::to_string), "database unavailable");
-    poem_openapi::payload::Json(ErrorBody::new("The database is unavailable; retry later"))
+    message("The database is unavailable; retry later")
 }
 
 /// A 500 for a failure that is a bug or a broken environment; logged in full,

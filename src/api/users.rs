@@ -10,8 +10,8 @@ use poem_openapi::types::{Example, ParseError, ParseFromJSON, ParseResult, ToJSO
 use poem_openapi::{ApiResponse, Object, OpenApi};
 use serde_json::Value;
 
-use super::auth::{AnyToken, AuthErrorBody, Protected, RefreshToken};
-use super::error::{ErrorBody, bad_request, error_body, internal_error, unavailable};
+use super::auth::{AnyToken, Protected, RefreshToken};
+use super::error::{ApiError, AuthErrorBody, bad_request, error_body, internal_error, unavailable};
 use super::json_body::JsonBody;
 use super::{ApiTags, AppState};
 use crate::domain::user::{User, Username};
@@ -197,17 +197,17 @@ pub enum RegistrationResponse {
     /// The body is not valid JSON, a field is missing, or the username or
     /// password breaks the rules; the message names the field.
     #[oai(status = 400)]
-    BadRequest(Json<ErrorBody>),
+    BadRequest(Json<ApiError>),
     /// The username is taken (regardless of case).
     #[oai(status = 409)]
-    Conflict(Json<ErrorBody>),
+    Conflict(Json<ApiError>),
     /// The request body is over the size limit (64 KiB by default).
     // Answered by `middleware::BodyLimit` before the handler runs.
     #[oai(status = 413)]
-    PayloadTooLarge(Json<ErrorBody>),
+    PayloadTooLarge(Json<ApiError>),
     /// The database is unreachable; retry later.
     #[oai(status = 503)]
-    Unavailable(Json<ErrorBody>),
+    Unavailable(Json<ApiError>),
 }
 
 fn registration_bad_request(error: poem::Error) -> RegistrationResponse {
@@ -222,17 +222,17 @@ pub enum LoginResponse {
     Ok(Json<TokenPairBody>),
     /// The body is not valid JSON or a field is missing.
     #[oai(status = 400)]
-    BadRequest(Json<ErrorBody>),
+    BadRequest(Json<ApiError>),
     /// `{"msg": "Bad username or password"}`, the same for an unknown user.
     #[oai(status = 401)]
-    BadCredentials(Json<AuthErrorBody>),
+    BadCredentials(Json<ApiError>),
     /// The request body is over the size limit (64 KiB by default).
     // Answered by `middleware::BodyLimit` before the handler runs.
     #[oai(status = 413)]
-    PayloadTooLarge(Json<ErrorBody>),
+    PayloadTooLarge(Json<ApiError>),
     /// The database is unreachable; retry later.
     #[oai(status = 503)]
-    Unavailable(Json<ErrorBody>),
+    Unavailable(Json<ApiError>),
 }
 
 fn login_bad_request(error: poem::Error) -> LoginResponse {
@@ -246,7 +246,7 @@ pub enum RefreshResponse {
     Ok(Json<TokenPairBody>),
     /// The database is unreachable; retry later.
     #[oai(status = 503)]
-    Unavailable(Json<ErrorBody>),
+    Unavailable(Json<ApiError>),
 }
 
 #[derive(ApiResponse)]
@@ -256,7 +256,7 @@ pub enum LogoutResponse {
     Ok(Json<LogoutBody>),
     /// The database is unreachable; retry later.
     #[oai(status = 503)]
-    Unavailable(Json<ErrorBody>),
+    Unavailable(Json<ApiError>),
 }
 
 #[derive(ApiResponse)]
@@ -266,16 +266,16 @@ pub enum ProfileResponse {
     Ok(Json<Profile>),
     /// The token is valid but its user no longer exists.
     #[oai(status = 404)]
-    NotFound(Json<ErrorBody>),
+    NotFound(Json<ApiError>),
     /// The database is unreachable; retry later.
     #[oai(status = 503)]
-    Unavailable(Json<ErrorBody>),
+    Unavailable(Json<ApiError>),
 }
 
 /// Token errors raised inside a use case answer like the extractors' do.
 fn token_error<T>(
     error: AuthError,
-    unavailable_variant: fn(Json<ErrorBody>) -> T,
+    unavailable_variant: fn(Json<ApiError>) -> T,
 ) -> poem::Result<T> {
     match error {
         AuthError::Rejected(rejection) => Err(poem::Error::from_response(
@@ -347,9 +347,9 @@ impl UsersApi {
         Ok(match result {
             Ok((_, tokens)) => LoginResponse::Ok(Json(tokens.into())),
             Err(error @ LoginError::BadCredentials) => {
-                LoginResponse::BadCredentials(Json(AuthErrorBody {
+                LoginResponse::BadCredentials(Json(ApiError::Token(AuthErrorBody {
                     msg: error.to_string(),
-                }))
+                })))
             }
             Err(LoginError::Store(error)) => LoginResponse::Unavailable(unavailable(&error)),
             Err(LoginError::Hashing(error)) => return Err(internal_error(&error)),

@@ -44,7 +44,7 @@ function expectData<T>(answer: { data?: T; error?: unknown; response: Response }
 }
 
 /** The text of an error body: API errors carry `message`, token errors `msg`. */
-function errorText(error: Schemas["ErrorBody"] | Schemas["AuthErrorBody"]): string {
+function errorText(error: Schemas["Error"]): string {
   return "message" in error ? error.message : error.msg;
 }
 
