@@ -3,6 +3,8 @@ FROM rust:1-slim-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock build.rs ./
 COPY src ./src
+# A workspace member (the generated Rust client): cargo reads its manifest.
+COPY clients ./clients
 RUN cargo build --release --locked --bin allot
 
 # distroless/cc: glibc and nothing else; runs as the unprivileged "nonroot" user.
