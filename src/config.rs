@@ -90,6 +90,7 @@ pub struct Settings {
     pub log: LogSettings,
     pub auth: AuthSettings,
     pub allocation: AllocationSettings,
+    pub metrics: MetricsSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -109,6 +110,32 @@ pub struct HttpSettings {
     pub port: u16,
     pub body_limit_bytes: usize,
     pub shutdown_grace_secs: u64,
+    /// Time a client has to send a whole request head (HTTP/1.1), counted
+    /// from the connection's start, or from the first byte of a keep-alive request.
+    pub header_read_timeout_ms: u64,
+    /// Time a request body may take to arrive, once its head is read.
+    pub body_read_timeout_ms: u64,
+    /// A connection that sends nothing for this long is closed.
+    pub idle_timeout_ms: u64,
+    /// Largest request head (request line and headers), in bytes.
+    pub max_header_bytes: usize,
+    /// Connections served at once; further ones wait in the listen backlog.
+    pub max_connections: usize,
+    /// Concurrent requests (streams) on one HTTP/2 connection.
+    pub http2_max_concurrent_streams: u32,
+    /// Origins (`scheme://host[:port]`) browsers may call the API from.
+    #[serde(default)]
+    pub cors_origins: Vec<String>,
+    /// Serve Swagger UI (`/docs`) and the spec (`/openapi.json`, `/openapi.yaml`).
+    pub docs_enabled: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct MetricsSettings {
+    /// Serve `GET /metrics`.
+    pub enabled: bool,
+    /// When set, `/metrics` needs `Authorization: Bearer <token>`.
+    pub token: SecretString,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -120,6 +147,9 @@ pub struct MongoSettings {
     pub server_selection_timeout_ms: u64,
     pub ready_timeout_ms: u64,
     pub startup_retry_secs: u64,
+    /// Longest wait for one database operation, on the server (`maxTimeMS`)
+    /// and in allot; then the request gets 503.
+    pub operation_timeout_ms: u64,
 }
 
 impl MongoSettings {
@@ -223,6 +253,48 @@ impl Settings {
                 self.http.body_limit_bytes as u64,
                 1024,
                 64 << 20,
+            ),
+            (
+                "http.header_read_timeout_ms",
+                self.http.header_read_timeout_ms,
+                100,
+                300_000,
+            ),
+            (
+                "http.body_read_timeout_ms",
+                self.http.body_read_timeout_ms,
+                100,
+                300_000,
+            ),
+            (
+                "http.idle_timeout_ms",
+                self.http.idle_timeout_ms,
+                100,
+                3_600_000,
+            ),
+            (
+                "http.max_header_bytes",
+                self.http.max_header_bytes as u64,
+                8192,
+                1 << 20,
+            ),
+            (
+                "http.max_connections",
+                self.http.max_connections as u64,
+                1,
+                1_000_000,
+            ),
+            (
+                "http.http2_max_concurrent_streams",
+                self.http.http2_max_concurrent_streams as u64,
+                1,
+                1000,
+            ),
+            (
+                "mongo.operation_timeout_ms",
+                self.mongo.operation_timeout_ms,
+                10,
+                600_000,
             ),
             (
                 "auth.access_token_ttl_secs",

@@ -5,6 +5,7 @@ pub mod adapters;
 pub mod api;
 pub mod config;
 pub mod domain;
+pub mod server;
 pub mod services;
 pub mod startup;
 pub mod telemetry;

@@ -222,6 +222,17 @@ fn serve() -> ExitCode {
         Err(code) => return code,
     };
     allot::telemetry::init(&settings.log);
+    match allot::server::raise_open_file_limit() {
+        // Listener, database pool, logs and spare: a few dozen descriptors.
+        Ok(limit) if settings.http.max_connections as u64 + 64 > limit => tracing::warn!(
+            open_file_limit = limit,
+            max_connections = settings.http.max_connections,
+            "http.max_connections does not fit under the open-file limit; \
+             lower it or raise the limit (ulimit -n)"
+        ),
+        Ok(_) => {}
+        Err(error) => tracing::warn!(%error, "cannot raise the open-file limit"),
+    }
     runtime.block_on(async move {
         let environment = settings.environment;
         let host = settings.http.host.clone();

@@ -4,9 +4,8 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use poem::listener::TcpAcceptor;
 use poem::middleware::CatchPanic;
-use poem::{Endpoint, EndpointExt, IntoEndpoint, Response, Route, Server};
+use poem::{Endpoint, EndpointExt, IntoEndpoint, Response, Route};
 
 use crate::adapters::mongo::allocations::MongoAllocations;
 use crate::adapters::mongo::revocations::MongoRevocations;
@@ -15,7 +14,8 @@ use crate::adapters::mongo::{self, MongoError};
 use crate::adapters::passwords::Argon2Hasher;
 use crate::adapters::tokens::JwtTokens;
 use crate::api::{self, AppState, Components, error, middleware};
-use crate::config::Settings;
+use crate::config::{HttpSettings, Settings};
+use crate::server::{self, ConnectionLimits};
 use crate::services::StoreError;
 use crate::services::allocation;
 use crate::services::tokens::RevocationList;
@@ -39,7 +39,8 @@ pub enum StartupError {
 
 /// A built application: connected, indexed and bound, not yet serving.
 pub struct Application {
-    acceptor: TcpAcceptor,
+    listener: tokio::net::TcpListener,
+    limits: ConnectionLimits,
     port: u16,
     endpoint: poem::endpoint::BoxEndpoint<'static, Response>,
     shutdown_grace: Duration,
@@ -115,7 +116,6 @@ impl Application {
             .await
             .map_err(bind_error)?;
         let port = listener.local_addr().map_err(bind_error)?.port();
-        let acceptor = TcpAcceptor::from_tokio(listener).map_err(bind_error)?;
 
         let revocation_store = MongoRevocations::new(&database);
         let revocations = Arc::new(RevocationList::default());
@@ -133,9 +133,10 @@ impl Application {
             ready_timeout: Duration::from_millis(settings.mongo.ready_timeout_ms),
         });
         Ok(Self {
-            acceptor,
+            listener,
+            limits: ConnectionLimits::from(&settings.http),
             port,
-            endpoint: routes(state, settings.http.body_limit_bytes).boxed(),
+            endpoint: routes(state, &settings.http).boxed(),
             shutdown_grace: Duration::from_secs(settings.http.shutdown_grace_secs),
             revocation_sync: RevocationSync {
                 list: revocations,
@@ -161,9 +162,14 @@ impl Application {
     ) -> std::io::Result<()> {
         let sync = tokio::spawn(self.revocation_sync.run());
         let recovery = tokio::spawn(self.recovery.run());
-        let served = Server::new_with_acceptor(self.acceptor)
-            .run_with_graceful_shutdown(self.endpoint, shutdown, Some(self.shutdown_grace))
-            .await;
+        let served = server::serve(
+            self.listener,
+            self.endpoint,
+            self.limits,
+            shutdown,
+            self.shutdown_grace,
+        )
+        .await;
         sync.abort();
         recovery.abort();
         served
@@ -171,7 +177,7 @@ impl Application {
 }
 
 /// The full route table with its middleware, outermost last.
-pub fn routes(state: AppState, body_limit_bytes: usize) -> impl Endpoint<Output = Response> {
+pub fn routes(state: AppState, http: &HttpSettings) -> impl Endpoint<Output = Response> + use<> {
     let api = api::service();
     Route::new()
         .at("/openapi.json", api.spec_endpoint())
@@ -179,7 +185,8 @@ pub fn routes(state: AppState, body_limit_bytes: usize) -> impl Endpoint<Output 
         .nest("/docs", api.swagger_ui())
         .nest("/", api)
         .with(middleware::BodyLimit {
-            max_bytes: body_limit_bytes,
+            max_bytes: http.body_limit_bytes,
+            read_timeout: Duration::from_millis(http.body_read_timeout_ms),
         })
         .data(state)
         .with(CatchPanic::new().with_handler(error::panic_response))

@@ -10,6 +10,7 @@ mod cli;
 mod contract;
 mod contract_tools;
 mod durability;
+mod edge;
 mod foundation;
 mod helpers;
 mod session;
@@ -84,6 +85,10 @@ fn main() -> std::process::ExitCode {
         cli::an_unreachable_database_at_startup_exits_non_zero_with_the_redacted_uri,
         cli::openapi_command_prints_the_committed_spec,
         cli::production_logs_json_lines_and_stops_gracefully_on_sigterm,
+        edge::a_40_mb_body_gets_413_json_over_h2c_and_chunked_with_bounded_memory,
+        edge::idle_and_slow_connections_are_closed_while_requests_are_served,
+        edge::connections_over_the_cap_wait_until_one_closes,
+        edge::malformed_and_oversized_requests_get_json_errors,
         browser::swagger_ui_tries_out_hello_and_me_after_authorizing_in_chromium,
         contract_tools::the_committed_spec_passes_openapi_spec_validator,
         contract_tools::schemathesis_finds_no_contract_violation_with_a_user_token,
