@@ -181,6 +181,7 @@ impl Connection {
         let io = TokioIo::new(Watched {
             inner: stream,
             clock: clock.clone(),
+            replacement: None,
         });
         let service_clock = clock.clone();
         let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
@@ -230,6 +231,9 @@ struct ClockState {
     heads: u64,
     /// When the current head's first byte arrived.
     head_first_byte: Option<Instant>,
+    /// Whether hyper is reading a head that it has not handed on yet: what it
+    /// writes then is its own error answer to an unparsable head.
+    reading_head: bool,
 }
 
 impl ConnectionClock {
@@ -242,6 +246,7 @@ impl ConnectionClock {
                 in_flight: 0,
                 heads: 0,
                 head_first_byte: None,
+                reading_head: false,
             }),
         }
     }
@@ -265,11 +270,18 @@ impl ConnectionClock {
         let mut state = self.state();
         state.heads += 1;
         state.head_first_byte = None;
+        state.reading_head = true;
         state.heads == 1
     }
 
     fn request_started(&self) {
-        self.state().in_flight += 1;
+        let mut state = self.state();
+        state.in_flight += 1;
+        state.reading_head = false;
+    }
+
+    fn reading_head(&self) -> bool {
+        self.state().reading_head
     }
 
     fn request_finished(&self) {
@@ -305,10 +317,88 @@ impl ConnectionClock {
     }
 }
 
-/// The socket, noting when bytes arrive.
+/// The socket, noting when bytes arrive, and turning hyper's own answers to
+/// unparsable requests (empty 400, 414, 431) into JSON ones.
 struct Watched {
     inner: TcpStream,
     clock: Arc<ConnectionClock>,
+    /// A JSON answer still to be written, and how much of it is.
+    replacement: Option<(Vec<u8>, usize)>,
+}
+
+impl Watched {
+    /// Writes what is left of the replacement answer.
+    fn poll_replacement(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        while let Some((bytes, written)) = &mut self.replacement {
+            if *written == bytes.len() {
+                self.replacement = None;
+                break;
+            }
+            let n =
+                std::task::ready!(Pin::new(&mut self.inner).poll_write(cx, &bytes[*written..]))?;
+            if n == 0 {
+                return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+            }
+            *written += n;
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// When `buf` is hyper's answer to a head it could not parse, queues a
+    /// JSON answer in its place and returns true.
+    fn replace_parse_error(&mut self, buf: &[u8]) -> bool {
+        if !buf.starts_with(b"HTTP/1.1 4") || !self.clock.reading_head() {
+            return false;
+        }
+        let Some(replacement) = json_parse_error(buf, self.clock.limits.max_header_bytes) else {
+            return false;
+        };
+        self.replacement = Some((replacement, 0));
+        true
+    }
+}
+
+/// The JSON version of hyper's automatic answer `head` (a status line and
+/// headers, no body), or `None` when `head` is something else.
+fn json_parse_error(head: &[u8], max_header_bytes: usize) -> Option<Vec<u8>> {
+    let head = std::str::from_utf8(head).ok()?.strip_suffix("\r\n\r\n")?;
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next()?;
+    let message = match status_line.get(9..12)? {
+        "400" => "The request is not valid HTTP: a malformed request line or header".to_owned(),
+        "414" => "The request URI is too long".to_owned(),
+        "431" => format!(
+            "The request head (request line and headers) is too large: at most {max_header_bytes} bytes"
+        ),
+        _ => return None,
+    };
+    let mut kept = Vec::new();
+    for line in lines {
+        let name = line
+            .split(':')
+            .next()
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        match name.as_str() {
+            // An answer of allot's own always has a content type: leave it be.
+            "content-type" => return None,
+            "content-length" | "connection" => {}
+            _ => kept.push(line),
+        }
+    }
+    let body = serde_json::json!({ "message": message }).to_string();
+    let mut answer = format!(
+        "{status_line}\r\ncontent-type: application/json; charset=utf-8\r\n\
+         content-length: {}\r\nx-content-type-options: nosniff\r\nconnection: close\r\n",
+        body.len()
+    );
+    for line in kept {
+        answer.push_str(line);
+        answer.push_str("\r\n");
+    }
+    answer.push_str("\r\n");
+    answer.push_str(&body);
+    Some(answer.into_bytes())
 }
 
 impl AsyncRead for Watched {
@@ -332,6 +422,14 @@ impl AsyncWrite for Watched {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
+        std::task::ready!(self.poll_replacement(cx))?;
+        if self.replace_parse_error(buf) {
+            // hyper's bytes count as written; poll_flush finishes ours.
+            if let Poll::Ready(Err(error)) = self.poll_replacement(cx) {
+                return Poll::Ready(Err(error));
+            }
+            return Poll::Ready(Ok(buf.len()));
+        }
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
 
@@ -340,6 +438,15 @@ impl AsyncWrite for Watched {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
+        std::task::ready!(self.poll_replacement(cx))?;
+        if let Some(first) = bufs.iter().find(|buf| !buf.is_empty())
+            && self.replace_parse_error(first)
+        {
+            if let Poll::Ready(Err(error)) = self.poll_replacement(cx) {
+                return Poll::Ready(Err(error));
+            }
+            return Poll::Ready(Ok(first.len()));
+        }
         Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
     }
 
@@ -348,10 +455,12 @@ impl AsyncWrite for Watched {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        std::task::ready!(self.poll_replacement(cx))?;
         Pin::new(&mut self.inner).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        std::task::ready!(self.poll_replacement(cx))?;
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
