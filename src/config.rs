@@ -159,6 +159,20 @@ impl MongoSettings {
     }
 }
 
+/// Whether `value` is a browser origin: `http(s)://host[:port]`, nothing more.
+fn is_origin(value: &str) -> bool {
+    let Some(rest) = value
+        .strip_prefix("https://")
+        .or_else(|| value.strip_prefix("http://"))
+    else {
+        return false;
+    };
+    !rest.is_empty()
+        && rest
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b':' | b'[' | b']'))
+}
+
 /// Replaces the password in `scheme://user:password@host/...` with `****`.
 pub fn redact_uri(uri: &str) -> String {
     let Some(scheme_end) = uri.find("://").map(|i| i + 3) else {
@@ -186,6 +200,8 @@ pub enum LogFormat {
 pub struct LogSettings {
     pub format: LogFormat,
     pub level: String,
+    /// Give each request an id (`X-Request-Id`) that its log lines carry.
+    pub request_ids: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -344,6 +360,14 @@ impl Settings {
                 self.log.level
             )));
         }
+        for origin in &self.http.cors_origins {
+            if !is_origin(origin) {
+                return Err(ConfigError::OutOfRange(format!(
+                    "http.cors_origins: {origin:?} is not an origin; write scheme://host[:port], \
+                     e.g. \"https://shop.example.com\", without a path or a trailing slash"
+                )));
+            }
+        }
         for (name, value, min, max) in checks {
             if !(min..=max).contains(&value) {
                 return Err(ConfigError::OutOfRange(format!(
@@ -449,6 +473,12 @@ mod tests {
         settings.log.level = "allot=loud".to_owned();
         let message = settings.check_ranges().unwrap_err().to_string();
         assert!(message.contains("log.level"), "{message}");
+        settings.log.level = "info".to_owned();
+        settings.http.cors_origins = vec!["https://shop.example.com/".to_owned()];
+        let message = settings.check_ranges().unwrap_err().to_string();
+        assert!(message.contains("http.cors_origins"), "{message}");
+        settings.http.cors_origins = vec!["http://localhost:3000".to_owned()];
+        settings.check_ranges().unwrap();
     }
 
     #[test]

@@ -4,6 +4,7 @@ extern crate self as allot;
 pub mod adapters;
 pub mod api;
 pub mod config;
+pub mod metrics;
 pub mod domain;
 pub mod server;
 pub mod services;

@@ -14,7 +14,7 @@ use crate::adapters::mongo::{self, MongoError};
 use crate::adapters::passwords::Argon2Hasher;
 use crate::adapters::tokens::JwtTokens;
 use crate::api::{self, AppState, Components, error, middleware};
-use crate::config::{HttpSettings, Settings};
+use crate::config::Settings;
 use crate::server::{self, ConnectionLimits};
 use crate::services::StoreError;
 use crate::services::allocation;
@@ -136,7 +136,7 @@ impl Application {
             listener,
             limits: ConnectionLimits::from(&settings.http),
             port,
-            endpoint: routes(state, &settings.http).boxed(),
+            endpoint: routes(state, &settings).boxed(),
             shutdown_grace: Duration::from_secs(settings.http.shutdown_grace_secs),
             revocation_sync: RevocationSync {
                 list: revocations,
@@ -177,12 +177,22 @@ impl Application {
 }
 
 /// The full route table with its middleware, outermost last.
-pub fn routes(state: AppState, http: &HttpSettings) -> impl Endpoint<Output = Response> + use<> {
+pub fn routes(state: AppState, settings: &Settings) -> impl Endpoint<Output = Response> + use<> {
+    let (http, log, metrics) = (&settings.http, &settings.log, &settings.metrics);
     let api = api::service();
-    Route::new()
-        .at("/openapi.json", api.spec_endpoint())
-        .at("/openapi.yaml", api.spec_endpoint_yaml())
-        .nest("/docs", api.swagger_ui())
+    let spec = serde_json::from_str(&api.spec()).unwrap_or_default();
+    let allowed = Arc::new(middleware::AllowedMethods::from_spec(&spec));
+    let mut route = Route::new();
+    if http.docs_enabled {
+        route = route
+            .at("/openapi.json", api.spec_endpoint())
+            .at("/openapi.yaml", api.spec_endpoint_yaml())
+            .nest("/docs", api.swagger_ui());
+    }
+    if metrics.enabled {
+        route = route.at("/metrics", api::operations::metrics_endpoint(&metrics.token));
+    }
+    route
         .nest("/", api)
         .with(middleware::BodyLimit {
             max_bytes: http.body_limit_bytes,
@@ -190,8 +200,16 @@ pub fn routes(state: AppState, http: &HttpSettings) -> impl Endpoint<Output = Re
         })
         .data(state)
         .with(CatchPanic::new().with_handler(error::panic_response))
+        .with_if(metrics.enabled, middleware::Observe)
         .catch_all_error(error::error_to_json)
+        .with(middleware::AllowHeader(allowed))
+        .around(middleware::security_headers)
+        .with_if(
+            !http.cors_origins.is_empty(),
+            middleware::BrowserOrigins(http.cors_origins.clone()),
+        )
         .around(middleware::log_request)
+        .with_if(log.request_ids, middleware::RequestId)
         .map_to_response()
         .into_endpoint()
 }

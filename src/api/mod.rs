@@ -9,6 +9,7 @@ pub mod health;
 pub mod identifier;
 pub mod json_body;
 pub mod middleware;
+pub mod operations;
 pub mod test_endpoints;
 pub mod users;
 
