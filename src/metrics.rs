@@ -1,10 +1,10 @@
 //! What allot counts for Prometheus (`GET /metrics`): requests, database
-//! commands, allocation and login outcomes.
+//! operations, allocation and login outcomes.
 //!
 //! Built on `prometheus-client`, the Prometheus project's own Rust client: a
 //! few small dependencies, lock-free counters and histograms, and the text
-//! exposition format. One registry per process, because the MongoDB driver's
-//! command events and the handlers both report to it.
+//! exposition format. One registry per process, because the store adapters
+//! and the handlers both report to it.
 
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -31,8 +31,8 @@ struct OperationLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct CommandLabels {
-    command: String,
+struct StoreLabels {
+    operation: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -68,15 +68,18 @@ pub struct Metrics {
     requests: Family<RequestLabels, Counter>,
     latency: Family<OperationLabels, Histogram, fn() -> Histogram>,
     in_flight: Gauge,
-    db_latency: Family<CommandLabels, Histogram, fn() -> Histogram>,
-    db_errors: Family<CommandLabels, Counter>,
+    db_latency: Family<StoreLabels, Histogram, fn() -> Histogram>,
+    db_errors: Family<StoreLabels, Counter>,
+    db_timeouts: Counter,
     allocations: Family<OutcomeLabels, Counter>,
     logins: Family<OutcomeLabels, Counter>,
 }
 
 /// 0.5 ms to ~16 s, doubling.
 fn latency_histogram() -> Histogram {
-    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(0.0005, 2.0, 16))
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+        0.0005, 2.0, 16,
+    ))
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
@@ -109,15 +112,21 @@ impl Metrics {
         );
         let db_latency = Family::new_with_constructor(latency_histogram as fn() -> Histogram);
         registry.register(
-            "db_command_duration_seconds",
-            "MongoDB command round trips, by command",
+            "db_operation_duration_seconds",
+            "Database operations (one repository step: a query, or a whole transaction), by operation",
             db_latency.clone(),
         );
-        let db_errors = Family::<CommandLabels, Counter>::default();
+        let db_errors = Family::<StoreLabels, Counter>::default();
         registry.register(
-            "db_command_errors",
-            "MongoDB commands that failed, by command (`timeout`: allot stopped waiting)",
+            "db_operation_errors",
+            "Database operations that failed, by operation",
             db_errors.clone(),
+        );
+        let db_timeouts = Counter::default();
+        registry.register(
+            "db_timeouts",
+            "Database operations allot stopped waiting for (mongo.operation_timeout_ms)",
+            db_timeouts.clone(),
         );
         let allocations = Family::<OutcomeLabels, Counter>::default();
         registry.register(
@@ -141,6 +150,7 @@ impl Metrics {
             in_flight,
             db_latency,
             db_errors,
+            db_timeouts,
             allocations,
             logins,
         }
@@ -161,10 +171,8 @@ impl Metrics {
             .observe(elapsed.as_secs_f64());
     }
 
-    pub fn db_command(&self, command: &str, elapsed: Duration, failed: bool) {
-        let labels = CommandLabels {
-            command: command.to_owned(),
-        };
+    pub fn db_operation(&self, operation: &'static str, elapsed: Duration, failed: bool) {
+        let labels = StoreLabels { operation };
         self.db_latency
             .get_or_create(&labels)
             .observe(elapsed.as_secs_f64());
@@ -175,11 +183,7 @@ impl Metrics {
 
     /// allot gave up waiting for the database (`mongo.operation_timeout_ms`).
     pub fn db_timeout(&self) {
-        self.db_errors
-            .get_or_create(&CommandLabels {
-                command: "timeout".to_owned(),
-            })
-            .inc();
+        self.db_timeouts.inc();
     }
 
     pub fn allocation(&self, outcome: AllocationOutcome) {
@@ -191,7 +195,9 @@ impl Metrics {
             AllocationOutcome::Contention => "contention",
             AllocationOutcome::Unavailable => "unavailable",
         };
-        self.allocations.get_or_create(&OutcomeLabels { outcome }).inc();
+        self.allocations
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
     }
 
     pub fn login(&self, outcome: LoginOutcome) {

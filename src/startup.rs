@@ -7,6 +7,7 @@ use std::time::Duration;
 use poem::middleware::CatchPanic;
 use poem::{Endpoint, EndpointExt, IntoEndpoint, Response, Route};
 
+use crate::adapters::deadline::Deadline;
 use crate::adapters::mongo::allocations::MongoAllocations;
 use crate::adapters::mongo::revocations::MongoRevocations;
 use crate::adapters::mongo::users::MongoUsers;
@@ -51,7 +52,7 @@ pub struct Application {
 /// Keeps this instance's revocation list in step with the shared store.
 struct RevocationSync {
     list: Arc<RevocationList>,
-    store: MongoRevocations,
+    store: Deadline<MongoRevocations>,
     every: Duration,
 }
 
@@ -71,7 +72,7 @@ impl RevocationSync {
 /// Runs the allocation recovery pass at start and then periodically: it
 /// completes what a crash left half-done and serves waiting lines.
 struct RecoveryLoop {
-    allocations: MongoAllocations,
+    allocations: Deadline<MongoAllocations>,
     every: Duration,
 }
 
@@ -117,12 +118,22 @@ impl Application {
             .map_err(bind_error)?;
         let port = listener.local_addr().map_err(bind_error)?.port();
 
-        let revocation_store = MongoRevocations::new(&database);
+        let operation_timeout = Duration::from_millis(settings.mongo.operation_timeout_ms);
+        let revocation_store = Deadline::new(
+            MongoRevocations::new(&database).with_operation_timeout(operation_timeout),
+            operation_timeout,
+        );
         let revocations = Arc::new(RevocationList::default());
         revocations.sync(&revocation_store).await?;
-        let allocations = MongoAllocations::new(&database);
+        let allocations = Deadline::new(
+            MongoAllocations::new(&database).with_operation_timeout(operation_timeout),
+            operation_timeout,
+        );
         let state = AppState::new(Components {
-            users: MongoUsers::new(&database),
+            users: Deadline::new(
+                MongoUsers::new(&database).with_operation_timeout(operation_timeout),
+                operation_timeout,
+            ),
             allocations: allocations.clone(),
             passwords: Argon2Hasher::new(&settings.auth)?,
             password_policy: settings.auth.password_policy(),
@@ -190,7 +201,10 @@ pub fn routes(state: AppState, settings: &Settings) -> impl Endpoint<Output = Re
             .nest("/docs", api.swagger_ui());
     }
     if metrics.enabled {
-        route = route.at("/metrics", api::operations::metrics_endpoint(&metrics.token));
+        route = route.at(
+            "/metrics",
+            api::operations::metrics_endpoint(&metrics.token),
+        );
     }
     route
         .nest("/", api)

@@ -4,11 +4,11 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use poem::http::header::{self, CONTENT_LENGTH, HeaderValue};
 use poem::http::StatusCode;
+use poem::http::header::{self, CONTENT_LENGTH, HeaderValue};
+use poem::{Body, Endpoint, Error, IntoResponse, Middleware, Request, Response, Result};
 use poem_openapi::OperationId;
 use tracing::Instrument;
-use poem::{Body, Endpoint, Error, IntoResponse, Middleware, Request, Response, Result};
 
 /// Answers 413 for bodies over the limit, counting the bytes as they arrive
 /// whatever the protocol says (Content-Length, chunked, HTTP/2 frames), and
@@ -295,7 +295,11 @@ impl<E: Endpoint> Endpoint for AllowHeaderEndpoint<E> {
 
     async fn call(&self, req: Request) -> Result<Response> {
         let path = req.uri().path().to_owned();
-        let mut response = self.inner.call(req).await.map(IntoResponse::into_response)?;
+        let mut response = self
+            .inner
+            .call(req)
+            .await
+            .map(IntoResponse::into_response)?;
         if response.status() == StatusCode::METHOD_NOT_ALLOWED
             && let Some(allow) = self.methods.allow(&path)
         {

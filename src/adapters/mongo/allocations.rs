@@ -246,6 +246,8 @@ pub struct MongoAllocations {
     /// with WriteConflict and retry. Other processes still conflict, and retry.
     sku_locks: std::sync::Arc<[Mutex<()>; SKU_LOCKS]>,
     hasher: RandomState,
+    /// Sent with queries as `maxTimeMS`, and as the commit's limit.
+    max_time: Duration,
 }
 
 /// Runs `$attempt` (an expression using `$session`, a `ClientSession` in a
@@ -279,6 +281,7 @@ macro_rules! transaction {
             {
                 break Err(unavailable(retry));
             }
+            crate::metrics::metrics().allocation(crate::metrics::AllocationOutcome::Contention);
             tokio::time::sleep(jitter(pause)).await;
             pause = (pause * 2).min(Duration::from_millis(100));
         }
@@ -315,7 +318,14 @@ impl MongoAllocations {
             lines: database.collection(ORDER_LINES),
             sku_locks: std::sync::Arc::new(std::array::from_fn(|_| Mutex::new(()))),
             hasher: RandomState::new(),
+            max_time: super::DEFAULT_MAX_TIME,
         }
+    }
+
+    /// Limits each query (and each commit) to `limit` on the server.
+    pub fn with_operation_timeout(mut self, limit: Duration) -> Self {
+        self.max_time = limit;
+        self
     }
 
     fn sku_lock(&self, sku: &str) -> &Mutex<()> {
@@ -330,6 +340,7 @@ impl MongoAllocations {
                 TransactionOptions::builder()
                     .read_concern(ReadConcern::snapshot())
                     .write_concern(WriteConcern::majority())
+                    .max_commit_time(self.max_time)
                     .build(),
             )
             .await?;
@@ -353,6 +364,7 @@ impl MongoAllocations {
                 doc! { "sku": &line.sku, "available_quantity": { "$gte": qty } },
                 doc! { "$inc": { "available_quantity": -qty, "version": 1, "allocation_seq": 1 } },
             )
+            .max_time(self.max_time)
             .sort(doc! { "eta": 1, "_id": 1 })
             .projection(doc! { "allocation_seq": 1 })
             .return_document(ReturnDocument::After)
@@ -373,6 +385,7 @@ fn limit(n: usize) -> i64 {
 /// At most `limit_to` documents matching `filter`, in `sort` order.
 async fn find_many<T>(
     collection: &Collection<T>,
+    max_time: Duration,
     filter: Document,
     sort: Document,
     limit_to: usize,
@@ -382,6 +395,7 @@ where
 {
     collection
         .find(filter)
+        .max_time(max_time)
         .sort(sort)
         .limit(limit(limit_to))
         .await
@@ -405,6 +419,7 @@ impl AllocationRepository for MongoAllocations {
     async fn batch(&self, reference: &str) -> Result<Option<Batch>, RepositoryError> {
         self.batches
             .find_one(doc! { "_id": reference })
+            .max_time(self.max_time)
             .await
             .map_err(unavailable)?
             .map(BatchDocument::into_batch)
@@ -427,8 +442,14 @@ impl AllocationRepository for MongoAllocations {
         if let Some(after) = after {
             filter.insert("_id", doc! { "$gt": after });
         }
-        let documents: Vec<BatchDocument> =
-            find_many(&self.batches, filter, doc! { "_id": 1 }, limit_to).await?;
+        let documents: Vec<BatchDocument> = find_many(
+            &self.batches,
+            self.max_time,
+            filter,
+            doc! { "_id": 1 },
+            limit_to,
+        )
+        .await?;
         documents
             .into_iter()
             .map(BatchDocument::into_batch)
@@ -440,6 +461,7 @@ impl AllocationRepository for MongoAllocations {
             .batches
             .clone_with_type::<Document>()
             .find_one(doc! { "sku": sku })
+            .max_time(self.max_time)
             .projection(doc! { "_id": 1 })
             .await
             .map_err(unavailable)?;
@@ -480,6 +502,7 @@ impl AllocationRepository for MongoAllocations {
     ) -> Result<Option<AcknowledgedLine>, RepositoryError> {
         self.lines
             .find_one(doc! { "orderid": orderid, "sku": sku })
+            .max_time(self.max_time)
             .await
             .map_err(unavailable)?
             .map(LineDocument::into_line)
@@ -493,6 +516,7 @@ impl AllocationRepository for MongoAllocations {
     ) -> Result<Vec<AcknowledgedLine>, RepositoryError> {
         let documents: Vec<LineDocument> = find_many(
             &self.lines,
+            self.max_time,
             doc! { "orderid": orderid },
             doc! { "orderid": 1, "sku": 1 },
             limit_to,
@@ -507,7 +531,8 @@ impl AllocationRepository for MongoAllocations {
         orderids: &[String],
     ) -> Result<Vec<AcknowledgedLine>, RepositoryError> {
         let filter = doc! { "orderid": { "$in": orderids }, "sku": sku };
-        let documents = find_many(&self.lines, filter, doc! {}, orderids.len()).await?;
+        let documents =
+            find_many(&self.lines, self.max_time, filter, doc! {}, orderids.len()).await?;
         documents.into_iter().map(LineDocument::into_line).collect()
     }
 
@@ -521,6 +546,7 @@ impl AllocationRepository for MongoAllocations {
             let Some(removed) = self
                 .lines
                 .find_one_and_delete(doc! { "orderid": orderid, "sku": sku })
+                .max_time(self.max_time)
                 .session(&mut session)
                 .await?
             else {
@@ -554,6 +580,7 @@ impl AllocationRepository for MongoAllocations {
             let Some(stored) = self
                 .batches
                 .find_one(doc! { "_id": reference })
+                .max_time(self.max_time)
                 .session(&mut session)
                 .await?
             else {
@@ -569,6 +596,7 @@ impl AllocationRepository for MongoAllocations {
                         "$inc": { "available_quantity": delta, "version": 1 },
                     },
                 )
+                .max_time(self.max_time)
                 .return_document(ReturnDocument::After)
                 .session(&mut session)
                 .await?;
@@ -591,6 +619,7 @@ impl AllocationRepository for MongoAllocations {
             let over_by = match self
                 .batches
                 .find_one(doc! { "_id": reference })
+                .max_time(self.max_time)
                 .session(&mut session)
                 .await?
             {
@@ -603,6 +632,7 @@ impl AllocationRepository for MongoAllocations {
             let recent: Vec<LineDocument> = self
                 .lines
                 .find(doc! { "batchref": reference, "status": ALLOCATED })
+                .max_time(self.max_time)
                 .sort(doc! { "batchref": 1, "batch_seq": -1 })
                 .limit(limit(max_lines))
                 .session(&mut session)
@@ -653,7 +683,7 @@ impl AllocationRepository for MongoAllocations {
         limit_to: usize,
     ) -> Result<Vec<String>, RepositoryError> {
         let filter = doc! { "available_quantity": { "$lt": 0 } };
-        let batches = find_many(&self.batches, filter, doc! {}, limit_to).await?;
+        let batches = find_many(&self.batches, self.max_time, filter, doc! {}, limit_to).await?;
         Ok(batches.into_iter().map(|batch| batch.reference).collect())
     }
 
@@ -673,8 +703,14 @@ impl AllocationRepository for MongoAllocations {
                 filter.insert("_id", doc! { "$gt": after });
             }
         }
-        let documents: Vec<LineDocument> =
-            find_many(&self.lines, filter, doc! { "_id": 1 }, limit_to).await?;
+        let documents: Vec<LineDocument> = find_many(
+            &self.lines,
+            self.max_time,
+            filter,
+            doc! { "_id": 1 },
+            limit_to,
+        )
+        .await?;
         documents
             .into_iter()
             .map(|document| {
@@ -727,6 +763,7 @@ impl AllocationRepository for MongoAllocations {
         }
         let documents: Vec<LineDocument> = find_many(
             &self.lines,
+            self.max_time,
             filter,
             doc! { "batchref": 1, "batch_seq": 1 },
             limit_to,
