@@ -138,10 +138,10 @@ impl Metrics {
         registry.register("logins", "Logins by outcome", logins.clone());
         // Every outcome is listed from the start, at 0, so rates work at once.
         for outcome in ["allocated", "backordered", "out_of_stock", "contention"] {
-            allocations.get_or_create(&OutcomeLabels { outcome });
+            let _ = allocations.get_or_create(&OutcomeLabels { outcome });
         }
         for outcome in ["ok", "bad_credentials", "throttled"] {
-            logins.get_or_create(&OutcomeLabels { outcome });
+            let _ = logins.get_or_create(&OutcomeLabels { outcome });
         }
         Self {
             registry,
