@@ -11,6 +11,12 @@ use serde::Deserialize;
 
 /// The development-only JWT secret shipped in `config/default.toml`.
 pub const DEVELOPMENT_JWT_SECRET: &str = "allot-development-secret-do-not-use-in-production";
+/// The shipped configuration files, built in: used for each file missing on disk.
+const BUILT_IN_DEFAULT: &str = include_str!("../config/default.toml");
+const BUILT_IN_DEVELOPMENT: &str = include_str!("../config/development.toml");
+const BUILT_IN_TESTING: &str = include_str!("../config/testing.toml");
+const BUILT_IN_PRODUCTION: &str = include_str!("../config/production.toml");
+
 /// Shortest JWT secret production accepts, in bytes (the HS256 key size).
 pub const MIN_PRODUCTION_SECRET_BYTES: usize = 32;
 
@@ -68,10 +74,8 @@ pub enum ConfigError {
         "unknown ALLOT_ENV {0:?}: use one of \"development\" (the default), \"testing\" or \"production\""
     )]
     UnknownEnvironment(String),
-    #[error(
-        "configuration file {0} not found: run from the project folder or set ALLOT_CONFIG_DIR"
-    )]
-    MissingBaseFile(PathBuf),
+    #[error("ALLOT_CONFIG_DIR {0} is not a directory")]
+    MissingConfigDir(PathBuf),
     #[error("invalid configuration: {0}")]
     Invalid(#[from] Box<figment::Error>),
     #[error("refusing to start in production: {0}")]
@@ -235,23 +239,43 @@ impl AuthSettings {
 }
 
 impl Settings {
-    /// Loads the settings for `ALLOT_ENV` from `ALLOT_CONFIG_DIR` (default `./config`).
+    /// Loads the settings for `ALLOT_ENV`: the built-in files, overridden by
+    /// those in `ALLOT_CONFIG_DIR` (default `./config`, if it exists), then by
+    /// the environment.
     pub fn load() -> Result<Self, ConfigError> {
         let environment = Environment::from_env()?;
-        let dir = std::env::var_os("ALLOT_CONFIG_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from("config"));
+        let dir = match std::env::var_os("ALLOT_CONFIG_DIR") {
+            Some(dir) => {
+                let dir = PathBuf::from(dir);
+                if !dir.is_dir() {
+                    return Err(ConfigError::MissingConfigDir(dir));
+                }
+                dir
+            }
+            None => PathBuf::from("config"),
+        };
         Self::load_from(&dir, environment)
     }
 
+    /// Each layer is `dir`'s file when it exists, else the copy built into
+    /// the binary, so that `allot` runs from any directory.
     pub fn load_from(dir: &Path, environment: Environment) -> Result<Self, ConfigError> {
-        let base = dir.join("default.toml");
-        if !base.is_file() {
-            return Err(ConfigError::MissingBaseFile(base));
-        }
+        let layer = |name: &str, built_in: &'static str| {
+            let path = dir.join(name);
+            if path.is_file() {
+                Toml::file(path)
+            } else {
+                Toml::string(built_in)
+            }
+        };
+        let environment_file = match environment {
+            Environment::Development => BUILT_IN_DEVELOPMENT,
+            Environment::Testing => BUILT_IN_TESTING,
+            Environment::Production => BUILT_IN_PRODUCTION,
+        };
         let mut settings: Settings = Figment::new()
-            .merge(Toml::file(base))
-            .merge(Toml::file(dir.join(format!("{environment}.toml"))))
+            .merge(layer("default.toml", BUILT_IN_DEFAULT))
+            .merge(layer(&format!("{environment}.toml"), environment_file))
             .merge(Env::prefixed("ALLOT__").split("__"))
             .extract()
             .map_err(Box::new)?;
@@ -420,6 +444,22 @@ mod tests {
             let settings = Settings::load_from(&config_dir(), environment).unwrap();
             assert_eq!(settings.mongo.database, database, "{environment}");
             assert_eq!(settings.environment, environment);
+        }
+    }
+
+    #[test]
+    fn the_built_in_files_stand_in_for_missing_ones() {
+        let empty = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        for environment in [
+            Environment::Development,
+            Environment::Testing,
+            Environment::Production,
+        ] {
+            let built_in = Settings::load_from(&empty, environment).unwrap();
+            let on_disk = Settings::load_from(&config_dir(), environment).unwrap();
+            assert_eq!(built_in.mongo.database, on_disk.mongo.database);
+            assert_eq!(built_in.http.host, on_disk.http.host);
+            assert_eq!(built_in.log.format, on_disk.log.format);
         }
     }
 

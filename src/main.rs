@@ -13,7 +13,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 /// allot: users, JWTs and stock allocation over MongoDB.
 ///
 /// Settings come from config/default.toml, config/$ALLOT_ENV.toml
-/// (development, testing or production) and ALLOT__SECTION__KEY variables.
+/// (development, testing or production; built-in copies stand in for files
+/// missing from ./config or $ALLOT_CONFIG_DIR) and ALLOT__SECTION__KEY variables.
 #[derive(Parser)]
 #[command(version)]
 struct Cli {
