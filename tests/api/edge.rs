@@ -311,3 +311,175 @@ pub async fn malformed_and_oversized_requests_get_json_errors() {
         assert!(body["message"].is_string(), "{body}");
     }
 }
+
+/// A SecantusDB server of the test's own, which it can freeze (SIGSTOP).
+struct OwnDatabase {
+    child: Child,
+    uri: String,
+}
+
+impl OwnDatabase {
+    async fn start() -> Self {
+        let port = crate::helpers::free_port();
+        let child = std::process::Command::new(crate::session::secantusd_path())
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--storage-path", ":memory:", "--log-level", "WARNING"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("SecantusDB from .venv (scripts/setup-python installs it)");
+        let uri = format!("mongodb://127.0.0.1:{port}/?directConnection=true");
+        let client = mongodb::Client::with_uri_str(&uri).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while client
+            .database("admin")
+            .run_command(mongodb::bson::doc! { "ping": 1 })
+            .await
+            .is_err()
+        {
+            assert!(Instant::now() < deadline, "SecantusDB did not start");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        Self { child, uri }
+    }
+
+    fn signal(&self, signal: libc::c_int) {
+        // SAFETY: sends a signal to the child this test started.
+        let sent = unsafe { libc::kill(self.child.id() as libc::pid_t, signal) };
+        assert_eq!(sent, 0, "signal {signal} sent");
+    }
+}
+
+impl Drop for OwnDatabase {
+    fn drop(&mut self) {
+        self.signal(libc::SIGCONT);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub async fn requests_get_503_within_the_operation_timeout_while_the_database_is_frozen() {
+    let database = OwnDatabase::start().await;
+    let app = spawn_app_with(|settings| {
+        settings.mongo.uri = database.uri.clone().into();
+        settings.mongo.operation_timeout_ms = 1000;
+    })
+    .await;
+    let user = app.new_user().await;
+    // The admin role, granted in the test's own database (as the CLI would).
+    let admin_name = crate::helpers::random_name("admin");
+    app.register(&admin_name, crate::helpers::PASSWORD).await;
+    mongodb::Client::with_uri_str(&database.uri)
+        .await
+        .unwrap()
+        .database(app.database.name())
+        .collection::<mongodb::bson::Document>("users")
+        .update_one(
+            mongodb::bson::doc! { "username": &admin_name },
+            mongodb::bson::doc! { "$addToSet": { "roles": "admin" } },
+        )
+        .await
+        .unwrap();
+    let (status, body) = app.login(&admin_name, crate::helpers::PASSWORD).await;
+    assert_eq!(status, 200, "{body}");
+    let admin = crate::helpers::Tokens::from(&body);
+    let batch = serde_json::json!({"reference": "frozen-1", "sku": "LAMP", "purchased_quantity": 10, "eta": null});
+    let (status, body) = json(app.post_json("/batches", Some(&admin.access), &batch).await).await;
+    assert_eq!(status, 201, "{body}");
+
+    database.signal(libc::SIGSTOP);
+    let line = serde_json::json!({"orderid": "o-1", "sku": "LAMP", "qty": 1});
+    for (path, body) in [
+        ("/allocate", Some(line)),
+        ("/users/login", None),
+        ("/batches/frozen-1", None),
+    ] {
+        let started = Instant::now();
+        let response = match (path, &body) {
+            ("/users/login", _) => {
+                app.post_json(
+                    path,
+                    None,
+                    &serde_json::json!({"username": "nobody-here", "password": "whatever1"}),
+                )
+                .await
+            }
+            (_, Some(body)) => app.post_json(path, Some(&user.access), body).await,
+            (_, None) => {
+                app.get_authorized(path, &format!("Bearer {}", user.access))
+                    .await
+            }
+        };
+        let waited = started.elapsed();
+        let (status, body) = json(response).await;
+        assert_eq!(status, 503, "{path}: {body}");
+        assert!(body["message"].is_string(), "{body}");
+        assert!(
+            waited < Duration::from_millis(2500),
+            "{path} waited {waited:?} with a 1 s operation timeout"
+        );
+        eprintln!("{path}: 503 after {waited:?}");
+    }
+
+    database.signal(libc::SIGCONT);
+    let (status, body) = json(
+        app.get_authorized("/batches/frozen-1", &format!("Bearer {}", user.access))
+            .await,
+    )
+    .await;
+    assert_eq!(
+        status, 200,
+        "served again once the database is back: {body}"
+    );
+}
+
+pub async fn an_eta_the_database_cannot_store_is_a_400_naming_the_field() {
+    let app = crate::helpers::spawn_app().await;
+    let admin = app.new_admin().await;
+    for eta in ["0000-01-01", "-0001-12-31", "+10000-01-01", "-262143-01-01"] {
+        let batch = serde_json::json!({"reference": crate::helpers::random_name("b"), "sku": "DESK", "purchased_quantity": 5, "eta": eta});
+        let (status, body) =
+            json(app.post_json("/batches", Some(&admin.access), &batch).await).await;
+        assert_eq!(status, 400, "{eta}: {body}");
+        let message = body["message"].as_str().unwrap_or_default();
+        assert!(message.contains("eta"), "{eta}: {message}");
+    }
+    let (count, _) = (
+        app.database
+            .collection::<mongodb::bson::Document>("batches")
+            .count_documents(mongodb::bson::doc! {})
+            .await
+            .unwrap(),
+        (),
+    );
+    assert_eq!(count, 0, "nothing was stored");
+    for eta in ["0001-01-01", "9999-12-31"] {
+        let batch = serde_json::json!({"reference": crate::helpers::random_name("b"), "sku": "DESK", "purchased_quantity": 5, "eta": eta});
+        let (status, body) =
+            json(app.post_json("/batches", Some(&admin.access), &batch).await).await;
+        assert_eq!((status, body["eta"].as_str()), (201, Some(eta)), "{body}");
+    }
+}
+
+pub async fn allot_serves_from_an_empty_directory_in_development() {
+    let empty = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("empty-{}", crate::helpers::random_name("dir")));
+    std::fs::create_dir_all(&empty).unwrap();
+    let mut command = allot_command();
+    command
+        .current_dir(&empty)
+        .env("ALLOT__MONGO__URI", &session().mongo_uri)
+        // Isolation only: a free port, and a database the session drops.
+        .env("ALLOT__HTTP__PORT", "0")
+        .env("ALLOT__MONGO__DATABASE", session().new_database_name());
+    let app = ServeProcess::start(&mut command);
+    let log = app.log.lock().unwrap().join("");
+    assert!(log.contains("development"), "{log}");
+    let response = reqwest::get(format!("{}/tests/hello", app.url))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    drop(app);
+    std::fs::remove_dir_all(&empty).unwrap();
+}
