@@ -13,6 +13,7 @@ mod durability;
 mod edge;
 mod foundation;
 mod helpers;
+mod operations;
 mod session;
 
 use libtest_mimic::{Arguments, Trial};
@@ -92,6 +93,13 @@ fn main() -> std::process::ExitCode {
         edge::requests_get_503_within_the_operation_timeout_while_the_database_is_frozen,
         edge::an_eta_the_database_cannot_store_is_a_400_naming_the_field,
         edge::allot_serves_from_an_empty_directory_in_development,
+        operations::metrics_count_requests_database_operations_and_outcomes,
+        operations::metrics_can_require_a_token_or_be_switched_off,
+        operations::request_ids_are_kept_or_made_and_appear_in_the_request_log_lines,
+        operations::cors_preflights_succeed_for_listed_origins_only,
+        operations::a_405_lists_the_methods_of_the_path_in_allow,
+        operations::every_response_says_nosniff_and_token_responses_say_no_store,
+        operations::swagger_ui_and_the_spec_can_be_switched_off,
         browser::swagger_ui_tries_out_hello_and_me_after_authorizing_in_chromium,
         contract_tools::the_committed_spec_passes_openapi_spec_validator,
         contract_tools::schemathesis_finds_no_contract_violation_with_a_user_token,
