@@ -310,6 +310,14 @@ pub async fn malformed_and_oversized_requests_get_json_errors() {
             .unwrap_or_else(|_| panic!("{status_line}: not JSON: {body:?}"));
         assert!(body["message"].is_string(), "{body}");
     }
+    // A URI over hyper's 65,534 bytes, in a head the limit allows: 414.
+    let roomy = spawn_app_with(|settings| settings.http.max_header_bytes = 100_000).await;
+    let address = roomy.address.trim_start_matches("http://").to_owned();
+    let huge_uri = format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(70_000));
+    let (status_line, body) = raw_exchange(&address, huge_uri.as_bytes()).await;
+    assert!(status_line.starts_with("HTTP/1.1 414"), "{status_line}");
+    let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["message"], "The request URI is too long");
 }
 
 /// A SecantusDB server of the test's own, which it can freeze (SIGSTOP).
