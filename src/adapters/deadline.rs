@@ -5,6 +5,12 @@
 //! limit to the server (`maxTimeMS`), but a server that stops answering
 //! altogether (frozen, partitioned) would otherwise hold a request for as
 //! long as the driver waits, which has no bound of its own.
+//!
+//! The steps that write a sku's stock first wait their turn on the sku
+//! (one transaction per sku at a time in a process), which is queueing, not
+//! waiting for the database: those the repository bounds itself, per
+//! transaction attempt and commit (`MongoAllocations`), and here they are
+//! only measured.
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -43,6 +49,19 @@ impl<R> Deadline<R> {
 
     pub fn inner(&self) -> &R {
         &self.inner
+    }
+
+    /// Runs an operation the inner repository bounds itself, recording its
+    /// latency and whether it failed.
+    async fn measure<T, E>(
+        &self,
+        operation: &'static str,
+        work: impl Future<Output = Result<T, E>>,
+    ) -> Result<T, E> {
+        let started = Instant::now();
+        let result = work.await;
+        metrics().db_operation(operation, started.elapsed(), result.is_err());
+        result
     }
 
     /// Runs one operation within the limit, recording its latency and
@@ -106,8 +125,7 @@ impl<R: AllocationRepository> AllocationRepository for Deadline<R> {
     }
 
     async fn allocate(&self, line: &OrderLine) -> Result<Allocated, RepositoryError> {
-        self.run("allocate", self.inner.allocate(line), repository)
-            .await
+        self.measure("allocate", self.inner.allocate(line)).await
     }
 
     async fn line(
@@ -143,7 +161,7 @@ impl<R: AllocationRepository> AllocationRepository for Deadline<R> {
         sku: &str,
     ) -> Result<Option<AcknowledgedLine>, RepositoryError> {
         let work = self.inner.remove_line(orderid, sku);
-        self.run("remove_line", work, repository).await
+        self.measure("remove_line", work).await
     }
 
     async fn change_purchased_quantity(
@@ -152,8 +170,7 @@ impl<R: AllocationRepository> AllocationRepository for Deadline<R> {
         qty: u32,
     ) -> Result<Option<Batch>, RepositoryError> {
         let work = self.inner.change_purchased_quantity(reference, qty);
-        self.run("change_purchased_quantity", work, repository)
-            .await
+        self.measure("change_purchased_quantity", work).await
     }
 
     async fn give_up_recent_lines(
@@ -162,7 +179,7 @@ impl<R: AllocationRepository> AllocationRepository for Deadline<R> {
         max_lines: usize,
     ) -> Result<Vec<OrderLine>, RepositoryError> {
         let work = self.inner.give_up_recent_lines(reference, max_lines);
-        self.run("give_up_recent_lines", work, repository).await
+        self.measure("give_up_recent_lines", work).await
     }
 
     async fn over_allocated_batches(&self, limit: usize) -> Result<Vec<String>, RepositoryError> {
@@ -182,7 +199,7 @@ impl<R: AllocationRepository> AllocationRepository for Deadline<R> {
 
     async fn fill_backorder(&self, line: &OrderLine) -> Result<Filled, RepositoryError> {
         let work = self.inner.fill_backorder(line);
-        self.run("fill_backorder", work, repository).await
+        self.measure("fill_backorder", work).await
     }
 
     async fn batch_lines(

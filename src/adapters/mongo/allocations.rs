@@ -27,6 +27,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
 use super::is_duplicate_key;
+use crate::adapters::deadline::TimedOut;
 use crate::domain::allocation::{AcknowledgedLine, Batch, LineStatus, OrderLine, lines_to_give_up};
 use crate::services::allocation::{
     Allocated, AllocationRepository, Backorder, BatchLine, Filled, RepositoryError,
@@ -259,20 +260,32 @@ macro_rules! transaction {
     ($repo:expr, |$session:ident| $attempt:expr) => {{
         let deadline = tokio::time::Instant::now() + TRANSACTION_RETRY_FOR;
         let mut pause = Duration::from_millis(1);
+        // Each attempt, and each commit, waits at most `max_time` for the
+        // database; the turn taken on the sku's lock before does not count.
+        let limit = $repo.max_time;
+        let timed_out =
+            |operation| RepositoryError::Unavailable(Box::new(TimedOut { operation, limit }));
         loop {
             let mut $session = $repo.start_transaction().await.map_err(unavailable)?;
-            let outcome: Result<Finish<_>, MongoError> = $attempt;
+            let outcome: Result<Finish<_>, MongoError> =
+                match tokio::time::timeout(limit, async { $attempt }).await {
+                    Ok(outcome) => outcome,
+                    Err(_elapsed) => break Err(timed_out("a transaction")),
+                };
             let retry = match outcome {
-                Ok(Finish::Commit(value)) => match commit(&mut $session).await {
-                    Ok(()) => break Ok(value),
-                    Err(error) => error,
-                },
+                Ok(Finish::Commit(value)) => {
+                    match tokio::time::timeout(limit, commit(&mut $session)).await {
+                        Ok(Ok(())) => break Ok(value),
+                        Ok(Err(error)) => error,
+                        Err(_elapsed) => break Err(timed_out("a commit")),
+                    }
+                }
                 Ok(Finish::Abort(value)) => {
-                    let _ = $session.abort_transaction().await;
+                    let _ = tokio::time::timeout(limit, $session.abort_transaction()).await;
                     break Ok(value);
                 }
                 Err(error) => {
-                    let _ = $session.abort_transaction().await;
+                    let _ = tokio::time::timeout(limit, $session.abort_transaction()).await;
                     error
                 }
             };
