@@ -111,6 +111,7 @@ pub async fn serve(
         .initial_stream_window_size(HTTP2_STREAM_WINDOW)
         .initial_connection_window_size(HTTP2_CONNECTION_WINDOW);
     tokio::pin!(shutdown);
+    let mut last_accept_warning = None;
     loop {
         // At the cap, stop accepting: new connections wait in the backlog.
         let slot = tokio::select! {
@@ -124,8 +125,14 @@ pub async fn serve(
         let (stream, remote) = match accepted {
             Ok(accepted) => accepted,
             Err(error) => {
-                // E.g. EMFILE: retrying at once would spin; wait a little.
-                tracing::warn!(%error, "cannot accept a connection");
+                // E.g. EMFILE: retrying at once would spin; wait a little,
+                // and say so once a second at most.
+                if last_accept_warning
+                    .is_none_or(|at: Instant| at.elapsed() >= Duration::from_secs(1))
+                {
+                    tracing::warn!(%error, "cannot accept a connection; retrying");
+                    last_accept_warning = Some(Instant::now());
+                }
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
