@@ -13,9 +13,14 @@ Each budget line of the performance issue is measured as a ratio within one run:
      raw driver on the same state: allot's CPU per allocation must stay flat and
      no document may grow with the number of lines;
   6. hot sku: 200 concurrent buyers of one sku must all get 201, and the stock
-     must add up afterwards.
+     must add up afterwards;
+  7. observability: what metrics (metrics.enabled) and request ids
+     (log.request_ids) cost per request: GET /tests/hello on instances with both
+     on and both off, interleaved, at log level warn and info (allot's CPU per
+     request from schedstat).
 Scenarios are interleaved and repeated; medians are reported. Phases can be
-chosen with --only / --skip: http (1, 3, 4), allocate (2), growth (5), hot-sku (6).
+chosen with --only / --skip: http (1, 3, 4), allocate (2), growth (5), hot-sku (6),
+observability (7).
 """
 
 import argparse
@@ -48,7 +53,7 @@ TARGET = os.path.join(ROOT, os.environ.get("CARGO_TARGET_DIR") or "target")
 ALLOT = os.environ.get("BENCH_ALLOT") or os.path.join(TARGET, "release/allot")
 ALLOT_CWD = os.environ.get("BENCH_ALLOT_CWD") or ROOT
 EXAMPLES = os.path.join(TARGET, "release/examples")
-PHASES = ["http", "allocate", "growth", "hot-sku"]
+PHASES = ["http", "allocate", "growth", "hot-sku", "observability"]
 SECANTUSD = os.path.join(ROOT, ".venv/bin/secantusd-py")
 SECRET = "benchmark-secret-that-is-long-enough-0123456789"
 PASSWORD = "benchmark password"
@@ -163,13 +168,13 @@ class Measured:
 class Allot(Measured):
     """The release binary in production configuration on a free port."""
 
-    def __init__(self, database, log_level):
+    def __init__(self, database, log_level, **settings):
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.env = dict(os.environ, ALLOT_ENV="production", ALLOT__AUTH__JWT_SECRET=SECRET,
                         ALLOT__MONGO__URI=database.uri, ALLOT__MONGO__DATABASE="allot_bench",
                         ALLOT__HTTP__HOST="127.0.0.1", ALLOT__HTTP__PORT=str(self.port),
-                        ALLOT__LOG__LEVEL=log_level, ALLOT_ADMIN_PASSWORD=PASSWORD)
+                        ALLOT__LOG__LEVEL=log_level, ALLOT_ADMIN_PASSWORD=PASSWORD, **settings)
         self.start([ALLOT, "serve"], self.base + "/health", env=self.env, cwd=ALLOT_CWD)
 
     def user_token(self, username):
@@ -615,10 +620,37 @@ def main():
         peaks.append(hot["peak_mib"])
         print(f"  hot sku: {hot}", file=sys.stderr)
 
-    report(args, results, hashing, startups, peaks, growth, hot)
+    observability = observability_cost(args) if "observability" in args.phases else None
+
+    report(args, results, hashing, startups, peaks, growth, hot, observability)
 
 
-def report(args, results, hashing, startups, peaks, growth, hot):
+OBSERVABILITY = {"on": {}, "off": {"ALLOT__METRICS__ENABLED": "false", "ALLOT__LOG__REQUEST_IDS": "false"}}
+
+
+def observability_cost(args):
+    """CPU per GET /tests/hello with metrics and request ids on and off, per log level."""
+    print("phase 7: the cost of metrics and request ids per request", file=sys.stderr)
+    seconds = int(args.seconds)
+    database = Database()
+    levels = sorted({args.log_level, "info"})
+    runs = {(level, side): [] for level in levels for side in OBSERVABILITY}
+    instances = {key: Allot(database, key[0], **OBSERVABILITY[key[1]]) for key in runs}
+    for round_ in range(args.repeats):
+        for key, allot in instances.items():
+            before = allot.cpu_seconds_precise()
+            result = wrk(allot.base + "/tests/hello", seconds, args.connections, server=allot)
+            requests = result["rps"] * seconds
+            result["cpu_us"] = (allot.cpu_seconds_precise() - before) * 1e6 / max(requests, 1)
+            runs[key].append(result)
+            print(f"  round {round_ + 1} log {key[0]}, metrics and request ids {key[1]}: {result}", file=sys.stderr)
+    for allot in instances.values():
+        allot.stop()
+    database.stop()
+    return {key: {k: median_of(r, k) for k in r[0]} for key, r in runs.items()}
+
+
+def report(args, results, hashing, startups, peaks, growth, hot, observability=None):
     med = {name: {key: median_of(runs, key) for key in runs[0]} for name, runs in results.items() if runs}
     binary_mib = os.path.getsize(ALLOT) / 2**20
     budget = []
@@ -719,6 +751,19 @@ def report(args, results, hashing, startups, peaks, growth, hot):
             ("6. hot sku: 503 answers", hot["unavailable"], 0, "<="),
             ("6. hot sku: batches whose stock does not add up (+1 if lines ≠ 201s)", hot["batches_off"], 0, "<="),
         ]
+    if observability:
+        lines += [f"Observability (phase 7): GET /tests/hello, wrk -c{args.connections}, on instances with metrics "
+                  "and request ids both on (the default) and both off (`metrics.enabled=false`, "
+                  "`log.request_ids=false`), interleaved; allot CPU per request from schedstat; medians of "
+                  f"{args.repeats} rounds. At log level info every request also writes its log line.", "",
+                  "| log level | on: requests/s | on: CPU µs/request | off: requests/s | off: CPU µs/request | "
+                  "cost µs/request | cost % |", "|---|---:|---:|---:|---:|---:|---:|"]
+        for level in sorted({key[0] for key in observability}):
+            on, off = observability[(level, "on")], observability[(level, "off")]
+            cost = on["cpu_us"] - off["cpu_us"]
+            lines.append(f"| {level} | {on['rps']:.0f} | {on['cpu_us']:.1f} | {off['rps']:.0f} | {off['cpu_us']:.1f} | "
+                         f"{cost:.1f} | {100 * cost / off['cpu_us']:.1f} |")
+        lines.append("")
     if peaks:
         lines += [f"Peak RSS {max(peaks):.1f} MiB (per instance: {', '.join(f'{p:.1f}' for p in peaks)}); "
                   f"start to /health median {statistics.median(startups):.1f} ms; binary {binary_mib:.1f} MiB.", ""]

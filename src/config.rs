@@ -11,6 +11,12 @@ use serde::Deserialize;
 
 /// The development-only JWT secret shipped in `config/default.toml`.
 pub const DEVELOPMENT_JWT_SECRET: &str = "allot-development-secret-do-not-use-in-production";
+/// The shipped configuration files, built in: used for each file missing on disk.
+const BUILT_IN_DEFAULT: &str = include_str!("../config/default.toml");
+const BUILT_IN_DEVELOPMENT: &str = include_str!("../config/development.toml");
+const BUILT_IN_TESTING: &str = include_str!("../config/testing.toml");
+const BUILT_IN_PRODUCTION: &str = include_str!("../config/production.toml");
+
 /// Shortest JWT secret production accepts, in bytes (the HS256 key size).
 pub const MIN_PRODUCTION_SECRET_BYTES: usize = 32;
 
@@ -68,10 +74,8 @@ pub enum ConfigError {
         "unknown ALLOT_ENV {0:?}: use one of \"development\" (the default), \"testing\" or \"production\""
     )]
     UnknownEnvironment(String),
-    #[error(
-        "configuration file {0} not found: run from the project folder or set ALLOT_CONFIG_DIR"
-    )]
-    MissingBaseFile(PathBuf),
+    #[error("ALLOT_CONFIG_DIR {0} is not a directory")]
+    MissingConfigDir(PathBuf),
     #[error("invalid configuration: {0}")]
     Invalid(#[from] Box<figment::Error>),
     #[error("refusing to start in production: {0}")]
@@ -90,6 +94,7 @@ pub struct Settings {
     pub log: LogSettings,
     pub auth: AuthSettings,
     pub allocation: AllocationSettings,
+    pub metrics: MetricsSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -109,6 +114,32 @@ pub struct HttpSettings {
     pub port: u16,
     pub body_limit_bytes: usize,
     pub shutdown_grace_secs: u64,
+    /// Time a client has to send a whole request head (HTTP/1.1), counted
+    /// from the connection's start, or from the first byte of a keep-alive request.
+    pub header_read_timeout_ms: u64,
+    /// Time a request body may take to arrive, once its head is read.
+    pub body_read_timeout_ms: u64,
+    /// A connection that sends nothing for this long is closed.
+    pub idle_timeout_ms: u64,
+    /// Largest request head (request line and headers), in bytes.
+    pub max_header_bytes: usize,
+    /// Connections served at once; further ones wait in the listen backlog.
+    pub max_connections: usize,
+    /// Concurrent requests (streams) on one HTTP/2 connection.
+    pub http2_max_concurrent_streams: u32,
+    /// Origins (`scheme://host[:port]`) browsers may call the API from.
+    #[serde(default)]
+    pub cors_origins: Vec<String>,
+    /// Serve Swagger UI (`/docs`) and the spec (`/openapi.json`, `/openapi.yaml`).
+    pub docs_enabled: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct MetricsSettings {
+    /// Serve `GET /metrics`.
+    pub enabled: bool,
+    /// When set, `/metrics` needs `Authorization: Bearer <token>`.
+    pub token: SecretString,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -120,6 +151,9 @@ pub struct MongoSettings {
     pub server_selection_timeout_ms: u64,
     pub ready_timeout_ms: u64,
     pub startup_retry_secs: u64,
+    /// Longest wait for one database operation, on the server (`maxTimeMS`)
+    /// and in allot; then the request gets 503.
+    pub operation_timeout_ms: u64,
 }
 
 impl MongoSettings {
@@ -127,6 +161,20 @@ impl MongoSettings {
     pub fn redacted_uri(&self) -> String {
         redact_uri(self.uri.expose_secret())
     }
+}
+
+/// Whether `value` is a browser origin: `http(s)://host[:port]`, nothing more.
+fn is_origin(value: &str) -> bool {
+    let Some(rest) = value
+        .strip_prefix("https://")
+        .or_else(|| value.strip_prefix("http://"))
+    else {
+        return false;
+    };
+    !rest.is_empty()
+        && rest
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b':' | b'[' | b']'))
 }
 
 /// Replaces the password in `scheme://user:password@host/...` with `****`.
@@ -156,6 +204,8 @@ pub enum LogFormat {
 pub struct LogSettings {
     pub format: LogFormat,
     pub level: String,
+    /// Give each request an id (`X-Request-Id`) that its log lines carry.
+    pub request_ids: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -189,23 +239,43 @@ impl AuthSettings {
 }
 
 impl Settings {
-    /// Loads the settings for `ALLOT_ENV` from `ALLOT_CONFIG_DIR` (default `./config`).
+    /// Loads the settings for `ALLOT_ENV`: the built-in files, overridden by
+    /// those in `ALLOT_CONFIG_DIR` (default `./config`, if it exists), then by
+    /// the environment.
     pub fn load() -> Result<Self, ConfigError> {
         let environment = Environment::from_env()?;
-        let dir = std::env::var_os("ALLOT_CONFIG_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from("config"));
+        let dir = match std::env::var_os("ALLOT_CONFIG_DIR") {
+            Some(dir) => {
+                let dir = PathBuf::from(dir);
+                if !dir.is_dir() {
+                    return Err(ConfigError::MissingConfigDir(dir));
+                }
+                dir
+            }
+            None => PathBuf::from("config"),
+        };
         Self::load_from(&dir, environment)
     }
 
+    /// Each layer is `dir`'s file when it exists, else the copy built into
+    /// the binary, so that `allot` runs from any directory.
     pub fn load_from(dir: &Path, environment: Environment) -> Result<Self, ConfigError> {
-        let base = dir.join("default.toml");
-        if !base.is_file() {
-            return Err(ConfigError::MissingBaseFile(base));
-        }
+        let layer = |name: &str, built_in: &'static str| {
+            let path = dir.join(name);
+            if path.is_file() {
+                Toml::file(path)
+            } else {
+                Toml::string(built_in)
+            }
+        };
+        let environment_file = match environment {
+            Environment::Development => BUILT_IN_DEVELOPMENT,
+            Environment::Testing => BUILT_IN_TESTING,
+            Environment::Production => BUILT_IN_PRODUCTION,
+        };
         let mut settings: Settings = Figment::new()
-            .merge(Toml::file(base))
-            .merge(Toml::file(dir.join(format!("{environment}.toml"))))
+            .merge(layer("default.toml", BUILT_IN_DEFAULT))
+            .merge(layer(&format!("{environment}.toml"), environment_file))
             .merge(Env::prefixed("ALLOT__").split("__"))
             .extract()
             .map_err(Box::new)?;
@@ -223,6 +293,48 @@ impl Settings {
                 self.http.body_limit_bytes as u64,
                 1024,
                 64 << 20,
+            ),
+            (
+                "http.header_read_timeout_ms",
+                self.http.header_read_timeout_ms,
+                100,
+                300_000,
+            ),
+            (
+                "http.body_read_timeout_ms",
+                self.http.body_read_timeout_ms,
+                100,
+                300_000,
+            ),
+            (
+                "http.idle_timeout_ms",
+                self.http.idle_timeout_ms,
+                100,
+                3_600_000,
+            ),
+            (
+                "http.max_header_bytes",
+                self.http.max_header_bytes as u64,
+                8192,
+                1 << 20,
+            ),
+            (
+                "http.max_connections",
+                self.http.max_connections as u64,
+                1,
+                1_000_000,
+            ),
+            (
+                "http.http2_max_concurrent_streams",
+                self.http.http2_max_concurrent_streams as u64,
+                1,
+                1000,
+            ),
+            (
+                "mongo.operation_timeout_ms",
+                self.mongo.operation_timeout_ms,
+                10,
+                600_000,
             ),
             (
                 "auth.access_token_ttl_secs",
@@ -271,6 +383,14 @@ impl Settings {
                 "log.level {:?} is not a log filter ({error}); try \"info\" or \"allot=debug,warn\"",
                 self.log.level
             )));
+        }
+        for origin in &self.http.cors_origins {
+            if !is_origin(origin) {
+                return Err(ConfigError::OutOfRange(format!(
+                    "http.cors_origins: {origin:?} is not an origin; write scheme://host[:port], \
+                     e.g. \"https://shop.example.com\", without a path or a trailing slash"
+                )));
+            }
         }
         for (name, value, min, max) in checks {
             if !(min..=max).contains(&value) {
@@ -328,6 +448,22 @@ mod tests {
     }
 
     #[test]
+    fn the_built_in_files_stand_in_for_missing_ones() {
+        let empty = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        for environment in [
+            Environment::Development,
+            Environment::Testing,
+            Environment::Production,
+        ] {
+            let built_in = Settings::load_from(&empty, environment).unwrap();
+            let on_disk = Settings::load_from(&config_dir(), environment).unwrap();
+            assert_eq!(built_in.mongo.database, on_disk.mongo.database);
+            assert_eq!(built_in.http.host, on_disk.http.host);
+            assert_eq!(built_in.log.format, on_disk.log.format);
+        }
+    }
+
+    #[test]
     fn an_unknown_environment_names_the_valid_ones() {
         let message = "bogus".parse::<Environment>().unwrap_err().to_string();
         for name in ["development", "testing", "production", "bogus"] {
@@ -377,6 +513,12 @@ mod tests {
         settings.log.level = "allot=loud".to_owned();
         let message = settings.check_ranges().unwrap_err().to_string();
         assert!(message.contains("log.level"), "{message}");
+        settings.log.level = "info".to_owned();
+        settings.http.cors_origins = vec!["https://shop.example.com/".to_owned()];
+        let message = settings.check_ranges().unwrap_err().to_string();
+        assert!(message.contains("http.cors_origins"), "{message}");
+        settings.http.cors_origins = vec!["http://localhost:3000".to_owned()];
+        settings.check_ranges().unwrap();
     }
 
     #[test]

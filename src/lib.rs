@@ -5,6 +5,8 @@ pub mod adapters;
 pub mod api;
 pub mod config;
 pub mod domain;
+pub mod metrics;
+pub mod server;
 pub mod services;
 pub mod startup;
 pub mod telemetry;

@@ -13,7 +13,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 /// allot: users, JWTs and stock allocation over MongoDB.
 ///
 /// Settings come from config/default.toml, config/$ALLOT_ENV.toml
-/// (development, testing or production) and ALLOT__SECTION__KEY variables.
+/// (development, testing or production; built-in copies stand in for files
+/// missing from ./config or $ALLOT_CONFIG_DIR) and ALLOT__SECTION__KEY variables.
 #[derive(Parser)]
 #[command(version)]
 struct Cli {
@@ -222,6 +223,17 @@ fn serve() -> ExitCode {
         Err(code) => return code,
     };
     allot::telemetry::init(&settings.log);
+    match allot::server::raise_open_file_limit() {
+        // Listener, database pool, logs and spare: a few dozen descriptors.
+        Ok(limit) if settings.http.max_connections as u64 + 64 > limit => tracing::warn!(
+            open_file_limit = limit,
+            max_connections = settings.http.max_connections,
+            "http.max_connections does not fit under the open-file limit; \
+             lower it or raise the limit (ulimit -n)"
+        ),
+        Ok(_) => {}
+        Err(error) => tracing::warn!(%error, "cannot raise the open-file limit"),
+    }
     runtime.block_on(async move {
         let environment = settings.environment;
         let host = settings.http.host.clone();

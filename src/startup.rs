@@ -4,10 +4,10 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use poem::listener::TcpAcceptor;
 use poem::middleware::CatchPanic;
-use poem::{Endpoint, EndpointExt, IntoEndpoint, Response, Route, Server};
+use poem::{Endpoint, EndpointExt, IntoEndpoint, Response, Route};
 
+use crate::adapters::deadline::Deadline;
 use crate::adapters::mongo::allocations::MongoAllocations;
 use crate::adapters::mongo::revocations::MongoRevocations;
 use crate::adapters::mongo::users::MongoUsers;
@@ -16,6 +16,7 @@ use crate::adapters::passwords::Argon2Hasher;
 use crate::adapters::tokens::JwtTokens;
 use crate::api::{self, AppState, Components, error, middleware};
 use crate::config::Settings;
+use crate::server::{self, ConnectionLimits};
 use crate::services::StoreError;
 use crate::services::allocation;
 use crate::services::tokens::RevocationList;
@@ -39,7 +40,8 @@ pub enum StartupError {
 
 /// A built application: connected, indexed and bound, not yet serving.
 pub struct Application {
-    acceptor: TcpAcceptor,
+    listener: tokio::net::TcpListener,
+    limits: ConnectionLimits,
     port: u16,
     endpoint: poem::endpoint::BoxEndpoint<'static, Response>,
     shutdown_grace: Duration,
@@ -50,7 +52,7 @@ pub struct Application {
 /// Keeps this instance's revocation list in step with the shared store.
 struct RevocationSync {
     list: Arc<RevocationList>,
-    store: MongoRevocations,
+    store: Deadline<MongoRevocations>,
     every: Duration,
 }
 
@@ -70,7 +72,7 @@ impl RevocationSync {
 /// Runs the allocation recovery pass at start and then periodically: it
 /// completes what a crash left half-done and serves waiting lines.
 struct RecoveryLoop {
-    allocations: MongoAllocations,
+    allocations: Deadline<MongoAllocations>,
     every: Duration,
 }
 
@@ -115,14 +117,23 @@ impl Application {
             .await
             .map_err(bind_error)?;
         let port = listener.local_addr().map_err(bind_error)?.port();
-        let acceptor = TcpAcceptor::from_tokio(listener).map_err(bind_error)?;
 
-        let revocation_store = MongoRevocations::new(&database);
+        let operation_timeout = Duration::from_millis(settings.mongo.operation_timeout_ms);
+        let revocation_store = Deadline::new(
+            MongoRevocations::new(&database).with_operation_timeout(operation_timeout),
+            operation_timeout,
+        );
         let revocations = Arc::new(RevocationList::default());
         revocations.sync(&revocation_store).await?;
-        let allocations = MongoAllocations::new(&database);
+        let allocations = Deadline::new(
+            MongoAllocations::new(&database).with_operation_timeout(operation_timeout),
+            operation_timeout,
+        );
         let state = AppState::new(Components {
-            users: MongoUsers::new(&database),
+            users: Deadline::new(
+                MongoUsers::new(&database).with_operation_timeout(operation_timeout),
+                operation_timeout,
+            ),
             allocations: allocations.clone(),
             passwords: Argon2Hasher::new(&settings.auth)?,
             password_policy: settings.auth.password_policy(),
@@ -133,9 +144,10 @@ impl Application {
             ready_timeout: Duration::from_millis(settings.mongo.ready_timeout_ms),
         });
         Ok(Self {
-            acceptor,
+            listener,
+            limits: ConnectionLimits::from(&settings.http),
             port,
-            endpoint: routes(state, settings.http.body_limit_bytes).boxed(),
+            endpoint: routes(state, &settings).boxed(),
             shutdown_grace: Duration::from_secs(settings.http.shutdown_grace_secs),
             revocation_sync: RevocationSync {
                 list: revocations,
@@ -161,9 +173,14 @@ impl Application {
     ) -> std::io::Result<()> {
         let sync = tokio::spawn(self.revocation_sync.run());
         let recovery = tokio::spawn(self.recovery.run());
-        let served = Server::new_with_acceptor(self.acceptor)
-            .run_with_graceful_shutdown(self.endpoint, shutdown, Some(self.shutdown_grace))
-            .await;
+        let served = server::serve(
+            self.listener,
+            self.endpoint,
+            self.limits,
+            shutdown,
+            self.shutdown_grace,
+        )
+        .await;
         sync.abort();
         recovery.abort();
         served
@@ -171,20 +188,42 @@ impl Application {
 }
 
 /// The full route table with its middleware, outermost last.
-pub fn routes(state: AppState, body_limit_bytes: usize) -> impl Endpoint<Output = Response> {
+pub fn routes(state: AppState, settings: &Settings) -> impl Endpoint<Output = Response> + use<> {
+    let (http, log, metrics) = (&settings.http, &settings.log, &settings.metrics);
     let api = api::service();
-    Route::new()
-        .at("/openapi.json", api.spec_endpoint())
-        .at("/openapi.yaml", api.spec_endpoint_yaml())
-        .nest("/docs", api.swagger_ui())
+    let spec = serde_json::from_str(&api.spec()).unwrap_or_default();
+    let allowed = Arc::new(middleware::AllowedMethods::from_spec(&spec));
+    let mut route = Route::new();
+    if http.docs_enabled {
+        route = route
+            .at("/openapi.json", api.spec_endpoint())
+            .at("/openapi.yaml", api.spec_endpoint_yaml())
+            .nest("/docs", api.swagger_ui());
+    }
+    if metrics.enabled {
+        route = route.at(
+            "/metrics",
+            api::operations::metrics_endpoint(&metrics.token),
+        );
+    }
+    route
         .nest("/", api)
         .with(middleware::BodyLimit {
-            max_bytes: body_limit_bytes,
+            max_bytes: http.body_limit_bytes,
+            read_timeout: Duration::from_millis(http.body_read_timeout_ms),
         })
         .data(state)
         .with(CatchPanic::new().with_handler(error::panic_response))
+        .with_if(metrics.enabled, middleware::Observe)
         .catch_all_error(error::error_to_json)
+        .with(middleware::AllowHeader(allowed))
+        .around(middleware::security_headers)
+        .with_if(
+            !http.cors_origins.is_empty(),
+            middleware::BrowserOrigins(http.cors_origins.clone()),
+        )
         .around(middleware::log_request)
+        .with_if(log.request_ids, middleware::RequestId)
         .map_to_response()
         .into_endpoint()
 }

@@ -1,6 +1,7 @@
 //! Adapters: the outside world behind the services' ports — MongoDB storage,
 //! JWT signing and Argon2 password hashing.
 
+pub mod deadline;
 pub mod memory;
 pub mod mongo;
 pub mod passwords;

@@ -15,6 +15,7 @@ use super::identifier::Identifier;
 use super::json_body::JsonBody;
 use super::{ApiTags, AppState};
 use crate::domain::allocation::{AcknowledgedLine, LineStatus, OrderLine};
+use crate::metrics::{AllocationOutcome, metrics};
 use crate::services::allocation::{
     self, AllocateError, Allocation, DeallocateError, OrderAllocationsError,
 };
@@ -340,7 +341,19 @@ impl AllocationsApi {
             sku: request.sku.into(),
             qty: request.qty,
         };
-        Protected::Ok(match allocation::allocate(&state.allocations, line).await {
+        let result = allocation::allocate(&state.allocations, line).await;
+        metrics().allocation(match &result {
+            Ok(Allocation::Allocated(_)) => AllocationOutcome::Allocated,
+            Ok(Allocation::Backordered) => AllocationOutcome::Backordered,
+            Err(AllocateError::Allocation(
+                crate::domain::allocation::AllocationError::OutOfStock(_),
+            )) => AllocationOutcome::OutOfStock,
+            Err(AllocateError::Allocation(
+                crate::domain::allocation::AllocationError::InvalidSku(_),
+            )) => AllocationOutcome::InvalidSku,
+            Err(AllocateError::Store(_)) => AllocationOutcome::Unavailable,
+        });
+        Protected::Ok(match result {
             Ok(Allocation::Allocated(batchref)) => {
                 AllocateResponse::Created(Json(AllocationResult::Allocated(Allocated { batchref })))
             }

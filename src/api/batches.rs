@@ -25,9 +25,31 @@ pub struct BatchesApi;
 /// A calendar date, `YYYY-MM-DD`. poem-openapi describes `NaiveDate` with the
 /// non-standard format `naive-date`; this is the same value as OpenAPI's
 /// standard `date`, so clients and tools know it is a date.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
-#[serde(transparent)]
+///
+/// Only years 1 to 9999 are accepted (four-digit `YYYY`): databases do not
+/// all store dates outside it, and such a date would be refused by the
+/// database after the request was accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Date(pub NaiveDate);
+
+impl Date {
+    const OUT_OF_RANGE: &'static str = "must be a date from 0001-01-01 to 9999-12-31";
+
+    fn checked(date: NaiveDate) -> Result<Self, &'static str> {
+        use chrono::Datelike;
+        if (1..=9999).contains(&date.year()) {
+            Ok(Self(date))
+        } else {
+            Err(Self::OUT_OF_RANGE)
+        }
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Date {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Self::checked(NaiveDate::deserialize(deserializer)?).map_err(serde::de::Error::custom)
+    }
+}
 
 impl Type for Date {
     const IS_REQUIRED: bool = true;
@@ -53,9 +75,9 @@ impl Type for Date {
 
 impl ParseFromJSON for Date {
     fn parse_from_json(value: Option<Value>) -> ParseResult<Self> {
-        NaiveDate::parse_from_json(value)
-            .map(Self)
-            .map_err(poem_openapi::types::ParseError::propagate)
+        let date = NaiveDate::parse_from_json(value)
+            .map_err(poem_openapi::types::ParseError::propagate)?;
+        Self::checked(date).map_err(poem_openapi::types::ParseError::custom)
     }
 }
 
@@ -76,7 +98,8 @@ pub struct NewBatch {
     /// How many units were bought (1 to 1 000 000 000).
     #[oai(validator(minimum(value = "1"), maximum(value = "1000000000")))]
     pub purchased_quantity: u32,
-    /// Expected arrival (`YYYY-MM-DD`), or null for stock already in the warehouse.
+    /// Expected arrival (`YYYY-MM-DD`, from 0001-01-01 to 9999-12-31), or null
+    /// for stock already in the warehouse.
     /// Allocation prefers warehouse stock, then the earliest arrival.
     #[oai(nullable)]
     pub eta: Option<Date>,

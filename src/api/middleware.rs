@@ -1,15 +1,22 @@
-//! Middleware: request body limit and one log line per request.
+//! Middleware: request ids, the body limit, one log line per request,
+//! metrics, security headers and `Allow` on 405s.
 
-use std::time::Instant;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use poem::http::StatusCode;
-use poem::http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
+use poem::http::header::{self, CONTENT_LENGTH, HeaderValue};
 use poem::{Body, Endpoint, Error, IntoResponse, Middleware, Request, Response, Result};
+use poem_openapi::OperationId;
+use tracing::Instrument;
 
-/// Answers 413 for bodies over the limit. Unlike poem's `SizeLimit`, a request
-/// without `Content-Length` is fine: a chunked body is read up to the limit.
+/// Answers 413 for bodies over the limit, counting the bytes as they arrive
+/// whatever the protocol says (Content-Length, chunked, HTTP/2 frames), and
+/// 408 for a body that takes longer than `read_timeout`. Bodies are small, so
+/// the handler gets it read in full.
 pub struct BodyLimit {
     pub max_bytes: usize,
+    pub read_timeout: Duration,
 }
 
 impl<E: Endpoint> Middleware<E> for BodyLimit {
@@ -19,6 +26,7 @@ impl<E: Endpoint> Middleware<E> for BodyLimit {
         BodyLimitEndpoint {
             inner: ep,
             max_bytes: self.max_bytes,
+            read_timeout: self.read_timeout,
         }
     }
 }
@@ -26,6 +34,7 @@ impl<E: Endpoint> Middleware<E> for BodyLimit {
 pub struct BodyLimitEndpoint<E> {
     inner: E,
     max_bytes: usize,
+    read_timeout: Duration,
 }
 
 fn too_large() -> Error {
@@ -43,19 +52,42 @@ impl<E: Endpoint> Endpoint for BodyLimitEndpoint<E> {
             .and_then(|value| value.parse::<u64>().ok());
         match declared {
             Some(length) if length > self.max_bytes as u64 => return Err(too_large()),
-            Some(_) => {}
-            None if req.headers().contains_key(TRANSFER_ENCODING) => {
-                let body = req
-                    .take_body()
-                    .into_bytes_limit(self.max_bytes)
+            Some(0) => {}
+            _ => {
+                let read = read_limited(req.take_body(), self.max_bytes);
+                let body = tokio::time::timeout(self.read_timeout, read)
                     .await
-                    .map_err(|_| too_large())?;
+                    .map_err(|_elapsed| Error::from_status(StatusCode::REQUEST_TIMEOUT))??;
                 req.set_body(Body::from(body));
             }
-            None => {}
         }
         self.inner.call(req).await
     }
+}
+
+/// How long the rest of an oversized body is read and thrown away after the
+/// 413 goes out. Closing at once would make the kernel reset the connection,
+/// and many clients (curl among them) then report the reset, not the 413.
+const DISCARD_FOR: Duration = Duration::from_secs(2);
+
+/// Reads the whole body, counting bytes as frames arrive; past `max_bytes`,
+/// answers 413 and discards the rest in the background for a moment.
+async fn read_limited(body: Body, max_bytes: usize) -> Result<Vec<u8>> {
+    use futures_util::StreamExt;
+    let mut frames = body.into_bytes_stream();
+    let mut data = Vec::new();
+    while let Some(frame) = frames.next().await {
+        let frame = frame.map_err(|error| Error::new(error, StatusCode::BAD_REQUEST))?;
+        if data.len() + frame.len() > max_bytes {
+            tokio::spawn(async move {
+                let discard = async { while let Some(Ok(_)) = frames.next().await {} };
+                let _ = tokio::time::timeout(DISCARD_FOR, discard).await;
+            });
+            return Err(too_large());
+        }
+        data.extend_from_slice(&frame);
+    }
+    Ok(data)
 }
 
 /// Logs method, path, status and latency of every request. Only the path is
@@ -80,4 +112,256 @@ pub async fn log_request<E: Endpoint>(next: E, req: Request) -> Result<Response>
         "request"
     );
     response
+}
+
+/// Counts every request for `/metrics`: by operation and status, its
+/// latency, and those in flight. Sits inside the JSON error mapping, where
+/// the operation's id is still attached to errors.
+pub struct Observe;
+
+impl<E: Endpoint> Middleware<E> for Observe {
+    type Output = ObserveEndpoint<E>;
+
+    fn transform(&self, ep: E) -> Self::Output {
+        ObserveEndpoint(ep)
+    }
+}
+
+pub struct ObserveEndpoint<E>(E);
+
+impl<E: Endpoint> Endpoint for ObserveEndpoint<E> {
+    type Output = Response;
+
+    async fn call(&self, req: Request) -> Result<Response> {
+        let metrics = crate::metrics::metrics();
+        let _in_flight = metrics.request_started();
+        let started = Instant::now();
+        let result = self.0.call(req).await.map(IntoResponse::into_response);
+        let (operation, status) = match &result {
+            Ok(response) => (response.data::<OperationId>(), response.status()),
+            Err(error) => (error.data::<OperationId>(), error.status()),
+        };
+        let operation = operation.map_or("none", |operation| operation.0);
+        metrics.request_finished(operation, status.as_u16(), started.elapsed());
+        result
+    }
+}
+
+/// Request ids: a sane `X-Request-Id` from the client is kept, otherwise one
+/// is made up. It is returned on the response and is a field of every log
+/// line written while the request is handled.
+pub struct RequestId;
+
+impl<E: Endpoint> Middleware<E> for RequestId {
+    type Output = RequestIdEndpoint<E>;
+
+    fn transform(&self, ep: E) -> Self::Output {
+        let mut prefix = uuid::Uuid::new_v4().simple().to_string();
+        prefix.truncate(12);
+        RequestIdEndpoint {
+            inner: ep,
+            prefix,
+            next: AtomicU64::new(0),
+        }
+    }
+}
+
+pub struct RequestIdEndpoint<E> {
+    inner: E,
+    /// Random per process, so ids from several instances do not collide.
+    prefix: String,
+    next: AtomicU64,
+}
+
+/// Up to 128 characters of letters, digits and `-_.:`: safe in a header
+/// and in a log line.
+fn is_sane_request_id(id: &str) -> bool {
+    (1..=128).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+}
+
+pub const REQUEST_ID: &str = "x-request-id";
+
+impl<E: Endpoint> Endpoint for RequestIdEndpoint<E> {
+    type Output = Response;
+
+    async fn call(&self, req: Request) -> Result<Response> {
+        let id = match req.headers().get(REQUEST_ID).and_then(|v| v.to_str().ok()) {
+            Some(id) if is_sane_request_id(id) => id.to_owned(),
+            _ => format!(
+                "{}-{:x}",
+                self.prefix,
+                self.next.fetch_add(1, Ordering::Relaxed)
+            ),
+        };
+        let span = tracing::info_span!("request", request_id = %id);
+        let mut response = self
+            .inner
+            .call(req)
+            .instrument(span)
+            .await
+            .map(IntoResponse::into_response)
+            .unwrap_or_else(|error| error.into_response());
+        if let Ok(value) = HeaderValue::from_str(&id) {
+            response.headers_mut().insert(REQUEST_ID, value);
+        }
+        Ok(response)
+    }
+}
+
+/// Headers every response gets: `X-Content-Type-Options: nosniff`, and
+/// `Cache-Control: no-store`, since responses carry tokens or one user's data.
+pub async fn security_headers<E: Endpoint>(next: E, req: Request) -> Result<Response> {
+    let mut response = next.call(req).await.map(IntoResponse::into_response)?;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers
+        .entry(header::CACHE_CONTROL)
+        .or_insert(HeaderValue::from_static("no-store"));
+    Ok(response)
+}
+
+/// The methods each path of the API answers, read from its OpenAPI
+/// document, for the `Allow` header of a 405 (RFC 9110 §15.5.6).
+pub struct AllowedMethods {
+    paths: Vec<(Vec<String>, HeaderValue)>,
+}
+
+impl AllowedMethods {
+    pub fn from_spec(spec: &serde_json::Value) -> Self {
+        let mut paths = Vec::new();
+        for (path, item) in spec["paths"].as_object().into_iter().flatten() {
+            let mut methods: Vec<String> = item
+                .as_object()
+                .into_iter()
+                .flatten()
+                .map(|(method, _)| method.to_ascii_uppercase())
+                .filter(|method| method.parse::<poem::http::Method>().is_ok())
+                .collect();
+            if methods.iter().any(|m| m == "GET") && !methods.iter().any(|m| m == "HEAD") {
+                methods.push("HEAD".to_owned());
+            }
+            if let Ok(value) = HeaderValue::from_str(&methods.join(", ")) {
+                paths.push((segments(path).map(str::to_owned).collect(), value));
+            }
+        }
+        Self { paths }
+    }
+
+    /// The `Allow` value for a request path; `{param}` segments match any one.
+    fn allow(&self, path: &str) -> Option<&HeaderValue> {
+        let wanted: Vec<&str> = segments(path).collect();
+        self.paths.iter().find_map(|(pattern, allow)| {
+            let matches = pattern.len() == wanted.len()
+                && pattern
+                    .iter()
+                    .zip(&wanted)
+                    .all(|(p, w)| p == w || (p.starts_with('{') && p.ends_with('}')));
+            matches.then_some(allow)
+        })
+    }
+}
+
+fn segments(path: &str) -> impl Iterator<Item = &str> {
+    path.split('/').filter(|segment| !segment.is_empty())
+}
+
+/// Adds `Allow` to 405 responses.
+pub struct AllowHeader(pub std::sync::Arc<AllowedMethods>);
+
+impl<E: Endpoint> Middleware<E> for AllowHeader {
+    type Output = AllowHeaderEndpoint<E>;
+
+    fn transform(&self, ep: E) -> Self::Output {
+        AllowHeaderEndpoint {
+            inner: ep,
+            methods: self.0.clone(),
+        }
+    }
+}
+
+pub struct AllowHeaderEndpoint<E> {
+    inner: E,
+    methods: std::sync::Arc<AllowedMethods>,
+}
+
+impl<E: Endpoint> Endpoint for AllowHeaderEndpoint<E> {
+    type Output = Response;
+
+    async fn call(&self, req: Request) -> Result<Response> {
+        let path = req.uri().path().to_owned();
+        let mut response = self
+            .inner
+            .call(req)
+            .await
+            .map(IntoResponse::into_response)?;
+        if response.status() == StatusCode::METHOD_NOT_ALLOWED
+            && let Some(allow) = self.methods.allow(&path)
+        {
+            response.headers_mut().insert(header::ALLOW, allow.clone());
+        }
+        Ok(response)
+    }
+}
+
+/// CORS for the origins in `http.cors_origins`: their preflights succeed
+/// with the methods and headers the API uses, and their requests get
+/// `Access-Control-Allow-Origin`. A preflight from any other origin gets 403;
+/// other requests pass untouched (a browser then keeps the answer from a
+/// foreign page, and same-origin pages such as Swagger UI keep working).
+pub struct BrowserOrigins(pub Vec<String>);
+
+impl<E: Endpoint + 'static> Middleware<E> for BrowserOrigins {
+    type Output = BrowserOriginsEndpoint<E>;
+
+    fn transform(&self, ep: E) -> Self::Output {
+        use poem::http::Method;
+        let inner = std::sync::Arc::new(ep);
+        let cors = poem::middleware::Cors::new()
+            .allow_origins(self.0.iter().map(String::as_str))
+            .allow_methods([Method::GET, Method::POST, Method::PATCH])
+            .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
+            .allow_header(REQUEST_ID)
+            .expose_header(REQUEST_ID)
+            .max_age(600);
+        BrowserOriginsEndpoint {
+            origins: self.0.clone(),
+            cors: cors.transform(inner.clone()),
+            inner,
+        }
+    }
+}
+
+pub struct BrowserOriginsEndpoint<E> {
+    origins: Vec<String>,
+    cors: poem::middleware::CorsEndpoint<std::sync::Arc<E>>,
+    inner: std::sync::Arc<E>,
+}
+
+impl<E: Endpoint + 'static> Endpoint for BrowserOriginsEndpoint<E> {
+    type Output = Response;
+
+    async fn call(&self, req: Request) -> Result<Response> {
+        let listed = req
+            .headers()
+            .get(header::ORIGIN)
+            .and_then(|origin| origin.to_str().ok())
+            .map(|origin| self.origins.iter().any(|allowed| allowed == origin));
+        let preflight = req.method() == poem::http::Method::OPTIONS
+            && req
+                .headers()
+                .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
+        match listed {
+            Some(listed) if listed || preflight => match self.cors.call(req).await {
+                Ok(response) => Ok(response.into_response()),
+                Err(error) => Ok(super::error::error_to_json(error).await),
+            },
+            _ => self.inner.call(req).await.map(IntoResponse::into_response),
+        }
+    }
 }

@@ -9,6 +9,7 @@ pub mod health;
 pub mod identifier;
 pub mod json_body;
 pub mod middleware;
+pub mod operations;
 pub mod test_endpoints;
 pub mod users;
 
@@ -18,6 +19,7 @@ use std::time::Duration;
 use mongodb::Database;
 use poem_openapi::{OpenApiService, Tags};
 
+use crate::adapters::deadline::Deadline;
 use crate::adapters::mongo::allocations::MongoAllocations;
 use crate::adapters::mongo::revocations::MongoRevocations;
 use crate::adapters::mongo::users::MongoUsers;
@@ -49,13 +51,13 @@ impl std::ops::Deref for AppState {
 pub struct Components {
     pub database: Database,
     pub ready_timeout: Duration,
-    pub users: MongoUsers,
+    pub users: Deadline<MongoUsers>,
     pub passwords: Argon2Hasher,
     pub password_policy: PasswordPolicy,
     pub tokens: JwtTokens,
-    pub revocation_store: MongoRevocations,
+    pub revocation_store: Deadline<MongoRevocations>,
     pub revocations: Arc<RevocationList>,
-    pub allocations: MongoAllocations,
+    pub allocations: Deadline<MongoAllocations>,
 }
 
 #[derive(Tags)]

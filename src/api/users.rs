@@ -15,6 +15,7 @@ use super::error::{ApiError, AuthErrorBody, bad_request, error_body, internal_er
 use super::json_body::JsonBody;
 use super::{ApiTags, AppState};
 use crate::domain::user::{User, Username};
+use crate::metrics::{LoginOutcome, metrics};
 use crate::services::tokens::{self, AuthError, TokenPair};
 use crate::services::users::{self, LoginError, ProfileError, RegistrationError};
 
@@ -344,6 +345,11 @@ impl UsersApi {
             &body.password,
         )
         .await;
+        metrics().login(match &result {
+            Ok(_) => LoginOutcome::Ok,
+            Err(LoginError::BadCredentials) => LoginOutcome::BadCredentials,
+            Err(_) => LoginOutcome::Unavailable,
+        });
         Ok(match result {
             Ok((_, tokens)) => LoginResponse::Ok(Json(tokens.into())),
             Err(error @ LoginError::BadCredentials) => {

@@ -277,7 +277,7 @@ async fn wait_for_primary(uri: &str) -> Result<(), String> {
     }
 }
 
-fn secantusd_path() -> PathBuf {
+pub(crate) fn secantusd_path() -> PathBuf {
     std::env::var_os("ALLOT_SECANTUSD")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/secantusd-py"))

@@ -27,6 +27,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
 use super::is_duplicate_key;
+use crate::adapters::deadline::TimedOut;
 use crate::domain::allocation::{AcknowledgedLine, Batch, LineStatus, OrderLine, lines_to_give_up};
 use crate::services::allocation::{
     Allocated, AllocationRepository, Backorder, BatchLine, Filled, RepositoryError,
@@ -246,6 +247,8 @@ pub struct MongoAllocations {
     /// with WriteConflict and retry. Other processes still conflict, and retry.
     sku_locks: std::sync::Arc<[Mutex<()>; SKU_LOCKS]>,
     hasher: RandomState,
+    /// Sent with queries as `maxTimeMS`, and as the commit's limit.
+    max_time: Duration,
 }
 
 /// Runs `$attempt` (an expression using `$session`, a `ClientSession` in a
@@ -257,20 +260,32 @@ macro_rules! transaction {
     ($repo:expr, |$session:ident| $attempt:expr) => {{
         let deadline = tokio::time::Instant::now() + TRANSACTION_RETRY_FOR;
         let mut pause = Duration::from_millis(1);
+        // Each attempt, and each commit, waits at most `max_time` for the
+        // database; the turn taken on the sku's lock before does not count.
+        let limit = $repo.max_time;
+        let timed_out =
+            |operation| RepositoryError::Unavailable(Box::new(TimedOut { operation, limit }));
         loop {
             let mut $session = $repo.start_transaction().await.map_err(unavailable)?;
-            let outcome: Result<Finish<_>, MongoError> = $attempt;
+            let outcome: Result<Finish<_>, MongoError> =
+                match tokio::time::timeout(limit, async { $attempt }).await {
+                    Ok(outcome) => outcome,
+                    Err(_elapsed) => break Err(timed_out("a transaction")),
+                };
             let retry = match outcome {
-                Ok(Finish::Commit(value)) => match commit(&mut $session).await {
-                    Ok(()) => break Ok(value),
-                    Err(error) => error,
-                },
+                Ok(Finish::Commit(value)) => {
+                    match tokio::time::timeout(limit, commit(&mut $session)).await {
+                        Ok(Ok(())) => break Ok(value),
+                        Ok(Err(error)) => error,
+                        Err(_elapsed) => break Err(timed_out("a commit")),
+                    }
+                }
                 Ok(Finish::Abort(value)) => {
-                    let _ = $session.abort_transaction().await;
+                    let _ = tokio::time::timeout(limit, $session.abort_transaction()).await;
                     break Ok(value);
                 }
                 Err(error) => {
-                    let _ = $session.abort_transaction().await;
+                    let _ = tokio::time::timeout(limit, $session.abort_transaction()).await;
                     error
                 }
             };
@@ -279,6 +294,7 @@ macro_rules! transaction {
             {
                 break Err(unavailable(retry));
             }
+            crate::metrics::metrics().allocation(crate::metrics::AllocationOutcome::Contention);
             tokio::time::sleep(jitter(pause)).await;
             pause = (pause * 2).min(Duration::from_millis(100));
         }
@@ -315,7 +331,14 @@ impl MongoAllocations {
             lines: database.collection(ORDER_LINES),
             sku_locks: std::sync::Arc::new(std::array::from_fn(|_| Mutex::new(()))),
             hasher: RandomState::new(),
+            max_time: super::DEFAULT_MAX_TIME,
         }
+    }
+
+    /// Limits each query (and each commit) to `limit` on the server.
+    pub fn with_operation_timeout(mut self, limit: Duration) -> Self {
+        self.max_time = limit;
+        self
     }
 
     fn sku_lock(&self, sku: &str) -> &Mutex<()> {
@@ -330,6 +353,7 @@ impl MongoAllocations {
                 TransactionOptions::builder()
                     .read_concern(ReadConcern::snapshot())
                     .write_concern(WriteConcern::majority())
+                    .max_commit_time(self.max_time)
                     .build(),
             )
             .await?;
@@ -353,6 +377,7 @@ impl MongoAllocations {
                 doc! { "sku": &line.sku, "available_quantity": { "$gte": qty } },
                 doc! { "$inc": { "available_quantity": -qty, "version": 1, "allocation_seq": 1 } },
             )
+            .max_time(self.max_time)
             .sort(doc! { "eta": 1, "_id": 1 })
             .projection(doc! { "allocation_seq": 1 })
             .return_document(ReturnDocument::After)
@@ -373,6 +398,7 @@ fn limit(n: usize) -> i64 {
 /// At most `limit_to` documents matching `filter`, in `sort` order.
 async fn find_many<T>(
     collection: &Collection<T>,
+    max_time: Duration,
     filter: Document,
     sort: Document,
     limit_to: usize,
@@ -382,6 +408,7 @@ where
 {
     collection
         .find(filter)
+        .max_time(max_time)
         .sort(sort)
         .limit(limit(limit_to))
         .await
@@ -405,6 +432,7 @@ impl AllocationRepository for MongoAllocations {
     async fn batch(&self, reference: &str) -> Result<Option<Batch>, RepositoryError> {
         self.batches
             .find_one(doc! { "_id": reference })
+            .max_time(self.max_time)
             .await
             .map_err(unavailable)?
             .map(BatchDocument::into_batch)
@@ -427,8 +455,14 @@ impl AllocationRepository for MongoAllocations {
         if let Some(after) = after {
             filter.insert("_id", doc! { "$gt": after });
         }
-        let documents: Vec<BatchDocument> =
-            find_many(&self.batches, filter, doc! { "_id": 1 }, limit_to).await?;
+        let documents: Vec<BatchDocument> = find_many(
+            &self.batches,
+            self.max_time,
+            filter,
+            doc! { "_id": 1 },
+            limit_to,
+        )
+        .await?;
         documents
             .into_iter()
             .map(BatchDocument::into_batch)
@@ -440,6 +474,7 @@ impl AllocationRepository for MongoAllocations {
             .batches
             .clone_with_type::<Document>()
             .find_one(doc! { "sku": sku })
+            .max_time(self.max_time)
             .projection(doc! { "_id": 1 })
             .await
             .map_err(unavailable)?;
@@ -480,6 +515,7 @@ impl AllocationRepository for MongoAllocations {
     ) -> Result<Option<AcknowledgedLine>, RepositoryError> {
         self.lines
             .find_one(doc! { "orderid": orderid, "sku": sku })
+            .max_time(self.max_time)
             .await
             .map_err(unavailable)?
             .map(LineDocument::into_line)
@@ -493,6 +529,7 @@ impl AllocationRepository for MongoAllocations {
     ) -> Result<Vec<AcknowledgedLine>, RepositoryError> {
         let documents: Vec<LineDocument> = find_many(
             &self.lines,
+            self.max_time,
             doc! { "orderid": orderid },
             doc! { "orderid": 1, "sku": 1 },
             limit_to,
@@ -507,7 +544,8 @@ impl AllocationRepository for MongoAllocations {
         orderids: &[String],
     ) -> Result<Vec<AcknowledgedLine>, RepositoryError> {
         let filter = doc! { "orderid": { "$in": orderids }, "sku": sku };
-        let documents = find_many(&self.lines, filter, doc! {}, orderids.len()).await?;
+        let documents =
+            find_many(&self.lines, self.max_time, filter, doc! {}, orderids.len()).await?;
         documents.into_iter().map(LineDocument::into_line).collect()
     }
 
@@ -521,6 +559,7 @@ impl AllocationRepository for MongoAllocations {
             let Some(removed) = self
                 .lines
                 .find_one_and_delete(doc! { "orderid": orderid, "sku": sku })
+                .max_time(self.max_time)
                 .session(&mut session)
                 .await?
             else {
@@ -554,6 +593,7 @@ impl AllocationRepository for MongoAllocations {
             let Some(stored) = self
                 .batches
                 .find_one(doc! { "_id": reference })
+                .max_time(self.max_time)
                 .session(&mut session)
                 .await?
             else {
@@ -569,6 +609,7 @@ impl AllocationRepository for MongoAllocations {
                         "$inc": { "available_quantity": delta, "version": 1 },
                     },
                 )
+                .max_time(self.max_time)
                 .return_document(ReturnDocument::After)
                 .session(&mut session)
                 .await?;
@@ -591,6 +632,7 @@ impl AllocationRepository for MongoAllocations {
             let over_by = match self
                 .batches
                 .find_one(doc! { "_id": reference })
+                .max_time(self.max_time)
                 .session(&mut session)
                 .await?
             {
@@ -603,6 +645,7 @@ impl AllocationRepository for MongoAllocations {
             let recent: Vec<LineDocument> = self
                 .lines
                 .find(doc! { "batchref": reference, "status": ALLOCATED })
+                .max_time(self.max_time)
                 .sort(doc! { "batchref": 1, "batch_seq": -1 })
                 .limit(limit(max_lines))
                 .session(&mut session)
@@ -653,7 +696,7 @@ impl AllocationRepository for MongoAllocations {
         limit_to: usize,
     ) -> Result<Vec<String>, RepositoryError> {
         let filter = doc! { "available_quantity": { "$lt": 0 } };
-        let batches = find_many(&self.batches, filter, doc! {}, limit_to).await?;
+        let batches = find_many(&self.batches, self.max_time, filter, doc! {}, limit_to).await?;
         Ok(batches.into_iter().map(|batch| batch.reference).collect())
     }
 
@@ -673,8 +716,14 @@ impl AllocationRepository for MongoAllocations {
                 filter.insert("_id", doc! { "$gt": after });
             }
         }
-        let documents: Vec<LineDocument> =
-            find_many(&self.lines, filter, doc! { "_id": 1 }, limit_to).await?;
+        let documents: Vec<LineDocument> = find_many(
+            &self.lines,
+            self.max_time,
+            filter,
+            doc! { "_id": 1 },
+            limit_to,
+        )
+        .await?;
         documents
             .into_iter()
             .map(|document| {
@@ -727,6 +776,7 @@ impl AllocationRepository for MongoAllocations {
         }
         let documents: Vec<LineDocument> = find_many(
             &self.lines,
+            self.max_time,
             filter,
             doc! { "batchref": 1, "batch_seq": 1 },
             limit_to,

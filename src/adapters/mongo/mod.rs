@@ -14,6 +14,9 @@ use secrecy::ExposeSecret;
 
 use crate::config::MongoSettings;
 
+/// `maxTimeMS` of a repository built without `with_operation_timeout`.
+pub const DEFAULT_MAX_TIME: Duration = Duration::from_secs(30);
+
 #[derive(Debug, thiserror::Error)]
 pub enum MongoError {
     #[error("invalid MongoDB URI {uri}: {source}")]

@@ -45,13 +45,22 @@ pub fn indexes() -> (&'static str, Vec<IndexModel>) {
 #[derive(Clone)]
 pub struct MongoRevocations {
     collection: Collection<RevocationDocument>,
+    /// Sent with queries as `maxTimeMS`.
+    max_time: std::time::Duration,
 }
 
 impl MongoRevocations {
     pub fn new(database: &Database) -> Self {
         Self {
             collection: database.collection(COLLECTION),
+            max_time: super::DEFAULT_MAX_TIME,
         }
+    }
+
+    /// Limits each query to `limit` on the server.
+    pub fn with_operation_timeout(mut self, limit: std::time::Duration) -> Self {
+        self.max_time = limit;
+        self
     }
 }
 
@@ -78,6 +87,7 @@ impl RevocationStore for MongoRevocations {
             .collection
             .clone_with_type::<bson::Document>()
             .find_one(doc! { "_id": { "$in": ids } })
+            .max_time(self.max_time)
             .projection(doc! { "_id": 1 })
             .await?;
         Ok(found.is_some())
@@ -87,6 +97,7 @@ impl RevocationStore for MongoRevocations {
         let documents: Vec<RevocationDocument> = self
             .collection
             .find(doc! { "revoked_at": { "$gte": bson::DateTime::from_chrono(since) } })
+            .max_time(self.max_time)
             .await?
             .try_collect()
             .await?;

@@ -66,13 +66,22 @@ pub fn indexes() -> (&'static str, Vec<IndexModel>) {
 #[derive(Clone)]
 pub struct MongoUsers {
     collection: Collection<UserDocument>,
+    /// Sent with queries as `maxTimeMS`.
+    max_time: std::time::Duration,
 }
 
 impl MongoUsers {
     pub fn new(database: &Database) -> Self {
         Self {
             collection: database.collection(COLLECTION),
+            max_time: super::DEFAULT_MAX_TIME,
         }
+    }
+
+    /// Limits each query to `limit` on the server.
+    pub fn with_operation_timeout(mut self, limit: std::time::Duration) -> Self {
+        self.max_time = limit;
+        self
     }
 }
 
@@ -88,6 +97,7 @@ impl UserRepository for MongoUsers {
     async fn get(&self, username: &Username) -> Result<Option<User>, StoreError> {
         self.collection
             .find_one(doc! { "username": username.as_str() })
+            .max_time(self.max_time)
             .await?
             .map(UserDocument::into_user)
             .transpose()

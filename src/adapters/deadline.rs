@@ -1,0 +1,249 @@
+//! A time limit on every store operation, measured for `/metrics`.
+//!
+//! `Deadline<R>` wraps a repository and gives each of its operations at most
+//! `mongo.operation_timeout_ms`. The MongoDB repositories also send that
+//! limit to the server (`maxTimeMS`), but a server that stops answering
+//! altogether (frozen, partitioned) would otherwise hold a request for as
+//! long as the driver waits, which has no bound of its own.
+//!
+//! The steps that write a sku's stock first wait their turn on the sku
+//! (one transaction per sku at a time in a process), which is queueing, not
+//! waiting for the database: those the repository bounds itself, per
+//! transaction attempt and commit (`MongoAllocations`), and here they are
+//! only measured.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+
+use crate::domain::allocation::{AcknowledgedLine, Batch, OrderLine};
+use crate::domain::user::{Role, User, Username};
+use crate::metrics::metrics;
+use crate::services::StoreError;
+use crate::services::allocation::{
+    Allocated, AllocationRepository, Backorder, BatchLine, Filled, RepositoryError,
+};
+use crate::services::tokens::{Revocation, RevocationStore};
+use crate::services::users::{AddUserError, UserRepository};
+
+/// The store did not answer within the time limit.
+#[derive(Debug, thiserror::Error)]
+#[error("the database did not answer {operation} within {limit:?}")]
+pub struct TimedOut {
+    pub operation: &'static str,
+    pub limit: Duration,
+}
+
+/// A repository whose every operation ends within `limit`.
+#[derive(Clone)]
+pub struct Deadline<R> {
+    inner: R,
+    limit: Duration,
+}
+
+impl<R> Deadline<R> {
+    pub fn new(inner: R, limit: Duration) -> Self {
+        Self { inner, limit }
+    }
+
+    pub fn inner(&self) -> &R {
+        &self.inner
+    }
+
+    /// Runs an operation the inner repository bounds itself, recording its
+    /// latency and whether it failed.
+    async fn measure<T, E>(
+        &self,
+        operation: &'static str,
+        work: impl Future<Output = Result<T, E>>,
+    ) -> Result<T, E> {
+        let started = Instant::now();
+        let result = work.await;
+        metrics().db_operation(operation, started.elapsed(), result.is_err());
+        result
+    }
+
+    /// Runs one operation within the limit, recording its latency and
+    /// whether it failed.
+    async fn run<T, E>(
+        &self,
+        operation: &'static str,
+        work: impl Future<Output = Result<T, E>>,
+        timed_out: impl FnOnce(TimedOut) -> E,
+    ) -> Result<T, E> {
+        let started = Instant::now();
+        match tokio::time::timeout(self.limit, work).await {
+            Ok(result) => {
+                metrics().db_operation(operation, started.elapsed(), result.is_err());
+                result
+            }
+            Err(_elapsed) => {
+                metrics().db_operation(operation, started.elapsed(), true);
+                metrics().db_timeout();
+                Err(timed_out(TimedOut {
+                    operation,
+                    limit: self.limit,
+                }))
+            }
+        }
+    }
+}
+
+fn repository(error: TimedOut) -> RepositoryError {
+    RepositoryError::Unavailable(Box::new(error))
+}
+
+fn store(error: TimedOut) -> StoreError {
+    StoreError(Box::new(error))
+}
+
+impl<R: AllocationRepository> AllocationRepository for Deadline<R> {
+    async fn add_batch(&self, batch: &Batch) -> Result<(), RepositoryError> {
+        self.run("add_batch", self.inner.add_batch(batch), repository)
+            .await
+    }
+
+    async fn batch(&self, reference: &str) -> Result<Option<Batch>, RepositoryError> {
+        self.run("batch", self.inner.batch(reference), repository)
+            .await
+    }
+
+    async fn batches(
+        &self,
+        sku: Option<&str>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Batch>, RepositoryError> {
+        let work = self.inner.batches(sku, after, limit);
+        self.run("batches", work, repository).await
+    }
+
+    async fn sku_exists(&self, sku: &str) -> Result<bool, RepositoryError> {
+        self.run("sku_exists", self.inner.sku_exists(sku), repository)
+            .await
+    }
+
+    async fn allocate(&self, line: &OrderLine) -> Result<Allocated, RepositoryError> {
+        self.measure("allocate", self.inner.allocate(line)).await
+    }
+
+    async fn line(
+        &self,
+        orderid: &str,
+        sku: &str,
+    ) -> Result<Option<AcknowledgedLine>, RepositoryError> {
+        self.run("line", self.inner.line(orderid, sku), repository)
+            .await
+    }
+
+    async fn lines_of_order(
+        &self,
+        orderid: &str,
+        limit: usize,
+    ) -> Result<Vec<AcknowledgedLine>, RepositoryError> {
+        let work = self.inner.lines_of_order(orderid, limit);
+        self.run("lines_of_order", work, repository).await
+    }
+
+    async fn lines_of_sku(
+        &self,
+        sku: &str,
+        orderids: &[String],
+    ) -> Result<Vec<AcknowledgedLine>, RepositoryError> {
+        let work = self.inner.lines_of_sku(sku, orderids);
+        self.run("lines_of_sku", work, repository).await
+    }
+
+    async fn remove_line(
+        &self,
+        orderid: &str,
+        sku: &str,
+    ) -> Result<Option<AcknowledgedLine>, RepositoryError> {
+        let work = self.inner.remove_line(orderid, sku);
+        self.measure("remove_line", work).await
+    }
+
+    async fn change_purchased_quantity(
+        &self,
+        reference: &str,
+        qty: u32,
+    ) -> Result<Option<Batch>, RepositoryError> {
+        let work = self.inner.change_purchased_quantity(reference, qty);
+        self.measure("change_purchased_quantity", work).await
+    }
+
+    async fn give_up_recent_lines(
+        &self,
+        reference: &str,
+        max_lines: usize,
+    ) -> Result<Vec<OrderLine>, RepositoryError> {
+        let work = self.inner.give_up_recent_lines(reference, max_lines);
+        self.measure("give_up_recent_lines", work).await
+    }
+
+    async fn over_allocated_batches(&self, limit: usize) -> Result<Vec<String>, RepositoryError> {
+        let work = self.inner.over_allocated_batches(limit);
+        self.run("over_allocated_batches", work, repository).await
+    }
+
+    async fn backorders(
+        &self,
+        sku: Option<&str>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Backorder>, RepositoryError> {
+        let work = self.inner.backorders(sku, after, limit);
+        self.run("backorders", work, repository).await
+    }
+
+    async fn fill_backorder(&self, line: &OrderLine) -> Result<Filled, RepositoryError> {
+        let work = self.inner.fill_backorder(line);
+        self.measure("fill_backorder", work).await
+    }
+
+    async fn batch_lines(
+        &self,
+        reference: &str,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<BatchLine>, RepositoryError> {
+        let work = self.inner.batch_lines(reference, after, limit);
+        self.run("batch_lines", work, repository).await
+    }
+}
+
+impl<R: UserRepository> UserRepository for Deadline<R> {
+    async fn add(&self, user: &User) -> Result<(), AddUserError> {
+        self.run("add_user", self.inner.add(user), |timed_out| {
+            AddUserError::Store(store(timed_out))
+        })
+        .await
+    }
+
+    async fn get(&self, username: &Username) -> Result<Option<User>, StoreError> {
+        self.run("user", self.inner.get(username), store).await
+    }
+
+    async fn grant_role(&self, username: &Username, role: Role) -> Result<bool, StoreError> {
+        let work = self.inner.grant_role(username, role);
+        self.run("grant_role", work, store).await
+    }
+}
+
+impl<R: RevocationStore> RevocationStore for Deadline<R> {
+    async fn revoke(&self, revocation: &Revocation) -> Result<bool, StoreError> {
+        self.run("revoke", self.inner.revoke(revocation), store)
+            .await
+    }
+
+    async fn any_revoked(&self, ids: &[&str]) -> Result<bool, StoreError> {
+        self.run("any_revoked", self.inner.any_revoked(ids), store)
+            .await
+    }
+
+    async fn revoked_since(&self, since: DateTime<Utc>) -> Result<Vec<Revocation>, StoreError> {
+        let work = self.inner.revoked_since(since);
+        self.run("revoked_since", work, store).await
+    }
+}

@@ -1,0 +1,228 @@
+//! What allot counts for Prometheus (`GET /metrics`): requests, database
+//! operations, allocation and login outcomes.
+//!
+//! Built on `prometheus-client`, the Prometheus project's own Rust client: a
+//! few small dependencies, lock-free counters and histograms, and the text
+//! exposition format. One registry per process, because the store adapters
+//! and the handlers both report to it.
+
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+/// The content type of [`Metrics::render`]'s output.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    operation: &'static str,
+    status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OperationLabels {
+    operation: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StoreLabels {
+    operation: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
+}
+
+/// What became of an allocation request.
+#[derive(Clone, Copy, Debug)]
+pub enum AllocationOutcome {
+    Allocated,
+    Backordered,
+    OutOfStock,
+    InvalidSku,
+    /// A transaction met a concurrent one on the same batch and was retried.
+    Contention,
+    /// The database failed (503).
+    Unavailable,
+}
+
+/// What became of a login.
+#[derive(Clone, Copy, Debug)]
+pub enum LoginOutcome {
+    Ok,
+    BadCredentials,
+    /// Refused for too many recent failures (see the login throttle).
+    Throttled,
+    Unavailable,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    latency: Family<OperationLabels, Histogram, fn() -> Histogram>,
+    in_flight: Gauge,
+    db_latency: Family<StoreLabels, Histogram, fn() -> Histogram>,
+    db_errors: Family<StoreLabels, Counter>,
+    db_timeouts: Counter,
+    allocations: Family<OutcomeLabels, Counter>,
+    logins: Family<OutcomeLabels, Counter>,
+}
+
+/// 0.5 ms to ~16 s, doubling.
+fn latency_histogram() -> Histogram {
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+        0.0005, 2.0, 16,
+    ))
+}
+
+static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+
+/// This process's metrics.
+pub fn metrics() -> &'static Metrics {
+    &METRICS
+}
+
+impl Metrics {
+    fn new() -> Self {
+        let mut registry = Registry::with_prefix("allot");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "http_requests",
+            "HTTP requests answered, by operation (operationId; `none` for unknown routes) and status",
+            requests.clone(),
+        );
+        let latency = Family::new_with_constructor(latency_histogram as fn() -> Histogram);
+        registry.register(
+            "http_request_duration_seconds",
+            "Time from request to response head, by operation",
+            latency.clone(),
+        );
+        let in_flight = Gauge::default();
+        registry.register(
+            "http_requests_in_flight",
+            "Requests being handled now",
+            in_flight.clone(),
+        );
+        let db_latency = Family::new_with_constructor(latency_histogram as fn() -> Histogram);
+        registry.register(
+            "db_operation_duration_seconds",
+            "Database operations (one repository step: a query, or a whole transaction), by operation",
+            db_latency.clone(),
+        );
+        let db_errors = Family::<StoreLabels, Counter>::default();
+        registry.register(
+            "db_operation_errors",
+            "Database operations that failed, by operation",
+            db_errors.clone(),
+        );
+        let db_timeouts = Counter::default();
+        registry.register(
+            "db_timeouts",
+            "Database operations allot stopped waiting for (mongo.operation_timeout_ms)",
+            db_timeouts.clone(),
+        );
+        let allocations = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "allocations",
+            "Allocation requests by outcome; `contention` counts transaction retries",
+            allocations.clone(),
+        );
+        let logins = Family::<OutcomeLabels, Counter>::default();
+        registry.register("logins", "Logins by outcome", logins.clone());
+        // Every outcome is listed from the start, at 0, so rates work at once.
+        for outcome in ["allocated", "backordered", "out_of_stock", "contention"] {
+            let _ = allocations.get_or_create(&OutcomeLabels { outcome });
+        }
+        for outcome in ["ok", "bad_credentials", "throttled"] {
+            let _ = logins.get_or_create(&OutcomeLabels { outcome });
+        }
+        Self {
+            registry,
+            requests,
+            latency,
+            in_flight,
+            db_latency,
+            db_errors,
+            db_timeouts,
+            allocations,
+            logins,
+        }
+    }
+
+    /// Counts a request in flight until the guard is dropped.
+    pub fn request_started(&self) -> InFlight<'_> {
+        self.in_flight.inc();
+        InFlight(&self.in_flight)
+    }
+
+    pub fn request_finished(&self, operation: &'static str, status: u16, elapsed: Duration) {
+        self.requests
+            .get_or_create(&RequestLabels { operation, status })
+            .inc();
+        self.latency
+            .get_or_create(&OperationLabels { operation })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    pub fn db_operation(&self, operation: &'static str, elapsed: Duration, failed: bool) {
+        let labels = StoreLabels { operation };
+        self.db_latency
+            .get_or_create(&labels)
+            .observe(elapsed.as_secs_f64());
+        if failed {
+            self.db_errors.get_or_create(&labels).inc();
+        }
+    }
+
+    /// allot gave up waiting for the database (`mongo.operation_timeout_ms`).
+    pub fn db_timeout(&self) {
+        self.db_timeouts.inc();
+    }
+
+    pub fn allocation(&self, outcome: AllocationOutcome) {
+        let outcome = match outcome {
+            AllocationOutcome::Allocated => "allocated",
+            AllocationOutcome::Backordered => "backordered",
+            AllocationOutcome::OutOfStock => "out_of_stock",
+            AllocationOutcome::InvalidSku => "invalid_sku",
+            AllocationOutcome::Contention => "contention",
+            AllocationOutcome::Unavailable => "unavailable",
+        };
+        self.allocations
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
+    }
+
+    pub fn login(&self, outcome: LoginOutcome) {
+        let outcome = match outcome {
+            LoginOutcome::Ok => "ok",
+            LoginOutcome::BadCredentials => "bad_credentials",
+            LoginOutcome::Throttled => "throttled",
+            LoginOutcome::Unavailable => "unavailable",
+        };
+        self.logins.get_or_create(&OutcomeLabels { outcome }).inc();
+    }
+
+    /// The text exposition of every metric ([`CONTENT_TYPE`]).
+    pub fn render(&self) -> String {
+        let mut text = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
+        text
+    }
+}
+
+pub struct InFlight<'a>(&'a Gauge);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}

@@ -1,0 +1,551 @@
+//! Serves the poem endpoint over HTTP/1.1 and HTTP/2 (h2c) with bounded
+//! connections: a cap on how many are open, a deadline for each request head,
+//! an idle timeout, and bounded header memory.
+//!
+//! poem's own `Server` has none of these but an activity-based idle timeout
+//! (which a client sending one byte a second never trips), and it spins when
+//! `accept` fails for want of file descriptors. So allot drives hyper itself,
+//! as poem does inside, with the bounds set.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use poem::endpoint::BoxEndpoint;
+use poem::http::uri::Scheme;
+use poem::web::{LocalAddr, RemoteAddr};
+use poem::{Addr, Endpoint, Response};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, watch};
+
+use crate::config::HttpSettings;
+
+type ResponseBody = http_body_util::combinators::BoxBody<Bytes, std::io::Error>;
+
+/// The bounds every connection is served with (the `http.*` settings).
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionLimits {
+    pub header_read_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_header_bytes: usize,
+    pub max_connections: usize,
+    pub http2_max_concurrent_streams: u32,
+}
+
+impl From<&HttpSettings> for ConnectionLimits {
+    fn from(http: &HttpSettings) -> Self {
+        Self {
+            header_read_timeout: Duration::from_millis(http.header_read_timeout_ms),
+            idle_timeout: Duration::from_millis(http.idle_timeout_ms),
+            max_header_bytes: http.max_header_bytes,
+            max_connections: http.max_connections,
+            http2_max_concurrent_streams: http.http2_max_concurrent_streams,
+        }
+    }
+}
+
+/// Flow-control windows of HTTP/2: how much request data one stream, and one
+/// connection, may have in flight before allot reads it. Small, because no
+/// request body may exceed `http.body_limit_bytes` anyway.
+const HTTP2_STREAM_WINDOW: u32 = 256 * 1024;
+const HTTP2_CONNECTION_WINDOW: u32 = 1024 * 1024;
+
+/// Raises this process's soft limit on open files to the hard limit, so the
+/// connection cap, not the descriptor limit, is what bounds connections.
+/// Returns the limit now in force.
+pub fn raise_open_file_limit() -> std::io::Result<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            limit = raised;
+        }
+    }
+    Ok(limit.rlim_cur)
+}
+
+/// Serves `endpoint` on `listener` until `shutdown` resolves, then stops
+/// accepting and gives open connections up to `grace` to finish.
+pub async fn serve(
+    listener: TcpListener,
+    endpoint: BoxEndpoint<'static, Response>,
+    limits: ConnectionLimits,
+    shutdown: impl Future<Output = ()>,
+    grace: Duration,
+) -> std::io::Result<()> {
+    let local = listener.local_addr()?;
+    let endpoint: Arc<BoxEndpoint<'static, Response>> = Arc::new(endpoint);
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let (stop, stopped) = watch::channel(false);
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .max_buf_size(limits.max_header_bytes.max(8192))
+        .header_read_timeout(limits.header_read_timeout);
+    builder
+        .http2()
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        .max_concurrent_streams(limits.http2_max_concurrent_streams)
+        .initial_stream_window_size(HTTP2_STREAM_WINDOW)
+        .initial_connection_window_size(HTTP2_CONNECTION_WINDOW);
+    tokio::pin!(shutdown);
+    let mut last_accept_warning = None;
+    loop {
+        // At the cap, stop accepting: new connections wait in the backlog.
+        let slot = tokio::select! {
+            () = &mut shutdown => break,
+            slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
+        };
+        let accepted = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, remote) = match accepted {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                // E.g. EMFILE: retrying at once would spin; wait a little,
+                // and say so once a second at most.
+                if last_accept_warning
+                    .is_none_or(|at: Instant| at.elapsed() >= Duration::from_secs(1))
+                {
+                    tracing::warn!(%error, "cannot accept a connection; retrying");
+                    last_accept_warning = Some(Instant::now());
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let connection = Connection {
+            stream,
+            local,
+            remote,
+            endpoint: endpoint.clone(),
+            limits,
+            stopped: stopped.clone(),
+        };
+        let builder = builder.clone();
+        tokio::spawn(async move {
+            connection.serve(builder).await;
+            drop(slot);
+        });
+    }
+    drop(listener);
+    let _ = stop.send(true);
+    let all = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
+    if tokio::time::timeout(grace, slots.acquire_many(all))
+        .await
+        .is_err()
+    {
+        tracing::warn!("connections still open after the shutdown grace period; closing them");
+    }
+    Ok(())
+}
+
+struct Connection {
+    stream: TcpStream,
+    local: SocketAddr,
+    remote: SocketAddr,
+    endpoint: Arc<BoxEndpoint<'static, Response>>,
+    limits: ConnectionLimits,
+    stopped: watch::Receiver<bool>,
+}
+
+impl Connection {
+    async fn serve(self, mut builder: auto::Builder<TokioExecutor>) {
+        let Connection {
+            stream,
+            local,
+            remote,
+            endpoint,
+            limits,
+            mut stopped,
+        } = self;
+        let clock = Arc::new(ConnectionClock::new(limits));
+        builder.http1().timer(HeadTimer(clock.clone()));
+        let io = TokioIo::new(Watched {
+            inner: stream,
+            clock: clock.clone(),
+            replacement: None,
+        });
+        let service_clock = clock.clone();
+        let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
+            let endpoint = endpoint.clone();
+            let clock = service_clock.clone();
+            clock.request_started();
+            async move {
+                let request = poem::Request::from((
+                    request,
+                    LocalAddr(Addr::SocketAddr(local)),
+                    RemoteAddr(Addr::SocketAddr(remote)),
+                    Scheme::HTTP,
+                ));
+                let response = endpoint.get_response(request).await;
+                clock.request_finished();
+                Ok::<_, Infallible>(hyper::Response::<ResponseBody>::from(response))
+            }
+        });
+        let connection = builder.serve_connection(io, service);
+        tokio::pin!(connection);
+        tokio::select! {
+            _ = connection.as_mut() => return,
+            _ = stopped.wait_for(|stopped| *stopped) => {}
+            () = clock.idle() => {
+                tracing::debug!(%remote, "closing an idle connection");
+            }
+        }
+        connection.as_mut().graceful_shutdown();
+        let _ = connection.await;
+    }
+}
+
+/// What one connection has done when: the clock behind its head deadline
+/// and its idle timeout.
+struct ConnectionClock {
+    limits: ConnectionLimits,
+    state: Mutex<ClockState>,
+}
+
+struct ClockState {
+    last_read: Instant,
+    /// Whether the client sent anything yet.
+    spoke: bool,
+    /// Requests handed to the endpoint whose response is not ready yet.
+    in_flight: usize,
+    /// Heads hyper started to read (1 = the connection's first request).
+    heads: u64,
+    /// When the current head's first byte arrived.
+    head_first_byte: Option<Instant>,
+    /// Whether hyper is reading a head that it has not handed on yet: what it
+    /// writes then is its own error answer to an unparsable head.
+    reading_head: bool,
+}
+
+impl ConnectionClock {
+    fn new(limits: ConnectionLimits) -> Self {
+        Self {
+            limits,
+            state: Mutex::new(ClockState {
+                last_read: Instant::now(),
+                spoke: false,
+                in_flight: 0,
+                heads: 0,
+                head_first_byte: None,
+                reading_head: false,
+            }),
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, ClockState> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn read(&self) {
+        let now = Instant::now();
+        let mut state = self.state();
+        state.last_read = now;
+        state.spoke = true;
+        state.head_first_byte.get_or_insert(now);
+    }
+
+    /// hyper starts reading a request head; returns whether it is the first.
+    fn head_started(&self) -> bool {
+        let mut state = self.state();
+        state.heads += 1;
+        state.head_first_byte = None;
+        state.reading_head = true;
+        state.heads == 1
+    }
+
+    fn request_started(&self) {
+        let mut state = self.state();
+        state.in_flight += 1;
+        state.reading_head = false;
+    }
+
+    fn reading_head(&self) -> bool {
+        self.state().reading_head
+    }
+
+    fn request_finished(&self) {
+        let mut state = self.state();
+        state.in_flight = state.in_flight.saturating_sub(1);
+    }
+
+    /// Resolves once nothing was read for `idle_timeout` while no request
+    /// was being handled, or when a new connection stays silent for
+    /// `header_read_timeout` (before hyper knows which protocol it speaks).
+    async fn idle(&self) {
+        loop {
+            let (last_read, in_flight, idle) = {
+                let state = self.state();
+                let idle = if state.spoke {
+                    self.limits.idle_timeout
+                } else {
+                    self.limits.header_read_timeout
+                };
+                (state.last_read, state.in_flight, idle)
+            };
+            let deadline = last_read + idle;
+            if in_flight == 0 && Instant::now() >= deadline {
+                return;
+            }
+            let wake = if in_flight == 0 {
+                deadline
+            } else {
+                Instant::now() + idle
+            };
+            tokio::time::sleep_until(wake.into()).await;
+        }
+    }
+}
+
+/// The socket, noting when bytes arrive, and turning hyper's own answers to
+/// unparsable requests (empty 400, 414, 431) into JSON ones.
+struct Watched {
+    inner: TcpStream,
+    clock: Arc<ConnectionClock>,
+    /// A JSON answer still to be written, and how much of it is.
+    replacement: Option<(Vec<u8>, usize)>,
+}
+
+impl Watched {
+    /// Writes what is left of the replacement answer.
+    fn poll_replacement(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        while let Some((bytes, written)) = &mut self.replacement {
+            if *written == bytes.len() {
+                self.replacement = None;
+                break;
+            }
+            let n =
+                std::task::ready!(Pin::new(&mut self.inner).poll_write(cx, &bytes[*written..]))?;
+            if n == 0 {
+                return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+            }
+            *written += n;
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// When `buf` is hyper's answer to a head it could not parse, queues a
+    /// JSON answer in its place and returns true.
+    fn replace_parse_error(&mut self, buf: &[u8]) -> bool {
+        if !buf.starts_with(b"HTTP/1.1 4") || !self.clock.reading_head() {
+            return false;
+        }
+        let Some(replacement) = json_parse_error(buf, self.clock.limits.max_header_bytes) else {
+            return false;
+        };
+        self.replacement = Some((replacement, 0));
+        true
+    }
+}
+
+/// The JSON version of hyper's automatic answer `head` (a status line and
+/// headers, no body), or `None` when `head` is something else.
+fn json_parse_error(head: &[u8], max_header_bytes: usize) -> Option<Vec<u8>> {
+    let head = std::str::from_utf8(head).ok()?.strip_suffix("\r\n\r\n")?;
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next()?;
+    let message = match status_line.get(9..12)? {
+        "400" => "The request is not valid HTTP: a malformed request line or header".to_owned(),
+        "414" => "The request URI is too long".to_owned(),
+        "431" => format!(
+            "The request head (request line and headers) is too large: at most {max_header_bytes} bytes"
+        ),
+        _ => return None,
+    };
+    let mut kept = Vec::new();
+    for line in lines {
+        let name = line
+            .split(':')
+            .next()
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        match name.as_str() {
+            // An answer of allot's own always has a content type: leave it be.
+            "content-type" => return None,
+            "content-length" | "connection" => {}
+            _ => kept.push(line),
+        }
+    }
+    let body = serde_json::json!({ "message": message }).to_string();
+    let mut answer = format!(
+        "{status_line}\r\ncontent-type: application/json; charset=utf-8\r\n\
+         content-length: {}\r\nx-content-type-options: nosniff\r\nconnection: close\r\n",
+        body.len()
+    );
+    for line in kept {
+        answer.push_str(line);
+        answer.push_str("\r\n");
+    }
+    answer.push_str("\r\n");
+    answer.push_str(&body);
+    Some(answer.into_bytes())
+}
+
+impl AsyncRead for Watched {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.clock.read();
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for Watched {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        std::task::ready!(self.poll_replacement(cx))?;
+        if self.replace_parse_error(buf) {
+            // hyper's bytes count as written; poll_flush finishes ours.
+            if let Poll::Ready(Err(error)) = self.poll_replacement(cx) {
+                return Poll::Ready(Err(error));
+            }
+            return Poll::Ready(Ok(buf.len()));
+        }
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        std::task::ready!(self.poll_replacement(cx))?;
+        if let Some(first) = bufs.iter().find(|buf| !buf.is_empty())
+            && self.replace_parse_error(first)
+        {
+            if let Poll::Ready(Err(error)) = self.poll_replacement(cx) {
+                return Poll::Ready(Err(error));
+            }
+            return Poll::Ready(Ok(first.len()));
+        }
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        std::task::ready!(self.poll_replacement(cx))?;
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        std::task::ready!(self.poll_replacement(cx))?;
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// hyper's HTTP/1 timer, used only for its header read timeout. hyper starts
+/// that deadline as soon as it waits for a head, so on a kept-alive
+/// connection it would also cut the idle time between requests. This timer
+/// gives the first head `header_read_timeout` from the connection's start;
+/// each later head `idle_timeout` until its first byte, then
+/// `header_read_timeout` from that byte.
+struct HeadTimer(Arc<ConnectionClock>);
+
+impl hyper::rt::Timer for HeadTimer {
+    fn sleep(&self, duration: Duration) -> Pin<Box<dyn hyper::rt::Sleep>> {
+        Box::pin(PlainSleep(Box::pin(tokio::time::sleep(duration))))
+    }
+
+    fn sleep_until(&self, _deadline: Instant) -> Pin<Box<dyn hyper::rt::Sleep>> {
+        let started = Instant::now();
+        let first = self.0.head_started();
+        let limits = self.0.limits;
+        Box::pin(HeadDeadline {
+            clock: self.0.clone(),
+            started,
+            first,
+            sleep: Box::pin(tokio::time::sleep_until(
+                (started
+                    + if first {
+                        limits.header_read_timeout
+                    } else {
+                        limits.idle_timeout
+                    })
+                .into(),
+            )),
+        })
+    }
+}
+
+struct PlainSleep(Pin<Box<tokio::time::Sleep>>);
+
+impl Future for PlainSleep {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        self.0.as_mut().poll(cx)
+    }
+}
+
+impl hyper::rt::Sleep for PlainSleep {}
+
+struct HeadDeadline {
+    clock: Arc<ConnectionClock>,
+    started: Instant,
+    first: bool,
+    sleep: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl Future for HeadDeadline {
+    type Output = ();
+
+    // hyper polls this each time the head is still incomplete after a read,
+    // so the deadline moves as soon as a kept-alive request's first byte comes.
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let limits = self.clock.limits;
+        let deadline = if self.first {
+            self.started + limits.header_read_timeout
+        } else {
+            match self.clock.state().head_first_byte {
+                Some(first_byte) => first_byte + limits.header_read_timeout,
+                None => self.started + limits.idle_timeout,
+            }
+        };
+        let deadline = tokio::time::Instant::from(deadline);
+        if self.sleep.deadline() != deadline {
+            self.sleep.as_mut().reset(deadline);
+        }
+        self.sleep.as_mut().poll(cx)
+    }
+}
+
+impl hyper::rt::Sleep for HeadDeadline {}
