@@ -89,6 +89,7 @@ fn main() -> std::process::ExitCode {
         edge::a_40_mb_body_gets_413_json_over_h2c_and_chunked_with_bounded_memory,
         edge::idle_and_slow_connections_are_closed_while_requests_are_served,
         edge::connections_over_the_cap_wait_until_one_closes,
+        edge::an_idle_http2_connection_is_closed_after_the_idle_timeout,
         edge::malformed_and_oversized_requests_get_json_errors,
         edge::requests_get_503_within_the_operation_timeout_while_the_database_is_frozen,
         edge::an_eta_the_database_cannot_store_is_a_400_naming_the_field,
