@@ -564,3 +564,32 @@ impl Future for HeadDeadline {
 }
 
 impl hyper::rt::Sleep for HeadDeadline {}
+
+#[cfg(test)]
+mod tests {
+    use super::json_parse_error;
+
+    #[test]
+    fn hyper_s_empty_error_answers_become_json() {
+        let head = b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\ndate: Sun, 22 Nov 2026 08:00:00 GMT\r\n\r\n";
+        let answer = String::from_utf8(json_parse_error(head, 16384).unwrap()).unwrap();
+        let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 431 Request Header Fields Too Large\r\n"));
+        assert!(head.contains("content-type: application/json"));
+        assert!(head.contains(&format!("content-length: {}", body.len())));
+        assert!(head.contains("date: Sun"));
+        assert!(!head.contains("content-length: 0"));
+        let body: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert!(body["message"].as_str().unwrap().contains("16384 bytes"));
+    }
+
+    #[test]
+    fn answers_of_allot_s_own_are_left_alone() {
+        let with_type =
+            b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n";
+        assert!(json_parse_error(with_type, 16384).is_none());
+        let other = b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n";
+        assert!(json_parse_error(other, 16384).is_none());
+        assert!(json_parse_error(b"HTTP/1.1 400 Bad", 16384).is_none());
+    }
+}
