@@ -119,7 +119,7 @@ pub struct HttpSettings {
     pub header_read_timeout_ms: u64,
     /// Time a request body may take to arrive, once its head is read.
     pub body_read_timeout_ms: u64,
-    /// A connection that sends nothing for this long is closed.
+    /// A connection without a request for this long is closed.
     pub idle_timeout_ms: u64,
     /// Largest request head (request line and headers), in bytes.
     pub max_header_bytes: usize,

@@ -209,15 +209,21 @@ impl Connection {
         });
         let connection = builder.serve_connection(io, service);
         tokio::pin!(connection);
-        tokio::select! {
+        let idle = tokio::select! {
             _ = connection.as_mut() => return,
-            _ = stopped.wait_for(|stopped| *stopped) => {}
-            () = clock.idle() => {
-                tracing::debug!(%remote, "closing an idle connection");
-            }
-        }
+            _ = stopped.wait_for(|stopped| *stopped) => false,
+            () = clock.idle() => true,
+        };
         connection.as_mut().graceful_shutdown();
-        let _ = connection.await;
+        if idle {
+            // An HTTP/2 graceful shutdown waits for the client to answer a
+            // PING; a client that never does would keep the connection.
+            tracing::debug!(%remote, "closing an idle connection");
+            let _ = tokio::time::timeout(limits.header_read_timeout, connection).await;
+        } else {
+            // In-flight requests finish; `serve` bounds this by the grace period.
+            let _ = connection.await;
+        }
     }
 }
 
@@ -229,7 +235,8 @@ struct ConnectionClock {
 }
 
 struct ClockState {
-    last_read: Instant,
+    /// When the connection opened, or a request last started or finished.
+    last_request: Instant,
     /// Whether the client sent anything yet.
     spoke: bool,
     /// Requests handed to the endpoint whose response is not ready yet.
@@ -248,7 +255,7 @@ impl ConnectionClock {
         Self {
             limits,
             state: Mutex::new(ClockState {
-                last_read: Instant::now(),
+                last_request: Instant::now(),
                 spoke: false,
                 in_flight: 0,
                 heads: 0,
@@ -267,7 +274,6 @@ impl ConnectionClock {
     fn read(&self) {
         let now = Instant::now();
         let mut state = self.state();
-        state.last_read = now;
         state.spoke = true;
         state.head_first_byte.get_or_insert(now);
     }
@@ -284,6 +290,7 @@ impl ConnectionClock {
     fn request_started(&self) {
         let mut state = self.state();
         state.in_flight += 1;
+        state.last_request = Instant::now();
         state.reading_head = false;
     }
 
@@ -294,30 +301,38 @@ impl ConnectionClock {
     fn request_finished(&self) {
         let mut state = self.state();
         state.in_flight = state.in_flight.saturating_sub(1);
+        state.last_request = Instant::now();
     }
 
-    /// Resolves once nothing was read for `idle_timeout` while no request
-    /// was being handled, or when a new connection stays silent for
-    /// `header_read_timeout` (before hyper knows which protocol it speaks).
+    /// Resolves once no request was handled for `idle_timeout`: bytes that
+    /// bring no request (HTTP/2 PINGs, a header trickling in) do not count,
+    /// except an HTTP/1.1 head under way, which its own deadline bounds. A
+    /// connection that never sends a byte goes after `header_read_timeout`
+    /// (before hyper knows which protocol it speaks).
     async fn idle(&self) {
         loop {
-            let (last_read, in_flight, idle) = {
+            let (deadline, in_flight) = {
                 let state = self.state();
-                let idle = if state.spoke {
-                    self.limits.idle_timeout
+                let deadline = if state.spoke {
+                    let active = match state.head_first_byte {
+                        Some(first_byte) if state.reading_head => {
+                            state.last_request.max(first_byte)
+                        }
+                        _ => state.last_request,
+                    };
+                    active + self.limits.idle_timeout
                 } else {
-                    self.limits.header_read_timeout
+                    state.last_request + self.limits.header_read_timeout
                 };
-                (state.last_read, state.in_flight, idle)
+                (deadline, state.in_flight)
             };
-            let deadline = last_read + idle;
             if in_flight == 0 && Instant::now() >= deadline {
                 return;
             }
             let wake = if in_flight == 0 {
                 deadline
             } else {
-                Instant::now() + idle
+                Instant::now() + self.limits.idle_timeout
             };
             tokio::time::sleep_until(wake.into()).await;
         }
@@ -549,3 +564,32 @@ impl Future for HeadDeadline {
 }
 
 impl hyper::rt::Sleep for HeadDeadline {}
+
+#[cfg(test)]
+mod tests {
+    use super::json_parse_error;
+
+    #[test]
+    fn hyper_s_empty_error_answers_become_json() {
+        let head = b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\ndate: Sun, 22 Nov 2026 08:00:00 GMT\r\n\r\n";
+        let answer = String::from_utf8(json_parse_error(head, 16384).unwrap()).unwrap();
+        let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 431 Request Header Fields Too Large\r\n"));
+        assert!(head.contains("content-type: application/json"));
+        assert!(head.contains(&format!("content-length: {}", body.len())));
+        assert!(head.contains("date: Sun"));
+        assert!(!head.contains("content-length: 0"));
+        let body: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert!(body["message"].as_str().unwrap().contains("16384 bytes"));
+    }
+
+    #[test]
+    fn answers_of_allot_s_own_are_left_alone() {
+        let with_type =
+            b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n";
+        assert!(json_parse_error(with_type, 16384).is_none());
+        let other = b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n";
+        assert!(json_parse_error(other, 16384).is_none());
+        assert!(json_parse_error(b"HTTP/1.1 400 Bad", 16384).is_none());
+    }
+}

@@ -240,8 +240,14 @@ impl AllowedMethods {
                 .as_object()
                 .into_iter()
                 .flatten()
-                .map(|(method, _)| method.to_ascii_uppercase())
-                .filter(|method| method.parse::<poem::http::Method>().is_ok())
+                .map(|(key, _)| key.to_ascii_uppercase())
+                // A path item's other keys (parameters, summary, …) are not methods.
+                .filter(|key| {
+                    matches!(
+                        key.as_str(),
+                        "GET" | "PUT" | "POST" | "DELETE" | "OPTIONS" | "HEAD" | "PATCH" | "TRACE"
+                    )
+                })
                 .collect();
             if methods.iter().any(|m| m == "GET") && !methods.iter().any(|m| m == "HEAD") {
                 methods.push("HEAD".to_owned());
@@ -363,5 +369,33 @@ impl<E: Endpoint + 'static> Endpoint for BrowserOriginsEndpoint<E> {
             },
             _ => self.inner.call(req).await.map(IntoResponse::into_response),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{AllowedMethods, is_sane_request_id};
+
+    #[test]
+    fn request_ids_are_short_plain_tokens() {
+        for sane in ["a", "0f3c-9a.b_c:1", &"x".repeat(128)] {
+            assert!(is_sane_request_id(sane), "{sane}");
+        }
+        for insane in ["", "with space", "line\nbreak", "é", &"x".repeat(129)] {
+            assert!(!is_sane_request_id(insane), "{insane:?}");
+        }
+    }
+
+    #[test]
+    fn allow_lists_the_methods_of_the_matching_path() {
+        let spec = serde_json::json!({"paths": {
+            "/batches/{reference}": {"get": {}, "patch": {}, "parameters": []},
+            "/allocate": {"post": {}},
+        }});
+        let methods = AllowedMethods::from_spec(&spec);
+        assert_eq!(methods.allow("/batches/b-1").unwrap(), "GET, PATCH, HEAD");
+        assert_eq!(methods.allow("/allocate").unwrap(), "POST");
+        assert!(methods.allow("/batches/b-1/extra").is_none());
+        assert!(methods.allow("/nowhere").is_none());
     }
 }

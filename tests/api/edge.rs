@@ -491,3 +491,69 @@ pub async fn allot_serves_from_an_empty_directory_in_development() {
     drop(app);
     std::fs::remove_dir_all(&empty).unwrap();
 }
+
+pub async fn an_idle_http2_connection_is_closed_after_the_idle_timeout() {
+    let app = spawn_app_with(|settings| {
+        settings.http.header_read_timeout_ms = 500;
+        settings.http.idle_timeout_ms = 1500;
+    })
+    .await;
+    let address = app.address.trim_start_matches("http://").to_owned();
+    let mut h2 = TcpStream::connect(&address).await.unwrap();
+    // The client preface and an empty SETTINGS frame, then silence.
+    h2.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .unwrap();
+    h2.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).await.unwrap();
+    let started = Instant::now();
+    let mut first = [0u8; 9];
+    h2.read_exact(&mut first).await.unwrap();
+    assert_eq!(
+        first[3], 4,
+        "the server speaks HTTP/2: its SETTINGS frame first"
+    );
+    let closed = closed_within(&mut h2, Duration::from_secs(5))
+        .await
+        .map(|_| started.elapsed())
+        .expect("the idle HTTP/2 connection is closed");
+    eprintln!("idle HTTP/2 connection closed after {closed:?}");
+    assert!(
+        (Duration::from_millis(1200)..Duration::from_millis(4000)).contains(&closed),
+        "closed after {closed:?}, not at http.idle_timeout_ms (1.5 s)"
+    );
+
+    // PINGs every 200 ms bring no request: the connection is idle all the same.
+    let h2 = TcpStream::connect(&address).await.unwrap();
+    let (mut reader, mut writer) = h2.into_split();
+    let pinger = tokio::spawn(async move {
+        writer
+            .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+            .await?;
+        writer.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).await?;
+        writer.write_all(&[0, 0, 0, 4, 1, 0, 0, 0, 0]).await?; // SETTINGS ACK
+        loop {
+            writer
+                .write_all(&[0, 0, 8, 6, 0, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8])
+                .await?;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        #[allow(unreachable_code)]
+        Ok::<(), std::io::Error>(())
+    });
+    let started = Instant::now();
+    let mut buf = [0u8; 4096];
+    let closed = loop {
+        match tokio::time::timeout(Duration::from_secs(6), reader.read(&mut buf)).await {
+            Err(_) => break None,
+            Ok(Ok(0)) | Ok(Err(_)) => break Some(started.elapsed()),
+            Ok(Ok(_)) => {}
+        }
+    };
+    pinger.abort();
+    let closed = closed.expect("a connection sending only PINGs is closed");
+    eprintln!("HTTP/2 connection sending only PINGs closed after {closed:?}");
+    assert!(
+        (Duration::from_millis(1200)..Duration::from_millis(4000)).contains(&closed),
+        "closed after {closed:?}"
+    );
+}
