@@ -4,7 +4,6 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use poem::middleware::CatchPanic;
 use poem::{Endpoint, EndpointExt, IntoEndpoint, Response, Route};
 
 use crate::adapters::deadline::Deadline;
@@ -14,7 +13,7 @@ use crate::adapters::mongo::users::MongoUsers;
 use crate::adapters::mongo::{self, MongoError};
 use crate::adapters::passwords::Argon2Hasher;
 use crate::adapters::tokens::JwtTokens;
-use crate::api::{self, AppState, Components, error, middleware};
+use crate::api::{self, AppState, Components, middleware};
 use crate::config::Settings;
 use crate::server::{self, ConnectionLimits};
 use crate::services::StoreError;
@@ -213,18 +212,15 @@ pub fn routes(state: AppState, settings: &Settings) -> impl Endpoint<Output = Re
             read_timeout: Duration::from_millis(http.body_read_timeout_ms),
         })
         .data(state)
-        .with(CatchPanic::new().with_handler(error::panic_response))
-        .with_if(metrics.enabled, middleware::Observe)
-        .catch_all_error(error::error_to_json)
-        .with(middleware::AllowHeader(allowed))
-        .around(middleware::security_headers)
         .with_if(
             !http.cors_origins.is_empty(),
             middleware::BrowserOrigins(http.cors_origins.clone()),
         )
-        .around(middleware::log_request)
-        .with_if(log.request_ids, middleware::RequestId)
-        .map_to_response()
+        .with(middleware::Edge {
+            request_ids: log.request_ids,
+            metrics: metrics.enabled,
+            allowed,
+        })
         .into_endpoint()
 }
 

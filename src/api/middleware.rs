@@ -1,5 +1,5 @@
-//! Middleware: request ids, the body limit, one log line per request,
-//! metrics, security headers and `Allow` on 405s.
+//! Middleware: the edge every request passes (request ids, JSON errors,
+//! metrics, headers, the log line), CORS, and the body limit.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -90,84 +90,52 @@ async fn read_limited(body: Body, max_bytes: usize) -> Result<Vec<u8>> {
     Ok(data)
 }
 
-/// Logs method, path, status and latency of every request. Only the path is
-/// logged: query strings and headers may carry credentials.
-pub async fn log_request<E: Endpoint>(next: E, req: Request) -> Result<Response> {
-    if !tracing::enabled!(tracing::Level::INFO) {
-        return next.call(req).await.map(IntoResponse::into_response);
-    }
-    let method = req.method().clone();
-    let path = req.uri().path().to_owned();
-    let started = Instant::now();
-    let response = next.call(req).await.map(IntoResponse::into_response);
-    let status = match &response {
-        Ok(response) => response.status(),
-        Err(error) => error.status(),
-    };
-    tracing::info!(
-        %method,
-        %path,
-        status = status.as_u16(),
-        latency_ms = started.elapsed().as_secs_f64() * 1000.0,
-        "request"
-    );
-    response
+/// Everything every request passes through on its way in and out, in one
+/// layer rather than one a concern: each layer is a future wrapped around the
+/// next, and at framework speed their size and nesting are most of the cost
+/// (see `bench/results`). In order:
+/// - a request id: a sane `X-Request-Id` from the client is kept, otherwise one
+///   is made up; it is returned on the response and is a field of every log
+///   line written while the request is handled (`log.request_ids`);
+/// - a panicking handler becomes a 500, and any error that escaped the typed
+///   responses becomes JSON (`error::error_to_json`);
+/// - `/metrics` counts: by operation and status, latency, in flight;
+/// - `Allow` on a 405; `X-Content-Type-Options: nosniff`, and
+///   `Cache-Control: no-store` since responses carry tokens or one user's data;
+/// - one log line: method, path (never the query string or headers, which may
+///   carry credentials), status and latency.
+pub struct Edge {
+    pub request_ids: bool,
+    pub metrics: bool,
+    pub allowed: std::sync::Arc<AllowedMethods>,
 }
 
-/// Counts every request for `/metrics`: by operation and status, its
-/// latency, and those in flight. Sits inside the JSON error mapping, where
-/// the operation's id is still attached to errors.
-pub struct Observe;
-
-impl<E: Endpoint> Middleware<E> for Observe {
-    type Output = ObserveEndpoint<E>;
-
-    fn transform(&self, ep: E) -> Self::Output {
-        ObserveEndpoint(ep)
-    }
-}
-
-pub struct ObserveEndpoint<E>(E);
-
-impl<E: Endpoint> Endpoint for ObserveEndpoint<E> {
-    type Output = Response;
-
-    async fn call(&self, req: Request) -> Result<Response> {
-        let metrics = crate::metrics::metrics();
-        let _in_flight = metrics.request_started();
-        let started = Instant::now();
-        let result = self.0.call(req).await.map(IntoResponse::into_response);
-        let (operation, status) = match &result {
-            Ok(response) => (response.data::<OperationId>(), response.status()),
-            Err(error) => (error.data::<OperationId>(), error.status()),
-        };
-        let operation = operation.map_or("none", |operation| operation.0);
-        metrics.request_finished(operation, status.as_u16(), started.elapsed());
-        result
-    }
-}
-
-/// Request ids: a sane `X-Request-Id` from the client is kept, otherwise one
-/// is made up. It is returned on the response and is a field of every log
-/// line written while the request is handled.
-pub struct RequestId;
-
-impl<E: Endpoint> Middleware<E> for RequestId {
-    type Output = RequestIdEndpoint<E>;
+impl<E: Endpoint> Middleware<E> for Edge {
+    type Output = EdgeEndpoint<E>;
 
     fn transform(&self, ep: E) -> Self::Output {
         let mut prefix = uuid::Uuid::new_v4().simple().to_string();
         prefix.truncate(12);
-        RequestIdEndpoint {
+        EdgeEndpoint {
             inner: ep,
-            prefix,
-            next: AtomicU64::new(0),
+            request_ids: self.request_ids.then_some(RequestIds {
+                prefix,
+                next: AtomicU64::new(0),
+            }),
+            metrics: self.metrics,
+            allowed: self.allowed.clone(),
         }
     }
 }
 
-pub struct RequestIdEndpoint<E> {
+pub struct EdgeEndpoint<E> {
     inner: E,
+    request_ids: Option<RequestIds>,
+    metrics: bool,
+    allowed: std::sync::Arc<AllowedMethods>,
+}
+
+struct RequestIds {
     /// Random per process, so ids from several instances do not collide.
     prefix: String,
     next: AtomicU64,
@@ -184,46 +152,89 @@ fn is_sane_request_id(id: &str) -> bool {
 
 pub const REQUEST_ID: &str = "x-request-id";
 
-impl<E: Endpoint> Endpoint for RequestIdEndpoint<E> {
-    type Output = Response;
-
-    async fn call(&self, req: Request) -> Result<Response> {
-        let id = match req.headers().get(REQUEST_ID).and_then(|v| v.to_str().ok()) {
-            Some(id) if is_sane_request_id(id) => id.to_owned(),
-            _ => format!(
-                "{}-{:x}",
-                self.prefix,
-                self.next.fetch_add(1, Ordering::Relaxed)
-            ),
-        };
-        let span = tracing::info_span!("request", request_id = %id);
-        let mut response = self
-            .inner
-            .call(req)
-            .instrument(span)
+impl<E: Endpoint> EdgeEndpoint<E> {
+    /// The inner endpoint's answer as a response: errors as JSON, panics as 500.
+    async fn answer(&self, req: Request, started: Instant) -> Response {
+        use futures_util::FutureExt;
+        let metrics = self.metrics.then(crate::metrics::metrics);
+        let _in_flight = metrics.map(|metrics| metrics.request_started());
+        let (response, operation) = match std::panic::AssertUnwindSafe(self.inner.call(req))
+            .catch_unwind()
             .await
-            .map(IntoResponse::into_response)
-            .unwrap_or_else(|error| error.into_response());
-        if let Ok(value) = HeaderValue::from_str(&id) {
-            response.headers_mut().insert(REQUEST_ID, value);
+        {
+            Ok(Ok(answer)) => {
+                let response = answer.into_response();
+                let operation = response.data::<OperationId>().map(|id| id.0);
+                (response, operation)
+            }
+            Ok(Err(error)) => {
+                let operation = error.data::<OperationId>().map(|id| id.0);
+                (super::error::error_to_json(error).await, operation)
+            }
+            Err(panic) => (super::error::panic_response(panic), None),
+        };
+        if let Some(metrics) = metrics {
+            let operation = operation.unwrap_or("none");
+            metrics.request_finished(operation, response.status().as_u16(), started.elapsed());
         }
-        Ok(response)
+        response
     }
 }
 
-/// Headers every response gets: `X-Content-Type-Options: nosniff`, and
-/// `Cache-Control: no-store`, since responses carry tokens or one user's data.
-pub async fn security_headers<E: Endpoint>(next: E, req: Request) -> Result<Response> {
-    let mut response = next.call(req).await.map(IntoResponse::into_response)?;
-    let headers = response.headers_mut();
-    headers.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
-    headers
-        .entry(header::CACHE_CONTROL)
-        .or_insert(HeaderValue::from_static("no-store"));
-    Ok(response)
+impl<E: Endpoint> Endpoint for EdgeEndpoint<E> {
+    type Output = Response;
+
+    async fn call(&self, req: Request) -> Result<Response> {
+        // The URI is shared, not copied: its path is read again only for a
+        // 405 and for the log line.
+        let uri = req.uri().clone();
+        let method = req.method().clone();
+        let id = self.request_ids.as_ref().map(|ids| {
+            match req.headers().get(REQUEST_ID).and_then(|v| v.to_str().ok()) {
+                Some(id) if is_sane_request_id(id) => id.to_owned(),
+                _ => format!(
+                    "{}-{:x}",
+                    ids.prefix,
+                    ids.next.fetch_add(1, Ordering::Relaxed)
+                ),
+            }
+        });
+        let span = match &id {
+            Some(id) => tracing::info_span!("request", request_id = %id),
+            None => tracing::Span::none(),
+        };
+        async move {
+            let started = Instant::now();
+            let mut response = self.answer(req, started).await;
+            let status = response.status();
+            let headers = response.headers_mut();
+            if status == StatusCode::METHOD_NOT_ALLOWED
+                && let Some(allow) = self.allowed.allow(uri.path())
+            {
+                headers.insert(header::ALLOW, allow.clone());
+            }
+            headers.insert(
+                header::X_CONTENT_TYPE_OPTIONS,
+                HeaderValue::from_static("nosniff"),
+            );
+            headers
+                .entry(header::CACHE_CONTROL)
+                .or_insert(HeaderValue::from_static("no-store"));
+            if let Some(value) = id.and_then(|id| HeaderValue::from_str(&id).ok()) {
+                headers.insert(REQUEST_ID, value);
+            }
+            tracing::info!(
+                %method,
+                path = uri.path(),
+                status = status.as_u16(),
+                latency_ms = started.elapsed().as_secs_f64() * 1000.0,
+                "request"
+            );
+            Ok(response)
+        }
+        .instrument(span)
+        .await
+    }
 }
 
 /// The methods each path of the API answers, read from its OpenAPI
@@ -275,44 +286,6 @@ impl AllowedMethods {
 
 fn segments(path: &str) -> impl Iterator<Item = &str> {
     path.split('/').filter(|segment| !segment.is_empty())
-}
-
-/// Adds `Allow` to 405 responses.
-pub struct AllowHeader(pub std::sync::Arc<AllowedMethods>);
-
-impl<E: Endpoint> Middleware<E> for AllowHeader {
-    type Output = AllowHeaderEndpoint<E>;
-
-    fn transform(&self, ep: E) -> Self::Output {
-        AllowHeaderEndpoint {
-            inner: ep,
-            methods: self.0.clone(),
-        }
-    }
-}
-
-pub struct AllowHeaderEndpoint<E> {
-    inner: E,
-    methods: std::sync::Arc<AllowedMethods>,
-}
-
-impl<E: Endpoint> Endpoint for AllowHeaderEndpoint<E> {
-    type Output = Response;
-
-    async fn call(&self, req: Request) -> Result<Response> {
-        let path = req.uri().path().to_owned();
-        let mut response = self
-            .inner
-            .call(req)
-            .await
-            .map(IntoResponse::into_response)?;
-        if response.status() == StatusCode::METHOD_NOT_ALLOWED
-            && let Some(allow) = self.methods.allow(&path)
-        {
-            response.headers_mut().insert(header::ALLOW, allow.clone());
-        }
-        Ok(response)
-    }
 }
 
 /// CORS for the origins in `http.cors_origins`: their preflights succeed
