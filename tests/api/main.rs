@@ -2,6 +2,7 @@
 //! MongoDB server, runs every test against it in parallel, then drops every
 //! database it created and checks that none is left — also when tests fail.
 
+mod accounts;
 mod allocation;
 mod auth;
 mod browser;
@@ -61,6 +62,20 @@ fn main() -> std::process::ExitCode {
         auth::a_revocation_reaches_another_instance_within_a_second,
         auth::create_admin_creates_or_promotes_and_login_carries_the_role,
         auth::every_secured_operation_applies_the_token_rules,
+        accounts::a_password_change_ends_every_login_everywhere,
+        accounts::deleting_my_account_revokes_it_and_frees_the_username,
+        accounts::admins_manage_accounts_and_every_change_revokes,
+        accounts::admins_cannot_remove_themselves_or_the_last_admin,
+        accounts::a_revocation_made_visible_late_still_reaches_every_instance,
+        accounts::a_retried_refresh_is_no_reuse_but_a_real_reuse_is_caught,
+        accounts::a_used_refresh_token_after_the_grace_period_is_a_reuse,
+        accounts::failed_logins_are_throttled_per_username_and_address_on_every_instance,
+        accounts::an_address_with_many_failures_is_throttled_for_every_username,
+        accounts::a_forged_forwarded_header_does_not_escape_throttling,
+        accounts::a_full_hashing_queue_answers_429_at_once,
+        accounts::closed_registration_leaves_account_creation_to_admins,
+        accounts::orders_belong_to_the_account_that_started_them,
+        accounts::a_failed_login_401_carries_www_authenticate,
         allocation::test_happy_path_returns_201_and_allocated_batch,
         allocation::test_unhappy_path_returns_400_and_error_message,
         allocation::test_allocations_are_persisted,
