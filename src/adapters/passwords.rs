@@ -118,8 +118,10 @@ impl HashingPool {
             .map_err(|_| HashingError::Busy)?;
         let (done, result) = oneshot::channel();
         let job: HashingJob = Box::new(move |argon2| {
-            let _ = done.send(work(argon2));
+            let result = work(argon2);
+            // Back before the caller hears, so its next job finds the permit.
             drop(permit);
+            let _ = done.send(result);
         });
         let stopped = || HashingError::Failed("the hashing threads have stopped".to_owned());
         self.jobs.send(job).map_err(|_| stopped())?;
@@ -236,7 +238,7 @@ mod tests {
         assert_eq!(nice, 10);
     }
 
-    #[tokio::test]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_full_queue_answers_busy_at_once() {
         let mut settings = Settings::load_from(
             &Path::new(env!("CARGO_MANIFEST_DIR")).join("config"),

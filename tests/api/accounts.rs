@@ -466,6 +466,18 @@ pub async fn admins_manage_accounts_and_every_change_revokes() {
     assert_eq!(second.register(&name_a, PASSWORD).await.0, 201);
 }
 
+async fn username_of(app: &TestApp, tokens: &Tokens) -> String {
+    let (_, me) = send(
+        app,
+        reqwest::Method::GET,
+        "/users/me",
+        Some(&tokens.access),
+        None,
+    )
+    .await;
+    me["username"].as_str().unwrap().to_owned()
+}
+
 /// Point 2: admins cannot disable, delete or demote themselves, nor remove the
 /// last admin, also when two admins try to remove each other at once.
 pub async fn admins_cannot_remove_themselves_or_the_last_admin() {
@@ -531,18 +543,7 @@ pub async fn admins_cannot_remove_themselves_or_the_last_admin() {
     for _ in 0..3 {
         let x = first.new_admin().await;
         let y = first.new_admin().await;
-        let name = |app: &TestApp, t: &Tokens| {
-            let (app, t) = (app, t.access.clone());
-            async move {
-                send(app, reqwest::Method::GET, "/users/me", Some(&t), None)
-                    .await
-                    .1["username"]
-                    .as_str()
-                    .unwrap()
-                    .to_owned()
-            }
-        };
-        let (nx, ny) = (name(&first, &x).await, name(&first, &y).await);
+        let (nx, ny) = (username_of(&first, &x).await, username_of(&first, &y).await);
         // Leave x and y as the only admins.
         let (_, page) = send(
             &first,

@@ -88,7 +88,7 @@ fn main() -> std::process::ExitCode {
         allocation::backorders_are_filled_oldest_first_when_stock_appears,
         allocation::bad_input_gets_400_naming_the_field_and_changes_nothing,
         allocation::concurrent_allocations_never_oversell_across_two_instances,
-        allocation::an_uncontended_allocation_is_one_transaction_of_three_round_trips,
+        allocation::an_uncontended_allocation_is_one_transaction_of_four_round_trips,
         allocation::the_mongodb_repository_passes_the_repository_contract,
         durability::a_shrink_killed_at_any_point_loses_no_line,
         durability::the_recovery_pass_finishes_a_shrink_a_crash_left_half_done,
