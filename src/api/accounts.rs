@@ -3,7 +3,7 @@
 use poem::web::Data;
 use poem_openapi::param::{Path, Query};
 use poem_openapi::payload::Json;
-use poem_openapi::types::Example;
+use poem_openapi::types::{Example, MaybeUndefined};
 use poem_openapi::{ApiResponse, Enum, Object, OpenApi};
 
 use super::auth::{AdminOnly, AdminToken};
@@ -63,23 +63,25 @@ impl Example for NewAccount {
     }
 }
 
-/// What to change; absent fields stay as they are. Any change revokes every
-/// token of the account (roles travel inside tokens).
+/// What to change; absent fields stay as they are (null is refused). Any
+/// change revokes every token of the account (roles travel inside tokens).
 #[derive(Debug, Object, serde::Deserialize)]
 #[oai(example)]
 pub struct AccountUpdate {
     /// The account's roles from now on (at least one).
     #[oai(validator(min_items = 1, max_items = 2))]
-    pub roles: Option<Vec<RoleName>>,
+    #[serde(default)]
+    pub roles: MaybeUndefined<Vec<RoleName>>,
     /// `true` disables the account: it cannot log in (403) and its tokens are revoked.
-    pub disabled: Option<bool>,
+    #[serde(default)]
+    pub disabled: MaybeUndefined<bool>,
 }
 
 impl Example for AccountUpdate {
     fn example() -> Self {
         Self {
-            roles: Some(vec![RoleName::User]),
-            disabled: Some(true),
+            roles: MaybeUndefined::Value(vec![RoleName::User]),
+            disabled: MaybeUndefined::Value(true),
         }
     }
 }
@@ -89,6 +91,7 @@ impl Example for AccountUpdate {
 pub struct AccountPage {
     pub users: Vec<Profile>,
     /// Pass as `cursor` for the next page; absent on the last page.
+    #[oai(skip_serializing_if_is_none)]
     pub next_cursor: Option<String>,
 }
 
@@ -323,9 +326,20 @@ impl AccountsApi {
         username: Path<String>,
         body: JsonBody<AccountUpdate>,
     ) -> AdminOnly<UpdateAccountResponse> {
+        // Absent means "unchanged"; null means nothing and is refused.
+        for (field, null) in [
+            ("roles", body.roles.is_null()),
+            ("disabled", body.disabled.is_null()),
+        ] {
+            if null {
+                return AdminOnly::Ok(UpdateAccountResponse::BadRequest(Json(ErrorBody::new(
+                    format!("Invalid request body: {field} must not be null"),
+                ))));
+            }
+        }
         let change = AccountChange {
-            roles: body.roles.as_deref().map(roles),
-            disabled: body.disabled,
+            roles: body.roles.value().map(|names| roles(names)),
+            disabled: body.disabled.value().copied(),
         };
         let result = users::change_account(
             &state.users,

@@ -433,6 +433,16 @@ pub async fn admins_manage_accounts_and_every_change_revokes() {
     )
     .await;
     assert_eq!(status, 400);
+    let null = json!({"disabled": null});
+    let (status, _) = send(
+        &first,
+        reqwest::Method::PATCH,
+        &path_b,
+        Some(&admin.access),
+        Some(&null),
+    )
+    .await;
+    assert_eq!(status, 400);
 
     // Delete: 204, then 404; its tokens are refused; the name is free.
     let (_, body) = first.login(&name_a, PASSWORD).await;

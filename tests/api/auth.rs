@@ -284,9 +284,10 @@ pub async fn me_shows_the_profile_and_never_a_password_hash() {
             .is_some_and(|t| t.starts_with("20")),
         "{body}"
     );
+    assert_eq!(body["disabled"], json!(false));
     assert_eq!(
         body.as_object().unwrap().len(),
-        3,
+        4,
         "only the documented fields: {body}"
     );
     let stored = app
