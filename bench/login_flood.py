@@ -64,7 +64,7 @@ def http_from(url, body, client):
         return error.code, error.read()
 
 
-def flood(allot, seconds, random_usernames):
+def flood(allot, database, seconds, random_usernames):
     script = flood_script(random_usernames)
     wrk_out = tempfile.TemporaryFile("w+")
     load = subprocess.Popen(["wrk", "-t2", "-c64", f"-d{seconds + 2}s", "-s", script,
@@ -81,7 +81,10 @@ def flood(allot, seconds, random_usernames):
     os.unlink(script)
     rps = float(run.re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
     non2xx = run.re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+    # How many failures the flood's address has on record (only hashed attempts count).
+    address = run.mongo(database)["login_failures"].find_one({"_id": "address:127.0.0.1"}) or {}
     return {"hello_p99_ms": probed["p99_ms"], "hello_errors": probed["errors"], "flood_rps": rps,
+            "address_failures_recorded": address.get("count", 0),
             "flood_non2xx": int(non2xx.group(1)) if non2xx else 0,
             "real_logins": [(s, round(ms, 1)) for s, ms in logins]}
 
@@ -105,8 +108,8 @@ def main():
                     allot.base + "/users/login", args.seconds, 8, method="POST", body=login, server=allot)
                 results["hello idle (probe 500/s)"] = run.example("probe", allot.base + "/tests/hello",
                                                                   500, args.seconds)
-            results[f"wrong-password flood, one username, {name}"] = flood(allot, args.seconds, False)
-            results[f"wrong-password flood, random usernames, {name}"] = flood(allot, args.seconds, True)
+            results[f"wrong-password flood, one username, {name}"] = flood(allot, database, args.seconds, False)
+            results[f"wrong-password flood, random usernames, {name}"] = flood(allot, database, args.seconds, True)
         finally:
             allot.stop()
             database.stop()
