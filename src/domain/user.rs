@@ -26,6 +26,19 @@ impl Username {
         }
     }
 
+    /// Names of paths of their own under `/users/`: an account so named could
+    /// not be addressed as `/users/{username}`, so new accounts cannot take them.
+    pub const RESERVED: [&'static str; 5] = ["login", "logout", "me", "refresh", "registration"];
+
+    /// Like [`Username::parse`], for a new account: also refuses reserved names.
+    pub fn parse_new(raw: &str) -> Result<Self, UserError> {
+        let username = Self::parse(raw)?;
+        if Self::RESERVED.contains(&username.as_str()) {
+            return Err(UserError::ReservedUsername);
+        }
+        Ok(username)
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -176,6 +189,8 @@ pub enum UserError {
         "username must be 3 to 64 characters long and use only letters, digits, '_', '-' or '.'"
     )]
     InvalidUsername,
+    #[error("username is reserved: login, logout, me, refresh and registration cannot be taken")]
+    ReservedUsername,
     #[error("password must be {min} to {max} characters long")]
     InvalidPassword { min: usize, max: usize },
 }
@@ -210,6 +225,19 @@ mod tests {
             );
         }
         assert!(Username::parse(&"a".repeat(64)).is_ok());
+    }
+
+    #[test]
+    fn new_accounts_cannot_take_the_names_of_paths() {
+        for reserved in ["login", "LOGIN", "registration", "refresh", "logout"] {
+            assert_eq!(
+                Username::parse_new(reserved),
+                Err(UserError::ReservedUsername),
+                "{reserved}"
+            );
+            assert!(Username::parse(reserved).is_ok(), "stored ones still read");
+        }
+        assert!(Username::parse_new("logins").is_ok());
     }
 
     #[test]

@@ -183,7 +183,7 @@ where
     T: TokenIssuer,
 {
     let requested = username;
-    let username = Username::parse(requested)?;
+    let username = Username::parse_new(requested)?;
     policy.check(password)?;
     let user = User::new(username, hasher.hash(password).await?, Utc::now());
     match users.add(&user).await {
@@ -464,7 +464,7 @@ where
     if roles.is_empty() {
         return Err(AccountError::NoRoles);
     }
-    let parsed = Username::parse(username)?;
+    let parsed = Username::parse_new(username)?;
     policy.check(password)?;
     let mut user = User::new(parsed, hasher.hash(password).await?, Utc::now());
     let (with_roles, _) = AccountChange {
@@ -505,6 +505,7 @@ where
         return Ok(AdminGrant::Promoted);
     }
     let password = password().map_err(CreateAdminError::Password)?;
+    let username = Username::parse_new(username.as_str())?;
     policy.check(&password)?;
     let mut user = User::new(username, hasher.hash(&password).await?, Utc::now());
     user.roles.push(Role::Admin);

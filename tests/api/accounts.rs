@@ -444,6 +444,22 @@ pub async fn admins_manage_accounts_and_every_change_revokes() {
     .await;
     assert_eq!(status, 400);
 
+    // Names of paths under /users/ cannot be taken, so every account can be
+    // addressed as /users/{username}.
+    assert_eq!(second.register("Login", PASSWORD).await.0, 400);
+    let reserved = json!({"username": "refresh", "password": PASSWORD, "roles": ["user"]});
+    let (status, body) = json(
+        first
+            .post_json("/users", Some(&admin.access), &reserved)
+            .await,
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("reserved"),
+        "{body}"
+    );
+
     // Delete: 204, then 404; its tokens are refused; the name is free.
     let (_, body) = first.login(&name_a, PASSWORD).await;
     let a = Tokens::from(&body);
