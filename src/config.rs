@@ -132,6 +132,10 @@ pub struct HttpSettings {
     pub cors_origins: Vec<String>,
     /// Serve Swagger UI (`/docs`) and the spec (`/openapi.json`, `/openapi.yaml`).
     pub docs_enabled: bool,
+    /// Peers whose `X-Forwarded-For` is believed (a reverse proxy in front of
+    /// allot). From anyone else, the client address is the TCP peer.
+    #[serde(default)]
+    pub trusted_proxies: Vec<std::net::IpAddr>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -218,7 +222,62 @@ pub struct AuthSettings {
     pub password_max_length: usize,
     pub revocation_sync_ms: u64,
     pub hashing_concurrency: usize,
+    /// Passwords waiting or being hashed at once; beyond that, login answers
+    /// 503 at once. 0 = 8 per hashing thread.
+    #[serde(default)]
+    pub hashing_queue: usize,
+    /// `open`: anyone may register; `closed`: only admins and the CLI create accounts.
+    #[serde(default)]
+    pub registration: Registration,
+    /// How long a just-used refresh token may be presented again and get the
+    /// same new pair (a retry whose reply was lost), while that pair is unused.
+    #[serde(default = "default_refresh_retry_grace_secs")]
+    pub refresh_retry_grace_secs: u64,
+    #[serde(default)]
+    pub login_throttle: LoginThrottleSettings,
     pub argon2: Argon2Settings,
+}
+
+/// Who may create accounts through the API.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Registration {
+    #[default]
+    Open,
+    Closed,
+}
+
+fn default_refresh_retry_grace_secs() -> u64 {
+    10
+}
+
+/// Failed-login throttling. The per-username rule (5 failures in 15 minutes
+/// from one address) is fixed; these settings tune the rest.
+#[derive(Debug, Clone, Copy, Deserialize)]
+pub struct LoginThrottleSettings {
+    /// The wait after the 5th failure; it doubles with each further one (at most 15 minutes).
+    pub lockout_secs: u64,
+    /// Failures from one client address, across usernames, within 15 minutes
+    /// before every login from it waits.
+    pub address_failures: u32,
+}
+
+impl Default for LoginThrottleSettings {
+    fn default() -> Self {
+        Self {
+            lockout_secs: 30,
+            address_failures: 100,
+        }
+    }
+}
+
+impl LoginThrottleSettings {
+    pub fn policy(&self) -> crate::domain::throttle::ThrottlePolicy {
+        crate::domain::throttle::ThrottlePolicy {
+            lockout_base: std::time::Duration::from_secs(self.lockout_secs),
+            address_failures: self.address_failures,
+        }
+    }
 }
 
 /// Argon2id cost parameters; stored hashes keep the parameters they were made with.
@@ -366,6 +425,24 @@ impl Settings {
                 auth.revocation_sync_ms,
                 10,
                 60_000,
+            ),
+            (
+                "auth.refresh_retry_grace_secs",
+                auth.refresh_retry_grace_secs,
+                0,
+                300,
+            ),
+            (
+                "auth.login_throttle.lockout_secs",
+                auth.login_throttle.lockout_secs,
+                1,
+                900,
+            ),
+            (
+                "auth.login_throttle.address_failures",
+                u64::from(auth.login_throttle.address_failures),
+                5,
+                u64::from(u32::MAX),
             ),
             (
                 "allocation.recovery_interval_ms",

@@ -8,7 +8,9 @@ use poem::{Endpoint, EndpointExt, IntoEndpoint, Response, Route};
 
 use crate::adapters::deadline::Deadline;
 use crate::adapters::mongo::allocations::MongoAllocations;
+use crate::adapters::mongo::login_failures::MongoLoginFailures;
 use crate::adapters::mongo::revocations::MongoRevocations;
+use crate::adapters::mongo::rotations::MongoRotations;
 use crate::adapters::mongo::users::MongoUsers;
 use crate::adapters::mongo::{self, MongoError};
 use crate::adapters::passwords::Argon2Hasher;
@@ -139,6 +141,14 @@ impl Application {
             tokens: JwtTokens::new(&settings.auth),
             revocation_store: revocation_store.clone(),
             revocations: revocations.clone(),
+            rotations: Deadline::new(MongoRotations::new(&database), operation_timeout),
+            refresh_retry_grace: Duration::from_secs(settings.auth.refresh_retry_grace_secs),
+            login_failures: Deadline::new(
+                MongoLoginFailures::new(&database, settings.auth.login_throttle.policy()),
+                operation_timeout,
+            ),
+            trusted_proxies: settings.http.trusted_proxies.clone(),
+            registration: settings.auth.registration,
             database,
             ready_timeout: Duration::from_millis(settings.mongo.ready_timeout_ms),
         });

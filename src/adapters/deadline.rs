@@ -17,15 +17,17 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 
-use crate::domain::allocation::{AcknowledgedLine, Batch, OrderLine};
+use crate::domain::allocation::{AcknowledgedLine, Batch, OrderLine, Requester};
+use crate::domain::throttle::{Failures, ThrottlePolicy};
 use crate::domain::user::{Role, User, Username};
 use crate::metrics::metrics;
 use crate::services::StoreError;
 use crate::services::allocation::{
     Allocated, AllocationRepository, Backorder, BatchLine, Filled, RepositoryError,
 };
-use crate::services::tokens::{Revocation, RevocationStore};
-use crate::services::users::{AddUserError, UserRepository};
+use crate::services::login_throttle::LoginThrottle;
+use crate::services::tokens::{PairIds, RefreshRotations, Revocation, RevocationStore, Rotation};
+use crate::services::users::{AddUserError, UserRepository, Written};
 
 /// The store did not answer within the time limit.
 #[derive(Debug, thiserror::Error)]
@@ -124,8 +126,13 @@ impl<R: AllocationRepository> AllocationRepository for Deadline<R> {
             .await
     }
 
-    async fn allocate(&self, line: &OrderLine) -> Result<Allocated, RepositoryError> {
-        self.measure("allocate", self.inner.allocate(line)).await
+    async fn allocate(
+        &self,
+        line: &OrderLine,
+        requester: &Requester,
+    ) -> Result<Allocated, RepositoryError> {
+        let work = self.inner.allocate(line, requester);
+        self.measure("allocate", work).await
     }
 
     async fn line(
@@ -159,8 +166,9 @@ impl<R: AllocationRepository> AllocationRepository for Deadline<R> {
         &self,
         orderid: &str,
         sku: &str,
+        requester: &Requester,
     ) -> Result<Option<AcknowledgedLine>, RepositoryError> {
-        let work = self.inner.remove_line(orderid, sku);
+        let work = self.inner.remove_line(orderid, sku, requester);
         self.measure("remove_line", work).await
     }
 
@@ -229,12 +237,41 @@ impl<R: UserRepository> UserRepository for Deadline<R> {
         let work = self.inner.grant_role(username, role);
         self.run("grant_role", work, store).await
     }
+
+    async fn list(&self, after: Option<&str>, limit: usize) -> Result<Vec<User>, StoreError> {
+        self.run("users", self.inner.list(after, limit), store)
+            .await
+    }
+
+    // Transactions: the inner repository bounds each attempt and commit.
+    async fn update(
+        &self,
+        changed: &User,
+        revocation: &Revocation,
+        keep_an_admin: bool,
+    ) -> Result<Written, StoreError> {
+        let work = self.inner.update(changed, revocation, keep_an_admin);
+        self.measure("update_user", work).await
+    }
+
+    async fn delete(
+        &self,
+        account_id: &str,
+        epoch: i64,
+        revocation: &Revocation,
+        keep_an_admin: bool,
+    ) -> Result<Written, StoreError> {
+        let work = self
+            .inner
+            .delete(account_id, epoch, revocation, keep_an_admin);
+        self.measure("delete_user", work).await
+    }
 }
 
 impl<R: RevocationStore> RevocationStore for Deadline<R> {
+    // A transaction: the inner store bounds each attempt and commit.
     async fn revoke(&self, revocation: &Revocation) -> Result<bool, StoreError> {
-        self.run("revoke", self.inner.revoke(revocation), store)
-            .await
+        self.measure("revoke", self.inner.revoke(revocation)).await
     }
 
     async fn any_revoked(&self, ids: &[&str]) -> Result<bool, StoreError> {
@@ -242,8 +279,59 @@ impl<R: RevocationStore> RevocationStore for Deadline<R> {
             .await
     }
 
-    async fn revoked_since(&self, since: DateTime<Utc>) -> Result<Vec<Revocation>, StoreError> {
-        let work = self.inner.revoked_since(since);
-        self.run("revoked_since", work, store).await
+    async fn revoked_after(
+        &self,
+        after: Option<i64>,
+        limit: usize,
+    ) -> Result<Vec<(i64, Revocation)>, StoreError> {
+        let work = self.inner.revoked_after(after, limit);
+        self.run("revoked_after", work, store).await
+    }
+}
+
+impl<R: LoginThrottle> LoginThrottle for Deadline<R> {
+    fn policy(&self) -> ThrottlePolicy {
+        self.inner.policy()
+    }
+
+    async fn failures(
+        &self,
+        username: &str,
+        address: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(Option<Failures>, Option<Failures>), StoreError> {
+        let work = self.inner.failures(username, address, now);
+        self.run("login_failures", work, store).await
+    }
+
+    async fn record_failure(
+        &self,
+        username: &str,
+        address: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let work = self.inner.record_failure(username, address, now);
+        self.run("record_login_failure", work, store).await
+    }
+
+    async fn clear(&self, username: &str, address: &str) -> Result<(), StoreError> {
+        let work = self.inner.clear(username, address);
+        self.run("clear_login_failures", work, store).await
+    }
+}
+
+impl<R: RefreshRotations> RefreshRotations for Deadline<R> {
+    async fn rotate(
+        &self,
+        family: &str,
+        presented: &str,
+        successor: &PairIds,
+        expires_at: DateTime<Utc>,
+        grace: Duration,
+    ) -> Result<Rotation, StoreError> {
+        let work = self
+            .inner
+            .rotate(family, presented, successor, expires_at, grace);
+        self.run("rotate_refresh_token", work, store).await
     }
 }

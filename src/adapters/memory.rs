@@ -9,7 +9,7 @@ use std::sync::{Mutex, MutexGuard};
 use chrono::Utc;
 
 use crate::domain::allocation::{
-    AcknowledgedLine, Batch, LineStatus, OrderLine, choose_batch, lines_to_give_up,
+    AcknowledgedLine, Batch, LineStatus, OrderLine, Requester, choose_batch, lines_to_give_up,
 };
 use crate::services::allocation::{
     Allocated, AllocationRepository, Backorder, BatchLine, Filled, RepositoryError,
@@ -31,6 +31,8 @@ struct Store {
     lines: BTreeMap<(String, String), StoredLine>,
     /// Per batch, the position of its latest allocation.
     batch_positions: HashMap<String, u64>,
+    /// Per order id, the account that owns it.
+    orders: HashMap<String, String>,
     next_id: u64,
 }
 
@@ -134,8 +136,20 @@ impl AllocationRepository for InMemoryAllocations {
         Ok(self.step().await.batches.values().any(|b| b.sku == sku))
     }
 
-    async fn allocate(&self, line: &OrderLine) -> Result<Allocated, RepositoryError> {
+    async fn allocate(
+        &self,
+        line: &OrderLine,
+        requester: &Requester,
+    ) -> Result<Allocated, RepositoryError> {
         let mut store = self.step().await;
+        let owner = store
+            .orders
+            .get(&line.orderid)
+            .cloned()
+            .unwrap_or_else(|| requester.account.clone());
+        if !requester.may_manage(Some(&owner)) {
+            return Ok(Allocated::NotOwner);
+        }
         if let Some(existing) = store.lines.get(&key(&line.orderid, &line.sku)) {
             return Ok(Allocated::AlreadyAcknowledged(existing.line.clone()));
         }
@@ -150,11 +164,13 @@ impl AllocationRepository for InMemoryAllocations {
                     batchref: batchref.clone(),
                 },
                 acknowledged_at: Utc::now(),
+                owner: Some(owner.clone()),
             },
             id: store.next_id,
             batch_position: Some(batch_position),
         };
         store.lines.insert(key(&line.orderid, &line.sku), stored);
+        store.orders.insert(line.orderid.clone(), owner);
         Ok(Allocated::Taken(batchref))
     }
 
@@ -199,8 +215,16 @@ impl AllocationRepository for InMemoryAllocations {
         &self,
         orderid: &str,
         sku: &str,
+        requester: &Requester,
     ) -> Result<Option<AcknowledgedLine>, RepositoryError> {
         let mut store = self.step().await;
+        let owned = store
+            .lines
+            .get(&key(orderid, sku))
+            .is_some_and(|stored| requester.may_manage(stored.line.owner.as_deref()));
+        if !owned {
+            return Ok(None);
+        }
         let Some(removed) = store.lines.remove(&key(orderid, sku)) else {
             return Ok(None);
         };

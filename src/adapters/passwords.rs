@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{PasswordHasher as _, PasswordVerifier as _, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
-use tokio::sync::{OnceCell, oneshot};
+use tokio::sync::{OnceCell, Semaphore, oneshot};
 
 use crate::config::AuthSettings;
 use crate::domain::user::PasswordHash;
@@ -26,7 +26,7 @@ impl Argon2Hasher {
     pub fn new(settings: &AuthSettings) -> Result<Self, HashingError> {
         let cost = settings.argon2;
         let params = Params::new(cost.memory_kib, cost.iterations, cost.parallelism, None)
-            .map_err(|e| HashingError(format!("invalid auth.argon2 settings: {e}")))?;
+            .map_err(|e| HashingError::Failed(format!("invalid auth.argon2 settings: {e}")))?;
         let argon2 = Argon2::new(Algorithm::Argon2id, Version::V0x13, params);
         // By default half the CPUs hash, so logins at full load leave the
         // other half to every other request.
@@ -34,8 +34,13 @@ impl Argon2Hasher {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get().div_ceil(2)),
             n => n,
         };
+        // Queued or running at once; beyond that, callers are told at once.
+        let queue = match settings.hashing_queue {
+            0 => concurrency.saturating_mul(8),
+            n => n,
+        };
         Ok(Self {
-            pool: HashingPool::start(argon2, concurrency)?,
+            pool: HashingPool::start(argon2, concurrency, queue)?,
             dummy_hash: Arc::new(OnceCell::new()),
         })
     }
@@ -57,13 +62,23 @@ type HashingJob = Box<dyn FnOnce(&Argon2<'static>) + Send>;
 /// gone — measured, resident memory grew past 140 MiB under a login storm.
 /// A fixed pool reuses the same memory for every hash. Its threads also run
 /// at a lower priority, so requests that need little CPU stay fast meanwhile.
+///
+/// The queue is bounded: a job takes a permit before it is queued and gives it
+/// back when done, and with none left [`HashingError::Busy`] is answered at
+/// once. A flood of logins thus costs a fixed amount of waiting, not a queue
+/// that grows until a real user's login takes seconds.
 #[derive(Clone)]
 struct HashingPool {
     jobs: mpsc::Sender<HashingJob>,
+    permits: Arc<Semaphore>,
 }
 
 impl HashingPool {
-    fn start(argon2: Argon2<'static>, threads: usize) -> Result<Self, HashingError> {
+    fn start(
+        argon2: Argon2<'static>,
+        threads: usize,
+        queue_limit: usize,
+    ) -> Result<Self, HashingError> {
         let (jobs, queue) = mpsc::channel::<HashingJob>();
         let queue = Arc::new(Mutex::new(queue));
         for n in 0..threads {
@@ -84,20 +99,31 @@ impl HashingPool {
                         }
                     }
                 })
-                .map_err(|e| HashingError(format!("cannot start a hashing thread: {e}")))?;
+                .map_err(|e| HashingError::Failed(format!("cannot start a hashing thread: {e}")))?;
         }
-        Ok(Self { jobs })
+        Ok(Self {
+            jobs,
+            permits: Arc::new(Semaphore::new(queue_limit.max(1))),
+        })
     }
 
     async fn run<R: Send + 'static>(
         &self,
         work: impl FnOnce(&Argon2<'static>) -> R + Send + 'static,
     ) -> Result<R, HashingError> {
+        let permit = self
+            .permits
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| HashingError::Busy)?;
         let (done, result) = oneshot::channel();
         let job: HashingJob = Box::new(move |argon2| {
-            let _ = done.send(work(argon2));
+            let result = work(argon2);
+            // Back before the caller hears, so its next job finds the permit.
+            drop(permit);
+            let _ = done.send(result);
         });
-        let stopped = || HashingError("the hashing threads have stopped".to_owned());
+        let stopped = || HashingError::Failed("the hashing threads have stopped".to_owned());
         self.jobs.send(job).map_err(|_| stopped())?;
         result.await.map_err(|_| stopped())
     }
@@ -125,7 +151,7 @@ fn hash_with(argon2: &Argon2<'_>, password: &str) -> Result<String, HashingError
     argon2
         .hash_password(password.as_bytes(), &salt)
         .map(|hash| hash.to_string())
-        .map_err(|e| HashingError(e.to_string()))
+        .map_err(|e| HashingError::Failed(e.to_string()))
 }
 
 fn verify_with(argon2: &Argon2<'_>, password: &str, phc: &str) -> bool {
@@ -210,6 +236,45 @@ mod tests {
             .unwrap();
         assert!(name.is_some_and(|n| n.starts_with("allot-hashing-")));
         assert_eq!(nice, 10);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_full_queue_answers_busy_at_once() {
+        let mut settings = Settings::load_from(
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join("config"),
+            Environment::Testing,
+        )
+        .unwrap()
+        .auth;
+        settings.hashing_concurrency = 1;
+        settings.hashing_queue = 1;
+        let hasher = Argon2Hasher::new(&settings).unwrap();
+        let (started, release) = (
+            std::sync::mpsc::channel::<()>(),
+            std::sync::mpsc::channel::<()>(),
+        );
+        let (started_tx, started_rx) = started;
+        let (release_tx, release_rx) = release;
+        let blocking = hasher.clone();
+        let blocked = tokio::spawn(async move {
+            blocking
+                .run_blocking(move |_| {
+                    let _ = started_tx.send(());
+                    let _ = release_rx.recv();
+                })
+                .await
+        });
+        started_rx.recv().unwrap();
+        assert!(matches!(
+            hasher.hash("correct horse").await,
+            Err(HashingError::Busy)
+        ));
+        release_tx.send(()).unwrap();
+        blocked.await.unwrap().unwrap();
+        assert!(
+            hasher.hash("correct horse").await.is_ok(),
+            "a permit is back"
+        );
     }
 
     #[tokio::test]

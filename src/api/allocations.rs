@@ -1,5 +1,6 @@
 //! `allocations` tag: allocating customer order lines to stock, and reading
-//! where an order's lines were allocated. Any access token will do.
+//! where an order's lines were allocated. Orders belong to the account that
+//! allocated their first line; other accounts (admins aside) get 404.
 
 use chrono::{DateTime, Utc};
 use poem::web::Data;
@@ -14,7 +15,9 @@ use super::error::{ApiError, bad_request, error_body, unavailable};
 use super::identifier::Identifier;
 use super::json_body::JsonBody;
 use super::{ApiTags, AppState};
+use crate::domain::allocation::Requester;
 use crate::domain::allocation::{AcknowledgedLine, LineStatus, OrderLine};
+use crate::domain::user::Role;
 use crate::metrics::{AllocationOutcome, metrics};
 use crate::services::allocation::{
     self, AllocateError, Allocation, DeallocateError, OrderAllocationsError,
@@ -178,6 +181,10 @@ pub enum AllocateResponse {
     /// when no batch has enough left; or a field missing, mistyped or out of range.
     #[oai(status = 400)]
     BadRequest(Json<ApiError>),
+    /// The order belongs to another account: `Order <orderid> not found`, as
+    /// for an order that does not exist, so that its id is not confirmed.
+    #[oai(status = 404)]
+    NotFound(Json<ApiError>),
     /// The request body is over the size limit (64 KiB by default).
     // Answered by `middleware::BodyLimit` before the handler runs.
     #[oai(status = 413)]
@@ -201,7 +208,7 @@ pub enum DeallocateResponse {
     /// A field is missing, mistyped or out of range.
     #[oai(status = 400)]
     BadRequest(Json<ApiError>),
-    /// The order has no line for that sku.
+    /// The order has no line for that sku, or belongs to another account.
     #[oai(status = 404)]
     NotFound(Json<ApiError>),
     /// The request body is over the size limit (64 KiB by default).
@@ -319,6 +326,15 @@ fn backorders_bad_request(error: poem::Error) -> ListBackordersResponse {
     ListBackordersResponse::BadRequest(bad_request(error))
 }
 
+/// The caller, as far as orders are concerned: its account and whether it
+/// is an admin (from the token: revoked at once when either changes).
+fn requester(token: &AccessToken) -> Requester {
+    Requester {
+        account: token.0.uid.clone(),
+        admin: token.0.has_role(Role::Admin),
+    }
+}
+
 #[OpenApi(tag = "ApiTags::Allocations")]
 impl AllocationsApi {
     /// Allocate an order line
@@ -328,11 +344,14 @@ impl AllocationsApi {
     /// number of concurrent requests and allot instances. Once answered 201,
     /// the line is the system's to keep until it is deallocated: if its batch
     /// later shrinks, it moves to another batch or waits as a backorder.
+    ///
+    /// The account that allocates an order's first line owns the order; only
+    /// it (and admins) may add lines to it, read it or deallocate its lines.
     #[oai(path = "/allocate", method = "post", operation_id = "allocate")]
     async fn allocate(
         &self,
         state: Data<&AppState>,
-        _token: AccessToken,
+        token: AccessToken,
         body: JsonBody<OrderLineRequest>,
     ) -> Protected<AllocateResponse> {
         let JsonBody(request) = body;
@@ -341,18 +360,23 @@ impl AllocationsApi {
             sku: request.sku.into(),
             qty: request.qty,
         };
-        let result = allocation::allocate(&state.allocations, line).await;
-        metrics().allocation(match &result {
-            Ok(Allocation::Allocated(_)) => AllocationOutcome::Allocated,
-            Ok(Allocation::Backordered) => AllocationOutcome::Backordered,
+        let requester = requester(&token);
+        let result = allocation::allocate(&state.allocations, line, &requester).await;
+        let outcome = match &result {
+            Ok(Allocation::Allocated(_)) => Some(AllocationOutcome::Allocated),
+            Ok(Allocation::Backordered) => Some(AllocationOutcome::Backordered),
             Err(AllocateError::Allocation(
                 crate::domain::allocation::AllocationError::OutOfStock(_),
-            )) => AllocationOutcome::OutOfStock,
+            )) => Some(AllocationOutcome::OutOfStock),
             Err(AllocateError::Allocation(
                 crate::domain::allocation::AllocationError::InvalidSku(_),
-            )) => AllocationOutcome::InvalidSku,
-            Err(AllocateError::Store(_)) => AllocationOutcome::Unavailable,
-        });
+            )) => Some(AllocationOutcome::InvalidSku),
+            Err(AllocateError::Store(_)) => Some(AllocationOutcome::Unavailable),
+            Err(AllocateError::OrderNotFound(_)) => None,
+        };
+        if let Some(outcome) = outcome {
+            metrics().allocation(outcome);
+        }
         Protected::Ok(match result {
             Ok(Allocation::Allocated(batchref)) => {
                 AllocateResponse::Created(Json(AllocationResult::Allocated(Allocated { batchref })))
@@ -364,6 +388,9 @@ impl AllocationsApi {
             }
             Err(AllocateError::Allocation(error)) => {
                 AllocateResponse::BadRequest(error_body(&error))
+            }
+            Err(error @ AllocateError::OrderNotFound(_)) => {
+                AllocateResponse::NotFound(error_body(&error))
             }
             Err(AllocateError::Store(error)) => AllocateResponse::Unavailable(unavailable(&error)),
         })
@@ -377,10 +404,12 @@ impl AllocationsApi {
     async fn deallocate(
         &self,
         state: Data<&AppState>,
-        _token: AccessToken,
+        token: AccessToken,
         body: JsonBody<OrderLineRef>,
     ) -> Protected<DeallocateResponse> {
-        let result = allocation::deallocate(&state.allocations, &body.orderid, &body.sku).await;
+        let requester = requester(&token);
+        let result =
+            allocation::deallocate(&state.allocations, &body.orderid, &body.sku, &requester).await;
         Protected::Ok(match result {
             Ok(line) => DeallocateResponse::Ok(Json(line.into())),
             Err(error @ DeallocateError::NotAllocated { .. }) => {
@@ -446,7 +475,8 @@ impl AllocationsApi {
     /// An order's lines
     ///
     /// Where each line of the order stands: the batch it draws from, or
-    /// `backordered` while it waits for stock.
+    /// `backordered` while it waits for stock. Another account's order answers
+    /// 404, as an unknown one does.
     #[oai(
         path = "/allocations/:orderid",
         method = "get",
@@ -455,13 +485,16 @@ impl AllocationsApi {
     async fn order_allocations(
         &self,
         state: Data<&AppState>,
-        _token: AccessToken,
+        token: AccessToken,
         /// The customer order.
         #[oai(validator(min_length = 1, max_length = 100))]
         orderid: Path<String>,
     ) -> Protected<OrderAllocationsResponse> {
+        let requester = requester(&token);
         Protected::Ok(
-            match allocation::allocations_for_order(&state.allocations, &orderid.0).await {
+            match allocation::allocations_for_order(&state.allocations, &orderid.0, &requester)
+                .await
+            {
                 Ok(lines) => OrderAllocationsResponse::Ok(Json(
                     lines
                         .into_iter()

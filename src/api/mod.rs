@@ -1,9 +1,11 @@
 //! The HTTP entrypoint: poem-openapi endpoints (one file per tag), the error
 //! mapping, and the middleware every request passes through.
 
+pub mod accounts;
 pub mod allocations;
 pub mod auth;
 pub mod batches;
+pub mod client;
 pub mod error;
 pub mod health;
 pub mod identifier;
@@ -21,10 +23,13 @@ use poem_openapi::{OpenApiService, Tags};
 
 use crate::adapters::deadline::Deadline;
 use crate::adapters::mongo::allocations::MongoAllocations;
+use crate::adapters::mongo::login_failures::MongoLoginFailures;
 use crate::adapters::mongo::revocations::MongoRevocations;
+use crate::adapters::mongo::rotations::MongoRotations;
 use crate::adapters::mongo::users::MongoUsers;
 use crate::adapters::passwords::Argon2Hasher;
 use crate::adapters::tokens::JwtTokens;
+use crate::config::Registration;
 use crate::domain::user::PasswordPolicy;
 use crate::services::tokens::RevocationList;
 
@@ -57,6 +62,11 @@ pub struct Components {
     pub tokens: JwtTokens,
     pub revocation_store: Deadline<MongoRevocations>,
     pub revocations: Arc<RevocationList>,
+    pub rotations: Deadline<MongoRotations>,
+    pub refresh_retry_grace: Duration,
+    pub login_failures: Deadline<MongoLoginFailures>,
+    pub trusted_proxies: Vec<std::net::IpAddr>,
+    pub registration: Registration,
     pub allocations: Deadline<MongoAllocations>,
 }
 
@@ -67,8 +77,10 @@ pub enum ApiTags {
     Health,
     /// Sample endpoints from the original service, handy for checking a token.
     Tests,
-    /// Registration, login and tokens.
+    /// Registration, login, tokens, and the caller's own account.
     Users,
+    /// Administration of accounts (the `admin` role).
+    Accounts,
     /// Stock: batches of a sku, with a quantity and an expected arrival.
     Batches,
     /// Allocating customer order lines to batches.
@@ -80,6 +92,7 @@ pub type Api = (
     health::HealthApi,
     test_endpoints::TestEndpointsApi,
     users::UsersApi,
+    accounts::AccountsApi,
     batches::BatchesApi,
     allocations::AllocationsApi,
 );
@@ -98,6 +111,7 @@ pub fn service() -> OpenApiService<Api, ()> {
             health::HealthApi,
             test_endpoints::TestEndpointsApi,
             users::UsersApi,
+            accounts::AccountsApi,
             batches::BatchesApi,
             allocations::AllocationsApi,
         ),

@@ -43,6 +43,24 @@ pub struct AcknowledgedLine {
     pub status: LineStatus,
     /// When the line was first allocated; backorders are served oldest first.
     pub acknowledged_at: DateTime<Utc>,
+    /// The account that owns the line's order; `None` for lines stored
+    /// before orders had owners (only admins see those).
+    pub owner: Option<String>,
+}
+
+/// Who asks to read or change an order: an account, and whether it is an
+/// admin (admins see and manage every order).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Requester {
+    pub account: String,
+    pub admin: bool,
+}
+
+impl Requester {
+    /// Whether this requester may read or change an order owned by `owner`.
+    pub fn may_manage(&self, owner: Option<&str>) -> bool {
+        self.admin || owner == Some(self.account.as_str())
+    }
 }
 
 impl AcknowledgedLine {

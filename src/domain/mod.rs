@@ -2,5 +2,6 @@
 //! adapters or the API.
 
 pub mod allocation;
+pub mod throttle;
 pub mod token;
 pub mod user;

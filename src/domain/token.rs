@@ -29,6 +29,14 @@ pub struct Claims {
     /// Id shared by every token descended from one login: revoking the family
     /// logs that login out everywhere.
     pub fam: String,
+    /// The account's id ([`crate::domain::user::User::account_id`]); empty in
+    /// tokens issued before accounts had ids, which refresh refuses.
+    #[serde(default)]
+    pub uid: String,
+    /// The account's epoch when the token was issued: a token of an epoch
+    /// older than the account's current one is revoked.
+    #[serde(default)]
+    pub ep: i64,
 }
 
 impl Claims {

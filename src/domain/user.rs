@@ -26,6 +26,19 @@ impl Username {
         }
     }
 
+    /// Names of paths of their own under `/users/`: an account so named could
+    /// not be addressed as `/users/{username}`, so new accounts cannot take them.
+    pub const RESERVED: [&'static str; 5] = ["login", "logout", "me", "refresh", "registration"];
+
+    /// Like [`Username::parse`], for a new account: also refuses reserved names.
+    pub fn parse_new(raw: &str) -> Result<Self, UserError> {
+        let username = Self::parse(raw)?;
+        if Self::RESERVED.contains(&username.as_str()) {
+            return Err(UserError::ReservedUsername);
+        }
+        Ok(username)
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -77,20 +90,75 @@ impl fmt::Debug for PasswordHash {
 
 #[derive(Debug, Clone)]
 pub struct User {
+    /// Never reused, unlike the username (free again once the account is
+    /// deleted): tokens and orders name the account by this id, so a new
+    /// account with an old name inherits neither.
+    pub account_id: String,
     pub username: Username,
     pub password_hash: PasswordHash,
     pub roles: Vec<Role>,
     pub created_at: DateTime<Utc>,
+    /// A disabled account cannot log in or refresh; its tokens were revoked.
+    pub disabled: bool,
+    /// Raised by every change that must end the account's sessions (password,
+    /// roles, disabling). Tokens carry the epoch they were issued in, and a
+    /// token of an older epoch is refused: unlike a "not before" time, this
+    /// does not depend on the one-second granularity of `iat`.
+    pub epoch: i64,
 }
 
 impl User {
     pub fn new(username: Username, password_hash: PasswordHash, now: DateTime<Utc>) -> Self {
         Self {
+            account_id: uuid::Uuid::new_v4().simple().to_string(),
             username,
             password_hash,
             roles: vec![Role::User],
             created_at: now,
+            disabled: false,
+            epoch: 0,
         }
+    }
+
+    pub fn is_admin(&self) -> bool {
+        self.roles.contains(&Role::Admin)
+    }
+
+    /// Whether this account stays an enabled admin with these roles and state.
+    pub fn is_active_admin(&self) -> bool {
+        self.is_admin() && !self.disabled
+    }
+}
+
+/// An administrator's change to an account; `None` leaves that part as it is.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AccountChange {
+    pub roles: Option<Vec<Role>>,
+    pub disabled: Option<bool>,
+}
+
+impl AccountChange {
+    /// The account as changed, and whether anything changed.
+    pub fn apply(&self, user: &User) -> (User, bool) {
+        let mut changed = user.clone();
+        if let Some(roles) = &self.roles {
+            let mut roles = roles.clone();
+            roles.sort_by_key(|role| role.as_str());
+            roles.dedup();
+            changed.roles = roles;
+        }
+        if let Some(disabled) = self.disabled {
+            changed.disabled = disabled;
+        }
+        let sorted = |roles: &[Role]| {
+            let mut roles = roles.to_vec();
+            roles.sort_by_key(|role| role.as_str());
+            roles.dedup();
+            roles
+        };
+        let differs =
+            sorted(&changed.roles) != sorted(&user.roles) || changed.disabled != user.disabled;
+        (changed, differs)
     }
 }
 
@@ -121,6 +189,8 @@ pub enum UserError {
         "username must be 3 to 64 characters long and use only letters, digits, '_', '-' or '.'"
     )]
     InvalidUsername,
+    #[error("username is reserved: login, logout, me, refresh and registration cannot be taken")]
+    ReservedUsername,
     #[error("password must be {min} to {max} characters long")]
     InvalidPassword { min: usize, max: usize },
 }
@@ -155,6 +225,19 @@ mod tests {
             );
         }
         assert!(Username::parse(&"a".repeat(64)).is_ok());
+    }
+
+    #[test]
+    fn new_accounts_cannot_take_the_names_of_paths() {
+        for reserved in ["login", "LOGIN", "registration", "refresh", "logout"] {
+            assert_eq!(
+                Username::parse_new(reserved),
+                Err(UserError::ReservedUsername),
+                "{reserved}"
+            );
+            assert!(Username::parse(reserved).is_ok(), "stored ones still read");
+        }
+        assert!(Username::parse_new("logins").is_ok());
     }
 
     #[test]

@@ -11,7 +11,9 @@ use std::future::Future;
 
 use chrono::NaiveDate;
 
-use crate::domain::allocation::{AcknowledgedLine, AllocationError, Batch, LineStatus, OrderLine};
+use crate::domain::allocation::{
+    AcknowledgedLine, AllocationError, Batch, LineStatus, OrderLine, Requester,
+};
 
 /// How many lines one atomic step of a shrink gives up. A shrink that must
 /// give up more takes several steps; between two of them the batch is left
@@ -43,6 +45,8 @@ pub enum Allocated {
     NoRoom,
     /// The line was acknowledged before; nothing changed.
     AlreadyAcknowledged(AcknowledgedLine),
+    /// The order belongs to another account; nothing changed.
+    NotOwner,
 }
 
 /// What an atomic step to allocate a waiting line did.
@@ -105,9 +109,16 @@ pub trait AllocationRepository: Send + Sync {
     /// room (the order of [`crate::domain::allocation::choose_batch`]) and
     /// records the line as allocated there, unless the line (orderid, sku) was
     /// acknowledged before.
+    ///
+    /// The order's owner is decided in the same atomic step: the requester
+    /// becomes the owner of an order that has none, even when another account
+    /// races to allocate the first line of the same order (on another sku);
+    /// a non-admin requester who does not own the order gets
+    /// [`Allocated::NotOwner`]. The line records the order's owner.
     fn allocate(
         &self,
         line: &OrderLine,
+        requester: &Requester,
     ) -> impl Future<Output = Result<Allocated, RepositoryError>> + Send;
 
     fn line(
@@ -131,11 +142,12 @@ pub trait AllocationRepository: Send + Sync {
     ) -> impl Future<Output = Result<Vec<AcknowledgedLine>, RepositoryError>> + Send;
 
     /// Forgets the line and, if it was allocated, gives its stock back to its
-    /// batch. None if there was no such line.
+    /// batch. None if there was no such line, or none the requester may manage.
     fn remove_line(
         &self,
         orderid: &str,
         sku: &str,
+        requester: &Requester,
     ) -> impl Future<Output = Result<Option<AcknowledgedLine>, RepositoryError>> + Send;
 
     /// Sets the batch's purchased quantity (see
@@ -199,6 +211,10 @@ pub enum AddBatchError {
 pub enum AllocateError {
     #[error(transparent)]
     Allocation(#[from] AllocationError),
+    /// Another account's order: answered as if it did not exist, so that its
+    /// id is not confirmed.
+    #[error("Order {0} not found")]
+    OrderNotFound(String),
     #[error(transparent)]
     Store(#[from] RepositoryError),
 }
@@ -299,9 +315,16 @@ pub async fn add_batch<R: AllocationRepository>(
 pub async fn allocate<R: AllocationRepository>(
     repo: &R,
     line: OrderLine,
+    requester: &Requester,
 ) -> Result<Allocation, AllocateError> {
-    match repo.allocate(&line).await? {
+    match repo.allocate(&line, requester).await? {
         Allocated::Taken(batchref) => Ok(Allocation::Allocated(batchref)),
+        Allocated::NotOwner => Err(AllocateError::OrderNotFound(line.orderid)),
+        Allocated::AlreadyAcknowledged(existing)
+            if !requester.may_manage(existing.owner.as_deref()) =>
+        {
+            Err(AllocateError::OrderNotFound(line.orderid))
+        }
         Allocated::AlreadyAcknowledged(existing) => Ok(match existing.status {
             LineStatus::Allocated { batchref } => Allocation::Allocated(batchref),
             LineStatus::Backordered => Allocation::Backordered,
@@ -319,14 +342,15 @@ pub async fn deallocate<R: AllocationRepository>(
     repo: &R,
     orderid: &str,
     sku: &str,
+    requester: &Requester,
 ) -> Result<AcknowledgedLine, DeallocateError> {
-    let removed =
-        repo.remove_line(orderid, sku)
-            .await?
-            .ok_or_else(|| DeallocateError::NotAllocated {
-                orderid: orderid.to_owned(),
-                sku: sku.to_owned(),
-            })?;
+    let removed = repo
+        .remove_line(orderid, sku, requester)
+        .await?
+        .ok_or_else(|| DeallocateError::NotAllocated {
+            orderid: orderid.to_owned(),
+            sku: sku.to_owned(),
+        })?;
     if removed.batchref().is_some() {
         fill_backorders(repo, sku).await?;
     }
@@ -498,12 +522,15 @@ pub async fn list_backorders<R: AllocationRepository>(
     repo.backorders(sku, after, limit).await
 }
 
-/// Every line of an order, allocated or backordered, ordered by sku.
+/// Every line of an order, allocated or backordered, ordered by sku. Another
+/// account's order is answered as if it had no line.
 pub async fn allocations_for_order<R: AllocationRepository>(
     repo: &R,
     orderid: &str,
+    requester: &Requester,
 ) -> Result<Vec<AcknowledgedLine>, OrderAllocationsError> {
     let mut lines = repo.lines_of_order(orderid, ORDER_LINES_LIMIT).await?;
+    lines.retain(|line| requester.may_manage(line.owner.as_deref()));
     if lines.is_empty() {
         return Err(OrderAllocationsError::NoAllocations(orderid.to_owned()));
     }
@@ -517,6 +544,13 @@ mod tests {
 
     use super::*;
     use crate::adapters::memory::InMemoryAllocations;
+
+    fn admin() -> Requester {
+        Requester {
+            account: "admin".to_owned(),
+            admin: true,
+        }
+    }
 
     fn day(d: u32) -> Option<NaiveDate> {
         NaiveDate::from_ymd_opt(2025, 5, d)
@@ -542,7 +576,7 @@ mod tests {
     }
 
     async fn allocated(repo: &InMemoryAllocations, l: OrderLine) -> String {
-        match allocate(repo, l).await.unwrap() {
+        match allocate(repo, l, &admin()).await.unwrap() {
             Allocation::Allocated(batchref) => batchref,
             Allocation::Backordered => panic!("backordered"),
         }
@@ -595,7 +629,7 @@ mod tests {
     #[tokio::test]
     async fn errors_for_an_invalid_sku() {
         let repo = repo_with(&[("b1", "AREALSKU", 100, None)]).await;
-        let error = allocate(&repo, line("o1", "NONEXISTENTSKU", 10))
+        let error = allocate(&repo, line("o1", "NONEXISTENTSKU", 10), &admin())
             .await
             .unwrap_err();
         assert!(matches!(
@@ -609,7 +643,7 @@ mod tests {
     async fn errors_when_out_of_stock_and_keeps_no_record_of_the_line() {
         let repo = repo_with(&[("b1", "SMALL-TABLE", 10, day(1))]).await;
         allocated(&repo, line("o1", "SMALL-TABLE", 10)).await;
-        let error = allocate(&repo, line("o2", "SMALL-TABLE", 1))
+        let error = allocate(&repo, line("o2", "SMALL-TABLE", 1), &admin())
             .await
             .unwrap_err();
         assert!(matches!(
@@ -654,7 +688,7 @@ mod tests {
     async fn deallocate_frees_the_stock() {
         let repo = repo_with(&[("b1", "LAMP", 10, None)]).await;
         allocated(&repo, line("o1", "LAMP", 10)).await;
-        let removed = deallocate(&repo, "o1", "LAMP").await.unwrap();
+        let removed = deallocate(&repo, "o1", "LAMP", &admin()).await.unwrap();
         assert_eq!(
             (removed.line, removed.status),
             (line("o1", "LAMP", 10), at("b1"))
@@ -668,7 +702,7 @@ mod tests {
         let repo = repo_with(&[("b1", "LAMP", 10, None)]).await;
         allocated(&repo, line("o1", "LAMP", 1)).await;
         for (orderid, sku) in [("o2", "LAMP"), ("o1", "CHAIR")] {
-            let error = deallocate(&repo, orderid, sku).await.unwrap_err();
+            let error = deallocate(&repo, orderid, sku, &admin()).await.unwrap_err();
             assert!(matches!(error, DeallocateError::NotAllocated { .. }));
             assert_eq!(
                 error.to_string(),
@@ -705,7 +739,7 @@ mod tests {
         assert_eq!(status(&repo, "o3", "LAMP").await, LineStatus::Backordered);
         assert_eq!(status(&repo, "o1", "LAMP").await, at("warehouse"));
         // The waiting line is still the order's: listed, not 404.
-        let o3 = allocations_for_order(&repo, "o3").await.unwrap();
+        let o3 = allocations_for_order(&repo, "o3", &admin()).await.unwrap();
         assert_eq!(o3[0].status, LineStatus::Backordered);
     }
 
@@ -771,10 +805,12 @@ mod tests {
         assert_eq!(status(&repo, "o2", "LAMP").await, LineStatus::Backordered);
         // A repeat of the waiting line says it waits and changes nothing.
         assert_eq!(
-            allocate(&repo, line("o2", "LAMP", 2)).await.unwrap(),
+            allocate(&repo, line("o2", "LAMP", 2), &admin())
+                .await
+                .unwrap(),
             Allocation::Backordered
         );
-        deallocate(&repo, "o1", "LAMP").await.unwrap();
+        deallocate(&repo, "o1", "LAMP", &admin()).await.unwrap();
         assert_eq!(status(&repo, "o2", "LAMP").await, at("b1"));
 
         change_batch_quantity(&repo, "b1", 0).await.unwrap();
@@ -792,7 +828,7 @@ mod tests {
         let repo = repo_with(&[("b1", "LAMP", 4, None)]).await;
         allocated(&repo, line("o1", "LAMP", 4)).await;
         change_batch_quantity(&repo, "b1", 1).await.unwrap();
-        let removed = deallocate(&repo, "o1", "LAMP").await.unwrap();
+        let removed = deallocate(&repo, "o1", "LAMP", &admin()).await.unwrap();
         assert_eq!(removed.status, LineStatus::Backordered);
         assert!(
             list_backorders(&repo, None, None, 10)
@@ -841,13 +877,15 @@ mod tests {
         allocated(&repo, line("o1", "LAMP", 2)).await;
         allocated(&repo, line("o1", "CHAIR", 3)).await;
         allocated(&repo, line("o2", "LAMP", 1)).await;
-        let lines = allocations_for_order(&repo, "o1").await.unwrap();
+        let lines = allocations_for_order(&repo, "o1", &admin()).await.unwrap();
         let got: Vec<_> = lines
             .iter()
             .map(|l| (l.line.sku.as_str(), l.batchref(), l.line.qty))
             .collect();
         assert_eq!(got, [("CHAIR", Some("b2"), 3), ("LAMP", Some("b1"), 2)]);
-        let error = allocations_for_order(&repo, "o9").await.unwrap_err();
+        let error = allocations_for_order(&repo, "o9", &admin())
+            .await
+            .unwrap_err();
         assert_eq!(error.to_string(), "Order o9 has no allocations");
     }
 
@@ -863,9 +901,9 @@ mod tests {
         let tasks: Vec<_> = (0..50)
             .map(|n| {
                 let repo = Arc::clone(&repo);
-                tokio::spawn(
-                    async move { allocate(&*repo, line(&format!("o{n}"), "CHAIR", 1)).await },
-                )
+                tokio::spawn(async move {
+                    allocate(&*repo, line(&format!("o{n}"), "CHAIR", 1), &admin()).await
+                })
             })
             .collect();
         let mut allocated = 0;

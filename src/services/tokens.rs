@@ -3,29 +3,30 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::{Mutex, RwLock};
+use std::sync::RwLock;
 use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
+use tokio::sync::Mutex;
 
 use super::StoreError;
 use super::users::UserRepository;
 use crate::domain::token::{Claims, TokenKind, TokenRejection};
-use crate::domain::user::{Role, Username};
+use crate::domain::user::{Role, User, Username};
 
 /// Signs and verifies tokens.
 pub trait TokenIssuer: Send + Sync {
-    fn issue(
-        &self,
-        subject: &str,
-        roles: &[Role],
-        kind: TokenKind,
-        family: &str,
-    ) -> Result<IssuedToken, TokenIssueError>;
+    /// Signs these claims. Deterministic: the same claims give the same token,
+    /// which lets a retried refresh be answered with the very pair it got first.
+    fn sign(&self, claims: &Claims) -> Result<String, TokenIssueError>;
     /// Checks signature, algorithm and time claims; does not look at revocations.
     fn decode(&self, token: &str) -> Result<Claims, TokenRejection>;
+    /// How long a token of this kind lives.
+    fn lifetime(&self, kind: TokenKind) -> Duration;
     /// How long a refresh token lives: a revoked family must be remembered this long.
-    fn refresh_lifetime(&self) -> Duration;
+    fn refresh_lifetime(&self) -> Duration {
+        self.lifetime(TokenKind::Refresh)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -44,16 +45,76 @@ pub struct TokenPair {
     pub refresh: IssuedToken,
 }
 
-/// A revoked token id (`jti`) or token family id (`fam`).
+/// Who a token pair is for.
+#[derive(Debug, Clone, Copy)]
+pub struct Subject<'a> {
+    pub username: &'a str,
+    pub account_id: &'a str,
+    pub roles: &'a [Role],
+    pub epoch: i64,
+}
+
+impl<'a> Subject<'a> {
+    pub fn of(user: &'a User) -> Self {
+        Self {
+            username: user.username.as_str(),
+            account_id: &user.account_id,
+            roles: &user.roles,
+            epoch: user.epoch,
+        }
+    }
+}
+
+/// What identifies a pair of tokens once signed: with the subject and the
+/// family, these give back the very same two tokens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PairIds {
+    pub access_jti: String,
+    pub refresh_jti: String,
+    pub iat: i64,
+    pub roles: Vec<Role>,
+    pub epoch: i64,
+}
+
+impl PairIds {
+    fn fresh(subject: &Subject<'_>) -> Self {
+        Self {
+            access_jti: new_id(),
+            refresh_jti: new_id(),
+            iat: Utc::now().timestamp(),
+            roles: subject.roles.to_vec(),
+            epoch: subject.epoch,
+        }
+    }
+}
+
+fn new_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+/// A revoked token id (`jti`), token family id (`fam`), or every token of an
+/// account issued before an epoch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Revocation {
+    /// The `jti` or `fam`; for an account, its id.
     pub id: String,
+    /// For an account: tokens of an epoch below this one are revoked.
+    pub account_epoch: Option<i64>,
     /// After this instant no token it could match is valid anyway, so it may be forgotten.
     pub expires_at: DateTime<Utc>,
     pub revoked_at: DateTime<Utc>,
 }
 
+/// The epoch [`Revocation::account_epoch`] takes for a deleted account: every
+/// token of it.
+pub const DELETED_ACCOUNT_EPOCH: i64 = i64::MAX;
+
 /// Where revocations are recorded, shared by every instance of the service.
+///
+/// Each revocation gets a sequence number that the store hands out in commit
+/// order, so an instance that has seen every revocation up to number `n` and
+/// asks for those after `n` can never miss one, however late it was written
+/// or however far the instances' clocks differ.
 pub trait RevocationStore: Send + Sync {
     /// Records a revocation; `Ok(false)` if that id was already revoked.
     fn revoke(
@@ -62,63 +123,139 @@ pub trait RevocationStore: Send + Sync {
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
     /// Whether any of these ids is revoked (an authoritative read).
     fn any_revoked(&self, ids: &[&str]) -> impl Future<Output = Result<bool, StoreError>> + Send;
-    /// Revocations recorded at or after `since`.
-    fn revoked_since(
+    /// At most `limit` revocations with a sequence number above `after` (all
+    /// of them for `None`), in sequence order, each with its number.
+    fn revoked_after(
         &self,
-        since: DateTime<Utc>,
-    ) -> impl Future<Output = Result<Vec<Revocation>, StoreError>> + Send;
+        after: Option<i64>,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<(i64, Revocation)>, StoreError>> + Send;
+}
+
+/// What the store decided about a presented refresh token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rotation {
+    /// It was the login's current refresh token: `successor` replaces it.
+    Rotated,
+    /// It was just rotated (within the grace period) and its successor is still
+    /// unused: a retry of that refresh, answered with the same successor.
+    Repeat(PairIds),
+    /// It was used before, and this is no retry: the token leaked.
+    Reused,
+}
+
+/// One record per login (token family): which refresh token is current, and
+/// which one it replaced, with when.
+pub trait RefreshRotations: Send + Sync {
+    /// Atomically: if `presented` is the family's current refresh token (or
+    /// the family has no record yet, so `presented` is its first), records
+    /// `successor` as current and `presented` as previous. Otherwise reports
+    /// whether this is a repeat within `grace` or a reuse.
+    fn rotate(
+        &self,
+        family: &str,
+        presented: &str,
+        successor: &PairIds,
+        expires_at: DateTime<Utc>,
+        grace: Duration,
+    ) -> impl Future<Output = Result<Rotation, StoreError>> + Send;
+}
+
+#[derive(Debug, Default)]
+struct RevokedState {
+    ids: HashMap<String, DateTime<Utc>>,
+    /// Account id → (the lowest epoch still valid, when to forget it).
+    accounts: HashMap<String, (i64, DateTime<Utc>)>,
 }
 
 /// This instance's copy of the revocations, so that checking an access token
 /// needs no database read. Kept fresh by [`RevocationList::sync`].
 #[derive(Debug, Default)]
 pub struct RevocationList {
-    ids: RwLock<HashMap<String, DateTime<Utc>>>,
-    synced_until: Mutex<Option<DateTime<Utc>>>,
+    state: RwLock<RevokedState>,
+    /// The highest sequence number read from the store; `None` before the first sync.
+    synced_seq: Mutex<Option<i64>>,
 }
 
-/// Clocks of instances differ a little: each sync re-reads this far back.
-const SYNC_OVERLAP: TimeDelta = TimeDelta::seconds(5);
+/// How many revocations one read of a sync takes; a sync reads until it has all.
+const SYNC_PAGE: usize = 1000;
 
 impl RevocationList {
     pub fn is_revoked(&self, claims: &Claims) -> bool {
-        let ids = self.ids.read().unwrap_or_else(|e| e.into_inner());
-        ids.contains_key(&claims.jti) || ids.contains_key(&claims.fam)
+        let state = self.state.read().unwrap_or_else(|e| e.into_inner());
+        state.ids.contains_key(&claims.jti)
+            || state.ids.contains_key(&claims.fam)
+            || state
+                .accounts
+                .get(&claims.uid)
+                .is_some_and(|(epoch, _)| claims.ep < *epoch)
     }
 
     pub fn insert(&self, revocation: &Revocation) {
-        let mut ids = self.ids.write().unwrap_or_else(|e| e.into_inner());
-        ids.insert(revocation.id.clone(), revocation.expires_at);
+        let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
+        Self::apply(&mut state, revocation);
+    }
+
+    fn apply(state: &mut RevokedState, revocation: &Revocation) {
+        match revocation.account_epoch {
+            None => {
+                state
+                    .ids
+                    .insert(revocation.id.clone(), revocation.expires_at);
+            }
+            Some(epoch) => {
+                let entry = state
+                    .accounts
+                    .entry(revocation.id.clone())
+                    .or_insert((epoch, revocation.expires_at));
+                entry.0 = entry.0.max(epoch);
+                entry.1 = entry.1.max(revocation.expires_at);
+            }
+        }
     }
 
     pub fn len(&self) -> usize {
-        self.ids.read().unwrap_or_else(|e| e.into_inner()).len()
+        let state = self.state.read().unwrap_or_else(|e| e.into_inner());
+        state.ids.len() + state.accounts.len()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    /// Pulls revocations recorded since the last sync (by any instance) and
-    /// forgets expired ones. Returns how many were read.
+    /// Pulls the revocations numbered after the last one seen (by any
+    /// instance) and forgets expired ones. Returns how many were read.
     pub async fn sync<S: RevocationStore>(&self, store: &S) -> Result<usize, StoreError> {
-        let since = self
-            .synced_until
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .map_or(DateTime::UNIX_EPOCH, |until| until - SYNC_OVERLAP);
-        let started = Utc::now();
-        let fresh = store.revoked_since(since).await?;
-        let now = Utc::now();
-        {
-            let mut ids = self.ids.write().unwrap_or_else(|e| e.into_inner());
-            for revocation in &fresh {
-                ids.insert(revocation.id.clone(), revocation.expires_at);
+        // One sync at a time, so the number only moves forward.
+        let mut synced = self.synced_seq.lock().await;
+        let mut read = 0;
+        loop {
+            // The first sync loads every live revocation at once, as start-up always did.
+            let limit = if synced.is_some() {
+                SYNC_PAGE
+            } else {
+                usize::MAX
+            };
+            let page = store.revoked_after(*synced, limit).await?;
+            let now = Utc::now();
+            {
+                let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
+                let before = synced.unwrap_or(0);
+                let last = page.last().map_or(before, |(seq, _)| *seq);
+                for (_, revocation) in &page {
+                    Self::apply(&mut state, revocation);
+                }
+                *synced = Some(before.max(last));
+                state.ids.retain(|_, expires_at| *expires_at > now);
+                state
+                    .accounts
+                    .retain(|_, (_, expires_at)| *expires_at > now);
             }
-            ids.retain(|_, expires_at| *expires_at > now);
+            read += page.len();
+            if page.len() < SYNC_PAGE {
+                return Ok(read);
+            }
         }
-        *self.synced_until.lock().unwrap_or_else(|e| e.into_inner()) = Some(started);
-        Ok(fresh.len())
     }
 }
 
@@ -132,18 +269,52 @@ pub enum AuthError {
     Issue(#[from] TokenIssueError),
 }
 
-/// A new access + refresh pair; `family` continues a login, `None` starts one.
+/// The two tokens of `ids`: the same ids always sign to the same tokens.
+pub fn sign_pair<T: TokenIssuer>(
+    issuer: &T,
+    username: &str,
+    account_id: &str,
+    family: &str,
+    ids: &PairIds,
+) -> Result<TokenPair, TokenIssueError> {
+    let token = |kind: TokenKind, jti: &str| -> Result<IssuedToken, TokenIssueError> {
+        let lifetime = i64::try_from(issuer.lifetime(kind).as_secs()).unwrap_or(i64::MAX);
+        let claims = Claims {
+            sub: username.to_owned(),
+            kind,
+            jti: jti.to_owned(),
+            iat: ids.iat,
+            nbf: ids.iat,
+            exp: ids.iat.saturating_add(lifetime),
+            roles: ids.roles.clone(),
+            fam: family.to_owned(),
+            uid: account_id.to_owned(),
+            ep: ids.epoch,
+        };
+        Ok(IssuedToken {
+            token: issuer.sign(&claims)?,
+            claims,
+        })
+    };
+    Ok(TokenPair {
+        access: token(TokenKind::Access, &ids.access_jti)?,
+        refresh: token(TokenKind::Refresh, &ids.refresh_jti)?,
+    })
+}
+
+/// A new access + refresh pair starting a new login (token family).
 pub fn issue_pair<T: TokenIssuer>(
     issuer: &T,
-    username: &Username,
-    roles: &[Role],
-    family: Option<String>,
+    subject: Subject<'_>,
 ) -> Result<TokenPair, TokenIssueError> {
-    let family = family.unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
-    Ok(TokenPair {
-        access: issuer.issue(username.as_str(), roles, TokenKind::Access, &family)?,
-        refresh: issuer.issue(username.as_str(), roles, TokenKind::Refresh, &family)?,
-    })
+    let ids = PairIds::fresh(&subject);
+    sign_pair(
+        issuer,
+        subject.username,
+        subject.account_id,
+        &new_id(),
+        &ids,
+    )
 }
 
 /// The per-request check of an access token: signature, kind, and this
@@ -171,6 +342,7 @@ fn family_revocation<T: TokenIssuer>(issuer: &T, family: &str, now: DateTime<Utc
     let lifetime = TimeDelta::from_std(issuer.refresh_lifetime()).unwrap_or(TimeDelta::MAX);
     Revocation {
         id: family.to_owned(),
+        account_epoch: None,
         expires_at: now
             .checked_add_signed(lifetime)
             .unwrap_or(DateTime::<Utc>::MAX_UTC),
@@ -178,51 +350,84 @@ fn family_revocation<T: TokenIssuer>(issuer: &T, family: &str, now: DateTime<Utc
     }
 }
 
-/// Exchanges a refresh token for a new pair and revokes the one presented.
+/// Exchanges a refresh token for a new pair, which replaces it.
+///
 /// Presenting an already-used refresh token again means it leaked: the whole
-/// family (every token of that login) is revoked and the call refused.
-pub async fn refresh<U, S, T>(
+/// family (every token of that login) is revoked and the call refused. A
+/// retry is no leak: presenting the token that was just rotated, within
+/// `grace` and while its successor is unused, answers the same successor pair
+/// again (a client whose reply was lost gets what it missed). Which case
+/// applies is decided atomically by the store, also between instances.
+pub async fn refresh<U, S, F, T>(
     users: &U,
     store: &S,
+    rotations: &F,
     revocations: &RevocationList,
     issuer: &T,
+    grace: Duration,
     claims: Claims,
 ) -> Result<TokenPair, AuthError>
 where
     U: UserRepository,
     S: RevocationStore,
+    F: RefreshRotations,
     T: TokenIssuer,
 {
     if claims.kind != TokenKind::Refresh {
         return Err(TokenRejection::RefreshTokenRequired.into());
     }
-    if store.any_revoked(&[&claims.fam]).await? {
+    if store.any_revoked(&[&claims.jti, &claims.fam]).await? {
         return Err(TokenRejection::Revoked.into());
     }
-    let now = Utc::now();
-    let used = Revocation {
-        id: claims.jti.clone(),
-        expires_at: expiry_of(&claims),
-        revoked_at: now,
-    };
-    // Recording the use is also the claim on it: of two concurrent refreshes
-    // with one token, only the first insert succeeds.
-    if !store.revoke(&used).await? {
-        let family = family_revocation(issuer, &claims.fam, now);
-        store.revoke(&family).await?;
-        revocations.insert(&family);
-        tracing::warn!(subject = %claims.sub, "refresh token reused: revoked its whole family");
-        return Err(TokenRejection::Revoked.into());
-    }
-    revocations.insert(&used);
+    // The account as it is now: deleted, disabled, or changed since (a
+    // password, its roles) means this login has ended.
     let username = Username::parse(&claims.sub).map_err(|_| TokenRejection::Revoked)?;
     let user = users.get(&username).await?.ok_or(TokenRejection::Revoked)?;
-    Ok(issue_pair(
+    if user.account_id != claims.uid || user.disabled || claims.ep < user.epoch {
+        return Err(TokenRejection::Revoked.into());
+    }
+    let successor = PairIds::fresh(&Subject::of(&user));
+    let lifetime = TimeDelta::from_std(issuer.refresh_lifetime()).unwrap_or(TimeDelta::MAX);
+    // An hour over the successor's lifetime, so that the record outlives
+    // the clock leeway on `exp` (at most 300 s).
+    let expires_at = DateTime::from_timestamp(successor.iat, 0)
+        .and_then(|iat| iat.checked_add_signed(lifetime))
+        .and_then(|exp| exp.checked_add_signed(TimeDelta::hours(1)))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC);
+    let ids = match rotations
+        .rotate(&claims.fam, &claims.jti, &successor, expires_at, grace)
+        .await?
+    {
+        Rotation::Rotated => successor,
+        Rotation::Repeat(ids) => ids,
+        Rotation::Reused => {
+            let family = family_revocation(issuer, &claims.fam, Utc::now());
+            store.revoke(&family).await?;
+            revocations.insert(&family);
+            tracing::warn!(subject = %claims.sub, "refresh token reused: revoked its whole family");
+            return Err(TokenRejection::Revoked.into());
+        }
+    };
+    Ok(sign_pair(
         issuer,
-        &user.username,
-        &user.roles,
-        Some(claims.fam),
+        user.username.as_str(),
+        &user.account_id,
+        &claims.fam,
+        &ids,
     )?)
+}
+
+/// Ends every session of the account: tokens of an epoch below `epoch`.
+pub fn account_revocation<T: TokenIssuer>(
+    issuer: &T,
+    account_id: &str,
+    epoch: i64,
+    now: DateTime<Utc>,
+) -> Revocation {
+    Revocation {
+        account_epoch: Some(epoch),
+        ..family_revocation(issuer, account_id, now)
+    }
 }
 
 /// Revokes the presented token; a refresh token takes its whole family (the
@@ -243,6 +448,7 @@ where
     let now = Utc::now();
     let mut revoked = vec![Revocation {
         id: claims.jti.clone(),
+        account_epoch: None,
         expires_at: expiry_of(&claims),
         revoked_at: now,
     }];

@@ -1,12 +1,31 @@
-//! Registration, login, the caller's profile, and granting the admin role.
+//! Registration, login, self-service (password, deletion), administration of
+//! accounts, and granting the admin role from the command line.
 
 use std::future::Future;
+use std::time::Duration;
 
 use chrono::Utc;
 
 use super::StoreError;
-use super::tokens::{TokenIssueError, TokenIssuer, TokenPair, issue_pair};
-use crate::domain::user::{PasswordHash, PasswordPolicy, Role, User, UserError, Username};
+use super::login_throttle::{self, Admission, LoginThrottle};
+use super::tokens::{
+    DELETED_ACCOUNT_EPOCH, Revocation, RevocationList, Subject, TokenIssueError, TokenIssuer,
+    TokenPair, account_revocation, issue_pair,
+};
+use crate::domain::token::Claims;
+use crate::domain::user::{
+    AccountChange, PasswordHash, PasswordPolicy, Role, User, UserError, Username,
+};
+
+/// What a guarded account write did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Written {
+    Done,
+    /// The account is gone, or changed since it was read (its epoch moved).
+    Stale,
+    /// It would leave no enabled admin.
+    LastAdmin,
+}
 
 /// Where users are kept.
 pub trait UserRepository: Send + Sync {
@@ -22,6 +41,31 @@ pub trait UserRepository: Send + Sync {
         username: &Username,
         role: Role,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+    /// A page of users ordered by username, strictly after `after`.
+    fn list(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<User>, StoreError>> + Send;
+    /// Atomically: replaces the stored account by `changed` if its epoch is
+    /// still `changed.epoch - 1`, and records `revocation`. With
+    /// `keep_an_admin`, refuses ([`Written::LastAdmin`]) when no other
+    /// enabled admin would be left.
+    fn update(
+        &self,
+        changed: &User,
+        revocation: &Revocation,
+        keep_an_admin: bool,
+    ) -> impl Future<Output = Result<Written, StoreError>> + Send;
+    /// Atomically: deletes the account if its epoch is still `epoch`, and
+    /// records `revocation`; `keep_an_admin` as for [`UserRepository::update`].
+    fn delete(
+        &self,
+        account_id: &str,
+        epoch: i64,
+        revocation: &Revocation,
+        keep_an_admin: bool,
+    ) -> impl Future<Output = Result<Written, StoreError>> + Send;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -48,8 +92,14 @@ pub trait PasswordHasher: Send + Sync {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("password hashing failed: {0}")]
-pub struct HashingError(pub String);
+pub enum HashingError {
+    #[error("password hashing failed: {0}")]
+    Failed(String),
+    /// The bounded queue of passwords to hash is full: answered at once
+    /// rather than queued without end.
+    #[error("Too many logins at once; retry shortly")]
+    Busy,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegistrationError {
@@ -70,6 +120,11 @@ pub enum LoginError {
     /// Deliberately the same for an unknown user and a wrong password.
     #[error("Bad username or password")]
     BadCredentials,
+    /// Checked only after the password was.
+    #[error("Account disabled")]
+    Disabled,
+    #[error("Too many failed logins; retry later")]
+    Throttled(Duration),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -84,6 +139,33 @@ pub enum ProfileError {
     NotFound(String),
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// Why a change to an account was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum AccountError {
+    #[error("User {0} not found")]
+    NotFound(String),
+    #[error("The current password is wrong")]
+    WrongPassword,
+    #[error("Too many failed password checks; retry later")]
+    Throttled(Duration),
+    #[error(transparent)]
+    Invalid(#[from] UserError),
+    #[error("Username {0} is already taken")]
+    UsernameTaken(String),
+    #[error("Admins cannot disable, delete or demote themselves")]
+    OwnAccount,
+    #[error("This is the last admin: make another admin first")]
+    LastAdmin,
+    #[error("Roles must include at least one role")]
+    NoRoles,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Hashing(#[from] HashingError),
+    #[error(transparent)]
+    Issue(#[from] TokenIssueError),
 }
 
 /// Registers a user with the `user` role and logs them in.
@@ -101,7 +183,7 @@ where
     T: TokenIssuer,
 {
     let requested = username;
-    let username = Username::parse(requested)?;
+    let username = Username::parse_new(requested)?;
     policy.check(password)?;
     let user = User::new(username, hasher.hash(password).await?, Utc::now());
     match users.add(&user).await {
@@ -111,15 +193,22 @@ where
         }
         Err(AddUserError::Store(error)) => return Err(error.into()),
     }
-    let tokens = issue_pair(issuer, &user.username, &user.roles, None)?;
+    let tokens = issue_pair(issuer, Subject::of(&user))?;
     Ok((user, tokens))
 }
 
 /// Checks the password and starts a new login (a new token family).
-pub async fn login<U, H, T>(
+///
+/// Throttled per (username, client address) and per client address: a
+/// throttled attempt is refused before any hashing, even with the right
+/// password. A failure is counted under both keys; a success clears its
+/// (username, address) count.
+pub async fn login<U, H, T, L>(
     users: &U,
     hasher: &H,
     issuer: &T,
+    throttle: &L,
+    client: &str,
     username: &str,
     password: &str,
 ) -> Result<(User, TokenPair), LoginError>
@@ -127,17 +216,32 @@ where
     U: UserRepository,
     H: PasswordHasher,
     T: TokenIssuer,
+    L: LoginThrottle,
 {
+    let key = login_throttle::username_key(username);
+    let had_failures = match login_throttle::admit(throttle, &key, client).await? {
+        Admission::Throttled(wait) => return Err(LoginError::Throttled(wait)),
+        Admission::Allowed { had_failures } => had_failures,
+    };
     let user = match Username::parse(username) {
         Ok(username) => users.get(&username).await?,
         Err(_) => None,
     };
     let hash = user.as_ref().map(|user| &user.password_hash);
-    if !hasher.verify(password, hash).await? {
-        return Err(LoginError::BadCredentials);
+    let user = match (hasher.verify(password, hash).await?, user) {
+        (true, Some(user)) => user,
+        _ => {
+            throttle.record_failure(&key, client, Utc::now()).await?;
+            return Err(LoginError::BadCredentials);
+        }
+    };
+    if had_failures {
+        throttle.clear(&key, client).await?;
     }
-    let user = user.ok_or(LoginError::BadCredentials)?;
-    let tokens = issue_pair(issuer, &user.username, &user.roles, None)?;
+    if user.disabled {
+        return Err(LoginError::Disabled);
+    }
+    let tokens = issue_pair(issuer, Subject::of(&user))?;
     Ok((user, tokens))
 }
 
@@ -145,6 +249,235 @@ pub async fn profile<U: UserRepository>(users: &U, subject: &str) -> Result<User
     let missing = || ProfileError::NotFound(subject.to_owned());
     let username = Username::parse(subject).map_err(|_| missing())?;
     users.get(&username).await?.ok_or_else(missing)
+}
+
+/// The account a token was issued to, if it still exists (a new account with
+/// the same name is another account).
+async fn account_of<U: UserRepository>(users: &U, claims: &Claims) -> Result<User, AccountError> {
+    let missing = || AccountError::NotFound(claims.sub.clone());
+    let username = Username::parse(&claims.sub).map_err(|_| missing())?;
+    match users.get(&username).await? {
+        Some(user) if user.account_id == claims.uid => Ok(user),
+        _ => Err(missing()),
+    }
+}
+
+async fn stored<U: UserRepository>(users: &U, username: &str) -> Result<User, AccountError> {
+    let missing = || AccountError::NotFound(username.to_owned());
+    let parsed = Username::parse(username).map_err(|_| missing())?;
+    users.get(&parsed).await?.ok_or_else(missing)
+}
+
+/// How often a guarded write is retried after losing to a concurrent change
+/// of the same account.
+const STALE_RETRIES: usize = 3;
+
+/// Changes the caller's password after checking the current one, ends every
+/// session of the account (every login, on every instance), and starts a new
+/// login. A wrong current password counts as a failed login for throttling.
+#[allow(clippy::too_many_arguments)]
+pub async fn change_password<U, H, T, L>(
+    users: &U,
+    hasher: &H,
+    issuer: &T,
+    throttle: &L,
+    revocations: &RevocationList,
+    policy: PasswordPolicy,
+    client: &str,
+    claims: &Claims,
+    current: &str,
+    new: &str,
+) -> Result<TokenPair, AccountError>
+where
+    U: UserRepository,
+    H: PasswordHasher,
+    T: TokenIssuer,
+    L: LoginThrottle,
+{
+    policy.check(new)?;
+    let key = login_throttle::username_key(&claims.sub);
+    if let Admission::Throttled(wait) = login_throttle::admit(throttle, &key, client).await? {
+        return Err(AccountError::Throttled(wait));
+    }
+    let user = account_of(users, claims).await?;
+    if !hasher.verify(current, Some(&user.password_hash)).await? {
+        throttle.record_failure(&key, client, Utc::now()).await?;
+        return Err(AccountError::WrongPassword);
+    }
+    let new_hash = hasher.hash(new).await?;
+    let mut user = user;
+    for _ in 0..STALE_RETRIES {
+        let mut changed = user.clone();
+        changed.password_hash = new_hash.clone();
+        changed.epoch = user.epoch + 1;
+        let revocation = account_revocation(issuer, &user.account_id, changed.epoch, Utc::now());
+        match users.update(&changed, &revocation, false).await? {
+            Written::Done => {
+                revocations.insert(&revocation);
+                return Ok(issue_pair(issuer, Subject::of(&changed))?);
+            }
+            Written::Stale | Written::LastAdmin => user = account_of(users, claims).await?,
+        }
+    }
+    Err(AccountError::NotFound(claims.sub.clone()))
+}
+
+/// Deletes the caller's account and ends all its sessions; the username is
+/// free again. An admin cannot delete their own account.
+pub async fn delete_own_account<U, T>(
+    users: &U,
+    issuer: &T,
+    revocations: &RevocationList,
+    claims: &Claims,
+) -> Result<(), AccountError>
+where
+    U: UserRepository,
+    T: TokenIssuer,
+{
+    let user = account_of(users, claims).await?;
+    if user.is_admin() {
+        return Err(AccountError::OwnAccount);
+    }
+    delete_account(users, issuer, revocations, user).await
+}
+
+async fn delete_account<U, T>(
+    users: &U,
+    issuer: &T,
+    revocations: &RevocationList,
+    mut user: User,
+) -> Result<(), AccountError>
+where
+    U: UserRepository,
+    T: TokenIssuer,
+{
+    for _ in 0..STALE_RETRIES {
+        let revocation =
+            account_revocation(issuer, &user.account_id, DELETED_ACCOUNT_EPOCH, Utc::now());
+        let keep_an_admin = user.is_active_admin();
+        match users
+            .delete(&user.account_id, user.epoch, &revocation, keep_an_admin)
+            .await?
+        {
+            Written::Done => {
+                revocations.insert(&revocation);
+                return Ok(());
+            }
+            Written::LastAdmin => return Err(AccountError::LastAdmin),
+            Written::Stale => match users.get(&user.username).await? {
+                Some(again) if again.account_id == user.account_id => user = again,
+                _ => return Err(AccountError::NotFound(user.username.to_string())),
+            },
+        }
+    }
+    Err(AccountError::NotFound(user.username.to_string()))
+}
+
+/// A page of accounts, by username.
+pub async fn list_users<U: UserRepository>(
+    users: &U,
+    after: Option<&str>,
+    limit: usize,
+) -> Result<Vec<User>, AccountError> {
+    Ok(users.list(after, limit).await?)
+}
+
+pub async fn get_user<U: UserRepository>(users: &U, username: &str) -> Result<User, AccountError> {
+    stored(users, username).await
+}
+
+/// An admin changes an account's roles or disabled state. Any change ends the
+/// account's sessions (roles travel inside tokens). Admins cannot disable or
+/// demote themselves, and the last enabled admin cannot be removed.
+pub async fn change_account<U, T>(
+    users: &U,
+    issuer: &T,
+    revocations: &RevocationList,
+    admin: &Claims,
+    username: &str,
+    change: &AccountChange,
+) -> Result<User, AccountError>
+where
+    U: UserRepository,
+    T: TokenIssuer,
+{
+    if change.roles.as_ref().is_some_and(Vec::is_empty) {
+        return Err(AccountError::NoRoles);
+    }
+    let mut user = stored(users, username).await?;
+    for _ in 0..STALE_RETRIES {
+        let (mut changed, differs) = change.apply(&user);
+        if !differs {
+            return Ok(user);
+        }
+        let removes_admin = user.is_active_admin() && !changed.is_active_admin();
+        if removes_admin && user.account_id == admin.uid {
+            return Err(AccountError::OwnAccount);
+        }
+        changed.epoch = user.epoch + 1;
+        let revocation = account_revocation(issuer, &user.account_id, changed.epoch, Utc::now());
+        match users.update(&changed, &revocation, removes_admin).await? {
+            Written::Done => {
+                revocations.insert(&revocation);
+                return Ok(changed);
+            }
+            Written::LastAdmin => return Err(AccountError::LastAdmin),
+            Written::Stale => user = stored(users, username).await?,
+        }
+    }
+    Err(AccountError::NotFound(username.to_owned()))
+}
+
+/// An admin deletes an account (not their own); its sessions end.
+pub async fn delete_user<U, T>(
+    users: &U,
+    issuer: &T,
+    revocations: &RevocationList,
+    admin: &Claims,
+    username: &str,
+) -> Result<(), AccountError>
+where
+    U: UserRepository,
+    T: TokenIssuer,
+{
+    let user = stored(users, username).await?;
+    if user.account_id == admin.uid {
+        return Err(AccountError::OwnAccount);
+    }
+    delete_account(users, issuer, revocations, user).await
+}
+
+/// An admin creates an account with the given roles (the way in when
+/// registration is closed).
+pub async fn create_user<U, H>(
+    users: &U,
+    hasher: &H,
+    policy: PasswordPolicy,
+    username: &str,
+    password: &str,
+    roles: &[Role],
+) -> Result<User, AccountError>
+where
+    U: UserRepository,
+    H: PasswordHasher,
+{
+    if roles.is_empty() {
+        return Err(AccountError::NoRoles);
+    }
+    let parsed = Username::parse_new(username)?;
+    policy.check(password)?;
+    let mut user = User::new(parsed, hasher.hash(password).await?, Utc::now());
+    let (with_roles, _) = AccountChange {
+        roles: Some(roles.to_vec()),
+        disabled: None,
+    }
+    .apply(&user);
+    user.roles = with_roles.roles;
+    match users.add(&user).await {
+        Ok(()) => Ok(user),
+        Err(AddUserError::Taken) => Err(AccountError::UsernameTaken(username.to_owned())),
+        Err(AddUserError::Store(error)) => Err(error.into()),
+    }
 }
 
 /// What `create_admin` did.
@@ -172,6 +505,7 @@ where
         return Ok(AdminGrant::Promoted);
     }
     let password = password().map_err(CreateAdminError::Password)?;
+    let username = Username::parse_new(username.as_str())?;
     policy.check(&password)?;
     let mut user = User::new(username, hasher.hash(&password).await?, Utc::now());
     user.roles.push(Role::Admin);

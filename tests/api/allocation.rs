@@ -688,7 +688,7 @@ fn monitored_client_options(
     })
 }
 
-pub async fn an_uncontended_allocation_is_one_transaction_of_three_round_trips() {
+pub async fn an_uncontended_allocation_is_one_transaction_of_four_round_trips() {
     let app = spawn_app().await; // creates the database and its indexes
     let commands = Arc::new(Mutex::new(Vec::new()));
     let mut options = ClientOptions::parse(&session().mongo_uri).await.unwrap();
@@ -714,7 +714,11 @@ pub async fn an_uncontended_allocation_is_one_transaction_of_three_round_trips()
     commands.lock().unwrap().clear();
 
     let order = random_name("order");
-    let allocated = allocation::allocate(&repository, OrderLine::new(&order, &sku, 2))
+    let requester = allot::domain::allocation::Requester {
+        account: "someone".to_owned(),
+        admin: false,
+    };
+    let allocated = allocation::allocate(&repository, OrderLine::new(&order, &sku, 2), &requester)
         .await
         .unwrap();
     assert_eq!(
@@ -723,18 +727,28 @@ pub async fn an_uncontended_allocation_is_one_transaction_of_three_round_trips()
     );
     let issued = commands.lock().unwrap().clone();
     let names: Vec<&str> = issued.iter().map(|(name, _)| name.as_str()).collect();
+    // Four since orders have owners: the order's owner is claimed (or
+    // checked) in the same transaction, so that two accounts racing for a new
+    // order cannot both own it.
     assert_eq!(
         names,
-        ["findAndModify", "insert", "commitTransaction"],
-        "take the stock, record the line, commit"
+        [
+            "findAndModify",
+            "findAndModify",
+            "insert",
+            "commitTransaction"
+        ],
+        "claim the order, take the stock, record the line, commit"
     );
-    let (_, take) = &issued[0];
-    assert_eq!(take.get_bool("startTransaction"), Ok(true), "{take}");
+    let (_, claim) = &issued[0];
+    assert_eq!(claim.get_bool("startTransaction"), Ok(true), "{claim}");
+    assert_eq!(claim.get_str("findAndModify"), Ok("orders"), "{claim}");
+    let (_, take) = &issued[1];
     let transaction = |command: &Document| command.get("txnNumber").cloned();
     assert!(
         issued
             .iter()
-            .all(|(_, c)| transaction(c) == transaction(take))
+            .all(|(_, c)| transaction(c) == transaction(claim))
     );
 
     // The batch is picked by the sku's index in preference order: equality

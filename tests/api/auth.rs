@@ -241,14 +241,21 @@ pub async fn refresh_rotates_and_reuse_revokes_the_whole_family() {
     let (status, _) = secret(&app, Some(&format!("Bearer {}", b.access))).await;
     assert_eq!(status, 200);
 
-    // A used again: reuse detected.
+    // B is used, so presenting A again is no retry but a reuse.
+    let (status, body) = json(
+        app.post_json("/users/refresh", Some(&b.refresh), &json!({}))
+            .await,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let b = Tokens::from(&body);
     let (status, body) = json(
         app.post_json("/users/refresh", Some(&a.refresh), &json!({}))
             .await,
     )
     .await;
     assert_eq!((status, body), (401, msg("Token has been revoked")));
-    // B descends from the same login, so it is revoked too, access token included.
+    // B's successor descends from the same login, so it is revoked too, access token included.
     let (status, body) = json(
         app.post_json("/users/refresh", Some(&b.refresh), &json!({}))
             .await,
@@ -277,9 +284,10 @@ pub async fn me_shows_the_profile_and_never_a_password_hash() {
             .is_some_and(|t| t.starts_with("20")),
         "{body}"
     );
+    assert_eq!(body["disabled"], json!(false));
     assert_eq!(
         body.as_object().unwrap().len(),
-        3,
+        4,
         "only the documented fields: {body}"
     );
     let stored = app

@@ -5,13 +5,16 @@ ALLOT_FUZZ_USERNAME / ALLOT_FUZZ_PASSWORD at ALLOT_FUZZ_URL (a plain user or an
 admin; the Rust test creates it). `refresh` and `logout` use up or revoke the
 token they are given, so each of their cases logs in anew and gets a token of
 its own: `refresh` the refresh token, `logout` the access or refresh token in
-turn. Every other case shares one access token, which therefore stays valid.
+turn. `delete_me` and `change_password` end every session of the account they
+act on, so each of their cases registers a throwaway account and uses its token.
+Every other case shares one access token, which therefore stays valid.
 """
 
 import itertools
 import json
 import os
 import urllib.request
+import uuid
 
 import schemathesis
 
@@ -35,6 +38,21 @@ def log_in() -> dict:
         return json.load(response)
 
 
+def throwaway_account() -> dict:
+    """A new account's token pair (registration is open in testing)."""
+    body = json.dumps(
+        {"username": f"throwaway-{uuid.uuid4().hex[:12]}", "password": os.environ["ALLOT_FUZZ_PASSWORD"]}
+    ).encode()
+    request = urllib.request.Request(
+        f"{BASE_URL}/users/registration",
+        data=body,
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.load(response)
+
+
 # No caching (refresh_interval=None) and no retry on 401 (retry_on=[]): each
 # case gets the token chosen below, and a 401 is checked, never retried.
 @schemathesis.auth(refresh_interval=None, retry_on=[])
@@ -49,6 +67,8 @@ class AllotTokens:
             return log_in()["refresh_token"]
         if operation_id == "logout":
             return log_in()[next(self.logout_kinds)]
+        if operation_id in ("delete_me", "change_password"):
+            return throwaway_account()["access_token"]
         if self.shared_access_token is None:
             self.shared_access_token = log_in()["access_token"]
         return self.shared_access_token

@@ -11,6 +11,7 @@ import datetime
 import os
 import subprocess
 import sys
+import time
 import uuid
 
 sys.path.insert(0, os.environ["ALLOT_CLIENT_DIR"])
@@ -28,8 +29,18 @@ from allot_client.api.batches import (  # noqa: E402
     get_batch,
     list_batches,
 )
-from allot_client.api.users import login, logout, me, refresh, register  # noqa: E402
+from allot_client.api.accounts import create_user, list_users, update_user  # noqa: E402
+from allot_client.api.users import (  # noqa: E402
+    change_password,
+    login,
+    logout,
+    me,
+    refresh,
+    register,
+)
 from allot_client.models import (  # noqa: E402
+    AccountPage,
+    AccountUpdate,
     Allocated,
     AuthErrorBody,
     BackorderPage,
@@ -40,11 +51,14 @@ from allot_client.models import (  # noqa: E402
     ErrorBody,
     LineStatusBody,
     LogoutBody,
+    NewAccount,
     NewBatch,
     OrderLineRequest,
+    PasswordChange,
     Profile,
     QuantityChangeBody,
     QuantityUpdate,
+    RoleName,
     TokenPairBody,
 )
 
@@ -213,5 +227,62 @@ assert logged_out.revoked == "login", logged_out
 after = me.sync_detailed(client=as_bearer(renewed.access_token))
 assert after.status_code == 401, after
 assert expect(after.parsed, AuthErrorBody).msg == "Token has been revoked"
+
+bob = name("bob")
+step(f"the admin creates {bob}; {bob} cannot see {alice}'s order (404, not 403)")
+created = expect(
+    create_user.sync(
+        client=admin, body=NewAccount(username=bob, password=PASSWORD, roles=[RoleName.USER])
+    ),
+    Profile,
+)
+assert created.roles == ["user"] and created.disabled is False, created
+accounts = expect(list_users.sync(client=admin, limit=200), AccountPage)
+assert {alice, bob, admin_name} <= {u.username for u in accounts.users}, accounts
+bob_tokens = expect(
+    login.sync(client=anonymous, body=Credentials(username=bob, password=PASSWORD)),
+    TokenPairBody,
+)
+as_bob = as_bearer(bob_tokens.access_token)
+hidden = order_allocations.sync_detailed(client=as_bob, orderid=order)
+assert hidden.status_code == 404, hidden
+taken = allocate.sync_detailed(client=as_bob, body=OrderLineRequest(orderid=order, sku=sku, qty=1))
+assert taken.status_code == 404, taken
+
+step(f"the admin disables {bob}: his token is revoked and his login is 403")
+expect(update_user.sync(client=admin, username=bob, body=AccountUpdate(disabled=True)), Profile)
+assert me.sync_detailed(client=as_bob).status_code == 401
+disabled = login.sync_detailed(
+    client=anonymous, body=Credentials(username=bob, password=PASSWORD)
+)
+assert disabled.status_code == 403, disabled
+assert expect(disabled.parsed, AuthErrorBody).msg == "Account disabled"
+
+step("five wrong passwords: the sixth attempt waits (429 with Retry-After)")
+for _ in range(5):
+    wrong = login.sync_detailed(
+        client=anonymous, body=Credentials(username=alice, password="not my password")
+    )
+    assert wrong.status_code == 401, wrong
+    assert wrong.headers["www-authenticate"] == "Bearer", wrong.headers
+throttled = login.sync_detailed(
+    client=anonymous, body=Credentials(username=alice, password=PASSWORD)
+)
+assert throttled.status_code == 429, throttled
+assert int(throttled.headers["retry-after"]) >= 1, throttled.headers
+assert isinstance(expect(throttled.parsed, AuthErrorBody).msg, str)
+
+step(f"{alice} changes her password: her old tokens are refused, the new pair works")
+time.sleep(float(throttled.headers["retry-after"]) + 0.1)  # the check is throttled too
+current = as_bearer(registered.access_token)
+changed = expect(
+    change_password.sync(
+        client=current,
+        body=PasswordChange(current_password=PASSWORD, new_password="a new password"),
+    ),
+    TokenPairBody,
+)
+assert me.sync_detailed(client=current).status_code == 401
+assert expect(me.sync(client=as_bearer(changed.access_token)), Profile).username == alice
 
 print("the story went as told", flush=True)

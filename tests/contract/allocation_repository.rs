@@ -11,7 +11,7 @@
 //! This file names the crate only as `allot::` because it is compiled both
 //! inside the crate and as part of an integration-test binary.
 
-use allot::domain::allocation::{Batch, LineStatus, OrderLine};
+use allot::domain::allocation::{Batch, LineStatus, OrderLine, Requester};
 use allot::services::allocation::{Allocated, AllocationRepository, Filled, RepositoryError};
 use chrono::NaiveDate;
 
@@ -31,6 +31,7 @@ macro_rules! for_each_check {
             a_shrunk_batch_gives_up_its_most_recent_lines,
             backorders_wait_oldest_first_and_are_filled,
             batch_lines_page_oldest_first,
+            orders_belong_to_the_account_of_their_first_line,
         ];
     };
 }
@@ -43,6 +44,18 @@ pub async fn run_all<R: AllocationRepository>(repo: &R, prefix: &str) {
         ($($check:ident),* $(,)?) => {$( $check(repo, prefix).await; )*};
     }
     for_each_check!(run);
+}
+
+/// The account the checks allocate as, unless a check is about ownership.
+fn owner() -> Requester {
+    account("owner-account", false)
+}
+
+fn account(id: &str, admin: bool) -> Requester {
+    Requester {
+        account: id.to_owned(),
+        admin,
+    }
 }
 
 fn day(d: u32) -> Option<NaiveDate> {
@@ -69,7 +82,7 @@ async fn stored<R: AllocationRepository>(repo: &R, reference: &str) -> Batch {
 }
 
 async fn taken<R: AllocationRepository>(repo: &R, line: &OrderLine) -> String {
-    match repo.allocate(line).await.expect("allocate") {
+    match repo.allocate(line, &owner()).await.expect("allocate") {
         Allocated::Taken(batchref) => batchref,
         other => panic!("{line:?} was not allocated: {other:?}"),
     }
@@ -182,7 +195,7 @@ pub async fn allocate_is_idempotent_per_order_line<R: AllocationRepository>(
     assert_eq!(taken(repo, &line).await, reference);
     // Same order line again, even with another quantity: nothing changes.
     for again in [line.clone(), OrderLine::new(&orderid, &sku, 1)] {
-        match repo.allocate(&again).await.unwrap() {
+        match repo.allocate(&again, &owner()).await.unwrap() {
             Allocated::AlreadyAcknowledged(existing) => {
                 assert_eq!(existing.line, line);
                 assert_eq!(
@@ -208,13 +221,19 @@ pub async fn allocate_reports_no_room_and_changes_nothing<R: AllocationRepositor
     let reference = format!("{prefix}-room-1");
     add(repo, &reference, &sku, 3, None).await;
     let big = OrderLine::new(format!("{prefix}-room-o1"), &sku, 4);
-    assert_eq!(repo.allocate(&big).await.unwrap(), Allocated::NoRoom);
+    assert_eq!(
+        repo.allocate(&big, &owner()).await.unwrap(),
+        Allocated::NoRoom
+    );
     let unknown = OrderLine::new(
         format!("{prefix}-room-o2"),
         format!("{prefix}-room-none"),
         1,
     );
-    assert_eq!(repo.allocate(&unknown).await.unwrap(), Allocated::NoRoom);
+    assert_eq!(
+        repo.allocate(&unknown, &owner()).await.unwrap(),
+        Allocated::NoRoom
+    );
     assert_eq!(stored(repo, &reference).await.available_quantity(), 3);
     assert!(repo.line(&big.orderid, &sku).await.unwrap().is_none());
 }
@@ -226,7 +245,7 @@ pub async fn remove_line_gives_the_stock_back<R: AllocationRepository>(repo: &R,
     let line = OrderLine::new(format!("{prefix}-rm-o1"), &sku, 4);
     taken(repo, &line).await;
     let removed = repo
-        .remove_line(&line.orderid, &sku)
+        .remove_line(&line.orderid, &sku, &owner())
         .await
         .unwrap()
         .unwrap();
@@ -239,7 +258,7 @@ pub async fn remove_line_gives_the_stock_back<R: AllocationRepository>(repo: &R,
     );
     assert_eq!(stored(repo, &reference).await.available_quantity(), 10);
     assert!(
-        repo.remove_line(&line.orderid, &sku)
+        repo.remove_line(&line.orderid, &sku, &owner())
             .await
             .unwrap()
             .is_none()
@@ -417,7 +436,7 @@ pub async fn backorders_wait_oldest_first_and_are_filled<R: AllocationRepository
     );
 
     // A repeat of a waiting line changes nothing and says it waits.
-    match repo.allocate(&lines[0]).await.unwrap() {
+    match repo.allocate(&lines[0], &owner()).await.unwrap() {
         Allocated::AlreadyAcknowledged(l) => assert_eq!(l.status, LineStatus::Backordered),
         other => panic!("a repeat of a backorder was {other:?}"),
     }
@@ -444,7 +463,7 @@ pub async fn backorders_wait_oldest_first_and_are_filled<R: AllocationRepository
     assert_eq!(stored(repo, &reference).await.available_quantity(), 1);
     // Removing a waiting line gives no stock back: it held none.
     let removed = repo
-        .remove_line(&lines[1].orderid, &sku)
+        .remove_line(&lines[1].orderid, &sku, &owner())
         .await
         .unwrap()
         .unwrap();
@@ -493,4 +512,86 @@ pub async fn batch_lines_page_oldest_first<R: AllocationRepository>(repo: &R, pr
             .unwrap()
             .is_empty()
     );
+}
+
+/// The account that allocates an order's first line owns the order, decided
+/// atomically even when two accounts race for the first lines of one order on
+/// different skus; only the owner and admins may add to it or remove from it,
+/// and every line records the owner.
+pub async fn orders_belong_to_the_account_of_their_first_line<R: AllocationRepository>(
+    repo: &R,
+    prefix: &str,
+) {
+    let skus = [1, 2, 3].map(|n| format!("{prefix}-own-sku{n}"));
+    for (n, sku) in skus.iter().enumerate() {
+        add(repo, &format!("{prefix}-own-b{n}"), sku, 100, None).await;
+    }
+    let (alice, bob, admin) = (
+        account("alice", false),
+        account("bob", false),
+        account("root", true),
+    );
+    let order = format!("{prefix}-own-o1");
+    let line = |sku: &str| OrderLine::new(&order, sku, 1);
+    assert!(matches!(
+        repo.allocate(&line(&skus[0]), &alice).await.unwrap(),
+        Allocated::Taken(_)
+    ));
+    assert_eq!(
+        repo.allocate(&line(&skus[1]), &bob).await.unwrap(),
+        Allocated::NotOwner
+    );
+    assert!(
+        repo.remove_line(&order, &skus[0], &bob)
+            .await
+            .unwrap()
+            .is_none(),
+        "another account cannot remove the line"
+    );
+    // An admin adds to the order; the line still belongs to its owner.
+    assert!(matches!(
+        repo.allocate(&line(&skus[1]), &admin).await.unwrap(),
+        Allocated::Taken(_)
+    ));
+    let lines = repo.lines_of_order(&order, 10).await.unwrap();
+    assert_eq!(lines.len(), 2);
+    assert!(lines.iter().all(|l| l.owner.as_deref() == Some("alice")));
+    assert!(
+        repo.remove_line(&order, &skus[1], &alice)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert!(
+        repo.remove_line(&order, &skus[0], &admin)
+            .await
+            .unwrap()
+            .is_some()
+    );
+
+    // Two accounts race for the first lines of a new order, on two skus:
+    // exactly one owns it.
+    for round in 0..5 {
+        let order = format!("{prefix}-own-race{round}");
+        let (first, second) = (
+            OrderLine::new(&order, &skus[1], 1),
+            OrderLine::new(&order, &skus[2], 1),
+        );
+        let (a, b) = tokio::join!(repo.allocate(&first, &alice), repo.allocate(&second, &bob));
+        let outcomes = [a.unwrap(), b.unwrap()];
+        let taken = outcomes
+            .iter()
+            .filter(|o| matches!(o, Allocated::Taken(_)))
+            .count();
+        assert_eq!(taken, 1, "round {round}: {outcomes:?}");
+        assert!(outcomes.contains(&Allocated::NotOwner), "{outcomes:?}");
+        let owners: Vec<_> = repo
+            .lines_of_order(&order, 10)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|l| l.owner)
+            .collect();
+        assert_eq!(owners.len(), 1, "one line, of the winner");
+    }
 }

@@ -13,31 +13,29 @@
 use std::hash::{BuildHasher, RandomState};
 use std::time::Duration;
 
-use chrono::{NaiveDate, Utc};
+use chrono::NaiveDate;
 use futures_util::TryStreamExt;
 use mongodb::bson::{self, Document, doc, oid::ObjectId};
-use mongodb::error::{
-    Error as MongoError, TRANSIENT_TRANSACTION_ERROR, UNKNOWN_TRANSACTION_COMMIT_RESULT,
-};
-use mongodb::options::{
-    IndexOptions, ReadConcern, ReturnDocument, TransactionOptions, WriteConcern,
-};
+use mongodb::error::Error as MongoError;
+use mongodb::options::{IndexOptions, ReturnDocument};
 use mongodb::{Client, ClientSession, Collection, Database, IndexModel};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
 use super::is_duplicate_key;
-use crate::adapters::deadline::TimedOut;
-use crate::domain::allocation::{AcknowledgedLine, Batch, LineStatus, OrderLine, lines_to_give_up};
+use crate::domain::allocation::{
+    AcknowledgedLine, Batch, LineStatus, OrderLine, Requester, lines_to_give_up,
+};
 use crate::services::allocation::{
     Allocated, AllocationRepository, Backorder, BatchLine, Filled, RepositoryError,
 };
 
 pub const BATCHES: &str = "batches";
 pub const ORDER_LINES: &str = "order_lines";
+/// One document per order id, `{_id: orderid, owner}`: who owns the order.
+pub const ORDERS: &str = "orders";
 
-/// How long a step retries transactions that lost to a concurrent one.
-pub const TRANSACTION_RETRY_FOR: Duration = Duration::from_secs(10);
+pub use super::TRANSACTION_RETRY_FOR;
 
 const ALLOCATED: &str = "allocated";
 const BACKORDERED: &str = "backordered";
@@ -75,6 +73,10 @@ struct LineDocument {
     /// Its position among the batch's lines, while allocated.
     batch_seq: Option<i64>,
     acknowledged_at: bson::DateTime,
+    /// The account owning the order (as in `orders`); absent on lines stored
+    /// before orders had owners.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    owner: Option<String>,
 }
 
 fn to_bson_date(date: NaiveDate) -> bson::DateTime {
@@ -123,7 +125,7 @@ impl BatchDocument {
 }
 
 impl LineDocument {
-    fn allocated(line: &OrderLine, batchref: &str, batch_seq: i64) -> Self {
+    fn allocated(line: &OrderLine, batchref: &str, batch_seq: i64, owner: &str) -> Self {
         Self {
             id: ObjectId::new(),
             orderid: line.orderid.clone(),
@@ -133,6 +135,7 @@ impl LineDocument {
             batchref: Some(batchref.to_owned()),
             batch_seq: Some(batch_seq),
             acknowledged_at: bson::DateTime::now(),
+            owner: Some(owner.to_owned()),
         }
     }
 
@@ -152,6 +155,7 @@ impl LineDocument {
             },
             status,
             acknowledged_at: self.acknowledged_at.to_chrono(),
+            owner: self.owner,
         })
     }
 }
@@ -231,17 +235,12 @@ pub fn indexes() -> [(&'static str, Vec<IndexModel>); 2] {
 /// How many locks writes to one sku are spread over within a process.
 const SKU_LOCKS: usize = 64;
 
-/// What a transaction attempt decided.
-enum Finish<T> {
-    Commit(T),
-    Abort(T),
-}
-
 #[derive(Clone)]
 pub struct MongoAllocations {
     client: Client,
     batches: Collection<BatchDocument>,
     lines: Collection<LineDocument>,
+    orders: Collection<Document>,
     /// Writes to one sku from this process take turns: concurrent
     /// transactions on the same batch document would otherwise mostly fail
     /// with WriteConflict and retry. Other processes still conflict, and retry.
@@ -251,76 +250,20 @@ pub struct MongoAllocations {
     max_time: Duration,
 }
 
-/// Runs `$attempt` (an expression using `$session`, a `ClientSession` in a
-/// transaction, evaluating to `mongodb::error::Result<Finish<T>>`) as one
-/// transaction: commits or aborts as it says, retries the whole attempt on
-/// transient errors for up to [`TRANSACTION_RETRY_FOR`], and the commit on an
-/// unknown commit result.
+/// Runs `$attempt` as one transaction (see [`super::in_transaction`]),
+/// answering [`RepositoryError::Unavailable`] when it cannot.
 macro_rules! transaction {
-    ($repo:expr, |$session:ident| $attempt:expr) => {{
-        let deadline = tokio::time::Instant::now() + TRANSACTION_RETRY_FOR;
-        let mut pause = Duration::from_millis(1);
-        // Each attempt, and each commit, waits at most `max_time` for the
-        // database; the turn taken on the sku's lock before does not count.
-        let limit = $repo.max_time;
-        let timed_out =
-            |operation| RepositoryError::Unavailable(Box::new(TimedOut { operation, limit }));
-        loop {
-            let mut $session = $repo.start_transaction().await.map_err(unavailable)?;
-            let outcome: Result<Finish<_>, MongoError> =
-                match tokio::time::timeout(limit, async { $attempt }).await {
-                    Ok(outcome) => outcome,
-                    Err(_elapsed) => break Err(timed_out("a transaction")),
-                };
-            let retry = match outcome {
-                Ok(Finish::Commit(value)) => {
-                    match tokio::time::timeout(limit, commit(&mut $session)).await {
-                        Ok(Ok(())) => break Ok(value),
-                        Ok(Err(error)) => error,
-                        Err(_elapsed) => break Err(timed_out("a commit")),
-                    }
-                }
-                Ok(Finish::Abort(value)) => {
-                    let _ = tokio::time::timeout(limit, $session.abort_transaction()).await;
-                    break Ok(value);
-                }
-                Err(error) => {
-                    let _ = tokio::time::timeout(limit, $session.abort_transaction()).await;
-                    error
-                }
-            };
-            if !retry.contains_label(TRANSIENT_TRANSACTION_ERROR)
-                || tokio::time::Instant::now() + pause >= deadline
-            {
-                break Err(unavailable(retry));
+    ($repo:expr, |$session:ident| $attempt:expr) => {
+        in_transaction!(
+            &$repo.client,
+            $repo.max_time,
+            |$session| $attempt,
+            on_retry = {
+                crate::metrics::metrics().allocation(crate::metrics::AllocationOutcome::Contention)
             }
-            crate::metrics::metrics().allocation(crate::metrics::AllocationOutcome::Contention);
-            tokio::time::sleep(jitter(pause)).await;
-            pause = (pause * 2).min(Duration::from_millis(100));
-        }
-    }};
-}
-
-/// Commits, retrying while the outcome is unknown (a commit is idempotent).
-async fn commit(session: &mut ClientSession) -> Result<(), MongoError> {
-    let mut attempts = 0;
-    loop {
-        match session.commit_transaction().await {
-            Err(error)
-                if error.contains_label(UNKNOWN_TRANSACTION_COMMIT_RESULT) && attempts < 3 =>
-            {
-                attempts += 1;
-            }
-            outcome => return outcome,
-        }
-    }
-}
-
-/// Somewhere between half and all of `pause`, so that processes that
-/// conflicted once do not retry in lockstep.
-fn jitter(pause: Duration) -> Duration {
-    let nanos = u64::from(Utc::now().timestamp_subsec_nanos());
-    pause / 2 + Duration::from_nanos(nanos % (pause.as_nanos() as u64 / 2 + 1))
+        )
+        .map_err(unavailable)
+    };
 }
 
 impl MongoAllocations {
@@ -329,6 +272,7 @@ impl MongoAllocations {
             client: database.client().clone(),
             batches: database.collection(BATCHES),
             lines: database.collection(ORDER_LINES),
+            orders: database.collection(ORDERS),
             sku_locks: std::sync::Arc::new(std::array::from_fn(|_| Mutex::new(()))),
             hasher: RandomState::new(),
             max_time: super::DEFAULT_MAX_TIME,
@@ -345,19 +289,32 @@ impl MongoAllocations {
         &self.sku_locks[self.hasher.hash_one(sku) as usize % SKU_LOCKS]
     }
 
-    async fn start_transaction(&self) -> Result<ClientSession, MongoError> {
-        let mut session = self.client.start_session().await?;
-        session
-            .start_transaction()
-            .with_options(
-                TransactionOptions::builder()
-                    .read_concern(ReadConcern::snapshot())
-                    .write_concern(WriteConcern::majority())
-                    .max_commit_time(self.max_time)
-                    .build(),
+    /// The order's owner, made the requester if the order has none, in the
+    /// transaction: of two accounts racing to allocate an order's first lines
+    /// (even on different skus), one upsert creates the document and the
+    /// other conflicts, retries, and finds it. None if the requester may not
+    /// add to the order.
+    async fn claim_order(
+        &self,
+        session: &mut ClientSession,
+        line: &OrderLine,
+        requester: &Requester,
+    ) -> Result<Option<String>, MongoError> {
+        let order = self
+            .orders
+            .find_one_and_update(
+                doc! { "_id": &line.orderid },
+                doc! { "$setOnInsert": { "owner": &requester.account } },
             )
+            .upsert(true)
+            .return_document(ReturnDocument::After)
+            .session(session)
             .await?;
-        Ok(session)
+        let owner = order
+            .as_ref()
+            .and_then(|order| order.get_str("owner").ok())
+            .unwrap_or(&requester.account);
+        Ok(requester.may_manage(Some(owner)).then(|| owner.to_owned()))
     }
 
     /// Takes `line.qty` from the preferred batch of its sku with room (warehouse
@@ -481,18 +438,25 @@ impl AllocationRepository for MongoAllocations {
         Ok(found.is_some())
     }
 
-    async fn allocate(&self, line: &OrderLine) -> Result<Allocated, RepositoryError> {
+    async fn allocate(
+        &self,
+        line: &OrderLine,
+        requester: &Requester,
+    ) -> Result<Allocated, RepositoryError> {
         let taken = {
             let _turn = self.sku_lock(&line.sku).lock().await;
             transaction!(self, |session| async {
+                let Some(owner) = self.claim_order(&mut session, line, requester).await? else {
+                    return Ok(Finish::Abort(Some(Err(Allocated::NotOwner))));
+                };
                 let Some((batchref, seq)) = self.take_stock(&mut session, line).await? else {
                     return Ok(Finish::Abort(None));
                 };
-                let document = LineDocument::allocated(line, &batchref, seq);
+                let document = LineDocument::allocated(line, &batchref, seq, &owner);
                 match self.lines.insert_one(document).session(&mut session).await {
                     Ok(_) => Ok(Finish::Commit(Some(Ok(batchref)))),
                     // Acknowledged before: the stock taken above goes back with the abort.
-                    Err(error) if is_duplicate_key(&error) => Ok(Finish::Abort(Some(Err(())))),
+                    Err(error) if is_duplicate_key(&error) => Ok(Finish::Abort(None)),
                     Err(error) => Err(error),
                 }
             }
@@ -500,6 +464,7 @@ impl AllocationRepository for MongoAllocations {
         };
         match taken {
             Some(Ok(batchref)) => Ok(Allocated::Taken(batchref)),
+            Some(Err(refused)) => Ok(refused),
             // No room, or a repeat: a line acknowledged before is answered as it stands.
             _ => Ok(match self.line(&line.orderid, &line.sku).await? {
                 Some(existing) => Allocated::AlreadyAcknowledged(existing),
@@ -553,12 +518,17 @@ impl AllocationRepository for MongoAllocations {
         &self,
         orderid: &str,
         sku: &str,
+        requester: &Requester,
     ) -> Result<Option<AcknowledgedLine>, RepositoryError> {
+        let mut filter = doc! { "orderid": orderid, "sku": sku };
+        if !requester.admin {
+            filter.insert("owner", &requester.account);
+        }
         let _turn = self.sku_lock(sku).lock().await;
         let removed = transaction!(self, |session| async {
             let Some(removed) = self
                 .lines
-                .find_one_and_delete(doc! { "orderid": orderid, "sku": sku })
+                .find_one_and_delete(filter.clone())
                 .max_time(self.max_time)
                 .session(&mut session)
                 .await?

@@ -1,16 +1,129 @@
 //! MongoDB: connecting, preparing collections, and the repositories.
 
+/// Runs `$attempt` (an expression using `$session`, a `ClientSession` in a
+/// transaction, evaluating to `mongodb::error::Result<Finish<T>>`) as one
+/// transaction on `$client`: commits or aborts as it says, retries the whole
+/// attempt on transient errors (a WriteConflict with a concurrent
+/// transaction) for up to [`TRANSACTION_RETRY_FOR`], and the commit on an
+/// unknown commit result. Evaluates to `mongodb::error::Result<T>`.
+macro_rules! in_transaction {
+    ($client:expr, $limit:expr, |$session:ident| $attempt:expr) => {
+        in_transaction!($client, $limit, |$session| $attempt, on_retry = ())
+    };
+    ($client:expr, $limit:expr, |$session:ident| $attempt:expr, on_retry = $on_retry:expr) => {{
+        use $crate::adapters::mongo::{Finish, commit, jitter, start_transaction};
+        let deadline = tokio::time::Instant::now() + $crate::adapters::mongo::TRANSACTION_RETRY_FOR;
+        let mut pause = std::time::Duration::from_millis(1);
+        // Each attempt, and each commit, waits at most `limit` for the
+        // database (also enforced on the server: maxTimeMS, maxCommitTimeMS).
+        let limit: std::time::Duration = $limit;
+        let timed_out = |operation| {
+            mongodb::error::Error::custom($crate::adapters::deadline::TimedOut { operation, limit })
+        };
+        loop {
+            let mut $session = match start_transaction($client, limit).await {
+                Ok(session) => session,
+                Err(error) => break Err(error),
+            };
+            let outcome: Result<Finish<_>, mongodb::error::Error> =
+                match tokio::time::timeout(limit, async { $attempt }).await {
+                    Ok(outcome) => outcome,
+                    Err(_elapsed) => break Err(timed_out("a transaction")),
+                };
+            let retry = match outcome {
+                Ok(Finish::Commit(value)) => {
+                    match tokio::time::timeout(limit, commit(&mut $session)).await {
+                        Ok(Ok(())) => break Ok(value),
+                        Ok(Err(error)) => error,
+                        Err(_elapsed) => break Err(timed_out("a commit")),
+                    }
+                }
+                Ok(Finish::Abort(value)) => {
+                    let _ = tokio::time::timeout(limit, $session.abort_transaction()).await;
+                    break Ok(value);
+                }
+                Err(error) => {
+                    let _ = tokio::time::timeout(limit, $session.abort_transaction()).await;
+                    error
+                }
+            };
+            if !retry.contains_label(mongodb::error::TRANSIENT_TRANSACTION_ERROR)
+                || tokio::time::Instant::now() + pause >= deadline
+            {
+                break Err(retry);
+            }
+            $on_retry;
+            tokio::time::sleep(jitter(pause)).await;
+            pause = (pause * 2).min(std::time::Duration::from_millis(100));
+        }
+    }};
+}
+
 pub mod allocations;
 pub mod layout;
+pub mod login_failures;
 pub mod revocations;
+pub mod rotations;
 pub mod users;
 
 use std::time::Duration;
 
 use mongodb::bson::doc;
-use mongodb::options::ClientOptions;
-use mongodb::{Client, Database, IndexModel};
+use mongodb::error::UNKNOWN_TRANSACTION_COMMIT_RESULT;
+use mongodb::options::{ClientOptions, ReadConcern, TransactionOptions, WriteConcern};
+use mongodb::{Client, ClientSession, Database, IndexModel};
 use secrecy::ExposeSecret;
+
+/// How long a step retries transactions that lost to a concurrent one.
+pub const TRANSACTION_RETRY_FOR: Duration = Duration::from_secs(10);
+
+/// What a transaction attempt decided.
+pub enum Finish<T> {
+    Commit(T),
+    Abort(T),
+}
+
+/// A session in a new snapshot transaction with majority writes, whose
+/// commit the server gives up after `max_commit_time`.
+pub async fn start_transaction(
+    client: &Client,
+    max_commit_time: Duration,
+) -> mongodb::error::Result<ClientSession> {
+    let mut session = client.start_session().await?;
+    session
+        .start_transaction()
+        .with_options(
+            TransactionOptions::builder()
+                .read_concern(ReadConcern::snapshot())
+                .write_concern(WriteConcern::majority())
+                .max_commit_time(max_commit_time)
+                .build(),
+        )
+        .await?;
+    Ok(session)
+}
+
+/// Commits, retrying while the outcome is unknown (a commit is idempotent).
+pub async fn commit(session: &mut ClientSession) -> mongodb::error::Result<()> {
+    let mut attempts = 0;
+    loop {
+        match session.commit_transaction().await {
+            Err(error)
+                if error.contains_label(UNKNOWN_TRANSACTION_COMMIT_RESULT) && attempts < 3 =>
+            {
+                attempts += 1;
+            }
+            outcome => return outcome,
+        }
+    }
+}
+
+/// Somewhere between half and all of `pause`, so that processes that
+/// conflicted once do not retry in lockstep.
+pub fn jitter(pause: Duration) -> Duration {
+    let nanos = u64::from(chrono::Utc::now().timestamp_subsec_nanos());
+    pause / 2 + Duration::from_nanos(nanos % (pause.as_nanos() as u64 / 2 + 1))
+}
 
 use crate::config::MongoSettings;
 
@@ -67,9 +180,14 @@ pub async fn ping(database: &Database) -> mongodb::error::Result<()> {
 /// Each collection with the indexes it needs, declared next to the code that
 /// queries it.
 pub fn required_indexes() -> impl Iterator<Item = (&'static str, Vec<IndexModel>)> {
-    [users::indexes(), revocations::indexes()]
-        .into_iter()
-        .chain(allocations::indexes())
+    [
+        users::indexes(),
+        rotations::indexes(),
+        login_failures::indexes(),
+    ]
+    .into_iter()
+    .chain(revocations::indexes())
+    .chain(allocations::indexes())
 }
 
 /// Whether the server can run multi-document transactions: a replica-set

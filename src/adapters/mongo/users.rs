@@ -1,14 +1,17 @@
 //! The `users` collection.
 
-use mongodb::bson::{self, doc};
+use futures_util::TryStreamExt;
+use mongodb::bson::{self, Document, doc};
 use mongodb::options::IndexOptions;
-use mongodb::{Collection, Database, IndexModel};
+use mongodb::{Client, ClientSession, Collection, Database, IndexModel};
 use serde::{Deserialize, Serialize};
 
 use super::is_duplicate_key;
+use super::revocations::RevocationWriter;
 use crate::domain::user::{PasswordHash, Role, User, Username};
 use crate::services::StoreError;
-use crate::services::users::{AddUserError, UserRepository};
+use crate::services::tokens::Revocation;
+use crate::services::users::{AddUserError, UserRepository, Written};
 
 const COLLECTION: &str = "users";
 
@@ -17,18 +20,28 @@ const COLLECTION: &str = "users";
 #[derive(Debug, Serialize, Deserialize)]
 struct UserDocument {
     username: String,
+    /// Absent in users stored before accounts had ids: see [`Self::into_user`].
+    #[serde(default)]
+    account_id: Option<String>,
     password_hash: String,
     roles: Vec<Role>,
     created_at: bson::DateTime,
+    #[serde(default)]
+    disabled: bool,
+    #[serde(default)]
+    epoch: i64,
 }
 
 impl From<&User> for UserDocument {
     fn from(user: &User) -> Self {
         Self {
             username: user.username.as_str().to_owned(),
+            account_id: Some(user.account_id.clone()),
             password_hash: user.password_hash.as_str().to_owned(),
             roles: user.roles.clone(),
             created_at: bson::DateTime::from_chrono(user.created_at),
+            disabled: user.disabled,
+            epoch: user.epoch,
         }
     }
 }
@@ -37,11 +50,19 @@ impl UserDocument {
     fn into_user(self) -> Result<User, StoreError> {
         let username = Username::parse(&self.username)
             .map_err(|e| StoreError(format!("stored username {:?}: {e}", self.username).into()))?;
+        // An account stored before ids existed is named by its username with a
+        // prefix no generated id has; a new account of that name gets a fresh id.
+        let account_id = self
+            .account_id
+            .unwrap_or_else(|| format!("legacy:{}", self.username));
         Ok(User {
+            account_id,
             username,
             password_hash: PasswordHash::new(self.password_hash),
             roles: self.roles,
             created_at: self.created_at.to_chrono(),
+            disabled: self.disabled,
+            epoch: self.epoch,
         })
     }
 }
@@ -59,22 +80,31 @@ pub fn indexes() -> (&'static str, Vec<IndexModel>) {
                         .build(),
                 )
                 .build(),
+            // "Is there another enabled admin?" reads one entry, however many users.
+            IndexModel::builder()
+                .keys(doc! { "roles": 1, "disabled": 1 })
+                .options(IndexOptions::builder().name("admins".to_owned()).build())
+                .build(),
         ],
     )
 }
 
 #[derive(Clone)]
 pub struct MongoUsers {
+    client: Client,
     collection: Collection<UserDocument>,
     /// Sent with queries as `maxTimeMS`.
     max_time: std::time::Duration,
+    revocations: RevocationWriter,
 }
 
 impl MongoUsers {
     pub fn new(database: &Database) -> Self {
         Self {
+            client: database.client().clone(),
             collection: database.collection(COLLECTION),
             max_time: super::DEFAULT_MAX_TIME,
+            revocations: RevocationWriter::new(database),
         }
     }
 
@@ -82,6 +112,55 @@ impl MongoUsers {
     pub fn with_operation_timeout(mut self, limit: std::time::Duration) -> Self {
         self.max_time = limit;
         self
+    }
+
+    /// The stored account with this id (or legacy username id) and epoch.
+    fn filter(account_id: &str, username: &str, epoch: i64) -> Document {
+        let id = match account_id.strip_prefix("legacy:") {
+            Some(_) => doc! { "username": username, "account_id": { "$exists": false } },
+            None => doc! { "account_id": account_id },
+        };
+        let mut filter = id;
+        // Stored before epochs existed means epoch 0.
+        if epoch == 0 {
+            filter.insert(
+                "$or",
+                vec![
+                    doc! { "epoch": 0_i64 },
+                    doc! { "epoch": { "$exists": false } },
+                ],
+            );
+        } else {
+            filter.insert("epoch", epoch);
+        }
+        filter
+    }
+
+    /// Whether an enabled admin other than `account_id` exists, read in the
+    /// transaction. Two transactions removing two different admins cannot
+    /// both pass it: each also numbers a revocation, which writes the one
+    /// revocation counter document, so they conflict and one retries after
+    /// the other has committed (no write skew).
+    async fn another_admin(
+        &self,
+        session: &mut ClientSession,
+        account_id: &str,
+        username: &str,
+    ) -> mongodb::error::Result<bool> {
+        let other = self
+            .collection
+            .clone_with_type::<Document>()
+            .find_one(doc! {
+                "roles": Role::Admin.as_str(),
+                "disabled": { "$ne": true },
+                "account_id": { "$ne": account_id },
+                "username": { "$ne": username },
+            })
+            .projection(doc! { "_id": 1 })
+            .max_time(self.max_time)
+            .session(&mut *session)
+            .await?;
+        Ok(other.is_some())
     }
 }
 
@@ -112,5 +191,102 @@ impl UserRepository for MongoUsers {
             )
             .await?;
         Ok(result.matched_count == 1)
+    }
+
+    async fn list(&self, after: Option<&str>, limit: usize) -> Result<Vec<User>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let filter = match after {
+            Some(after) => doc! { "username": { "$gt": after } },
+            None => doc! {},
+        };
+        let documents: Vec<UserDocument> = self
+            .collection
+            .find(filter)
+            .sort(doc! { "username": 1 })
+            .limit(i64::try_from(limit).unwrap_or(i64::MAX))
+            .max_time(self.max_time)
+            .await?
+            .try_collect()
+            .await?;
+        documents.into_iter().map(UserDocument::into_user).collect()
+    }
+
+    async fn update(
+        &self,
+        changed: &User,
+        revocation: &Revocation,
+        keep_an_admin: bool,
+    ) -> Result<Written, StoreError> {
+        let filter = Self::filter(
+            &changed.account_id,
+            changed.username.as_str(),
+            changed.epoch - 1,
+        );
+        let mut set = doc! {
+            "password_hash": changed.password_hash.as_str(),
+            "roles": changed.roles.iter().map(|role| role.as_str()).collect::<Vec<_>>(),
+            "disabled": changed.disabled,
+            "epoch": changed.epoch,
+        };
+        if !changed.account_id.starts_with("legacy:") {
+            set.insert("account_id", &changed.account_id);
+        }
+        Ok(in_transaction!(&self.client, self.max_time, |session| {
+            async {
+                if keep_an_admin
+                    && !self
+                        .another_admin(&mut session, &changed.account_id, changed.username.as_str())
+                        .await?
+                {
+                    return Ok(Finish::Abort(Written::LastAdmin));
+                }
+                let updated = self
+                    .collection
+                    .update_one(filter.clone(), doc! { "$set": set.clone() })
+                    .session(&mut session)
+                    .await?;
+                if updated.matched_count == 0 {
+                    return Ok(Finish::Abort(Written::Stale));
+                }
+                self.revocations.insert(&mut session, revocation).await?;
+                Ok(Finish::Commit(Written::Done))
+            }
+            .await
+        })?)
+    }
+
+    async fn delete(
+        &self,
+        account_id: &str,
+        epoch: i64,
+        revocation: &Revocation,
+        keep_an_admin: bool,
+    ) -> Result<Written, StoreError> {
+        let username = account_id.strip_prefix("legacy:").unwrap_or_default();
+        let filter = Self::filter(account_id, username, epoch);
+        Ok(in_transaction!(&self.client, self.max_time, |session| {
+            async {
+                if keep_an_admin
+                    && !self
+                        .another_admin(&mut session, account_id, username)
+                        .await?
+                {
+                    return Ok(Finish::Abort(Written::LastAdmin));
+                }
+                let deleted = self
+                    .collection
+                    .delete_one(filter.clone())
+                    .session(&mut session)
+                    .await?;
+                if deleted.deleted_count == 0 {
+                    return Ok(Finish::Abort(Written::Stale));
+                }
+                self.revocations.insert(&mut session, revocation).await?;
+                Ok(Finish::Commit(Written::Done))
+            }
+            .await
+        })?)
     }
 }

@@ -1,0 +1,1180 @@
+//! Accounts and authorization: self-service, administration, revocation that
+//! reaches every instance, retry-safe refresh, login throttling, order
+//! ownership, the registration policy and the 401 headers (issue 10).
+
+use std::time::{Duration, Instant};
+
+use mongodb::bson::{Document, doc};
+use serde_json::{Value, json};
+
+use crate::helpers::{PASSWORD, TestApp, Tokens, json, random_name, spawn_app, spawn_app_with};
+
+fn msg(text: &str) -> Value {
+    json!({ "msg": text })
+}
+
+/// A second instance on the first one's database.
+async fn second_instance(first: &TestApp) -> TestApp {
+    let database = first.database.name().to_owned();
+    spawn_app_with(|settings| settings.mongo.database = database).await
+}
+
+async fn secret(app: &TestApp, access: &str) -> (u16, Value) {
+    json(
+        app.get_authorized("/tests/secret", &format!("Bearer {access}"))
+            .await,
+    )
+    .await
+}
+
+/// Waits up to a second for `access` to be refused as revoked by `app`.
+async fn refused_within_a_second(app: &TestApp, access: &str) {
+    let started = Instant::now();
+    loop {
+        if secret(app, access).await == (401, msg("Token has been revoked")) {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "the other instance still accepts the token after {:?}",
+            started.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn send(
+    app: &TestApp,
+    method: reqwest::Method,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&Value>,
+) -> (u16, Value) {
+    let mut request = app.http.request(method, app.url(path));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    if let Some(body) = body {
+        request = request.json(body);
+    }
+    let response = request.send().await.expect("request sent");
+    let status = response.status().as_u16();
+    let text = response.text().await.expect("a body");
+    let body = if text.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap_or_else(|_| panic!("JSON expected: {status} {text}"))
+    };
+    (status, body)
+}
+
+async fn refresh(app: &TestApp, refresh: &str) -> (u16, Value) {
+    json(
+        app.post_json("/users/refresh", Some(refresh), &json!({}))
+            .await,
+    )
+    .await
+}
+
+/// A login from `client` (sent as `X-Forwarded-For`), with the raw response.
+async fn login_from(
+    app: &TestApp,
+    client: &str,
+    username: &str,
+    password: &str,
+) -> reqwest::Response {
+    app.http
+        .post(app.url("/users/login"))
+        .header("X-Forwarded-For", client)
+        .json(&json!({"username": username, "password": password}))
+        .send()
+        .await
+        .expect("request sent")
+}
+
+async fn registered(app: &TestApp) -> (String, Tokens) {
+    let username = random_name("user");
+    let (status, body) = app.register(&username, PASSWORD).await;
+    assert_eq!(status, 201, "{body}");
+    (username, Tokens::from(&body))
+}
+
+/// Point 1: a password change revokes every token of every login, here at
+/// once and on another instance within a second; a wrong current password
+/// changes nothing; the new password works at once (same second included).
+pub async fn a_password_change_ends_every_login_everywhere() {
+    let first = spawn_app().await;
+    let second = second_instance(&first).await;
+    let (username, registration) = registered(&first).await;
+    let (_, body) = first.login(&username, PASSWORD).await;
+    let other_login = Tokens::from(&body);
+    assert_eq!(secret(&second, &other_login.access).await.0, 200);
+
+    let path = "/users/me/password";
+    let wrong = json!({"current_password": "not the password", "new_password": "a brand new one"});
+    let (status, body) = send(
+        &first,
+        reqwest::Method::PATCH,
+        path,
+        Some(&registration.access),
+        Some(&wrong),
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(
+        first.login(&username, PASSWORD).await.0,
+        200,
+        "nothing changed"
+    );
+
+    let change = json!({"current_password": PASSWORD, "new_password": "a brand new one"});
+    let (status, body) = send(
+        &first,
+        reqwest::Method::PATCH,
+        path,
+        Some(&registration.access),
+        Some(&change),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let fresh = Tokens::from(&body);
+    for old in [&registration.access, &other_login.access] {
+        assert_eq!(
+            secret(&first, old).await,
+            (401, msg("Token has been revoked")),
+            "at once here"
+        );
+    }
+    refused_within_a_second(&second, &registration.access).await;
+    refused_within_a_second(&second, &other_login.access).await;
+    assert_eq!(
+        refresh(&second, &other_login.refresh).await.0,
+        401,
+        "old refresh tokens too"
+    );
+    // The new pair and a new login, in the same second as the change, work on both.
+    assert_eq!(secret(&first, &fresh.access).await.0, 200);
+    assert_eq!(secret(&second, &fresh.access).await.0, 200);
+    assert_eq!(first.login(&username, PASSWORD).await.0, 401);
+    let (status, body) = second.login(&username, "a brand new one").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(secret(&second, &Tokens::from(&body).access).await.0, 200);
+    assert_eq!(refresh(&first, &fresh.refresh).await.0, 200);
+}
+
+/// Point 1: deleting one's account revokes its tokens everywhere and frees the
+/// username; the new account of that name inherits neither tokens nor orders.
+pub async fn deleting_my_account_revokes_it_and_frees_the_username() {
+    let first = spawn_app().await;
+    let second = second_instance(&first).await;
+    let admin = first.new_admin().await;
+    let sku = random_name("sku");
+    let batch = json!({"reference": random_name("batch"), "sku": sku, "purchased_quantity": 10, "eta": null});
+    assert_eq!(
+        json(
+            first
+                .post_json("/batches", Some(&admin.access), &batch)
+                .await
+        )
+        .await
+        .0,
+        201
+    );
+    let (username, tokens) = registered(&first).await;
+    let order = random_name("order");
+    let line = json!({"orderid": order, "sku": sku, "qty": 1});
+    assert_eq!(
+        json(
+            first
+                .post_json("/allocate", Some(&tokens.access), &line)
+                .await
+        )
+        .await
+        .0,
+        201
+    );
+    assert_eq!(secret(&second, &tokens.access).await.0, 200);
+
+    let (status, _) = send(
+        &first,
+        reqwest::Method::DELETE,
+        "/users/me",
+        Some(&tokens.access),
+        None,
+    )
+    .await;
+    assert_eq!(status, 204);
+    assert_eq!(
+        secret(&first, &tokens.access).await,
+        (401, msg("Token has been revoked"))
+    );
+    refused_within_a_second(&second, &tokens.access).await;
+    assert_eq!(first.login(&username, PASSWORD).await.0, 401);
+
+    let (status, body) = second.register(&username, "another password").await;
+    assert_eq!(status, 201, "the username is free again: {body}");
+    let newcomer = Tokens::from(&body);
+    assert_eq!(secret(&first, &newcomer.access).await.0, 200);
+    let (status, _) = send(
+        &first,
+        reqwest::Method::GET,
+        &format!("/allocations/{order}"),
+        Some(&newcomer.access),
+        None,
+    )
+    .await;
+    assert_eq!(status, 404, "the old account's order is not the newcomer's");
+    let (status, _) = send(
+        &first,
+        reqwest::Method::GET,
+        &format!("/allocations/{order}"),
+        Some(&admin.access),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "admins still see it");
+}
+
+fn never_a_secret(body: &Value) {
+    let text = body.to_string();
+    assert!(
+        !text.contains("argon2") && !text.contains("password"),
+        "{text}"
+    );
+}
+
+/// Point 2: admins list, read, change and delete accounts; every change
+/// revokes the account's tokens (a demoted admin keeps no admin token); a
+/// disabled account's login is 403 only after the password was checked.
+pub async fn admins_manage_accounts_and_every_change_revokes() {
+    let first = spawn_app().await;
+    let second = second_instance(&first).await;
+    let admin = first.new_admin().await;
+    let (name_a, _) = registered(&first).await;
+    let (name_b, user_b) = registered(&first).await;
+
+    // Only admins.
+    let (status, _) = send(
+        &first,
+        reqwest::Method::GET,
+        "/users",
+        Some(&user_b.access),
+        None,
+    )
+    .await;
+    assert_eq!(status, 403);
+
+    // Pages by username.
+    let (status, page) = send(
+        &first,
+        reqwest::Method::GET,
+        "/users?limit=2",
+        Some(&admin.access),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{page}");
+    never_a_secret(&page);
+    let cursor = page["next_cursor"]
+        .as_str()
+        .expect("a next page")
+        .to_owned();
+    let (_, rest) = send(
+        &first,
+        reqwest::Method::GET,
+        &format!("/users?limit=2&cursor={cursor}"),
+        Some(&admin.access),
+        None,
+    )
+    .await;
+    let mut names: Vec<String> = page["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(rest["users"].as_array().unwrap())
+        .map(|u| u["username"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(names.len(), 3);
+    let sorted = {
+        let mut n = names.clone();
+        n.sort();
+        n
+    };
+    assert_eq!(names, sorted);
+    names.sort();
+    assert!(names.contains(&name_a) && names.contains(&name_b));
+    assert_eq!(rest["next_cursor"], Value::Null);
+    let user = &page["users"][0];
+    for field in ["username", "roles", "created_at", "disabled"] {
+        assert!(user.get(field).is_some(), "{user}");
+    }
+
+    let (status, profile) = send(
+        &first,
+        reqwest::Method::GET,
+        &format!("/users/{}", name_b.to_uppercase()),
+        Some(&admin.access),
+        None,
+    )
+    .await;
+    assert_eq!((status, &profile["username"]), (200, &json!(name_b)));
+    never_a_secret(&profile);
+    assert_eq!(
+        send(
+            &first,
+            reqwest::Method::GET,
+            "/users/nobody-here",
+            Some(&admin.access),
+            None
+        )
+        .await
+        .0,
+        404
+    );
+
+    // Promote B: B's old tokens are revoked; a new login carries admin.
+    let path_b = format!("/users/{name_b}");
+    let (status, body) = send(
+        &first,
+        reqwest::Method::PATCH,
+        &path_b,
+        Some(&admin.access),
+        Some(&json!({"roles": ["user", "admin"]})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    never_a_secret(&body);
+    refused_within_a_second(&second, &user_b.access).await;
+    let (_, body) = second.login(&name_b, PASSWORD).await;
+    let b_admin = Tokens::from(&body);
+    assert_eq!(
+        send(
+            &second,
+            reqwest::Method::GET,
+            "/users",
+            Some(&b_admin.access),
+            None
+        )
+        .await
+        .0,
+        200
+    );
+
+    // Demote B again: its admin token is refused on the other instance within a second.
+    let (status, _) = send(
+        &first,
+        reqwest::Method::PATCH,
+        &path_b,
+        Some(&admin.access),
+        Some(&json!({"roles": ["user"]})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    refused_within_a_second(&second, &b_admin.access).await;
+    let (status, _) = send(
+        &second,
+        reqwest::Method::GET,
+        "/users",
+        Some(&b_admin.access),
+        None,
+    )
+    .await;
+    assert_eq!(status, 401);
+
+    // Disable: the right password gets 403, a wrong one still 401.
+    let (_, body) = first.login(&name_b, PASSWORD).await;
+    let before = Tokens::from(&body);
+    let (status, body) = send(
+        &first,
+        reqwest::Method::PATCH,
+        &path_b,
+        Some(&admin.access),
+        Some(&json!({"disabled": true})),
+    )
+    .await;
+    assert_eq!((status, &body["disabled"]), (200, &json!(true)));
+    refused_within_a_second(&second, &before.access).await;
+    assert_eq!(
+        second.login(&name_b, PASSWORD).await,
+        (403, msg("Account disabled"))
+    );
+    assert_eq!(
+        second.login(&name_b, "wrong password").await,
+        (401, msg("Bad username or password"))
+    );
+    assert_eq!(refresh(&second, &before.refresh).await.0, 401);
+    let (status, _) = send(
+        &first,
+        reqwest::Method::PATCH,
+        &path_b,
+        Some(&admin.access),
+        Some(&json!({"disabled": false})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(second.login(&name_b, PASSWORD).await.0, 200);
+
+    // Bad changes change nothing.
+    let (status, _) = send(
+        &first,
+        reqwest::Method::PATCH,
+        &path_b,
+        Some(&admin.access),
+        Some(&json!({"roles": []})),
+    )
+    .await;
+    assert_eq!(status, 400);
+    let (status, _) = send(
+        &first,
+        reqwest::Method::PATCH,
+        &path_b,
+        Some(&admin.access),
+        Some(&json!({"roles": ["root"]})),
+    )
+    .await;
+    assert_eq!(status, 400);
+    let null = json!({"disabled": null});
+    let (status, _) = send(
+        &first,
+        reqwest::Method::PATCH,
+        &path_b,
+        Some(&admin.access),
+        Some(&null),
+    )
+    .await;
+    assert_eq!(status, 400);
+
+    // Names of paths under /users/ cannot be taken, so every account can be
+    // addressed as /users/{username}.
+    assert_eq!(second.register("Login", PASSWORD).await.0, 400);
+    let reserved = json!({"username": "refresh", "password": PASSWORD, "roles": ["user"]});
+    let (status, body) = json(
+        first
+            .post_json("/users", Some(&admin.access), &reserved)
+            .await,
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("reserved"),
+        "{body}"
+    );
+
+    // Delete: 204, then 404; its tokens are refused; the name is free.
+    let (_, body) = first.login(&name_a, PASSWORD).await;
+    let a = Tokens::from(&body);
+    let path_a = format!("/users/{name_a}");
+    assert_eq!(
+        send(
+            &first,
+            reqwest::Method::DELETE,
+            &path_a,
+            Some(&admin.access),
+            None
+        )
+        .await
+        .0,
+        204
+    );
+    assert_eq!(
+        send(
+            &first,
+            reqwest::Method::DELETE,
+            &path_a,
+            Some(&admin.access),
+            None
+        )
+        .await
+        .0,
+        404
+    );
+    refused_within_a_second(&second, &a.access).await;
+    assert_eq!(second.register(&name_a, PASSWORD).await.0, 201);
+}
+
+async fn username_of(app: &TestApp, tokens: &Tokens) -> String {
+    let (_, me) = send(
+        app,
+        reqwest::Method::GET,
+        "/users/me",
+        Some(&tokens.access),
+        None,
+    )
+    .await;
+    me["username"].as_str().unwrap().to_owned()
+}
+
+/// Point 2: admins cannot disable, delete or demote themselves, nor remove the
+/// last admin, also when two admins try to remove each other at once.
+pub async fn admins_cannot_remove_themselves_or_the_last_admin() {
+    let first = spawn_app().await;
+    let second = second_instance(&first).await;
+    let admin = first.new_admin().await;
+    let (_, me) = send(
+        &first,
+        reqwest::Method::GET,
+        "/users/me",
+        Some(&admin.access),
+        None,
+    )
+    .await;
+    let own = format!("/users/{}", me["username"].as_str().unwrap());
+    for change in [json!({"disabled": true}), json!({"roles": ["user"]})] {
+        let (status, body) = send(
+            &first,
+            reqwest::Method::PATCH,
+            &own,
+            Some(&admin.access),
+            Some(&change),
+        )
+        .await;
+        assert_eq!(status, 409, "{body}");
+        assert!(
+            body["message"].as_str().unwrap().contains("themselves"),
+            "{body}"
+        );
+    }
+    assert_eq!(
+        send(
+            &first,
+            reqwest::Method::DELETE,
+            &own,
+            Some(&admin.access),
+            None
+        )
+        .await
+        .0,
+        409
+    );
+    assert_eq!(
+        send(
+            &first,
+            reqwest::Method::DELETE,
+            "/users/me",
+            Some(&admin.access),
+            None
+        )
+        .await
+        .0,
+        409
+    );
+    assert_eq!(
+        secret(&first, &admin.access).await.0,
+        200,
+        "nothing was revoked"
+    );
+
+    // Two admins, each demoting the other at the same time on two instances:
+    // one admin must remain.
+    for _ in 0..3 {
+        let x = first.new_admin().await;
+        let y = first.new_admin().await;
+        let (nx, ny) = (username_of(&first, &x).await, username_of(&first, &y).await);
+        // Leave x and y as the only admins.
+        let (_, page) = send(
+            &first,
+            reqwest::Method::GET,
+            "/users?limit=200",
+            Some(&x.access),
+            None,
+        )
+        .await;
+        for user in page["users"].as_array().unwrap() {
+            let username = user["username"].as_str().unwrap();
+            let is_admin = user["roles"].as_array().unwrap().contains(&json!("admin"));
+            if is_admin && username != nx && username != ny {
+                let (status, body) = send(
+                    &first,
+                    reqwest::Method::PATCH,
+                    &format!("/users/{username}"),
+                    Some(&x.access),
+                    Some(&json!({"roles": ["user"]})),
+                )
+                .await;
+                assert_eq!(status, 200, "{body}");
+            }
+        }
+        let demote = json!({"roles": ["user"]});
+        let (px, py) = (format!("/users/{ny}"), format!("/users/{nx}"));
+        let ((sx, bx), (sy, by)) = tokio::join!(
+            send(
+                &first,
+                reqwest::Method::PATCH,
+                &px,
+                Some(&x.access),
+                Some(&demote)
+            ),
+            send(
+                &second,
+                reqwest::Method::PATCH,
+                &py,
+                Some(&y.access),
+                Some(&demote)
+            )
+        );
+        let statuses = [sx, sy];
+        assert!(
+            statuses.contains(&409) || statuses.contains(&401),
+            "{sx} {bx} / {sy} {by}"
+        );
+        let admins = first
+            .database
+            .collection::<Document>("users")
+            .count_documents(doc! { "roles": "admin", "disabled": { "$ne": true } })
+            .await
+            .unwrap();
+        assert_eq!(admins, 1, "{sx} {bx} / {sy} {by}");
+        // Restore two admins for the next round.
+        first.grant_admin(&nx).await;
+        first.grant_admin(&ny).await;
+    }
+}
+
+/// Point 4: a revocation that becomes visible late (its transaction commits
+/// 1.5 s after it began, and its timestamp is an hour old) still reaches
+/// the other instance: the sync asks by sequence number, not by time.
+pub async fn a_revocation_made_visible_late_still_reaches_every_instance() {
+    let first = spawn_app().await;
+    let second = second_instance(&first).await;
+    let late = first.new_user().await;
+    let prompt = first.new_user().await;
+    assert_eq!(secret(&second, &late.access).await.0, 200);
+    let claims: Value = {
+        let payload = late.access.split('.').nth(1).unwrap();
+        use base64::Engine;
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .unwrap();
+        serde_json::from_slice(&bytes).unwrap()
+    };
+    let jti = claims["jti"].as_str().unwrap().to_owned();
+
+    // Write the revocation as allot does (number from the counter, insert, in
+    // one transaction), but stamped an hour ago and committed late.
+    let client = first.database.client().clone();
+    let database = first.database.clone();
+    let writer = tokio::spawn(async move {
+        let mut session = client.start_session().await.unwrap();
+        session.start_transaction().await.unwrap();
+        let counter = database
+            .collection::<Document>("counters")
+            .find_one_and_update(
+                doc! { "_id": "revocations" },
+                doc! { "$inc": { "seq": 1_i64 } },
+            )
+            .upsert(true)
+            .return_document(mongodb::options::ReturnDocument::After)
+            .session(&mut session)
+            .await
+            .unwrap()
+            .unwrap();
+        let hour_ago =
+            mongodb::bson::DateTime::from_millis(chrono::Utc::now().timestamp_millis() - 3_600_000);
+        let in_a_day = mongodb::bson::DateTime::from_millis(
+            chrono::Utc::now().timestamp_millis() + 86_400_000,
+        );
+        database
+            .collection::<Document>("revoked_tokens")
+            .insert_one(doc! { "_id": &jti, "seq": counter.get_i64("seq").unwrap(), "revoked_at": hour_ago, "expires_at": in_a_day })
+            .session(&mut session)
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        session.commit_transaction().await.unwrap();
+        Instant::now()
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Meanwhile another revocation is made (it waits behind the open one).
+    let (status, _) = json(
+        first
+            .post_json("/users/logout", Some(&prompt.access), &json!({}))
+            .await,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let committed = writer.await.unwrap();
+    // Within a second of its commit, the late one is refused too.
+    loop {
+        if secret(&second, &late.access).await == (401, msg("Token has been revoked")) {
+            break;
+        }
+        assert!(
+            committed.elapsed() < Duration::from_secs(1),
+            "the late revocation was missed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    refused_within_a_second(&second, &prompt.access).await;
+}
+
+/// Point 5: a refresh retried (the reply was lost) gets the very same pair,
+/// also when two instances race with it; a real reuse — after the successor
+/// was used — still revokes the whole login.
+pub async fn a_retried_refresh_is_no_reuse_but_a_real_reuse_is_caught() {
+    let first = spawn_app().await;
+    let second = second_instance(&first).await;
+    let login = first.new_user().await;
+
+    // The same refresh token on both instances at once: same answer, twice.
+    let (a, b) = tokio::join!(
+        refresh(&first, &login.refresh),
+        refresh(&second, &login.refresh)
+    );
+    assert_eq!(a.0, 200, "{}", a.1);
+    assert_eq!(b.0, 200, "{}", b.1);
+    assert_eq!(a.1, b.1, "a retry gets the identical pair");
+    // And once more, later (within the grace period).
+    let (status, again) = refresh(&second, &login.refresh).await;
+    assert_eq!((status, &again), (200, &a.1));
+    let successor = Tokens::from(&a.1);
+    assert_eq!(secret(&second, &successor.access).await.0, 200);
+
+    // The successor is used: the original is now a real reuse.
+    let (status, body) = refresh(&second, &successor.refresh).await;
+    assert_eq!(status, 200, "{body}");
+    let third = Tokens::from(&body);
+    let (status, body) = refresh(&first, &login.refresh).await;
+    assert_eq!((status, body), (401, msg("Token has been revoked")));
+    // The whole login is revoked, on both instances.
+    assert_eq!(
+        secret(&first, &third.access).await,
+        (401, msg("Token has been revoked"))
+    );
+    refused_within_a_second(&second, &third.access).await;
+    assert_eq!(refresh(&second, &third.refresh).await.0, 401);
+}
+
+/// Point 5: past the grace period, presenting a used refresh token is a reuse
+/// even if its successor was never used.
+pub async fn a_used_refresh_token_after_the_grace_period_is_a_reuse() {
+    let app = spawn_app_with(|settings| settings.auth.refresh_retry_grace_secs = 1).await;
+    let login = app.new_user().await;
+    let (status, body) = refresh(&app, &login.refresh).await;
+    assert_eq!(status, 200, "{body}");
+    let successor = Tokens::from(&body);
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    assert_eq!(
+        refresh(&app, &login.refresh).await,
+        (401, msg("Token has been revoked"))
+    );
+    assert_eq!(secret(&app, &successor.access).await.0, 401);
+}
+
+async fn throttled_app() -> TestApp {
+    spawn_app_with(|settings| {
+        settings.http.trusted_proxies = vec!["127.0.0.1".parse().unwrap()];
+    })
+    .await
+}
+
+fn header(response: &reqwest::Response, name: &str) -> Option<String> {
+    response
+        .headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+/// Points 6 and 9: five failures of a username from one address within 15
+/// minutes make the next attempt wait (429, Retry-After, even with the right
+/// password) on every instance; the wait doubles with each further failure;
+/// the owner logs in from another address meanwhile; a success resets the count.
+pub async fn failed_logins_are_throttled_per_username_and_address_on_every_instance() {
+    let first = throttled_app().await;
+    let database = first.database.name().to_owned();
+    let second = spawn_app_with(|settings| {
+        settings.mongo.database = database;
+        settings.http.trusted_proxies = vec!["127.0.0.1".parse().unwrap()];
+    })
+    .await;
+    let (username, _) = registered(&first).await;
+    let attacker = "198.51.100.7";
+    for n in 1..=5 {
+        let response = login_from(&first, attacker, &username, "wrong password").await;
+        assert_eq!(response.status(), 401, "failure {n}");
+        assert_eq!(
+            header(&response, "www-authenticate").as_deref(),
+            Some("Bearer")
+        );
+        assert_eq!(json(response).await.1, msg("Bad username or password"));
+    }
+    let response = login_from(&second, attacker, &username, PASSWORD).await;
+    assert_eq!(
+        response.status(),
+        429,
+        "throttled on the other instance, right password or not"
+    );
+    let wait: u64 = header(&response, "retry-after").unwrap().parse().unwrap();
+    assert_eq!(wait, 1, "the testing lockout is 1 s");
+    assert!(json(response).await.1["msg"].is_string());
+    // The owner, elsewhere, is not locked out.
+    let response = login_from(&second, "203.0.113.9", &username, PASSWORD).await;
+    assert_eq!(response.status(), 200);
+
+    // After the wait, one more failure doubles it.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(
+        login_from(&first, attacker, &username, "wrong password")
+            .await
+            .status(),
+        401
+    );
+    let response = login_from(&first, attacker, &username, PASSWORD).await;
+    assert_eq!(response.status(), 429);
+    assert_eq!(header(&response, "retry-after").as_deref(), Some("2"));
+    // Once the wait is over, the right password works and resets the count.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert_eq!(
+        login_from(&second, attacker, &username, PASSWORD)
+            .await
+            .status(),
+        200
+    );
+    for _ in 0..4 {
+        assert_eq!(
+            login_from(&first, attacker, &username, "wrong password")
+                .await
+                .status(),
+            401
+        );
+    }
+    assert_eq!(
+        login_from(&first, attacker, &username, PASSWORD)
+            .await
+            .status(),
+        200,
+        "four failures after the reset are below the limit"
+    );
+    // The counts live in MongoDB, with a TTL.
+    let indexes = first
+        .database
+        .collection::<Document>("login_failures")
+        .list_index_names()
+        .await
+        .unwrap();
+    assert!(
+        indexes.contains(&"expires_at_ttl".to_owned()),
+        "{indexes:?}"
+    );
+}
+
+/// Point 6: many failures from one address, across usernames, throttle every
+/// username from it (the limit is a setting); other addresses are unaffected.
+pub async fn an_address_with_many_failures_is_throttled_for_every_username() {
+    let app = spawn_app_with(|settings| {
+        settings.http.trusted_proxies = vec!["127.0.0.1".parse().unwrap()];
+        settings.auth.login_throttle.address_failures = 6;
+    })
+    .await;
+    let (victim, _) = registered(&app).await;
+    let sprayer = "198.51.100.66";
+    for n in 0..6 {
+        let response = login_from(&app, sprayer, &format!("guess-{n}"), "wrong password").await;
+        assert_eq!(response.status(), 401);
+    }
+    let response = login_from(&app, sprayer, &victim, PASSWORD).await;
+    assert_eq!(response.status(), 429);
+    let wait: u64 = header(&response, "retry-after").unwrap().parse().unwrap();
+    assert!(
+        (800..=900).contains(&wait),
+        "the rest of the 15 minutes: {wait}"
+    );
+    assert_eq!(
+        login_from(&app, "198.51.100.67", &victim, PASSWORD)
+            .await
+            .status(),
+        200
+    );
+}
+
+/// Point 6: `X-Forwarded-For` counts only from a trusted proxy; from anyone
+/// else the client is the TCP peer, so a forged header escapes nothing.
+pub async fn a_forged_forwarded_header_does_not_escape_throttling() {
+    let app = spawn_app().await; // no trusted proxies
+    let (username, _) = registered(&app).await;
+    for n in 0..5 {
+        let forged = format!("198.51.100.{n}");
+        assert_eq!(
+            login_from(&app, &forged, &username, "wrong password")
+                .await
+                .status(),
+            401
+        );
+    }
+    let response = login_from(&app, "203.0.113.200", &username, PASSWORD).await;
+    assert_eq!(response.status(), 429, "all five came from 127.0.0.1");
+}
+
+/// Point 6: the hashing queue is bounded: a flood of logins gets 429 at once
+/// beyond it instead of queueing without end.
+pub async fn a_full_hashing_queue_answers_429_at_once() {
+    let app = spawn_app_with(|settings| {
+        settings.auth.hashing_concurrency = 1;
+        settings.auth.hashing_queue = 2;
+        settings.auth.argon2.memory_kib = 16 * 1024;
+        settings.auth.argon2.iterations = 4;
+    })
+    .await;
+    let (username, _) = registered(&app).await;
+    let logins = (0..12).map(|n| {
+        let app = &app;
+        let client = format!("198.51.100.{n}");
+        let username = username.clone();
+        async move {
+            let started = Instant::now();
+            let response = login_from(app, &client, &username, "wrong password").await;
+            let retry = header(&response, "retry-after");
+            (response.status().as_u16(), retry, started.elapsed())
+        }
+    });
+    let answers = futures_util::future::join_all(logins).await;
+    let busy: Vec<_> = answers
+        .iter()
+        .filter(|(status, _, _)| *status == 429)
+        .collect();
+    assert!(!busy.is_empty(), "{answers:?}");
+    assert!(
+        busy.iter()
+            .all(|(_, retry, _)| retry.as_deref() == Some("1")),
+        "{answers:?}"
+    );
+    assert!(
+        answers
+            .iter()
+            .all(|(status, _, _)| [401, 429].contains(status)),
+        "{answers:?}"
+    );
+    let slowest_busy = busy.iter().map(|(_, _, took)| *took).min().unwrap();
+    let slowest_checked = answers
+        .iter()
+        .filter(|(s, _, _)| *s == 401)
+        .map(|(_, _, t)| *t)
+        .max()
+        .unwrap();
+    assert!(
+        slowest_busy < slowest_checked,
+        "refused at once: {answers:?}"
+    );
+}
+
+/// Point 8: with `auth.registration = "closed"`, only admins create accounts.
+pub async fn closed_registration_leaves_account_creation_to_admins() {
+    let app = spawn_app_with(|settings| {
+        settings.auth.registration = allot::config::Registration::Closed;
+    })
+    .await;
+    let username = random_name("user");
+    let (status, body) = app.register(&username, PASSWORD).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("closed"),
+        "{body}"
+    );
+
+    // An admin made through an instance with open registration on the same
+    // database (as the CLI would make one).
+    let admin = {
+        let open =
+            spawn_app_with(|settings| settings.mongo.database = app.database.name().to_owned())
+                .await;
+        let tokens = open.new_admin().await;
+        drop(open);
+        tokens
+    };
+    let new = json!({"username": username, "password": PASSWORD, "roles": ["user"]});
+    let (status, body) = json(app.post_json("/users", Some(&admin.access), &new).await).await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["roles"], json!(["user"]));
+    never_a_secret(&body);
+    assert_eq!(app.login(&username, PASSWORD).await.0, 200);
+    let (status, _) = json(app.post_json("/users", Some(&admin.access), &new).await).await;
+    assert_eq!(status, 409);
+    let (_, body) = app.login(&username, PASSWORD).await;
+    let user = Tokens::from(&body);
+    let other = json!({"username": random_name("x"), "password": PASSWORD, "roles": ["admin"]});
+    let (status, _) = json(app.post_json("/users", Some(&user.access), &other).await).await;
+    assert_eq!(status, 403, "only admins");
+}
+
+/// Point 7: an order belongs to the account that allocated its first line;
+/// others get 404 reading it, deallocating from it or adding to it; admins
+/// manage every order; batch reads show non-admins no order ids.
+pub async fn orders_belong_to_the_account_that_started_them() {
+    let app = spawn_app().await;
+    let admin = app.new_admin().await;
+    let (owner, intruder) = (app.new_user().await, app.new_user().await);
+    let (sku, other_sku, reference) =
+        (random_name("sku"), random_name("sku"), random_name("batch"));
+    for (reference, sku) in [
+        (reference.clone(), &sku),
+        (random_name("batch"), &other_sku),
+    ] {
+        let batch =
+            json!({"reference": reference, "sku": sku, "purchased_quantity": 10, "eta": null});
+        assert_eq!(
+            json(app.post_json("/batches", Some(&admin.access), &batch).await)
+                .await
+                .0,
+            201
+        );
+    }
+    let order = random_name("order");
+    let line = |sku: &str| json!({"orderid": order, "sku": sku, "qty": 2});
+    assert_eq!(
+        json(
+            app.post_json("/allocate", Some(&owner.access), &line(&sku))
+                .await
+        )
+        .await
+        .0,
+        201
+    );
+
+    let path = format!("/allocations/{order}");
+    let (status, body) = send(
+        &app,
+        reqwest::Method::GET,
+        &path,
+        Some(&intruder.access),
+        None,
+    )
+    .await;
+    assert_eq!(status, 404, "{body}");
+    let (_, unknown) = send(
+        &app,
+        reqwest::Method::GET,
+        "/allocations/no-such-order",
+        Some(&intruder.access),
+        None,
+    )
+    .await;
+    assert_eq!(
+        body["message"].as_str().unwrap().replace(&order, "X"),
+        unknown["message"]
+            .as_str()
+            .unwrap()
+            .replace("no-such-order", "X"),
+        "the same as an unknown order"
+    );
+    let (status, _) = json(
+        app.post_json(
+            "/deallocate",
+            Some(&intruder.access),
+            &json!({"orderid": order, "sku": sku}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(status, 404);
+    let (status, body) = json(
+        app.post_json("/allocate", Some(&intruder.access), &line(&other_sku))
+            .await,
+    )
+    .await;
+    assert_eq!(status, 404, "{body}");
+    let (status, body) = json(
+        app.post_json("/allocate", Some(&intruder.access), &line(&sku))
+            .await,
+    )
+    .await;
+    assert_eq!(
+        status, 404,
+        "not even the repeat of an existing line: {body}"
+    );
+
+    // Batch reads: quantities for everyone, order ids for admins only.
+    let (status, batch) = send(
+        &app,
+        reqwest::Method::GET,
+        &format!("/batches/{reference}"),
+        Some(&intruder.access),
+        None,
+    )
+    .await;
+    assert_eq!((status, &batch["allocated_quantity"]), (200, &json!(2)));
+    assert!(!batch.to_string().contains(&order));
+    let (status, page) = send(
+        &app,
+        reqwest::Method::GET,
+        &format!("/batches?sku={sku}"),
+        Some(&intruder.access),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(!page.to_string().contains(&order));
+    let listing = format!("/batches/{reference}/allocations");
+    assert_eq!(
+        send(
+            &app,
+            reqwest::Method::GET,
+            &listing,
+            Some(&intruder.access),
+            None
+        )
+        .await
+        .0,
+        403
+    );
+
+    // The owner and admins.
+    let (status, lines) = send(&app, reqwest::Method::GET, &path, Some(&owner.access), None).await;
+    assert_eq!((status, lines.as_array().unwrap().len()), (200, 1));
+    assert_eq!(
+        json(
+            app.post_json("/allocate", Some(&admin.access), &line(&other_sku))
+                .await
+        )
+        .await
+        .0,
+        201
+    );
+    let (_, lines) = send(&app, reqwest::Method::GET, &path, Some(&owner.access), None).await;
+    assert_eq!(
+        lines.as_array().unwrap().len(),
+        2,
+        "a line an admin added belongs to the owner's order"
+    );
+    let (status, _) = json(
+        app.post_json(
+            "/deallocate",
+            Some(&admin.access),
+            &json!({"orderid": order, "sku": sku}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (status, _) = json(
+        app.post_json(
+            "/deallocate",
+            Some(&owner.access),
+            &json!({"orderid": order, "sku": other_sku}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(status, 200);
+}
+
+/// Point 9: a failed login's 401 carries `WWW-Authenticate: Bearer` and the
+/// seed's body, for an unknown user too.
+pub async fn a_failed_login_401_carries_www_authenticate() {
+    let app = spawn_app().await;
+    let (username, _) = registered(&app).await;
+    for name in [username.as_str(), "nobody-at-all"] {
+        let response = app
+            .post_json(
+                "/users/login",
+                None,
+                &json!({"username": name, "password": "wrong password"}),
+            )
+            .await;
+        assert_eq!(response.status(), 401);
+        assert_eq!(
+            header(&response, "www-authenticate").as_deref(),
+            Some("Bearer")
+        );
+        assert_eq!(json(response).await.1, msg("Bad username or password"));
+    }
+}
