@@ -11,7 +11,7 @@ use poem_openapi::{ApiExtractor, ApiExtractorType, ApiResponse, ExtractParamOpti
 
 use super::AppState;
 use super::error::{ApiError, AuthErrorBody};
-use crate::domain::token::{Claims, TokenKind, TokenRejection, bearer_token};
+use crate::domain::token::{Claims, TokenKind, TokenRejection};
 use crate::domain::user::Role;
 use crate::services::tokens::TokenIssuer as _;
 use crate::services::tokens::authenticate_access;
@@ -230,3 +230,34 @@ macro_rules! with_extra_responses {
 }
 with_extra_responses!(Protected, TokenErrors);
 with_extra_responses!(AdminOnly, TokenErrors, AdminErrors);
+
+/// Reads the token out of an `Authorization: Bearer <JWT>` header value.
+fn bearer_token(header: Option<&str>) -> Result<&str, TokenRejection> {
+    let header = header.ok_or(TokenRejection::MissingHeader)?;
+    match header.split_once(' ') {
+        Some((scheme, token))
+            if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() =>
+        {
+            Ok(token.trim())
+        }
+        _ => Err(TokenRejection::BadHeader),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bearer_token_is_read_from_the_header() {
+        assert_eq!(bearer_token(Some("Bearer a.b.c")), Ok("a.b.c"));
+        assert_eq!(bearer_token(None), Err(TokenRejection::MissingHeader));
+        for bad in ["this-is-plain-text", "Bearer", "Bearer ", "Basic abc"] {
+            assert_eq!(
+                bearer_token(Some(bad)),
+                Err(TokenRejection::BadHeader),
+                "{bad}"
+            );
+        }
+    }
+}

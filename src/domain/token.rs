@@ -74,34 +74,3 @@ pub enum TokenRejection {
     #[error("Invalid token: {0}")]
     Malformed(&'static str),
 }
-
-/// Reads the token out of an `Authorization: Bearer <JWT>` header value.
-pub fn bearer_token(header: Option<&str>) -> Result<&str, TokenRejection> {
-    let header = header.ok_or(TokenRejection::MissingHeader)?;
-    match header.split_once(' ') {
-        Some((scheme, token))
-            if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() =>
-        {
-            Ok(token.trim())
-        }
-        _ => Err(TokenRejection::BadHeader),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_bearer_token_is_read_from_the_header() {
-        assert_eq!(bearer_token(Some("Bearer a.b.c")), Ok("a.b.c"));
-        assert_eq!(bearer_token(None), Err(TokenRejection::MissingHeader));
-        for bad in ["this-is-plain-text", "Bearer", "Bearer ", "Basic abc"] {
-            assert_eq!(
-                bearer_token(Some(bad)),
-                Err(TokenRejection::BadHeader),
-                "{bad}"
-            );
-        }
-    }
-}

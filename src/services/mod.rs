@@ -3,6 +3,7 @@
 
 pub mod allocation;
 pub mod login_throttle;
+pub mod ports;
 pub mod tokens;
 pub mod users;
 
