@@ -202,7 +202,18 @@ impl Connection {
                     RemoteAddr(Addr::SocketAddr(remote)),
                     Scheme::HTTP,
                 ));
-                let response = endpoint.get_response(request).await;
+                // The request runs in a task of its own, so that a client who
+                // disconnects does not cancel it halfway: the MongoDB driver
+                // closes the connection of an operation dropped mid-flight, and
+                // a burst of disconnects would empty the pool for everyone.
+                let response =
+                    match tokio::spawn(async move { endpoint.get_response(request).await }).await {
+                        Ok(response) => response,
+                        Err(_) => crate::api::error::json_error(
+                            poem::http::StatusCode::INTERNAL_SERVER_ERROR,
+                            "Internal server error",
+                        ),
+                    };
                 clock.request_finished();
                 Ok::<_, Infallible>(hyper::Response::<ResponseBody>::from(response))
             }
