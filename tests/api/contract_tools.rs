@@ -92,7 +92,9 @@ async fn account(app: &TestApp, admin: bool) -> String {
 /// The seed is random and printed, so a failure can be replayed with `--seed`.
 async fn schemathesis(app: &TestApp, username: &str, phases: &str, max_examples: &str) {
     let mut fuzz = tool_command("schemathesis");
-    fuzz.args(["run", SPEC, "--url", &app.address])
+    fuzz.arg("--config-file")
+        .arg(Path::new(ROOT).join("tests/api/schemathesis.toml"))
+        .args(["run", SPEC, "--url", &app.address])
         // Two checks are left out because the seed contract contradicts them: see CHECKS.
         .args(["--checks", CHECKS])
         .args(["--max-response-time", "1"])
