@@ -4,12 +4,9 @@
 //! also compare the times themselves, so nothing depends on when the TTL
 //! monitor runs (mongod's runs once a minute).
 
-use std::time::Duration;
-
 use chrono::{DateTime, TimeDelta, Utc};
 use futures_util::TryStreamExt;
 use mongodb::bson::{self, doc};
-use mongodb::options::IndexOptions;
 use mongodb::{Collection, Database, IndexModel};
 use serde::{Deserialize, Serialize};
 
@@ -41,19 +38,7 @@ impl FailuresDocument {
 }
 
 pub fn indexes() -> (&'static str, Vec<IndexModel>) {
-    let ttl = IndexOptions::builder()
-        .expire_after(Duration::ZERO)
-        .name("expires_at_ttl".to_owned())
-        .build();
-    (
-        COLLECTION,
-        vec![
-            IndexModel::builder()
-                .keys(doc! { "expires_at": 1 })
-                .options(ttl)
-                .build(),
-        ],
-    )
+    (COLLECTION, vec![super::expiry_index()])
 }
 
 fn username_key(username: &str, address: &str) -> String {

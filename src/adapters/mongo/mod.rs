@@ -70,7 +70,9 @@ use std::time::Duration;
 
 use mongodb::bson::doc;
 use mongodb::error::UNKNOWN_TRANSACTION_COMMIT_RESULT;
-use mongodb::options::{ClientOptions, ReadConcern, TransactionOptions, WriteConcern};
+use mongodb::options::{
+    ClientOptions, IndexOptions, ReadConcern, TransactionOptions, WriteConcern,
+};
 use mongodb::{Client, ClientSession, Database, IndexModel};
 use secrecy::ExposeSecret;
 
@@ -126,6 +128,19 @@ pub fn jitter(pause: Duration) -> Duration {
 }
 
 use crate::config::MongoSettings;
+
+/// A TTL index on `expires_at`: the server deletes each document once that
+/// instant has passed (readers never rely on when it does).
+pub fn expiry_index() -> IndexModel {
+    let ttl = IndexOptions::builder()
+        .expire_after(Duration::ZERO)
+        .name("expires_at_ttl".to_owned())
+        .build();
+    IndexModel::builder()
+        .keys(doc! { "expires_at": 1 })
+        .options(ttl)
+        .build()
+}
 
 /// `maxTimeMS` of a repository built without `with_operation_timeout`.
 pub const DEFAULT_MAX_TIME: Duration = Duration::from_secs(30);

@@ -14,11 +14,9 @@
 //! never skip a revocation. The cost is one transaction (three round trips)
 //! per revocation, and revocations take turns; they are rare next to requests.
 
-use std::time::Duration;
-
 use futures_util::TryStreamExt;
 use mongodb::bson::{self, Document, doc};
-use mongodb::options::{IndexOptions, ReturnDocument};
+use mongodb::options::ReturnDocument;
 use mongodb::{Client, ClientSession, Collection, Database, IndexModel};
 use serde::{Deserialize, Serialize};
 
@@ -80,17 +78,10 @@ impl RevocationDocument {
 }
 
 pub fn indexes() -> [(&'static str, Vec<IndexModel>); 1] {
-    let ttl = IndexOptions::builder()
-        .expire_after(Duration::ZERO)
-        .name("expires_at_ttl".to_owned())
-        .build();
     [(
         COLLECTION,
         vec![
-            IndexModel::builder()
-                .keys(doc! { "expires_at": 1 })
-                .options(ttl)
-                .build(),
+            super::expiry_index(),
             // The periodic sync reads what was numbered after its last look.
             IndexModel::builder().keys(doc! { "seq": 1 }).build(),
         ],

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use mongodb::bson::{self, doc};
-use mongodb::options::{IndexOptions, ReturnDocument};
+use mongodb::options::ReturnDocument;
 use mongodb::{Collection, Database, IndexModel};
 use serde::{Deserialize, Serialize};
 
@@ -68,19 +68,7 @@ impl From<SuccessorDocument> for PairIds {
 }
 
 pub fn indexes() -> (&'static str, Vec<IndexModel>) {
-    let ttl = IndexOptions::builder()
-        .expire_after(Duration::ZERO)
-        .name("expires_at_ttl".to_owned())
-        .build();
-    (
-        COLLECTION,
-        vec![
-            IndexModel::builder()
-                .keys(doc! { "expires_at": 1 })
-                .options(ttl)
-                .build(),
-        ],
-    )
+    (COLLECTION, vec![super::expiry_index()])
 }
 
 #[derive(Clone)]
