@@ -63,10 +63,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Serve) {
         Command::Openapi { format } => {
-            let api = allot::api::service();
             let spec = match format {
-                SpecFormat::Yaml => api.spec_yaml(),
-                SpecFormat::Json => api.spec(),
+                SpecFormat::Yaml => allot::api::spec::yaml(),
+                SpecFormat::Json => allot::api::spec::json(),
             };
             print!("{spec}");
             if !spec.ends_with('\n') {

@@ -204,10 +204,7 @@ pub fn routes(state: AppState, settings: &Settings) -> impl Endpoint<Output = Re
     let allowed = Arc::new(middleware::AllowedMethods::from_spec(&spec));
     let mut route = Route::new();
     if http.docs_enabled {
-        route = route
-            .at("/openapi.json", api.spec_endpoint())
-            .at("/openapi.yaml", api.spec_endpoint_yaml())
-            .nest("/docs", api.swagger_ui());
+        route = api::spec::routes(route);
     }
     if metrics.enabled {
         route = route.at(

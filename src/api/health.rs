@@ -5,6 +5,7 @@ use poem_openapi::payload::Json;
 use poem_openapi::types::Example;
 use poem_openapi::{ApiResponse, Object, OpenApi};
 
+use super::reply::Reply;
 use super::{ApiTags, AppState};
 use crate::adapters::mongo;
 
@@ -54,25 +55,25 @@ impl HealthApi {
     ///
     /// Answers 200 while the process is up; it does not touch the database.
     #[oai(path = "/health", method = "get", operation_id = "health")]
-    async fn health(&self) -> HealthResponse {
-        HealthResponse::Alive(Json(Status {
+    async fn health(&self) -> Reply<HealthResponse> {
+        Reply::ok(HealthResponse::Alive(Json(Status {
             status: "ok".to_owned(),
             message: None,
-        }))
+        })))
     }
 
     /// Readiness probe
     ///
     /// Pings MongoDB: 200 when it answers, 503 while it is unreachable.
     #[oai(path = "/ready", method = "get", operation_id = "ready")]
-    async fn ready(&self, state: Data<&AppState>) -> ReadyResponse {
+    async fn ready(&self, state: Data<&AppState>) -> Reply<ReadyResponse> {
         let ping = tokio::time::timeout(state.ready_timeout, mongo::ping(&state.database)).await;
         let message = match ping {
             Ok(Ok(())) => {
-                return ReadyResponse::Ready(Json(Status {
+                return Reply::ok(ReadyResponse::Ready(Json(Status {
                     status: "ready".to_owned(),
                     message: None,
-                }));
+                })));
             }
             Ok(Err(error)) => {
                 tracing::warn!(%error, "readiness check: MongoDB ping failed");
@@ -83,9 +84,9 @@ impl HealthApi {
                 "MongoDB did not answer in time"
             }
         };
-        ReadyResponse::Unavailable(Json(Status {
+        Reply::ok(ReadyResponse::Unavailable(Json(Status {
             status: "unavailable".to_owned(),
             message: Some(message.to_owned()),
-        }))
+        })))
     }
 }

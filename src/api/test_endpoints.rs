@@ -5,7 +5,8 @@ use poem_openapi::types::Example;
 use poem_openapi::{ApiResponse, Object, OpenApi};
 
 use super::ApiTags;
-use super::auth::{AccessToken, Protected};
+use super::auth::AccessToken;
+use super::reply::{Reply, Token};
 
 pub struct TestEndpointsApi;
 
@@ -46,10 +47,10 @@ impl TestEndpointsApi {
     ///
     /// An unauthenticated endpoint that answers `{"Hello": "World!"}`.
     #[oai(path = "/tests/hello", method = "get", operation_id = "hello")]
-    async fn hello(&self) -> HelloResponse {
-        HelloResponse::Ok(Json(Greeting {
+    async fn hello(&self) -> Reply<HelloResponse> {
+        Reply::ok(HelloResponse::Ok(Json(Greeting {
             hello: "World!".to_owned(),
-        }))
+        })))
     }
 
     /// Say hello to a logged-in user
@@ -57,8 +58,8 @@ impl TestEndpointsApi {
     /// Answers `{"Hello": "Secret!"}` to a valid access token; shows every
     /// token error the protected operations share.
     #[oai(path = "/tests/secret", method = "get", operation_id = "secret")]
-    async fn secret(&self, _token: AccessToken) -> Protected<SecretResponse> {
-        Protected::Ok(SecretResponse::Ok(Json(Greeting {
+    async fn secret(&self, _token: AccessToken) -> Reply<SecretResponse, Token> {
+        Reply::ok(SecretResponse::Ok(Json(Greeting {
             hello: "Secret!".to_owned(),
         })))
     }

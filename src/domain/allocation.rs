@@ -6,6 +6,10 @@
 
 use chrono::{DateTime, NaiveDate, Utc};
 
+/// The most units a batch or an order line may hold: sums over many lines
+/// then stay far within the stores' 64-bit integers.
+pub const MAX_QUANTITY: u32 = 1_000_000_000;
+
 /// A quantity of one sku that a customer ordered. Its identity is
 /// (`orderid`, `sku`): an order holds at most one line per sku.
 #[derive(Clone, Debug, PartialEq, Eq)]

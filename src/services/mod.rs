@@ -11,3 +11,41 @@ pub mod users;
 #[derive(Debug, thiserror::Error)]
 #[error("the database is unavailable")]
 pub struct StoreError(#[source] pub Box<dyn std::error::Error + Send + Sync>);
+
+/// A failure of what a use case runs on (the database, the password hasher,
+/// the token signer), as opposed to one of the use case's own answers.
+#[derive(Debug, thiserror::Error)]
+pub enum Fault {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Hashing(#[from] ports::HashingError),
+    #[error(transparent)]
+    Issue(#[from] ports::TokenIssueError),
+}
+
+/// Lets `?` turn each [`Fault`] into a use case error's `Fault` variant.
+macro_rules! faults {
+    ($($error:ident),+) => {
+        $(
+            impl From<$crate::services::StoreError> for $error {
+                fn from(error: $crate::services::StoreError) -> Self {
+                    Self::Fault(error.into())
+                }
+            }
+
+            impl From<$crate::services::ports::HashingError> for $error {
+                fn from(error: $crate::services::ports::HashingError) -> Self {
+                    Self::Fault(error.into())
+                }
+            }
+
+            impl From<$crate::services::ports::TokenIssueError> for $error {
+                fn from(error: $crate::services::ports::TokenIssueError) -> Self {
+                    Self::Fault(error.into())
+                }
+            }
+        )+
+    };
+}
+pub(crate) use faults;

@@ -5,13 +5,13 @@ use std::time::Duration;
 
 use chrono::Utc;
 
-use super::StoreError;
 use super::login_throttle::{self, Admission, LoginThrottle};
 pub use super::ports::{AddUserError, HashingError, PasswordHasher, UserRepository, Written};
 use super::tokens::{
-    DELETED_ACCOUNT_EPOCH, RevocationList, Subject, TokenIssueError, TokenIssuer, TokenPair,
-    account_revocation, issue_pair,
+    DELETED_ACCOUNT_EPOCH, RevocationList, Subject, TokenIssuer, TokenPair, account_revocation,
+    issue_pair,
 };
+use super::{Fault, StoreError, faults};
 use crate::domain::token::Claims;
 use crate::domain::user::{AccountChange, PasswordPolicy, Role, User, UserError, Username};
 
@@ -22,11 +22,7 @@ pub enum RegistrationError {
     #[error("Username {0} is already taken")]
     UsernameTaken(String),
     #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error(transparent)]
-    Hashing(#[from] HashingError),
-    #[error(transparent)]
-    Issue(#[from] TokenIssueError),
+    Fault(#[from] Fault),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -40,11 +36,7 @@ pub enum LoginError {
     #[error("Too many failed logins; retry later")]
     Throttled(Duration),
     #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error(transparent)]
-    Hashing(#[from] HashingError),
-    #[error(transparent)]
-    Issue(#[from] TokenIssueError),
+    Fault(#[from] Fault),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -75,12 +67,10 @@ pub enum AccountError {
     #[error("Roles must include at least one role")]
     NoRoles,
     #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error(transparent)]
-    Hashing(#[from] HashingError),
-    #[error(transparent)]
-    Issue(#[from] TokenIssueError),
+    Fault(#[from] Fault),
 }
+
+faults!(RegistrationError, LoginError, AccountError);
 
 /// Registers a user with the `user` role and logs them in.
 pub async fn register<U, H, T>(
@@ -292,8 +282,8 @@ pub async fn list_users<U: UserRepository>(
     users: &U,
     after: Option<&str>,
     limit: usize,
-) -> Result<Vec<User>, AccountError> {
-    Ok(users.list(after, limit).await?)
+) -> Result<Vec<User>, StoreError> {
+    users.list(after, limit).await
 }
 
 pub async fn get_user<U: UserRepository>(users: &U, username: &str) -> Result<User, AccountError> {

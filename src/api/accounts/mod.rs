@@ -1,0 +1,250 @@
+//! `accounts` tag: administration of accounts, for the `admin` role.
+
+mod schemas;
+
+use poem::web::Data;
+use poem_openapi::param::{Path, Query};
+use poem_openapi::payload::Json;
+use poem_openapi::{ApiResponse, OpenApi};
+
+pub use self::schemas::*;
+use super::auth::AdminToken;
+use super::error::{ApiError, Failure, message};
+use super::fields::{Identifier, PageLimit, UsernameField};
+use super::json_body::JsonBody;
+use super::reply::{Admin, Body, Database, Input, Reply};
+use super::users::{Profile, account_failure};
+use super::{ApiTags, AppState};
+use crate::domain::user::{AccountChange, User};
+use crate::services::Fault;
+use crate::services::users::{self, AccountError, HashingError};
+
+pub struct AccountsApi;
+
+#[derive(ApiResponse)]
+pub enum ListAccountsResponse {
+    /// A page of accounts.
+    #[oai(status = 200)]
+    Ok(Json<AccountPage>),
+}
+
+#[derive(ApiResponse)]
+pub enum CreateAccountResponse {
+    /// Created.
+    #[oai(status = 201)]
+    Created(Json<Profile>),
+    /// The body is not valid JSON, a field is missing, or the username or
+    /// password breaks the rules; the message names the field.
+    #[oai(status = 400)]
+    BadRequest(Json<ApiError>),
+    /// The username is taken (regardless of case).
+    #[oai(status = 409)]
+    Conflict(Json<ApiError>),
+    /// Too many passwords are being hashed, or the database is unreachable; retry later.
+    #[oai(status = 503)]
+    Busy(Json<ApiError>),
+}
+
+#[derive(ApiResponse)]
+pub enum GetAccountResponse {
+    /// The account.
+    #[oai(status = 200)]
+    Ok(Json<Profile>),
+    /// No such account.
+    #[oai(status = 404)]
+    NotFound(Json<ApiError>),
+}
+
+#[derive(ApiResponse)]
+pub enum UpdateAccountResponse {
+    /// The account as changed. If anything changed, every token it held is revoked.
+    #[oai(status = 200)]
+    Ok(Json<Profile>),
+    /// No such account.
+    #[oai(status = 404)]
+    NotFound(Json<ApiError>),
+    /// Refused, with the reason: admins cannot disable or demote themselves,
+    /// and the last enabled admin cannot be disabled or demoted.
+    #[oai(status = 409)]
+    Conflict(Json<ApiError>),
+}
+
+#[derive(ApiResponse)]
+pub enum DeleteAccountResponse {
+    /// Deleted: every token of the account is revoked and the username is free again.
+    #[oai(status = 204)]
+    Deleted,
+    /// No such account.
+    #[oai(status = 404)]
+    NotFound(Json<ApiError>),
+    /// Refused, with the reason: admins cannot delete themselves, and the last
+    /// enabled admin cannot be deleted.
+    #[oai(status = 409)]
+    Conflict(Json<ApiError>),
+}
+
+#[OpenApi(tag = "ApiTags::Accounts")]
+impl AccountsApi {
+    /// List accounts
+    ///
+    /// Pages through every account, ordered by username. Requires the `admin` role.
+    #[oai(path = "/users", method = "get", operation_id = "list_users")]
+    async fn list_users(
+        &self,
+        state: Data<&AppState>,
+        _admin: AdminToken,
+        /// Accounts per page.
+        #[oai(default)]
+        limit: Query<PageLimit>,
+        /// `next_cursor` of the previous page.
+        cursor: Query<Option<Identifier>>,
+    ) -> Reply<ListAccountsResponse, (Admin, Input, Database)> {
+        let listed = users::list_users(&state.users, cursor.0.as_deref(), limit.probe());
+        let page = |users: Vec<User>| {
+            let (users, next_cursor) = limit.page(users, |u| u.username.to_string());
+            ListAccountsResponse::Ok(Json(AccountPage {
+                users: users.into_iter().map(Profile::from).collect(),
+                next_cursor,
+            }))
+        };
+        listed.await.map(page).map_err(Failure::from).into()
+    }
+
+    /// Create an account
+    ///
+    /// Creates an account with the given roles, whether or not registration is
+    /// open. Requires the `admin` role.
+    #[oai(path = "/users", method = "post", operation_id = "create_user")]
+    async fn create_user(
+        &self,
+        state: Data<&AppState>,
+        _admin: AdminToken,
+        body: JsonBody<NewAccount>,
+    ) -> Reply<CreateAccountResponse, (Admin, Input, Body, Database)> {
+        let result = users::create_user(
+            &state.users,
+            &state.passwords,
+            state.password_policy,
+            &body.username,
+            &body.password,
+            &roles(&body.roles),
+        )
+        .await;
+        match result {
+            Ok(user) => Ok(CreateAccountResponse::Created(Json(user.into()))),
+            Err(error @ AccountError::UsernameTaken(_)) => {
+                Ok(CreateAccountResponse::Conflict(message(error)))
+            }
+            Err(AccountError::Fault(Fault::Hashing(error @ HashingError::Busy))) => {
+                Ok(CreateAccountResponse::Busy(message(error)))
+            }
+            Err(error) => account_failure(error, CreateAccountResponse::BadRequest),
+        }
+        .into()
+    }
+
+    /// Get an account
+    ///
+    /// The account's profile. Requires the `admin` role.
+    #[oai(path = "/users/:username", method = "get", operation_id = "get_user")]
+    async fn get_user(
+        &self,
+        state: Data<&AppState>,
+        _admin: AdminToken,
+        /// The username (case-insensitive).
+        username: Path<UsernameField>,
+    ) -> Reply<GetAccountResponse, (Admin, Input, Database)> {
+        match users::get_user(&state.users, &username.0).await {
+            Ok(user) => Ok(GetAccountResponse::Ok(Json(user.into()))),
+            Err(error) => account_failure(error, GetAccountResponse::NotFound),
+        }
+        .into()
+    }
+
+    /// Change an account
+    ///
+    /// Sets the account's roles and/or disables or enables it. Any change
+    /// revokes every token of the account, at once on this instance and within
+    /// a second on the others (roles travel inside tokens, so a demoted admin
+    /// keeps no admin token). Requires the `admin` role.
+    #[oai(
+        path = "/users/:username",
+        method = "patch",
+        operation_id = "update_user"
+    )]
+    async fn update_user(
+        &self,
+        state: Data<&AppState>,
+        admin: AdminToken,
+        /// The username (case-insensitive).
+        username: Path<UsernameField>,
+        body: JsonBody<AccountUpdate>,
+    ) -> Reply<UpdateAccountResponse, (Admin, Input, Body, Database)> {
+        // Absent means "unchanged"; null means nothing and is refused.
+        for (field, null) in [
+            ("roles", body.roles.is_null()),
+            ("disabled", body.disabled.is_null()),
+        ] {
+            if null {
+                let problem = format!("Invalid request body: {field} must not be null");
+                return Err(Failure::BadRequest(problem)).into();
+            }
+        }
+        let change = AccountChange {
+            roles: body.roles.value().map(|names| roles(names)),
+            disabled: body.disabled.value().copied(),
+        };
+        let result = users::change_account(
+            &state.users,
+            &state.tokens,
+            &state.revocations,
+            &admin.0,
+            &username.0,
+            &change,
+        )
+        .await;
+        match result {
+            Ok(user) => Ok(UpdateAccountResponse::Ok(Json(user.into()))),
+            Err(error @ (AccountError::OwnAccount | AccountError::LastAdmin)) => {
+                Ok(UpdateAccountResponse::Conflict(message(error)))
+            }
+            Err(error @ AccountError::NoRoles) => Err(Failure::BadRequest(error.to_string())),
+            Err(error) => account_failure(error, UpdateAccountResponse::NotFound),
+        }
+        .into()
+    }
+
+    /// Delete an account
+    ///
+    /// Deletes the account: every token of it is revoked and the username is
+    /// free again. Its orders stay. Requires the `admin` role.
+    #[oai(
+        path = "/users/:username",
+        method = "delete",
+        operation_id = "delete_user"
+    )]
+    async fn delete_user(
+        &self,
+        state: Data<&AppState>,
+        admin: AdminToken,
+        /// The username (case-insensitive).
+        username: Path<UsernameField>,
+    ) -> Reply<DeleteAccountResponse, (Admin, Input, Database)> {
+        let result = users::delete_user(
+            &state.users,
+            &state.tokens,
+            &state.revocations,
+            &admin.0,
+            &username.0,
+        )
+        .await;
+        match result {
+            Ok(()) => Ok(DeleteAccountResponse::Deleted),
+            Err(error @ (AccountError::OwnAccount | AccountError::LastAdmin)) => {
+                Ok(DeleteAccountResponse::Conflict(message(error)))
+            }
+            Err(error) => account_failure(error, DeleteAccountResponse::NotFound),
+        }
+        .into()
+    }
+}

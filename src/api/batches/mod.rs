@@ -1,0 +1,232 @@
+//! `batches` tag: stock. Reading needs any access token; adding stock or
+//! changing a batch's quantity needs the `admin` role.
+
+mod schemas;
+
+use poem::web::Data;
+use poem_openapi::param::{Path, Query};
+use poem_openapi::payload::Json;
+use poem_openapi::{ApiResponse, OpenApi};
+
+pub use self::schemas::*;
+use super::auth::{AccessToken, AdminToken};
+use super::error::{ApiError, Failure, message};
+use super::fields::{Identifier, PageLimit};
+use super::json_body::JsonBody;
+use super::reply::{Admin, Body, Database, Input, Reply, Token};
+use super::{ApiTags, AppState};
+use crate::domain::allocation::Batch;
+use crate::services::allocation::{self, AddBatchError, BatchError, BatchLine};
+
+pub struct BatchesApi;
+
+#[derive(ApiResponse)]
+pub enum AddBatchResponse {
+    /// The batch was added (backordered lines of its sku may already have taken
+    /// some of it).
+    #[oai(status = 201)]
+    Created(Json<BatchBody>),
+    /// A batch with this reference exists.
+    #[oai(status = 409)]
+    Conflict(Json<ApiError>),
+}
+
+#[derive(ApiResponse)]
+pub enum ListBatchesResponse {
+    /// A page of batches.
+    #[oai(status = 200)]
+    Ok(Json<BatchPage>),
+}
+
+#[derive(ApiResponse)]
+pub enum GetBatchResponse {
+    /// The batch and its quantities.
+    #[oai(status = 200)]
+    Ok(Json<BatchBody>),
+    /// No batch has this reference.
+    #[oai(status = 404)]
+    NotFound(Json<ApiError>),
+}
+
+#[derive(ApiResponse)]
+pub enum BatchAllocationsResponse {
+    /// A page of the batch's order lines, oldest first.
+    #[oai(status = 200)]
+    Ok(Json<BatchAllocationPage>),
+    /// No batch has this reference.
+    #[oai(status = 404)]
+    NotFound(Json<ApiError>),
+}
+
+#[derive(ApiResponse)]
+pub enum ChangeQuantityResponse {
+    /// The quantity changed. Lines it no longer covers were moved to other
+    /// batches where stock allows, and are backordered where it does not.
+    #[oai(status = 200)]
+    Ok(Json<QuantityChangeBody>),
+    /// No batch has this reference.
+    #[oai(status = 404)]
+    NotFound(Json<ApiError>),
+}
+
+/// A batch that does not exist is the operation's own 404.
+fn batch_not_found<T>(error: BatchError, not_found: fn(Json<ApiError>) -> T) -> Result<T, Failure> {
+    match error {
+        BatchError::BatchNotFound(_) => Ok(not_found(message(error))),
+        BatchError::Store(error) => Err(error.into()),
+    }
+}
+
+#[OpenApi(tag = "ApiTags::Batches")]
+impl BatchesApi {
+    /// Add a batch
+    ///
+    /// Adds a batch of stock; backordered lines of its sku take it first,
+    /// oldest first. Requires the `admin` role.
+    #[oai(path = "/batches", method = "post", operation_id = "add_batch")]
+    async fn add_batch(
+        &self,
+        state: Data<&AppState>,
+        _admin: AdminToken,
+        body: JsonBody<NewBatch>,
+    ) -> Reply<AddBatchResponse, (Admin, Input, Body, Database)> {
+        let JsonBody(new) = body;
+        let eta = new.eta.map(|eta| eta.0);
+        let added = allocation::add_batch(
+            &state.allocations,
+            &new.reference,
+            &new.sku,
+            new.purchased_quantity.0,
+            eta,
+        );
+        match added.await {
+            Ok(batch) => Ok(AddBatchResponse::Created(Json(BatchBody::from(&batch)))),
+            Err(error @ AddBatchError::DuplicateBatch(_)) => {
+                Ok(AddBatchResponse::Conflict(message(error)))
+            }
+            Err(AddBatchError::Store(error)) => Err(error.into()),
+        }
+        .into()
+    }
+
+    /// List batches
+    ///
+    /// Pages through batches ordered by reference, optionally of one sku.
+    #[oai(path = "/batches", method = "get", operation_id = "list_batches")]
+    async fn list_batches(
+        &self,
+        state: Data<&AppState>,
+        _token: AccessToken,
+        /// Only batches of this sku.
+        sku: Query<Option<Identifier>>,
+        /// Batches per page.
+        #[oai(default)]
+        limit: Query<PageLimit>,
+        /// `next_cursor` of the previous page.
+        cursor: Query<Option<Identifier>>,
+    ) -> Reply<ListBatchesResponse, (Token, Input, Database)> {
+        let (sku, cursor) = (sku.0.as_deref(), cursor.0.as_deref());
+        let listed = allocation::list_batches(&state.allocations, sku, cursor, limit.probe());
+        let page = |batches: Vec<Batch>| {
+            let (batches, next_cursor) = limit.page(batches, |b| b.reference.clone());
+            ListBatchesResponse::Ok(Json(BatchPage {
+                batches: batches.iter().map(BatchBody::from).collect(),
+                next_cursor,
+            }))
+        };
+        listed.await.map(page).map_err(Failure::from).into()
+    }
+
+    /// Get a batch
+    ///
+    /// The batch and its quantities.
+    #[oai(
+        path = "/batches/:reference",
+        method = "get",
+        operation_id = "get_batch"
+    )]
+    async fn get_batch(
+        &self,
+        state: Data<&AppState>,
+        _token: AccessToken,
+        /// The batch reference.
+        reference: Path<Identifier>,
+    ) -> Reply<GetBatchResponse, (Token, Input, Database)> {
+        match allocation::get_batch(&state.allocations, &reference.0).await {
+            Ok(batch) => Ok(GetBatchResponse::Ok(Json(BatchBody::from(&batch)))),
+            Err(error) => batch_not_found(error, GetBatchResponse::NotFound),
+        }
+        .into()
+    }
+
+    /// A batch's order lines
+    ///
+    /// Pages through the order lines drawing from a batch, oldest first.
+    /// Requires the `admin` role.
+    #[oai(
+        path = "/batches/:reference/allocations",
+        method = "get",
+        operation_id = "batch_allocations"
+    )]
+    async fn batch_allocations(
+        &self,
+        state: Data<&AppState>,
+        _admin: AdminToken,
+        /// The batch reference.
+        reference: Path<Identifier>,
+        /// Lines per page.
+        #[oai(default)]
+        limit: Query<PageLimit>,
+        /// `next_cursor` of the previous page.
+        cursor: Query<Option<u64>>,
+    ) -> Reply<BatchAllocationsResponse, (Admin, Input, Database)> {
+        let lines =
+            allocation::batch_lines(&state.allocations, &reference.0, cursor.0, limit.probe());
+        match lines.await {
+            Ok(lines) => {
+                let (lines, next_cursor) = limit.page(lines, |l| l.position.to_string());
+                let allocations = lines
+                    .into_iter()
+                    .map(|BatchLine { orderid, qty, .. }| BatchAllocation { orderid, qty })
+                    .collect();
+                Ok(BatchAllocationsResponse::Ok(Json(BatchAllocationPage {
+                    allocations,
+                    next_cursor,
+                })))
+            }
+            Err(error) => batch_not_found(error, BatchAllocationsResponse::NotFound),
+        }
+        .into()
+    }
+
+    /// Change a batch's quantity
+    ///
+    /// Sets the purchased quantity (0 for a lost shipment). When it no longer
+    /// covers the batch's lines, the most recently allocated ones are moved to
+    /// other batches of the sku where stock allows, and backordered where it
+    /// does not; none is ever dropped. A larger quantity serves backordered
+    /// lines first. Requires the `admin` role.
+    ///
+    /// After a 503 the change may be partly done: no line is lost, and allot
+    /// finishes it by itself.
+    #[oai(
+        path = "/batches/:reference",
+        method = "patch",
+        operation_id = "change_batch_quantity"
+    )]
+    async fn change_batch_quantity(
+        &self,
+        state: Data<&AppState>,
+        _admin: AdminToken,
+        /// The batch reference.
+        reference: Path<Identifier>,
+        body: JsonBody<QuantityUpdate>,
+    ) -> Reply<ChangeQuantityResponse, (Admin, Input, Body, Database)> {
+        let quantity = body.purchased_quantity.0;
+        match allocation::change_batch_quantity(&state.allocations, &reference.0, quantity).await {
+            Ok(change) => Ok(ChangeQuantityResponse::Ok(Json(change.into()))),
+            Err(error) => batch_not_found(error, ChangeQuantityResponse::NotFound),
+        }
+        .into()
+    }
+}

@@ -1,0 +1,254 @@
+//! The OpenAPI document as served (`/openapi.json`, `/openapi.yaml`, Swagger UI
+//! at `/docs`) and committed (`openapi/openapi.yaml`): poem-openapi's, with an
+//! example of its own message on every error response. poem-openapi can only
+//! give a schema one example, and every error shares the `Error` schema.
+
+use poem::endpoint::make_sync;
+use poem::web::Html;
+use poem::{Response, Route};
+use poem_openapi::payload::Json;
+use serde_json::{Map, Value};
+
+use super::error::{ApiError, BODY_TOO_LARGE, Failure, message, msg};
+use super::reply::{AdminRole, Body, Database, Input, Shared, Token};
+use super::users::REGISTRATION_CLOSED;
+use crate::domain::allocation::AllocationError;
+use crate::domain::token::TokenRejection;
+use crate::domain::user::UserError;
+use crate::services::allocation::{
+    AddBatchError, AllocateError, BatchError, DeallocateError, OrderAllocationsError,
+};
+use crate::services::ports::HashingError;
+use crate::services::users::{AccountError, LoginError, ProfileError, RegistrationError};
+
+const SKU: &str = "SMALL-TABLE";
+const BATCH: &str = "batch-001";
+const ORDER: &str = "order-001";
+const USER: &str = "alice";
+
+/// The example of an operation's own error response.
+fn own_example(operation: &str, status: u16) -> Option<Json<ApiError>> {
+    let batch_not_found = || message(BatchError::BatchNotFound(BATCH.into()));
+    let user_not_found = || message(AccountError::NotFound(USER.into()));
+    Some(match (operation, status) {
+        ("register", 400) | ("create_user", 400) => message(UserError::InvalidUsername),
+        ("register", 403) => message(REGISTRATION_CLOSED),
+        ("register", 409) => message(RegistrationError::UsernameTaken(USER.into())),
+        ("register" | "create_user", 503) => message(HashingError::Busy),
+        ("login", 401) => msg(LoginError::BadCredentials),
+        ("login", 403) => msg(LoginError::Disabled),
+        ("login", 429) => msg(LoginError::Throttled(std::time::Duration::ZERO)),
+        ("change_password", 400) => message(UserError::InvalidPassword { min: 8, max: 256 }),
+        ("change_password", 403) => message(AccountError::WrongPassword),
+        ("change_password", 429) => message(AccountError::Throttled(Default::default())),
+        ("me", 404) => message(ProfileError::NotFound(USER.into())),
+        ("change_password" | "delete_me" | "get_user" | "update_user" | "delete_user", 404) => {
+            user_not_found()
+        }
+        ("delete_me" | "update_user" | "delete_user", 409) => message(AccountError::OwnAccount),
+        ("create_user", 409) => message(AccountError::UsernameTaken(USER.into())),
+        ("add_batch", 409) => message(AddBatchError::DuplicateBatch(BATCH.into())),
+        ("get_batch" | "batch_allocations" | "change_batch_quantity", 404) => batch_not_found(),
+        ("allocate", 400) => message(AllocationError::OutOfStock(SKU.into())),
+        ("allocate", 404) => message(AllocateError::OrderNotFound(ORDER.into())),
+        ("deallocate", 404) => message(DeallocateError::NotAllocated {
+            orderid: ORDER.into(),
+            sku: SKU.into(),
+        }),
+        ("order_allocations", 404) => message(OrderAllocationsError::NoAllocations(ORDER.into())),
+        _ => return None,
+    })
+}
+
+/// The example of a shared response (see `api::reply`), from what
+/// [`Failure`] answers; `operation` names the field a 400 is about.
+fn shared_example(operation: &Value, schemas: &Value, status: u16) -> Option<Json<ApiError>> {
+    Some(match status {
+        400 => message(bad_request_example(operation, schemas)),
+        401 => msg(TokenRejection::Expired),
+        403 => msg(TokenRejection::AdminRequired),
+        413 => message(BODY_TOO_LARGE),
+        422 => msg(TokenRejection::BadSignature),
+        503 => message(Failure::Unavailable("".into())),
+        _ => return None,
+    })
+}
+
+/// A 400 as the operation's first body field or parameter would get it.
+fn bad_request_example(operation: &Value, schemas: &Value) -> String {
+    let body = operation
+        .pointer("/requestBody/content")
+        .and_then(Value::as_object)
+        .and_then(|content| content.values().next())
+        .and_then(|media| media.pointer("/schema/$ref"))
+        .and_then(Value::as_str)
+        .and_then(|schema| schemas.get(schema.rsplit('/').next()?));
+    if let Some(field) = body.and_then(|schema| schema.pointer("/required/0")) {
+        let field = field.as_str().unwrap_or_default();
+        return format!("Invalid request body: missing field `{field}`");
+    }
+    let parameter = operation.pointer("/parameters/0").unwrap_or(&Value::Null);
+    let name = parameter["name"].as_str().unwrap_or_default();
+    let place = if parameter["in"] == "path" {
+        "path"
+    } else {
+        "parameter"
+    };
+    let reason = match parameter.pointer("/schema/maximum") {
+        Some(maximum) => format!("must be from 1 to {maximum}"),
+        None => "must not contain whitespace".to_owned(),
+    };
+    format!("failed to parse {place} `{name}`: {reason}")
+}
+
+/// poem-openapi's document, with an example on every error response.
+pub fn document() -> Value {
+    let mut spec: Value = serde_json::from_str(&super::service().spec()).unwrap_or_default();
+    let schemas = spec["components"]["schemas"].clone();
+    let shared: Vec<(u16, &str)> = <((Token, AdminRole), Input, Body, Database)>::responses()
+        .into_iter()
+        .filter_map(|response| Some((response.status?, response.description)))
+        .collect();
+    let operations = spec
+        .get_mut("paths")
+        .and_then(Value::as_object_mut)
+        .into_iter()
+        .flat_map(Map::values_mut)
+        .filter_map(Value::as_object_mut)
+        .flat_map(Map::values_mut);
+    for operation in operations {
+        let id = operation["operationId"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let context = operation.clone();
+        let Some(responses) = operation
+            .get_mut("responses")
+            .and_then(Value::as_object_mut)
+        else {
+            continue;
+        };
+        for (status, response) in responses {
+            let status: u16 = status.parse().unwrap_or_default();
+            let description = response["description"].as_str().unwrap_or_default();
+            let example = if shared.contains(&(status, description)) {
+                shared_example(&context, &schemas, status)
+            } else {
+                own_example(&id, status)
+            };
+            let media = response
+                .get_mut("content")
+                .and_then(Value::as_object_mut)
+                .and_then(|content| content.values_mut().next());
+            if let (Some(Json(example)), Some(Value::Object(media))) = (example, media)
+                && media["schema"]["$ref"] == "#/components/schemas/Error"
+            {
+                let example = poem_openapi::types::ToJSON::to_json(&example);
+                media.insert("example".to_owned(), example.unwrap_or_default());
+            }
+        }
+    }
+    spec
+}
+
+/// The document as JSON.
+pub fn json() -> String {
+    serde_json::to_string_pretty(&document()).unwrap_or_default()
+}
+
+/// The document as YAML, as committed in `openapi/openapi.yaml`.
+pub fn yaml() -> String {
+    serde_yaml::to_string(&document()).unwrap_or_default()
+}
+
+/// poem-openapi's Swagger UI page, showing `document` instead of the one it embeds.
+fn swagger_ui_page(document: &str) -> String {
+    let service = super::service();
+    service
+        .swagger_ui_html()
+        .replacen(&service.spec(), document, 1)
+}
+
+/// `route` with `/openapi.json`, `/openapi.yaml` and Swagger UI at `/docs`.
+pub fn routes(route: Route) -> Route {
+    let (json, yaml) = (json(), yaml());
+    let page = swagger_ui_page(&json);
+    let document = |content_type: &'static str, body: String| {
+        make_sync(move |_| {
+            Response::builder()
+                .content_type(content_type)
+                .body(body.clone())
+        })
+    };
+    route
+        .at("/openapi.json", document("application/json", json))
+        .at("/openapi.yaml", document("application/x-yaml", yaml))
+        .nest(
+            "/docs",
+            Route::new().at("/", make_sync(move |_| Html(page.clone()))),
+        )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_committed_spec_matches_the_code() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/openapi/openapi.yaml");
+        let committed = std::fs::read_to_string(path).unwrap_or_default();
+        assert!(
+            committed == yaml(),
+            "openapi/openapi.yaml differs from the API the code serves; \
+             regenerate it with `cargo run --quiet -- openapi > openapi/openapi.yaml`"
+        );
+    }
+
+    #[test]
+    fn every_error_response_shows_an_example_of_its_own() {
+        let spec = document();
+        let mut missing = Vec::new();
+        for (path, operations) in spec["paths"].as_object().into_iter().flatten() {
+            for (method, operation) in operations.as_object().into_iter().flatten() {
+                for (status, response) in operation["responses"].as_object().into_iter().flatten() {
+                    let media = response["content"]
+                        .as_object()
+                        .and_then(|c| c.values().next());
+                    let is_error =
+                        media.is_some_and(|m| m["schema"]["$ref"] == "#/components/schemas/Error");
+                    if is_error && media.is_some_and(|m| m.get("example").is_none()) {
+                        missing.push(format!("{method} {path} {status}"));
+                    }
+                }
+            }
+        }
+        assert!(
+            missing.is_empty(),
+            "error responses without an example: {missing:?}"
+        );
+        let example = |path: &str| spec.pointer(path).cloned().unwrap_or_default();
+        assert_eq!(
+            example(
+                "/paths/~1users~1me/get/responses/503/content/application~1json; charset=utf-8/example"
+            ),
+            serde_json::json!({"message": "The database is unavailable; retry later"})
+        );
+        assert_eq!(
+            example(
+                "/paths/~1users~1me/get/responses/404/content/application~1json; charset=utf-8/example"
+            ),
+            serde_json::json!({"message": "User alice no longer exists"})
+        );
+        assert_eq!(
+            example(
+                "/paths/~1tests~1secret/get/responses/422/content/application~1json; charset=utf-8/example"
+            ),
+            serde_json::json!({"msg": "Signature verification failed"})
+        );
+    }
+
+    #[test]
+    fn swagger_ui_shows_this_document() {
+        assert!(swagger_ui_page("DOCUMENT").contains("let spec = DOCUMENT;"));
+    }
+}

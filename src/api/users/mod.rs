@@ -1,0 +1,406 @@
+//! `users` tag: registration, login, token refresh, logout, and the caller's profile.
+
+mod schemas;
+
+use poem::Request;
+use poem::web::Data;
+use poem_openapi::payload::Json;
+use poem_openapi::{ApiResponse, OpenApi};
+
+pub use self::schemas::*;
+use super::auth::{AccessToken, AnyToken, RefreshToken};
+use super::client::client_address;
+use super::error::{ApiError, Failure, message, msg};
+use super::json_body::JsonBody;
+use super::reply::{Body, Database, Input, Reply, Token};
+use super::{ApiTags, AppState};
+use crate::config::Registration;
+use crate::domain::token::TokenKind;
+use crate::metrics::{LoginOutcome, metrics};
+use crate::services::Fault;
+use crate::services::tokens;
+use crate::services::users::{
+    self, AccountError, HashingError, LoginError, ProfileError, RegistrationError,
+};
+
+pub struct UsersApi;
+
+/// What registration answers while it is closed.
+pub const REGISTRATION_CLOSED: &str = "Registration is closed: an admin creates accounts";
+
+#[derive(ApiResponse)]
+pub enum RegistrationResponse {
+    /// Registered with the `user` role, and logged in.
+    #[oai(status = 201)]
+    Created(Json<TokenPairBody>),
+    /// The body is not valid JSON, a field is missing, or the username or
+    /// password breaks the rules; the message names the field.
+    #[oai(status = 400)]
+    BadRequest(Json<ApiError>),
+    /// Registration is closed (`auth.registration = "closed"`): an admin
+    /// creates accounts with `POST /users`.
+    #[oai(status = 403)]
+    Closed(Json<ApiError>),
+    /// The username is taken (regardless of case).
+    #[oai(status = 409)]
+    Conflict(Json<ApiError>),
+    /// Too many passwords are being hashed, or the database is unreachable; retry later.
+    #[oai(status = 503)]
+    Busy(Json<ApiError>),
+}
+
+#[derive(ApiResponse)]
+pub enum LoginResponse {
+    /// Logged in: a new token pair starting a new login.
+    #[oai(status = 200)]
+    Ok(Json<TokenPairBody>),
+    /// `{"msg": "Bad username or password"}`, the same for an unknown user.
+    /// Counts as a failed login for throttling.
+    #[oai(status = 401)]
+    BadCredentials(
+        Json<ApiError>,
+        /// Always `Bearer`.
+        #[oai(header = "WWW-Authenticate")]
+        String,
+    ),
+    /// `{"msg": "Account disabled"}`: the password was right, but an admin
+    /// disabled the account.
+    #[oai(status = 403)]
+    Disabled(Json<ApiError>),
+    /// Throttled, without checking the password: 5 failed logins of this
+    /// username from this client address within 15 minutes (the wait then
+    /// doubles with each further failure, up to 15 minutes), or too many
+    /// failures from this address across usernames; or too many logins are
+    /// being checked at once. Retry after `Retry-After` seconds.
+    #[oai(status = 429)]
+    TooManyRequests(
+        Json<ApiError>,
+        /// Seconds to wait before trying again.
+        #[oai(header = "Retry-After")]
+        u64,
+    ),
+}
+
+#[derive(ApiResponse)]
+pub enum ChangePasswordResponse {
+    /// Changed. Every earlier token of the account, from every login, is
+    /// revoked (at once here, within a second on every other instance); this
+    /// new pair starts a new login.
+    #[oai(status = 200)]
+    Ok(Json<TokenPairBody>),
+    /// The body is not valid JSON, a field is missing, or the new password
+    /// breaks the rules; the message names the field.
+    #[oai(status = 400)]
+    BadRequest(Json<ApiError>),
+    /// The current password is wrong; nothing changed. Counts as a failed login.
+    #[oai(status = 403)]
+    WrongPassword(Json<ApiError>),
+    /// The account no longer exists.
+    #[oai(status = 404)]
+    NotFound(Json<ApiError>),
+    /// Too many failed password checks for this account from this address,
+    /// or too many passwords being hashed at once; retry after `Retry-After` seconds.
+    #[oai(status = 429)]
+    TooManyRequests(
+        Json<ApiError>,
+        /// Seconds to wait before trying again.
+        #[oai(header = "Retry-After")]
+        u64,
+    ),
+}
+
+#[derive(ApiResponse)]
+pub enum DeleteOwnAccountResponse {
+    /// Deleted; every token of the account is revoked and the username is free again.
+    #[oai(status = 204)]
+    Deleted,
+    /// The account no longer exists.
+    #[oai(status = 404)]
+    NotFound(Json<ApiError>),
+    /// Admins cannot delete their own account (another admin can).
+    #[oai(status = 409)]
+    Conflict(Json<ApiError>),
+}
+
+#[derive(ApiResponse)]
+pub enum RefreshResponse {
+    /// A new access token and a new refresh token; the one presented is now used up.
+    #[oai(status = 200)]
+    Ok(Json<TokenPairBody>),
+}
+
+#[derive(ApiResponse)]
+pub enum LogoutResponse {
+    /// The token (and, for a refresh token, its whole login) is revoked.
+    #[oai(status = 200)]
+    Ok(Json<LogoutBody>),
+}
+
+#[derive(ApiResponse)]
+pub enum ProfileResponse {
+    /// The caller's profile.
+    #[oai(status = 200)]
+    Ok(Json<Profile>),
+    /// The token is valid but its user no longer exists.
+    #[oai(status = 404)]
+    NotFound(Json<ApiError>),
+}
+
+/// Whole seconds to wait, at least one.
+pub fn retry_after_secs(wait: std::time::Duration) -> u64 {
+    wait.as_secs() + u64::from(wait.subsec_nanos() > 0)
+}
+
+#[OpenApi(tag = "ApiTags::Users")]
+impl UsersApi {
+    /// Register
+    ///
+    /// Creates a user with the `user` role and returns a token pair, as a login would.
+    #[oai(
+        path = "/users/registration",
+        method = "post",
+        operation_id = "register"
+    )]
+    async fn register(
+        &self,
+        state: Data<&AppState>,
+        body: JsonBody<Credentials>,
+    ) -> Reply<RegistrationResponse, (Input, Body, Database)> {
+        if state.registration == Registration::Closed {
+            return Reply::ok(RegistrationResponse::Closed(message(REGISTRATION_CLOSED)));
+        }
+        let result = users::register(
+            &state.users,
+            &state.passwords,
+            &state.tokens,
+            state.password_policy,
+            &body.username,
+            &body.password,
+        )
+        .await;
+        match result {
+            Ok((_, tokens)) => Ok(RegistrationResponse::Created(Json(tokens.into()))),
+            Err(RegistrationError::Invalid(error)) => {
+                Ok(RegistrationResponse::BadRequest(message(error)))
+            }
+            Err(error @ RegistrationError::UsernameTaken(_)) => {
+                Ok(RegistrationResponse::Conflict(message(error)))
+            }
+            Err(RegistrationError::Fault(Fault::Hashing(error @ HashingError::Busy))) => {
+                Ok(RegistrationResponse::Busy(message(error)))
+            }
+            Err(RegistrationError::Fault(fault)) => Err(fault.into()),
+        }
+        .into()
+    }
+
+    /// Log in
+    ///
+    /// Checks the password and returns a new token pair. A wrong password and an
+    /// unknown user get the same answer, in about the same time.
+    ///
+    /// Failed logins are counted per (username, client address) and per client
+    /// address, across every instance: see the 429 answer. A success clears
+    /// the username's count for that address. The client address is the TCP
+    /// peer, or `X-Forwarded-For` when the peer is listed in `http.trusted_proxies`.
+    #[oai(path = "/users/login", method = "post", operation_id = "login")]
+    async fn login(
+        &self,
+        state: Data<&AppState>,
+        req: &Request,
+        body: JsonBody<Credentials>,
+    ) -> Reply<LoginResponse, (Input, Body, Database)> {
+        let client = client_address(req, &state.trusted_proxies);
+        let result = users::login(
+            &state.users,
+            &state.passwords,
+            &state.tokens,
+            &state.login_failures,
+            &client,
+            &body.username,
+            &body.password,
+        )
+        .await;
+        metrics().login(match &result {
+            Ok(_) => LoginOutcome::Ok,
+            Err(LoginError::BadCredentials) => LoginOutcome::BadCredentials,
+            Err(
+                LoginError::Throttled(_) | LoginError::Fault(Fault::Hashing(HashingError::Busy)),
+            ) => LoginOutcome::Throttled,
+            Err(_) => LoginOutcome::Unavailable,
+        });
+        match result {
+            Ok((_, tokens)) => Ok(LoginResponse::Ok(Json(tokens.into()))),
+            Err(error @ LoginError::BadCredentials) => Ok(LoginResponse::BadCredentials(
+                msg(error),
+                "Bearer".to_owned(),
+            )),
+            Err(error @ LoginError::Disabled) => Ok(LoginResponse::Disabled(msg(error))),
+            Err(error @ LoginError::Throttled(wait)) => Ok(LoginResponse::TooManyRequests(
+                msg(error),
+                retry_after_secs(wait),
+            )),
+            Err(LoginError::Fault(Fault::Hashing(error @ HashingError::Busy))) => {
+                Ok(LoginResponse::TooManyRequests(msg(error), 1))
+            }
+            Err(LoginError::Fault(fault)) => Err(fault.into()),
+        }
+        .into()
+    }
+
+    /// Refresh tokens
+    ///
+    /// Send the refresh token as the bearer token. Returns a new access token and
+    /// a new refresh token, which replace the one presented. Presenting a used
+    /// refresh token again revokes every token of that login and answers 401 —
+    /// except a retry: the token just used, presented again within
+    /// `auth.refresh_retry_grace_secs` (10 s) while the pair it got is still
+    /// unused, answers that same pair again (for a client whose reply was lost).
+    /// A deleted, disabled or changed account's refresh tokens are refused.
+    #[oai(path = "/users/refresh", method = "post", operation_id = "refresh")]
+    async fn refresh(
+        &self,
+        state: Data<&AppState>,
+        token: RefreshToken,
+    ) -> Reply<RefreshResponse, (Token, Database)> {
+        let result = tokens::refresh(
+            &state.users,
+            &state.revocation_store,
+            &state.rotations,
+            &state.revocations,
+            &state.tokens,
+            state.refresh_retry_grace,
+            token.0,
+        )
+        .await;
+        let answer = |pair: tokens::TokenPair| RefreshResponse::Ok(Json(pair.into()));
+        result.map(answer).map_err(Failure::from).into()
+    }
+
+    /// Log out
+    ///
+    /// Revokes the bearer token. With a refresh token, revokes its whole login:
+    /// that refresh token and every access token issued with it.
+    #[oai(path = "/users/logout", method = "post", operation_id = "logout")]
+    async fn logout(
+        &self,
+        state: Data<&AppState>,
+        token: AnyToken,
+    ) -> Reply<LogoutResponse, (Token, Database)> {
+        let revoked = match token.0.kind {
+            TokenKind::Access => "access_token",
+            TokenKind::Refresh => "login",
+        };
+        let result = tokens::logout(
+            &state.revocation_store,
+            &state.revocations,
+            &state.tokens,
+            token.0,
+        )
+        .await;
+        let answer = |()| {
+            LogoutResponse::Ok(Json(LogoutBody {
+                revoked: revoked.to_owned(),
+            }))
+        };
+        result.map(answer).map_err(Failure::from).into()
+    }
+
+    /// Change my password
+    ///
+    /// Checks the current password and sets the new one. Every token of the
+    /// account, from every login, is refused from then on (by this instance at
+    /// once, by every other within a second); the answer is a new token pair.
+    #[oai(
+        path = "/users/me/password",
+        method = "patch",
+        operation_id = "change_password"
+    )]
+    async fn change_password(
+        &self,
+        state: Data<&AppState>,
+        req: &Request,
+        token: AccessToken,
+        body: JsonBody<PasswordChange>,
+    ) -> Reply<ChangePasswordResponse, (Token, Input, Body, Database)> {
+        let client = client_address(req, &state.trusted_proxies);
+        let result = users::change_password(
+            &state.users,
+            &state.passwords,
+            &state.tokens,
+            &state.login_failures,
+            &state.revocations,
+            state.password_policy,
+            &client,
+            &token.0,
+            &body.current_password,
+            &body.new_password,
+        )
+        .await;
+        use ChangePasswordResponse as Answer;
+        match result {
+            Ok(pair) => Ok(Answer::Ok(Json(pair.into()))),
+            Err(AccountError::Invalid(error)) => Ok(Answer::BadRequest(message(error))),
+            Err(error @ AccountError::WrongPassword) => Ok(Answer::WrongPassword(message(error))),
+            Err(error @ AccountError::Throttled(wait)) => Ok(Answer::TooManyRequests(
+                message(error),
+                retry_after_secs(wait),
+            )),
+            Err(AccountError::Fault(Fault::Hashing(error @ HashingError::Busy))) => {
+                Ok(Answer::TooManyRequests(message(error), 1))
+            }
+            Err(error) => account_failure(error, Answer::NotFound),
+        }
+        .into()
+    }
+
+    /// Delete my account
+    ///
+    /// Deletes the caller's account: every token of it is revoked, and the
+    /// username is free again. Its orders stay (admins still see them).
+    #[oai(path = "/users/me", method = "delete", operation_id = "delete_me")]
+    async fn delete_me(
+        &self,
+        state: Data<&AppState>,
+        token: AccessToken,
+    ) -> Reply<DeleteOwnAccountResponse, (Token, Database)> {
+        let result =
+            users::delete_own_account(&state.users, &state.tokens, &state.revocations, &token.0)
+                .await;
+        match result {
+            Ok(()) => Ok(DeleteOwnAccountResponse::Deleted),
+            Err(error @ (AccountError::OwnAccount | AccountError::LastAdmin)) => {
+                Ok(DeleteOwnAccountResponse::Conflict(message(error)))
+            }
+            Err(error) => account_failure(error, DeleteOwnAccountResponse::NotFound),
+        }
+        .into()
+    }
+
+    /// Who am I
+    ///
+    /// The caller's username, roles, registration time and state.
+    #[oai(path = "/users/me", method = "get", operation_id = "me")]
+    async fn me(
+        &self,
+        state: Data<&AppState>,
+        token: AccessToken,
+    ) -> Reply<ProfileResponse, (Token, Database)> {
+        match users::profile(&state.users, &token.0.sub).await {
+            Ok(user) => Ok(ProfileResponse::Ok(Json(user.into()))),
+            Err(error @ ProfileError::NotFound(_)) => Ok(ProfileResponse::NotFound(message(error))),
+            Err(ProfileError::Store(error)) => Err(error.into()),
+        }
+        .into()
+    }
+}
+
+/// An account error an operation does not answer itself: the store's and
+/// the hasher's failures are shared; any other means the account is gone
+/// (or, for a new account, breaks a rule), the operation's own answer.
+pub fn account_failure<T>(error: AccountError, own: fn(Json<ApiError>) -> T) -> Result<T, Failure> {
+    match error {
+        AccountError::Fault(fault) => Err(fault.into()),
+        error => Ok(own(message(error))),
+    }
+}

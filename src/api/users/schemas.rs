@@ -1,0 +1,143 @@
+//! The bodies of the `users` tag.
+
+use chrono::{DateTime, Utc};
+use poem_openapi::Object;
+use poem_openapi::types::Example;
+
+use crate::api::fields::UsernameField;
+use crate::domain::user::User;
+use crate::services::tokens::TokenPair;
+
+/// A username and password.
+#[derive(Debug, Object, serde::Deserialize)]
+#[oai(example)]
+pub struct Credentials {
+    /// 3–64 characters: letters, digits, `_`, `-` or `.`. Usernames are
+    /// case-insensitive and stored in lower case.
+    pub username: UsernameField,
+    /// Between the configured bounds (by default 8–256 characters).
+    #[oai(validator(max_length = 4096))]
+    pub password: String,
+}
+
+impl Example for Credentials {
+    fn example() -> Self {
+        Self {
+            username: UsernameField("alice".to_owned()),
+            password: "correct horse battery".to_owned(),
+        }
+    }
+}
+
+/// A new access token and refresh token.
+#[derive(Debug, Object)]
+#[oai(example)]
+pub struct TokenPairBody {
+    /// Send as `Authorization: Bearer <access_token>`; valid for `expires_in` seconds.
+    pub access_token: String,
+    /// Exchange at `POST /users/refresh` for a new pair. Single use: presenting
+    /// it twice revokes the whole login.
+    pub refresh_token: String,
+    /// Always `bearer`.
+    pub token_type: String,
+    /// Seconds until the access token expires.
+    pub expires_in: i64,
+}
+
+impl Example for TokenPairBody {
+    fn example() -> Self {
+        Self {
+            access_token: "eyJ0eXAiOiJKV1QiLCJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJl"
+                .to_owned(),
+            refresh_token: "eyJ0eXAiOiJKV1QiLCJhbGciOiJIUzI1NiJ9.eyJ0eXBlIjoicmVmcmVzaCJ9.c2ln"
+                .to_owned(),
+            token_type: "bearer".to_owned(),
+            expires_in: 900,
+        }
+    }
+}
+
+impl From<TokenPair> for TokenPairBody {
+    fn from(pair: TokenPair) -> Self {
+        let claims = &pair.access.claims;
+        Self {
+            expires_in: claims.exp - claims.iat,
+            access_token: pair.access.token,
+            refresh_token: pair.refresh.token,
+            token_type: "bearer".to_owned(),
+        }
+    }
+}
+
+/// A user as the API shows it: never with a password or its hash.
+#[derive(Debug, Object)]
+#[oai(example)]
+pub struct Profile {
+    /// Lower-cased username.
+    pub username: String,
+    /// `user`, and `admin` for administrators.
+    pub roles: Vec<String>,
+    /// When the user registered.
+    pub created_at: DateTime<Utc>,
+    /// A disabled account cannot log in (403) and its tokens are revoked.
+    pub disabled: bool,
+}
+
+impl Example for Profile {
+    fn example() -> Self {
+        Self {
+            username: "alice".to_owned(),
+            roles: vec!["user".to_owned()],
+            created_at: DateTime::from_timestamp(1_767_225_600, 0).unwrap_or_default(),
+            disabled: false,
+        }
+    }
+}
+
+impl From<User> for Profile {
+    fn from(user: User) -> Self {
+        Self {
+            username: user.username.to_string(),
+            roles: user.roles.iter().map(|r| r.as_str().to_owned()).collect(),
+            created_at: user.created_at,
+            disabled: user.disabled,
+        }
+    }
+}
+
+/// The current password and the new one.
+#[derive(Debug, Object, serde::Deserialize)]
+#[oai(example)]
+pub struct PasswordChange {
+    #[oai(validator(max_length = 4096))]
+    pub current_password: String,
+    /// Between the configured bounds (by default 8–256 characters).
+    #[oai(validator(max_length = 4096))]
+    pub new_password: String,
+}
+
+impl Example for PasswordChange {
+    fn example() -> Self {
+        Self {
+            current_password: "correct horse battery".to_owned(),
+            new_password: "staple battery horse correct".to_owned(),
+        }
+    }
+}
+
+/// Confirmation of a logout.
+#[derive(Debug, Object)]
+#[oai(example)]
+pub struct LogoutBody {
+    /// What was revoked: `access_token`, or `login` (the refresh token and every
+    /// token of its login).
+    pub revoked: String,
+}
+
+impl Example for LogoutBody {
+    fn example() -> Self {
+        Self {
+            revoked: "login".to_owned(),
+        }
+    }
+}
