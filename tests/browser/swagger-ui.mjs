@@ -1,6 +1,7 @@
 // Drives the Swagger UI at <base-url>/docs in headless Debian chromium, as a person would:
 // every tag is listed; GET /tests/hello through "Try it out" -> "Execute" shows World!;
-// after "Authorize" with the bearer token, GET /users/me shows the user's profile.
+// after "Authorize" with the bearer token, GET /users/me shows the user's profile, and
+// its documented 503 and 404 show examples of their own messages.
 //
 //   node tests/browser/swagger-ui.mjs <base-url> <access-token> <username> <screenshot-path>
 //
@@ -131,6 +132,20 @@ try {
     throw new Error(`the request was sent without the bearer token: ${me.curl}`);
   }
 
+  step = "reading the documented error examples of GET /users/me";
+  log(step);
+  for (const [code, example] of [
+    ["503", "The database is unavailable; retry later"],
+    ["404", "no longer exists"],
+  ]) {
+    const row = me.operation.locator(`.responses-table tr.response[data-code="${code}"]`).first();
+    const shown = await row.innerText();
+    if (!shown.includes(example)) {
+      throw new Error(`the documented ${code} shows no ${JSON.stringify(example)}: ${oneLine(shown)}`);
+    }
+    log(`documented ${code} shows ${JSON.stringify(example)}`);
+  }
+
   step = `saving the screenshot to ${screenshotPath}`;
   log(step);
   mkdirSync(dirname(screenshotPath), { recursive: true });
@@ -180,7 +195,7 @@ async function tryItOut(page, method, path, expected) {
   if (!body.includes(expected)) {
     throw new Error(`${method.toUpperCase()} ${path} showed no ${JSON.stringify(expected)}: ${body}`);
   }
-  return { status, body, curl };
+  return { status, body, curl, operation };
 }
 
 // Prints what the page showed, to make a failure say why.
