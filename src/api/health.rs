@@ -9,6 +9,7 @@ use super::reply::Reply;
 use super::{ApiTags, AppState};
 use crate::adapters::mongo;
 
+#[derive(Default)]
 pub struct HealthApi;
 
 /// The state of this instance.

@@ -108,18 +108,7 @@ Errors are JSON: `{\"message\": ...}` for request and business errors, \
 
 /// The OpenAPI service; `spec` serves and commits its document.
 pub fn service() -> OpenApiService<Api, ()> {
-    OpenApiService::new(
-        (
-            health::HealthApi,
-            test_endpoints::TestEndpointsApi,
-            users::UsersApi,
-            accounts::AccountsApi,
-            batches::BatchesApi,
-            allocations::AllocationsApi,
-        ),
-        "allot",
-        env!("CARGO_PKG_VERSION"),
-    )
-    .description(DESCRIPTION)
-    .server("/")
+    OpenApiService::new(Api::default(), "allot", env!("CARGO_PKG_VERSION"))
+        .description(DESCRIPTION)
+        .server("/")
 }

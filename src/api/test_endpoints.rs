@@ -8,6 +8,7 @@ use super::ApiTags;
 use super::auth::AccessToken;
 use super::reply::{Reply, Token};
 
+#[derive(Default)]
 pub struct TestEndpointsApi;
 
 /// The greeting.

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use chrono::NaiveDate;
 use futures_util::TryStreamExt;
-use mongodb::bson::{self, Document, doc, oid::ObjectId};
+use mongodb::bson::{self, Bson, Document, doc, oid::ObjectId};
 use mongodb::error::Error as MongoError;
 use mongodb::options::{IndexOptions, ReturnDocument};
 use mongodb::{Client, ClientSession, Collection, Database, IndexModel};
@@ -375,6 +375,27 @@ where
         .map_err(unavailable)
 }
 
+/// A page of a listing in `_id` order, optionally of one sku, strictly after `after`.
+async fn find_page<T>(
+    collection: &Collection<T>,
+    max_time: Duration,
+    mut filter: Document,
+    sku: Option<&str>,
+    after: Option<Bson>,
+    limit_to: usize,
+) -> Result<Vec<T>, RepositoryError>
+where
+    T: serde::de::DeserializeOwned + Send + Sync,
+{
+    if let Some(sku) = sku {
+        filter.insert("sku", sku);
+    }
+    if let Some(after) = after {
+        filter.insert("_id", doc! { "$gt": after });
+    }
+    find_many(collection, max_time, filter, doc! { "_id": 1 }, limit_to).await
+}
+
 impl AllocationRepository for MongoAllocations {
     async fn add_batch(&self, batch: &Batch) -> Result<(), RepositoryError> {
         match self.batches.insert_one(BatchDocument::new(batch)).await {
@@ -405,21 +426,9 @@ impl AllocationRepository for MongoAllocations {
         if limit_to == 0 {
             return Ok(Vec::new());
         }
-        let mut filter = Document::new();
-        if let Some(sku) = sku {
-            filter.insert("sku", sku);
-        }
-        if let Some(after) = after {
-            filter.insert("_id", doc! { "$gt": after });
-        }
-        let documents: Vec<BatchDocument> = find_many(
-            &self.batches,
-            self.max_time,
-            filter,
-            doc! { "_id": 1 },
-            limit_to,
-        )
-        .await?;
+        let after = after.map(Bson::from);
+        let documents: Vec<BatchDocument> =
+            find_page(&self.batches, self.max_time, doc! {}, sku, after, limit_to).await?;
         documents
             .into_iter()
             .map(BatchDocument::into_batch)
@@ -676,24 +685,11 @@ impl AllocationRepository for MongoAllocations {
         after: Option<&str>,
         limit_to: usize,
     ) -> Result<Vec<Backorder>, RepositoryError> {
-        let mut filter = doc! { "status": BACKORDERED };
-        if let Some(sku) = sku {
-            filter.insert("sku", sku);
-        }
-        if let Some(after) = after {
-            // A position that is no ObjectId was not made here: start over.
-            if let Ok(after) = ObjectId::parse_str(after) {
-                filter.insert("_id", doc! { "$gt": after });
-            }
-        }
-        let documents: Vec<LineDocument> = find_many(
-            &self.lines,
-            self.max_time,
-            filter,
-            doc! { "_id": 1 },
-            limit_to,
-        )
-        .await?;
+        let filter = doc! { "status": BACKORDERED };
+        // A position that is no ObjectId was not made here: start over.
+        let after = after.and_then(|after| ObjectId::parse_str(after).ok().map(Bson::from));
+        let documents: Vec<LineDocument> =
+            find_page(&self.lines, self.max_time, filter, sku, after, limit_to).await?;
         documents
             .into_iter()
             .map(|document| {

@@ -19,6 +19,7 @@ use crate::domain::user::{AccountChange, User};
 use crate::services::Fault;
 use crate::services::users::{self, AccountError, HashingError};
 
+#[derive(Default)]
 pub struct AccountsApi;
 
 #[derive(ApiResponse)]

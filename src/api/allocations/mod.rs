@@ -23,6 +23,7 @@ use crate::services::allocation::{
     self, AllocateError, Allocation, Backorder, DeallocateError, OrderAllocationsError,
 };
 
+#[derive(Default)]
 pub struct AllocationsApi;
 
 #[derive(ApiResponse)]

@@ -18,6 +18,7 @@ use super::{ApiTags, AppState};
 use crate::domain::allocation::Batch;
 use crate::services::allocation::{self, AddBatchError, BatchError, BatchLine};
 
+#[derive(Default)]
 pub struct BatchesApi;
 
 #[derive(ApiResponse)]

@@ -17,7 +17,7 @@ pub struct NewBatch {
     pub sku: Identifier,
     /// How many units were bought.
     pub purchased_quantity: Quantity,
-    /// Expected arrival, or null
+    /// Expected arrival (`YYYY-MM-DD`, years 0001 to 9999), or null
     /// for stock already in the warehouse.
     /// Allocation prefers warehouse stock, then the earliest arrival.
     #[oai(nullable)]

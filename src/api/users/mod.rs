@@ -23,6 +23,7 @@ use crate::services::users::{
     self, AccountError, HashingError, LoginError, ProfileError, RegistrationError,
 };
 
+#[derive(Default)]
 pub struct UsersApi;
 
 /// What registration answers while it is closed.
