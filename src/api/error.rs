@@ -16,7 +16,7 @@ use poem_openapi::{Object, Union};
 
 use crate::domain::token::TokenRejection;
 use crate::services::allocation::RepositoryError;
-use crate::services::ports::TokenIssueError;
+use crate::services::ports::{HashingError, TokenIssueError};
 use crate::services::tokens::AuthError;
 use crate::services::{Fault, StoreError};
 
@@ -74,6 +74,9 @@ pub enum Failure {
     /// 503 `{"message"}`: the database failed. The cause is logged, not returned.
     #[error("The database is unavailable; retry later")]
     Unavailable(#[source] Box<dyn StdError + Send + Sync>),
+    /// 503 `{"message"}`: too many passwords are being hashed at once.
+    #[error(transparent)]
+    Busy(HashingError),
     /// 500 `{"message"}`: a bug or a broken environment. Logged in full,
     /// answered opaquely.
     #[error("Internal server error")]
@@ -103,7 +106,7 @@ impl Failure {
             Self::Internal(cause) => {
                 tracing::error!(error = %cause, cause = ?cause.source().map(ToString::to_string), "internal error");
             }
-            Self::BadRequest(_) | Self::Token(_) => {}
+            Self::BadRequest(_) | Self::Token(_) | Self::Busy(_) => {}
         }
     }
 }
@@ -117,7 +120,7 @@ impl ResponseError for Failure {
             ) => StatusCode::UNAUTHORIZED,
             Self::Token(TokenRejection::AdminRequired) => StatusCode::FORBIDDEN,
             Self::Token(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable(_) | Self::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -159,7 +162,7 @@ impl From<Fault> for Failure {
     fn from(fault: Fault) -> Self {
         match fault {
             Fault::Store(error) => error.into(),
-            // An operation that hashes passwords answers `Busy` itself.
+            Fault::Hashing(HashingError::Busy) => Self::Busy(HashingError::Busy),
             Fault::Hashing(error) => Self::Internal(Box::new(error)),
             Fault::Issue(error) => error.into(),
         }

@@ -114,7 +114,7 @@ macro_rules! shared_tuples {
     };
 }
 
-shared_sets!(Token, AdminRole, Input, Body, Database);
+shared_sets!(Token, AdminRole, Input, Body, Database, Hashing);
 shared_tuples!((A, B), (A, B, C), (A, B, C, D));
 
 // The enums below only describe responses; [`Failure`] answers them.
@@ -168,6 +168,15 @@ pub enum Body {
 #[derive(ApiResponse)]
 pub enum Database {
     /// The database is unreachable; retry later.
+    #[oai(status = 503)]
+    Unavailable(Json<ApiError>),
+}
+
+/// The operation hashes a password, and reads or writes the database.
+#[derive(ApiResponse)]
+pub enum Hashing {
+    /// Too many passwords are being hashed at once, or the database is
+    /// unreachable; retry later.
     #[oai(status = 503)]
     Unavailable(Json<ApiError>),
 }

@@ -10,15 +10,13 @@ use poem_openapi::payload::Json;
 use serde_json::{Map, Value};
 
 use super::error::{ApiError, BODY_TOO_LARGE, Failure, message, msg};
-use super::reply::{AdminRole, Body, Database, Input, Shared, Token};
+use super::reply::{AdminRole, Body, Database, Hashing, Input, Shared, Token};
 use super::users::REGISTRATION_CLOSED;
 use crate::domain::allocation::AllocationError;
 use crate::domain::token::TokenRejection;
-use crate::domain::user::UserError;
 use crate::services::allocation::{
     AddBatchError, AllocateError, BatchError, DeallocateError, OrderAllocationsError,
 };
-use crate::services::ports::HashingError;
 use crate::services::users::{AccountError, LoginError, ProfileError, RegistrationError};
 
 const SKU: &str = "SMALL-TABLE";
@@ -31,14 +29,11 @@ fn own_example(operation: &str, status: u16) -> Option<Json<ApiError>> {
     let batch_not_found = || message(BatchError::BatchNotFound(BATCH.into()));
     let user_not_found = || message(AccountError::NotFound(USER.into()));
     Some(match (operation, status) {
-        ("register", 400) | ("create_user", 400) => message(UserError::InvalidUsername),
         ("register", 403) => message(REGISTRATION_CLOSED),
         ("register", 409) => message(RegistrationError::UsernameTaken(USER.into())),
-        ("register" | "create_user", 503) => message(HashingError::Busy),
         ("login", 401) => msg(LoginError::BadCredentials),
         ("login", 403) => msg(LoginError::Disabled),
         ("login", 429) => msg(LoginError::Throttled(std::time::Duration::ZERO)),
-        ("change_password", 400) => message(UserError::InvalidPassword { min: 8, max: 256 }),
         ("change_password", 403) => message(AccountError::WrongPassword),
         ("change_password", 429) => message(AccountError::Throttled(Default::default())),
         ("me", 404) => message(ProfileError::NotFound(USER.into())),
@@ -105,10 +100,11 @@ fn bad_request_example(operation: &Value, schemas: &Value) -> String {
 pub fn document() -> Value {
     let mut spec: Value = serde_json::from_str(&super::service().spec()).unwrap_or_default();
     let schemas = spec["components"]["schemas"].clone();
-    let shared: Vec<(u16, &str)> = <((Token, AdminRole), Input, Body, Database)>::responses()
-        .into_iter()
-        .filter_map(|response| Some((response.status?, response.description)))
-        .collect();
+    let shared: Vec<(u16, &str)> =
+        <((Token, AdminRole), Input, Body, (Database, Hashing))>::responses()
+            .into_iter()
+            .filter_map(|response| Some((response.status?, response.description)))
+            .collect();
     let operations = spec
         .get_mut("paths")
         .and_then(Value::as_object_mut)

@@ -12,12 +12,11 @@ use super::auth::AdminToken;
 use super::error::{ApiError, Failure, message};
 use super::fields::{Identifier, PageLimit, UsernameField};
 use super::json_body::JsonBody;
-use super::reply::{Admin, Body, Database, Input, Reply};
+use super::reply::{Admin, Body, Database, Hashing, Input, Reply};
 use super::users::{Profile, account_failure};
 use super::{ApiTags, AppState};
 use crate::domain::user::{AccountChange, User};
-use crate::services::Fault;
-use crate::services::users::{self, AccountError, HashingError};
+use crate::services::users::{self, AccountError};
 
 #[derive(Default)]
 pub struct AccountsApi;
@@ -34,16 +33,9 @@ pub enum CreateAccountResponse {
     /// Created.
     #[oai(status = 201)]
     Created(Json<Profile>),
-    /// The body is not valid JSON, a field is missing, or the username or
-    /// password breaks the rules; the message names the field.
-    #[oai(status = 400)]
-    BadRequest(Json<ApiError>),
     /// The username is taken (regardless of case).
     #[oai(status = 409)]
     Conflict(Json<ApiError>),
-    /// Too many passwords are being hashed, or the database is unreachable; retry later.
-    #[oai(status = 503)]
-    Busy(Json<ApiError>),
 }
 
 #[derive(ApiResponse)]
@@ -121,7 +113,7 @@ impl AccountsApi {
         state: Data<&AppState>,
         _admin: AdminToken,
         body: JsonBody<NewAccount>,
-    ) -> Reply<CreateAccountResponse, (Admin, Input, Body, Database)> {
+    ) -> Reply<CreateAccountResponse, (Admin, Input, Body, Hashing)> {
         let result = users::create_user(
             &state.users,
             &state.passwords,
@@ -136,10 +128,8 @@ impl AccountsApi {
             Err(error @ AccountError::UsernameTaken(_)) => {
                 Ok(CreateAccountResponse::Conflict(message(error)))
             }
-            Err(AccountError::Fault(Fault::Hashing(error @ HashingError::Busy))) => {
-                Ok(CreateAccountResponse::Busy(message(error)))
-            }
-            Err(error) => account_failure(error, CreateAccountResponse::BadRequest),
+            Err(AccountError::Fault(fault)) => Err(fault.into()),
+            Err(error) => Err(Failure::BadRequest(error.to_string())),
         }
         .into()
     }

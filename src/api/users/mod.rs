@@ -12,7 +12,7 @@ use super::auth::{AccessToken, AnyToken, RefreshToken};
 use super::client::client_address;
 use super::error::{ApiError, Failure, message, msg};
 use super::json_body::JsonBody;
-use super::reply::{Body, Database, Input, Reply, Token};
+use super::reply::{Body, Database, Hashing, Input, Reply, Token};
 use super::{ApiTags, AppState};
 use crate::config::Registration;
 use crate::domain::token::TokenKind;
@@ -34,10 +34,6 @@ pub enum RegistrationResponse {
     /// Registered with the `user` role, and logged in.
     #[oai(status = 201)]
     Created(Json<TokenPairBody>),
-    /// The body is not valid JSON, a field is missing, or the username or
-    /// password breaks the rules; the message names the field.
-    #[oai(status = 400)]
-    BadRequest(Json<ApiError>),
     /// Registration is closed (`auth.registration = "closed"`): an admin
     /// creates accounts with `POST /users`.
     #[oai(status = 403)]
@@ -45,9 +41,6 @@ pub enum RegistrationResponse {
     /// The username is taken (regardless of case).
     #[oai(status = 409)]
     Conflict(Json<ApiError>),
-    /// Too many passwords are being hashed, or the database is unreachable; retry later.
-    #[oai(status = 503)]
-    Busy(Json<ApiError>),
 }
 
 #[derive(ApiResponse)]
@@ -89,10 +82,6 @@ pub enum ChangePasswordResponse {
     /// new pair starts a new login.
     #[oai(status = 200)]
     Ok(Json<TokenPairBody>),
-    /// The body is not valid JSON, a field is missing, or the new password
-    /// breaks the rules; the message names the field.
-    #[oai(status = 400)]
-    BadRequest(Json<ApiError>),
     /// The current password is wrong; nothing changed. Counts as a failed login.
     #[oai(status = 403)]
     WrongPassword(Json<ApiError>),
@@ -166,7 +155,7 @@ impl UsersApi {
         &self,
         state: Data<&AppState>,
         body: JsonBody<Credentials>,
-    ) -> Reply<RegistrationResponse, (Input, Body, Database)> {
+    ) -> Reply<RegistrationResponse, (Input, Body, Hashing)> {
         if state.registration == Registration::Closed {
             return Reply::ok(RegistrationResponse::Closed(message(REGISTRATION_CLOSED)));
         }
@@ -181,14 +170,9 @@ impl UsersApi {
         .await;
         match result {
             Ok((_, tokens)) => Ok(RegistrationResponse::Created(Json(tokens.into()))),
-            Err(RegistrationError::Invalid(error)) => {
-                Ok(RegistrationResponse::BadRequest(message(error)))
-            }
+            Err(RegistrationError::Invalid(error)) => Err(Failure::BadRequest(error.to_string())),
             Err(error @ RegistrationError::UsernameTaken(_)) => {
                 Ok(RegistrationResponse::Conflict(message(error)))
-            }
-            Err(RegistrationError::Fault(Fault::Hashing(error @ HashingError::Busy))) => {
-                Ok(RegistrationResponse::Busy(message(error)))
             }
             Err(RegistrationError::Fault(fault)) => Err(fault.into()),
         }
@@ -341,7 +325,7 @@ impl UsersApi {
         use ChangePasswordResponse as Answer;
         match result {
             Ok(pair) => Ok(Answer::Ok(Json(pair.into()))),
-            Err(AccountError::Invalid(error)) => Ok(Answer::BadRequest(message(error))),
+            Err(AccountError::Invalid(error)) => Err(Failure::BadRequest(error.to_string())),
             Err(error @ AccountError::WrongPassword) => Ok(Answer::WrongPassword(message(error))),
             Err(error @ AccountError::Throttled(wait)) => Ok(Answer::TooManyRequests(
                 message(error),
