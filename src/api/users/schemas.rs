@@ -1,9 +1,11 @@
-//! The bodies of the `users` tag.
+//! The bodies and responses of the `users` tag.
 
 use chrono::{DateTime, Utc};
-use poem_openapi::Object;
+use poem_openapi::payload::Json;
 use poem_openapi::types::Example;
+use poem_openapi::{ApiResponse, Object};
 
+use crate::api::error::ApiError;
 use crate::api::fields::UsernameField;
 use crate::domain::user::User;
 use crate::services::tokens::TokenPair;
@@ -140,4 +142,111 @@ impl Example for LogoutBody {
             revoked: "login".to_owned(),
         }
     }
+}
+
+#[derive(ApiResponse)]
+pub enum RegistrationResponse {
+    /// Registered with the `user` role, and logged in.
+    #[oai(status = 201)]
+    Created(Json<TokenPairBody>),
+    /// Registration is closed (`auth.registration = "closed"`): an admin
+    /// creates accounts with `POST /users`.
+    #[oai(status = 403)]
+    Closed(Json<ApiError>),
+    /// The username is taken (regardless of case).
+    #[oai(status = 409)]
+    Conflict(Json<ApiError>),
+}
+
+#[derive(ApiResponse)]
+pub enum LoginResponse {
+    /// Logged in: a new token pair starting a new login.
+    #[oai(status = 200)]
+    Ok(Json<TokenPairBody>),
+    /// `{"msg": "Bad username or password"}`, the same for an unknown user.
+    /// Counts as a failed login for throttling.
+    #[oai(status = 401)]
+    BadCredentials(
+        Json<ApiError>,
+        /// Always `Bearer`.
+        #[oai(header = "WWW-Authenticate")]
+        String,
+    ),
+    /// `{"msg": "Account disabled"}`: the password was right, but an admin
+    /// disabled the account.
+    #[oai(status = 403)]
+    Disabled(Json<ApiError>),
+    /// Throttled, without checking the password: 5 failed logins of this
+    /// username from this client address within 15 minutes (the wait then
+    /// doubles with each further failure, up to 15 minutes), or too many
+    /// failures from this address across usernames; or too many logins are
+    /// being checked at once. Retry after `Retry-After` seconds.
+    #[oai(status = 429)]
+    TooManyRequests(
+        Json<ApiError>,
+        /// Seconds to wait before trying again.
+        #[oai(header = "Retry-After")]
+        u64,
+    ),
+}
+
+#[derive(ApiResponse)]
+pub enum ChangePasswordResponse {
+    /// Changed. Every earlier token of the account, from every login, is
+    /// revoked (at once here, within a second on every other instance); this
+    /// new pair starts a new login.
+    #[oai(status = 200)]
+    Ok(Json<TokenPairBody>),
+    /// The current password is wrong; nothing changed. Counts as a failed login.
+    #[oai(status = 403)]
+    WrongPassword(Json<ApiError>),
+    /// The account no longer exists.
+    #[oai(status = 404)]
+    NotFound(Json<ApiError>),
+    /// Too many failed password checks for this account from this address,
+    /// or too many passwords being hashed at once; retry after `Retry-After` seconds.
+    #[oai(status = 429)]
+    TooManyRequests(
+        Json<ApiError>,
+        /// Seconds to wait before trying again.
+        #[oai(header = "Retry-After")]
+        u64,
+    ),
+}
+
+#[derive(ApiResponse)]
+pub enum DeleteOwnAccountResponse {
+    /// Deleted; every token of the account is revoked and the username is free again.
+    #[oai(status = 204)]
+    Deleted,
+    /// The account no longer exists.
+    #[oai(status = 404)]
+    NotFound(Json<ApiError>),
+    /// Admins cannot delete their own account (another admin can).
+    #[oai(status = 409)]
+    Conflict(Json<ApiError>),
+}
+
+#[derive(ApiResponse)]
+pub enum RefreshResponse {
+    /// A new access token and a new refresh token; the one presented is now used up.
+    #[oai(status = 200)]
+    Ok(Json<TokenPairBody>),
+}
+
+#[derive(ApiResponse)]
+pub enum LogoutResponse {
+    /// The token (and, for a refresh token, its whole login) is revoked.
+    #[oai(status = 200)]
+    Ok(Json<LogoutBody>),
+}
+
+#[derive(ApiResponse)]
+pub enum ProfileResponse {
+    /// The caller's profile.
+    #[oai(status = 200)]
+    Ok(Json<Profile>),
+    /// The token is valid but its user no longer exists.
+    #[oai(status = 404)]
+    NotFound(Json<ApiError>),
 }
