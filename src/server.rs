@@ -256,9 +256,11 @@ impl Connection {
             mut stopped,
         } = self;
         let clock = Arc::new(ConnectionClock::new(limits));
-        builder
-            .http1()
-            .timer(HeadTimer(clock.clone(), Arc::new(HeadSleep::new())));
+        builder.http1().timer(HeadTimer(
+            clock.clone(),
+            Arc::new(HeadSleep::new()),
+            Instant::now(),
+        ));
         let io = TokioIo::new(Watched {
             inner: stream,
             clock: clock.clone(),
@@ -319,6 +321,11 @@ struct ClockState {
     heads: u64,
     /// When the current head's first byte arrived.
     head_first_byte: Option<Instant>,
+    /// Whether bytes arrived since hyper started the current head. Their
+    /// time is read only if the head deadline is polled (the head is still
+    /// incomplete), which hyper does right after that read; a head that
+    /// arrives whole, as nearly all do, costs no clock read.
+    head_bytes: bool,
     /// Whether hyper is reading a head that it has not handed on yet: what it
     /// writes then is its own error answer to an unparsable head.
     reading_head: bool,
@@ -334,6 +341,7 @@ impl ConnectionClock {
                 in_flight: 0,
                 heads: 0,
                 head_first_byte: None,
+                head_bytes: false,
                 reading_head: false,
             }),
         }
@@ -348,9 +356,7 @@ impl ConnectionClock {
     fn read(&self) {
         let mut state = self.state();
         state.spoke = true;
-        if state.head_first_byte.is_none() {
-            state.head_first_byte = Some(Instant::now());
-        }
+        state.head_bytes = true;
     }
 
     /// hyper starts reading a request head; returns whether it is the first.
@@ -358,8 +364,18 @@ impl ConnectionClock {
         let mut state = self.state();
         state.heads += 1;
         state.head_first_byte = None;
+        state.head_bytes = false;
         state.reading_head = true;
         state.heads == 1
+    }
+
+    /// When the current head's first byte arrived, if one did.
+    fn first_byte(&self) -> Option<Instant> {
+        let mut state = self.state();
+        if state.head_bytes && state.head_first_byte.is_none() {
+            state.head_first_byte = Some(Instant::now());
+        }
+        state.head_first_byte
     }
 
     fn request_started(&self) {
@@ -576,7 +592,7 @@ impl AsyncWrite for Watched {
 /// each time (an allocation, and a lock to register and another to cancel
 /// it), each connection has one that every head reuses: moving a timer's
 /// deadline later, as each new head does, costs tokio no lock.
-struct HeadTimer(Arc<ConnectionClock>, Arc<HeadSleep>);
+struct HeadTimer(Arc<ConnectionClock>, Arc<HeadSleep>, Instant);
 
 /// The one timer behind a connection's head deadlines.
 struct HeadSleep(Mutex<Pin<Box<tokio::time::Sleep>>>);
@@ -603,6 +619,12 @@ impl HeadSleep {
 impl hyper::rt::Timer for HeadTimer {
     fn sleep(&self, duration: Duration) -> Pin<Box<dyn hyper::rt::Sleep>> {
         Box::pin(PlainSleep(Box::pin(tokio::time::sleep(duration))))
+    }
+
+    /// hyper reads the time only to work out the deadline it passes to
+    /// `sleep_until`, which this timer ignores: no need for a clock read.
+    fn now(&self) -> Instant {
+        self.2
     }
 
     fn sleep_until(&self, _deadline: Instant) -> Pin<Box<dyn hyper::rt::Sleep>> {
@@ -642,9 +664,10 @@ impl Future for HeadDeadline {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let limits = self.clock.limits;
         let deadline = if self.first {
+            self.clock.first_byte();
             self.started + limits.header_read_timeout
         } else {
-            match self.clock.state().head_first_byte {
+            match self.clock.first_byte() {
                 Some(first_byte) => first_byte + limits.header_read_timeout,
                 None => self.started + limits.idle_timeout,
             }

@@ -176,14 +176,15 @@ impl RequestIds {
         match req.headers().get(REQUEST_ID) {
             Some(id) if id.to_str().is_ok_and(is_sane_request_id) => id.clone(),
             _ => {
-                use std::fmt::Write;
-                let mut id = String::with_capacity(self.prefix.len() + 17);
-                let _ = write!(
-                    id,
-                    "{}-{:x}",
-                    self.prefix,
-                    self.next.fetch_add(1, Ordering::Relaxed)
-                );
+                // `{prefix}-{n:x}`, written by hand (no formatting machinery).
+                let n = self.next.fetch_add(1, Ordering::Relaxed);
+                let digits = (64 - n.leading_zeros()).div_ceil(4).max(1) as usize;
+                let mut id = Vec::with_capacity(self.prefix.len() + 1 + digits);
+                id.extend_from_slice(self.prefix.as_bytes());
+                id.push(b'-');
+                for shift in (0..digits).rev() {
+                    id.push(b"0123456789abcdef"[((n >> (4 * shift)) & 0xf) as usize]);
+                }
                 // Letters, digits and a dash: always a valid header value.
                 HeaderValue::from_maybe_shared(bytes::Bytes::from(id))
                     .unwrap_or_else(|_| HeaderValue::from_static("-"))
@@ -397,6 +398,25 @@ impl<E: Endpoint + 'static> Endpoint for BrowserOriginsEndpoint<E> {
 #[cfg(test)]
 mod tests {
     use super::{AllowedMethods, is_sane_request_id};
+
+    #[test]
+    fn made_up_request_ids_are_the_prefix_and_a_hex_count() {
+        let ids = super::RequestIds {
+            prefix: "0123456789ab".to_owned(),
+            next: std::sync::atomic::AtomicU64::new(0),
+        };
+        let request = poem::Request::builder().finish();
+        assert_eq!(ids.for_request(&request), "0123456789ab-0");
+        ids.next.store(0x1f, std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(ids.for_request(&request), "0123456789ab-1f");
+        ids.next
+            .store(u64::MAX, std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(ids.for_request(&request), "0123456789ab-ffffffffffffffff");
+        let kept = poem::Request::builder()
+            .header(super::REQUEST_ID, "client-id.1")
+            .finish();
+        assert_eq!(ids.for_request(&kept), "client-id.1");
+    }
 
     #[test]
     fn request_ids_are_short_plain_tokens() {
