@@ -210,37 +210,42 @@ impl Metrics {
     }
 
     pub fn request_finished(&self, operation: &'static str, status: u16, elapsed: Duration) {
-        let (count, latency) = self.request_metrics(operation, status);
-        count.inc();
-        latency.observe(elapsed.as_secs_f64());
+        self.with_request_metrics(operation, status, |count, latency| {
+            count.inc();
+            latency.observe(elapsed.as_secs_f64());
+        });
     }
 
-    /// The request counter and latency histogram of `operation` and `status`.
-    /// Each thread keeps handles on them (they share the families' own
-    /// values), so a request does not hash its labels and take the families'
-    /// locks, which every thread would contend for.
-    fn request_metrics(&self, operation: &'static str, status: u16) -> (Counter, Histogram) {
+    /// Runs `record` on the request counter and latency histogram of
+    /// `operation` and `status`. Each thread keeps handles on them (they share
+    /// the families' own values), so a request does not hash its labels and
+    /// take the families' locks, which every thread would contend for; nor
+    /// are the handles cloned (their reference counts are shared too).
+    fn with_request_metrics(
+        &self,
+        operation: &'static str,
+        status: u16,
+        record: impl FnOnce(&Counter, &Histogram),
+    ) {
         let key = RequestKey {
             metrics: self as *const Self as usize,
             operation: (operation.as_ptr() as usize, operation.len()),
             status,
         };
         REQUEST_METRICS.with_borrow_mut(|known| {
-            known
-                .entry(key)
-                .or_insert_with(|| {
-                    let count = self
-                        .requests
-                        .get_or_create(&RequestLabels { operation, status })
-                        .clone();
-                    let latency = self
-                        .latency
-                        .get_or_create(&OperationLabels { operation })
-                        .clone();
-                    (count, latency)
-                })
-                .clone()
-        })
+            let (count, latency) = known.entry(key).or_insert_with(|| {
+                let count = self
+                    .requests
+                    .get_or_create(&RequestLabels { operation, status })
+                    .clone();
+                let latency = self
+                    .latency
+                    .get_or_create(&OperationLabels { operation })
+                    .clone();
+                (count, latency)
+            });
+            record(count, latency);
+        });
     }
 
     pub fn db_operation(&self, operation: &'static str, elapsed: Duration, failed: bool) {
