@@ -6,6 +6,9 @@
 //! exposition format. One registry per process, because the store adapters
 //! and the handlers both report to it.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::LazyLock;
 use std::time::Duration;
 
@@ -83,6 +86,50 @@ fn latency_histogram() -> Histogram {
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+
+/// Which request metrics: of which registry, operation (its text by address
+/// and length: operations are `'static` strings) and status.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+struct RequestKey {
+    metrics: usize,
+    operation: (usize, usize),
+    status: u16,
+}
+
+type RequestHandles = HashMap<RequestKey, (Counter, Histogram), BuildHasherDefault<KeyHasher>>;
+
+thread_local! {
+    static REQUEST_METRICS: RefCell<RequestHandles> = RefCell::default();
+}
+
+/// A fast hash for [`RequestKey`]'s few integers (no untrusted input: the
+/// statuses and operations are allot's own).
+#[derive(Default)]
+struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.write_u64(u64::from(byte));
+        }
+    }
+
+    fn write_u16(&mut self, value: u16) {
+        self.write_u64(u64::from(value));
+    }
+
+    fn write_usize(&mut self, value: usize) {
+        self.write_u64(value as u64);
+    }
+
+    fn write_u64(&mut self, value: u64) {
+        self.0 = (self.0.rotate_left(5) ^ value).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+}
 
 /// This process's metrics.
 pub fn metrics() -> &'static Metrics {
@@ -163,12 +210,42 @@ impl Metrics {
     }
 
     pub fn request_finished(&self, operation: &'static str, status: u16, elapsed: Duration) {
-        self.requests
-            .get_or_create(&RequestLabels { operation, status })
-            .inc();
-        self.latency
-            .get_or_create(&OperationLabels { operation })
-            .observe(elapsed.as_secs_f64());
+        self.with_request_metrics(operation, status, |count, latency| {
+            count.inc();
+            latency.observe(elapsed.as_secs_f64());
+        });
+    }
+
+    /// Runs `record` on the request counter and latency histogram of
+    /// `operation` and `status`. Each thread keeps handles on them (they share
+    /// the families' own values), so a request does not hash its labels and
+    /// take the families' locks, which every thread would contend for; nor
+    /// are the handles cloned (their reference counts are shared too).
+    fn with_request_metrics(
+        &self,
+        operation: &'static str,
+        status: u16,
+        record: impl FnOnce(&Counter, &Histogram),
+    ) {
+        let key = RequestKey {
+            metrics: self as *const Self as usize,
+            operation: (operation.as_ptr() as usize, operation.len()),
+            status,
+        };
+        REQUEST_METRICS.with_borrow_mut(|known| {
+            let (count, latency) = known.entry(key).or_insert_with(|| {
+                let count = self
+                    .requests
+                    .get_or_create(&RequestLabels { operation, status })
+                    .clone();
+                let latency = self
+                    .latency
+                    .get_or_create(&OperationLabels { operation })
+                    .clone();
+                (count, latency)
+            });
+            record(count, latency);
+        });
     }
 
     pub fn db_operation(&self, operation: &'static str, elapsed: Duration, failed: bool) {

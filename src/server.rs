@@ -19,7 +19,6 @@ use bytes::Bytes;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use poem::endpoint::BoxEndpoint;
 use poem::http::uri::Scheme;
 use poem::web::{LocalAddr, RemoteAddr};
 use poem::{Addr, Endpoint, Response};
@@ -30,6 +29,80 @@ use tokio::sync::{Semaphore, watch};
 use crate::config::HttpSettings;
 
 type ResponseBody = http_body_util::combinators::BoxBody<Bytes, std::io::Error>;
+
+/// The answer to one request, on the heap: a future that owns what it needs,
+/// so it can move into a task of its own if it has to wait.
+type Answer = Pin<Box<dyn Future<Output = Response> + Send>>;
+
+/// The application as the server calls it: each request becomes one
+/// [`Answer`], a single allocation for the whole middleware stack (a poem
+/// `BoxEndpoint` would box the stack's future, and the server would box again
+/// to own it).
+#[derive(Clone)]
+pub struct App(Arc<dyn Fn(poem::Request) -> Answer + Send + Sync>);
+
+impl App {
+    pub fn new<E: Endpoint<Output = Response> + 'static>(endpoint: E) -> Self {
+        let endpoint = Arc::new(endpoint);
+        Self(Arc::new(move |request| {
+            let endpoint = endpoint.clone();
+            // The request waits in a box of its own rather than in the
+            // answer's future, which (under the size glibc caches) stays
+            // cheap to allocate and to build.
+            let request = Box::new(request);
+            boxed_in_place(move || async move {
+                match Endpoint::call(&*endpoint, *request).await {
+                    Ok(response) => response,
+                    Err(error) => error.into_response(),
+                }
+            })
+        }))
+    }
+
+    /// Answers `request`. Most requests (everything that does not wait on the
+    /// database) are answered by the first poll, right here in the connection's
+    /// task. One that has to wait moves to a task of its own, so that a client
+    /// who disconnects does not cancel it halfway: the MongoDB driver closes
+    /// the connection of an operation dropped mid-flight, and a burst of
+    /// disconnects would empty the pool for everyone.
+    async fn answer(&self, request: poem::Request) -> Response {
+        let mut answer = (self.0)(request);
+        let first = std::future::poll_fn(|cx| {
+            Poll::Ready(std::panic::catch_unwind(std::panic::AssertUnwindSafe(
+                || answer.as_mut().poll(cx),
+            )))
+        })
+        .await;
+        match first {
+            Ok(Poll::Ready(response)) => response,
+            Ok(Poll::Pending) => match tokio::spawn(answer).await {
+                Ok(response) => response,
+                Err(_) => internal_error(),
+            },
+            Err(_panic) => internal_error(),
+        }
+    }
+}
+
+/// Boxes the future `make` returns, letting the compiler build it straight in
+/// its heap slot: the middleware stack's future is a few kilobytes, and
+/// `Box::pin(future)` builds it on the stack and then copies all of it.
+fn boxed_in_place<F: Future<Output = Response> + Send + 'static>(
+    make: impl FnOnce() -> F,
+) -> Answer {
+    let mut slot = Box::<F>::new_uninit();
+    slot.write(make());
+    // SAFETY: `write` initialised the slot.
+    Box::into_pin(unsafe { slot.assume_init() })
+}
+
+/// What a request gets if answering it panicked outside the edge's own catch.
+fn internal_error() -> Response {
+    crate::api::error::json_error(
+        poem::http::StatusCode::INTERNAL_SERVER_ERROR,
+        "Internal server error",
+    )
+}
 
 /// The bounds every connection is served with (the `http.*` settings).
 #[derive(Debug, Clone, Copy)]
@@ -86,17 +159,16 @@ pub fn raise_open_file_limit() -> std::io::Result<u64> {
     Ok(limit.rlim_cur)
 }
 
-/// Serves `endpoint` on `listener` until `shutdown` resolves, then stops
+/// Serves `app` on `listener` until `shutdown` resolves, then stops
 /// accepting and gives open connections up to `grace` to finish.
 pub async fn serve(
     listener: TcpListener,
-    endpoint: BoxEndpoint<'static, Response>,
+    app: App,
     limits: ConnectionLimits,
     shutdown: impl Future<Output = ()>,
     grace: Duration,
 ) -> std::io::Result<()> {
     let local = listener.local_addr()?;
-    let endpoint: Arc<BoxEndpoint<'static, Response>> = Arc::new(endpoint);
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let (stop, stopped) = watch::channel(false);
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -142,7 +214,7 @@ pub async fn serve(
             stream,
             local,
             remote,
-            endpoint: endpoint.clone(),
+            app: app.clone(),
             limits,
             stopped: stopped.clone(),
         };
@@ -168,7 +240,7 @@ struct Connection {
     stream: TcpStream,
     local: SocketAddr,
     remote: SocketAddr,
-    endpoint: Arc<BoxEndpoint<'static, Response>>,
+    app: App,
     limits: ConnectionLimits,
     stopped: watch::Receiver<bool>,
 }
@@ -179,12 +251,16 @@ impl Connection {
             stream,
             local,
             remote,
-            endpoint,
+            app,
             limits,
             mut stopped,
         } = self;
         let clock = Arc::new(ConnectionClock::new(limits));
-        builder.http1().timer(HeadTimer(clock.clone()));
+        builder.http1().timer(HeadTimer(
+            clock.clone(),
+            Arc::new(HeadSleep::new()),
+            Instant::now(),
+        ));
         let io = TokioIo::new(Watched {
             inner: stream,
             clock: clock.clone(),
@@ -192,7 +268,7 @@ impl Connection {
         });
         let service_clock = clock.clone();
         let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
-            let endpoint = endpoint.clone();
+            let app = app.clone();
             let clock = service_clock.clone();
             clock.request_started();
             async move {
@@ -202,18 +278,7 @@ impl Connection {
                     RemoteAddr(Addr::SocketAddr(remote)),
                     Scheme::HTTP,
                 ));
-                // The request runs in a task of its own, so that a client who
-                // disconnects does not cancel it halfway: the MongoDB driver
-                // closes the connection of an operation dropped mid-flight, and
-                // a burst of disconnects would empty the pool for everyone.
-                let response =
-                    match tokio::spawn(async move { endpoint.get_response(request).await }).await {
-                        Ok(response) => response,
-                        Err(_) => crate::api::error::json_error(
-                            poem::http::StatusCode::INTERNAL_SERVER_ERROR,
-                            "Internal server error",
-                        ),
-                    };
+                let response = app.answer(request).await;
                 clock.request_finished();
                 Ok::<_, Infallible>(hyper::Response::<ResponseBody>::from(response))
             }
@@ -256,6 +321,11 @@ struct ClockState {
     heads: u64,
     /// When the current head's first byte arrived.
     head_first_byte: Option<Instant>,
+    /// Whether bytes arrived since hyper started the current head. Their
+    /// time is read only if the head deadline is polled (the head is still
+    /// incomplete), which hyper does right after that read; a head that
+    /// arrives whole, as nearly all do, costs no clock read.
+    head_bytes: bool,
     /// Whether hyper is reading a head that it has not handed on yet: what it
     /// writes then is its own error answer to an unparsable head.
     reading_head: bool,
@@ -271,6 +341,7 @@ impl ConnectionClock {
                 in_flight: 0,
                 heads: 0,
                 head_first_byte: None,
+                head_bytes: false,
                 reading_head: false,
             }),
         }
@@ -283,10 +354,9 @@ impl ConnectionClock {
     }
 
     fn read(&self) {
-        let now = Instant::now();
         let mut state = self.state();
         state.spoke = true;
-        state.head_first_byte.get_or_insert(now);
+        state.head_bytes = true;
     }
 
     /// hyper starts reading a request head; returns whether it is the first.
@@ -294,8 +364,18 @@ impl ConnectionClock {
         let mut state = self.state();
         state.heads += 1;
         state.head_first_byte = None;
+        state.head_bytes = false;
         state.reading_head = true;
         state.heads == 1
+    }
+
+    /// When the current head's first byte arrived, if one did.
+    fn first_byte(&self) -> Option<Instant> {
+        let mut state = self.state();
+        if state.head_bytes && state.head_first_byte.is_none() {
+            state.head_first_byte = Some(Instant::now());
+        }
+        state.head_first_byte
     }
 
     fn request_started(&self) {
@@ -483,8 +563,11 @@ impl AsyncWrite for Watched {
         Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
     }
 
+    /// No: hyper then writes each response (head and body) from one buffer
+    /// in one `send`, as poem's own server does. For allot's small JSON
+    /// bodies copying them costs less than the kernel's `writev` path.
     fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
+        false
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -504,30 +587,52 @@ impl AsyncWrite for Watched {
 /// gives the first head `header_read_timeout` from the connection's start;
 /// each later head `idle_timeout` until its first byte, then
 /// `header_read_timeout` from that byte.
-struct HeadTimer(Arc<ConnectionClock>);
+///
+/// hyper asks for a new deadline for every head. Rather than a new tokio timer
+/// each time (an allocation, and a lock to register and another to cancel
+/// it), each connection has one that every head reuses: moving a timer's
+/// deadline later, as each new head does, costs tokio no lock.
+struct HeadTimer(Arc<ConnectionClock>, Arc<HeadSleep>, Instant);
+
+/// The one timer behind a connection's head deadlines.
+struct HeadSleep(Mutex<Pin<Box<tokio::time::Sleep>>>);
+
+impl HeadSleep {
+    fn new() -> Self {
+        Self(Mutex::new(Box::pin(tokio::time::sleep(Duration::ZERO))))
+    }
+
+    /// Polls the timer set to `deadline`.
+    fn poll_until(&self, deadline: Instant, cx: &mut Context<'_>) -> Poll<()> {
+        let mut sleep = self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let deadline = tokio::time::Instant::from(deadline);
+        if sleep.deadline() != deadline {
+            sleep.as_mut().reset(deadline);
+        }
+        sleep.as_mut().poll(cx)
+    }
+}
 
 impl hyper::rt::Timer for HeadTimer {
     fn sleep(&self, duration: Duration) -> Pin<Box<dyn hyper::rt::Sleep>> {
         Box::pin(PlainSleep(Box::pin(tokio::time::sleep(duration))))
     }
 
+    /// hyper reads the time only to work out the deadline it passes to
+    /// `sleep_until`, which this timer ignores: no need for a clock read.
+    fn now(&self) -> Instant {
+        self.2
+    }
+
     fn sleep_until(&self, _deadline: Instant) -> Pin<Box<dyn hyper::rt::Sleep>> {
-        let started = Instant::now();
-        let first = self.0.head_started();
-        let limits = self.0.limits;
         Box::pin(HeadDeadline {
             clock: self.0.clone(),
-            started,
-            first,
-            sleep: Box::pin(tokio::time::sleep_until(
-                (started
-                    + if first {
-                        limits.header_read_timeout
-                    } else {
-                        limits.idle_timeout
-                    })
-                .into(),
-            )),
+            sleep: self.1.clone(),
+            started: Instant::now(),
+            first: self.0.head_started(),
         })
     }
 }
@@ -546,9 +651,9 @@ impl hyper::rt::Sleep for PlainSleep {}
 
 struct HeadDeadline {
     clock: Arc<ConnectionClock>,
+    sleep: Arc<HeadSleep>,
     started: Instant,
     first: bool,
-    sleep: Pin<Box<tokio::time::Sleep>>,
 }
 
 impl Future for HeadDeadline {
@@ -556,21 +661,18 @@ impl Future for HeadDeadline {
 
     // hyper polls this each time the head is still incomplete after a read,
     // so the deadline moves as soon as a kept-alive request's first byte comes.
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let limits = self.clock.limits;
         let deadline = if self.first {
+            self.clock.first_byte();
             self.started + limits.header_read_timeout
         } else {
-            match self.clock.state().head_first_byte {
+            match self.clock.first_byte() {
                 Some(first_byte) => first_byte + limits.header_read_timeout,
                 None => self.started + limits.idle_timeout,
             }
         };
-        let deadline = tokio::time::Instant::from(deadline);
-        if self.sleep.deadline() != deadline {
-            self.sleep.as_mut().reset(deadline);
-        }
-        self.sleep.as_mut().poll(cx)
+        self.sleep.poll_until(deadline, cx)
     }
 }
 

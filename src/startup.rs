@@ -44,7 +44,7 @@ pub struct Application {
     listener: tokio::net::TcpListener,
     limits: ConnectionLimits,
     port: u16,
-    endpoint: poem::endpoint::BoxEndpoint<'static, Response>,
+    app: server::App,
     shutdown_grace: Duration,
     revocation_sync: RevocationSync,
     recovery: RecoveryLoop,
@@ -156,7 +156,7 @@ impl Application {
             listener,
             limits: ConnectionLimits::from(&settings.http),
             port,
-            endpoint: routes(state, &settings).boxed(),
+            app: routes(state, &settings),
             shutdown_grace: Duration::from_secs(settings.http.shutdown_grace_secs),
             revocation_sync: RevocationSync {
                 list: revocations,
@@ -184,7 +184,7 @@ impl Application {
         let recovery = tokio::spawn(self.recovery.run());
         let served = server::serve(
             self.listener,
-            self.endpoint,
+            self.app,
             self.limits,
             shutdown,
             self.shutdown_grace,
@@ -196,39 +196,89 @@ impl Application {
     }
 }
 
-/// The full route table with its middleware, outermost last.
-pub fn routes(state: AppState, settings: &Settings) -> impl Endpoint<Output = Response> + use<> {
+/// The full route table with its middleware, outermost last, as the server
+/// calls it.
+pub fn routes(state: AppState, settings: &Settings) -> server::App {
     let (http, log, metrics) = (&settings.http, &settings.log, &settings.metrics);
     let api = api::service();
     let spec = serde_json::from_str(&api.spec()).unwrap_or_default();
     let allowed = Arc::new(middleware::AllowedMethods::from_spec(&spec));
-    let mut route = Route::new();
+    let mut operator = Route::new();
     if http.docs_enabled {
-        route = api::spec::routes(route);
+        operator = api::spec::routes(operator);
     }
     if metrics.enabled {
-        route = route.at(
+        operator = operator.at(
             "/metrics",
             api::operations::metrics_endpoint(&metrics.token),
         );
     }
-    route
-        .nest("/", api)
-        .with(middleware::BodyLimit {
-            max_bytes: http.body_limit_bytes,
-            read_timeout: Duration::from_millis(http.body_read_timeout_ms),
-        })
-        .data(state)
-        .with_if(
-            !http.cors_origins.is_empty(),
-            middleware::BrowserOrigins(http.cors_origins.clone()),
+    let routes = Routes {
+        state,
+        docs: http.docs_enabled,
+        metrics: metrics.enabled,
+        operator,
+        api: api.into_endpoint(),
+    }
+    .with(middleware::BodyLimit {
+        max_bytes: http.body_limit_bytes,
+        read_timeout: Duration::from_millis(http.body_read_timeout_ms),
+    });
+    let edge = middleware::Edge {
+        request_ids: log.request_ids,
+        metrics: metrics.enabled,
+        allowed,
+    };
+    // Two compositions rather than `with_if`, whose either-endpoint would
+    // wrap every request's future once more.
+    if http.cors_origins.is_empty() {
+        server::App::new(routes.with(edge))
+    } else {
+        server::App::new(
+            routes
+                .with(middleware::BrowserOrigins(http.cors_origins.clone()))
+                .with(edge),
         )
-        .with(middleware::Edge {
-            request_ids: log.request_ids,
-            metrics: metrics.enabled,
-            allowed,
-        })
-        .into_endpoint()
+    }
+}
+
+/// The application's state on every request, then its route: the operator
+/// paths (the documents, Swagger UI, `/metrics`) go to their own route, and
+/// every other path straight to the API, which answers 404 for those it does
+/// not know. (A `Route` with the API nested at `/` did the same, but rewrote
+/// every request's URI and matched its path twice.)
+struct Routes {
+    state: AppState,
+    docs: bool,
+    metrics: bool,
+    operator: Route,
+    api: poem::endpoint::BoxEndpoint<'static, Response>,
+}
+
+impl Endpoint for Routes {
+    type Output = Response;
+
+    // Not an `async fn`: the request goes straight into the API's own (boxed)
+    // future, and this layer adds nothing to the request's future.
+    fn call(
+        &self,
+        mut req: poem::Request,
+    ) -> impl std::future::Future<Output = poem::Result<Response>> + Send {
+        use futures_util::future::Either;
+        req.set_data(self.state.clone());
+        let path = req.uri().path();
+        let operator = (self.docs
+            && (path == "/openapi.json"
+                || path == "/openapi.yaml"
+                || path == "/docs"
+                || path.starts_with("/docs/")))
+            || (self.metrics && path == "/metrics");
+        if operator {
+            Either::Left(Box::pin(self.operator.call(req)))
+        } else {
+            Either::Right(poem::endpoint::DynEndpoint::call(self.api.as_ref(), req))
+        }
+    }
 }
 
 /// A future that resolves on SIGINT (Ctrl-C) or SIGTERM. The handlers are

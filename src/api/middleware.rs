@@ -1,6 +1,7 @@
 //! Middleware: the edge every request passes (request ids, JSON errors,
 //! metrics, headers, the log line), CORS, and the body limit.
 
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -44,24 +45,52 @@ fn too_large() -> Error {
 impl<E: Endpoint> Endpoint for BodyLimitEndpoint<E> {
     type Output = E::Output;
 
-    async fn call(&self, mut req: Request) -> Result<Self::Output> {
+    // Not an `async fn`, so that a request without a body (most of them)
+    // adds nothing to its future: it goes straight to the inner endpoint.
+    fn call(&self, mut req: Request) -> impl Future<Output = Result<Self::Output>> + Send {
+        use futures_util::future::Either;
         let declared = req
             .headers()
             .get(CONTENT_LENGTH)
             .and_then(|value| value.to_str().ok())
             .and_then(|value| value.parse::<u64>().ok());
-        match declared {
-            Some(length) if length > self.max_bytes as u64 => return Err(too_large()),
-            Some(0) => {}
-            _ => {
-                let read = read_limited(req.take_body(), self.max_bytes);
-                let body = tokio::time::timeout(self.read_timeout, read)
-                    .await
-                    .map_err(|_elapsed| Error::from_status(StatusCode::REQUEST_TIMEOUT))??;
-                req.set_body(Body::from(body));
+        let body = match declared {
+            Some(length) if length > self.max_bytes as u64 => {
+                return Either::Left(Either::Left(std::future::ready(Err(too_large()))));
             }
+            Some(0) => None,
+            _ => {
+                let body = req.take_body();
+                if body.is_empty() {
+                    // Nothing to read (e.g. a GET): no deadline to set.
+                    req.set_body(body);
+                    None
+                } else {
+                    Some(body)
+                }
+            }
+        };
+        match body {
+            None => Either::Right(self.inner.call(req)),
+            // Boxed: its state (a timer, the stream) would otherwise make
+            // every request's future larger, bodies or not.
+            Some(body) => Either::Left(Either::Right(Box::pin(async move {
+                let body = self.read(body).await?;
+                req.set_body(body);
+                self.inner.call(req).await
+            }))),
         }
-        self.inner.call(req).await
+    }
+}
+
+impl<E> BodyLimitEndpoint<E> {
+    /// The whole body, within the limit and the deadline.
+    async fn read(&self, body: Body) -> Result<Body> {
+        let read = read_limited(body, self.max_bytes);
+        let body = tokio::time::timeout(self.read_timeout, read)
+            .await
+            .map_err(|_elapsed| Error::from_status(StatusCode::REQUEST_TIMEOUT))??;
+        Ok(Body::from(body))
     }
 }
 
@@ -141,6 +170,29 @@ struct RequestIds {
     next: AtomicU64,
 }
 
+impl RequestIds {
+    /// The client's `X-Request-Id` if it is sane, otherwise a new one.
+    fn for_request(&self, req: &Request) -> HeaderValue {
+        match req.headers().get(REQUEST_ID) {
+            Some(id) if id.to_str().is_ok_and(is_sane_request_id) => id.clone(),
+            _ => {
+                // `{prefix}-{n:x}`, written by hand (no formatting machinery).
+                let n = self.next.fetch_add(1, Ordering::Relaxed);
+                let digits = (64 - n.leading_zeros()).div_ceil(4).max(1) as usize;
+                let mut id = Vec::with_capacity(self.prefix.len() + 1 + digits);
+                id.extend_from_slice(self.prefix.as_bytes());
+                id.push(b'-');
+                for shift in (0..digits).rev() {
+                    id.push(b"0123456789abcdef"[((n >> (4 * shift)) & 0xf) as usize]);
+                }
+                // Letters, digits and a dash: always a valid header value.
+                HeaderValue::from_maybe_shared(bytes::Bytes::from(id))
+                    .unwrap_or_else(|_| HeaderValue::from_static("-"))
+            }
+        }
+    }
+}
+
 /// Up to 128 characters of letters, digits and `-_.:`: safe in a header
 /// and in a log line.
 fn is_sane_request_id(id: &str) -> bool {
@@ -151,62 +203,61 @@ fn is_sane_request_id(id: &str) -> bool {
 }
 
 pub const REQUEST_ID: &str = "x-request-id";
-
-impl<E: Endpoint> EdgeEndpoint<E> {
-    /// The inner endpoint's answer as a response: errors as JSON, panics as 500.
-    async fn answer(&self, req: Request, started: Instant) -> Response {
-        use futures_util::FutureExt;
-        let metrics = self.metrics.then(crate::metrics::metrics);
-        let _in_flight = metrics.map(|metrics| metrics.request_started());
-        let (response, operation) = match std::panic::AssertUnwindSafe(self.inner.call(req))
-            .catch_unwind()
-            .await
-        {
-            Ok(Ok(answer)) => {
-                let response = answer.into_response();
-                let operation = response.data::<OperationId>().map(|id| id.0);
-                (response, operation)
-            }
-            Ok(Err(error)) => {
-                let operation = error.data::<OperationId>().map(|id| id.0);
-                (super::error::error_to_json(error).await, operation)
-            }
-            Err(panic) => (super::error::panic_response(panic), None),
-        };
-        if let Some(metrics) = metrics {
-            let operation = operation.unwrap_or("none");
-            metrics.request_finished(operation, response.status().as_u16(), started.elapsed());
-        }
-        response
-    }
-}
+const REQUEST_ID_HEADER: header::HeaderName = header::HeaderName::from_static(REQUEST_ID);
 
 impl<E: Endpoint> Endpoint for EdgeEndpoint<E> {
     type Output = Response;
 
-    async fn call(&self, req: Request) -> Result<Response> {
+    // Not an `async fn`: the request moves straight into the inner
+    // endpoint's future instead of being kept in this one as well (an async
+    // fn keeps its arguments for its whole life), which keeps every request's
+    // future small.
+    fn call(&self, req: Request) -> impl Future<Output = Result<Response>> + Send {
+        use futures_util::FutureExt;
         // The URI is shared, not copied: its path is read again only for a
         // 405 and for the log line.
         let uri = req.uri().clone();
         let method = req.method().clone();
-        let id = self.request_ids.as_ref().map(|ids| {
-            match req.headers().get(REQUEST_ID).and_then(|v| v.to_str().ok()) {
-                Some(id) if is_sane_request_id(id) => id.to_owned(),
-                _ => format!(
-                    "{}-{:x}",
-                    ids.prefix,
-                    ids.next.fetch_add(1, Ordering::Relaxed)
-                ),
-            }
-        });
+        let id = self.request_ids.as_ref().map(|ids| ids.for_request(&req));
         let span = match &id {
-            Some(id) => tracing::info_span!("request", request_id = %id),
+            Some(id) => {
+                tracing::info_span!("request", request_id = id.to_str().unwrap_or_default())
+            }
             None => tracing::Span::none(),
         };
+        let started = Instant::now();
+        let metrics = self.metrics.then(crate::metrics::metrics);
+        let in_flight = metrics.map(|metrics| metrics.request_started());
+        // What the inner layers do before their first await runs here, so
+        // it is inside the panic catch too.
+        let inner = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.inner.call(req)));
         async move {
-            let started = Instant::now();
-            let mut response = self.answer(req, started).await;
+            let answer = match inner {
+                Ok(inner) => std::panic::AssertUnwindSafe(inner).catch_unwind().await,
+                Err(panic) => Err(panic),
+            };
+            let (mut response, operation) = match answer {
+                Ok(Ok(answer)) => {
+                    let response = answer.into_response();
+                    let operation = response.data::<OperationId>().map(|id| id.0);
+                    (response, operation)
+                }
+                Ok(Err(error)) => {
+                    let operation = error.data::<OperationId>().map(|id| id.0);
+                    // Boxed, so that the error path does not enlarge every request's future.
+                    (
+                        Box::pin(super::error::error_to_json(error)).await,
+                        operation,
+                    )
+                }
+                Err(panic) => (super::error::panic_response(panic), None),
+            };
+            drop(in_flight);
             let status = response.status();
+            if let Some(metrics) = metrics {
+                let operation = operation.unwrap_or("none");
+                metrics.request_finished(operation, status.as_u16(), started.elapsed());
+            }
             let headers = response.headers_mut();
             if status == StatusCode::METHOD_NOT_ALLOWED
                 && let Some(allow) = self.allowed.allow(uri.path())
@@ -220,8 +271,8 @@ impl<E: Endpoint> Endpoint for EdgeEndpoint<E> {
             headers
                 .entry(header::CACHE_CONTROL)
                 .or_insert(HeaderValue::from_static("no-store"));
-            if let Some(value) = id.and_then(|id| HeaderValue::from_str(&id).ok()) {
-                headers.insert(REQUEST_ID, value);
+            if let Some(id) = id {
+                headers.insert(REQUEST_ID_HEADER, id);
             }
             tracing::info!(
                 %method,
@@ -233,7 +284,6 @@ impl<E: Endpoint> Endpoint for EdgeEndpoint<E> {
             Ok(response)
         }
         .instrument(span)
-        .await
     }
 }
 
@@ -348,6 +398,25 @@ impl<E: Endpoint + 'static> Endpoint for BrowserOriginsEndpoint<E> {
 #[cfg(test)]
 mod tests {
     use super::{AllowedMethods, is_sane_request_id};
+
+    #[test]
+    fn made_up_request_ids_are_the_prefix_and_a_hex_count() {
+        let ids = super::RequestIds {
+            prefix: "0123456789ab".to_owned(),
+            next: std::sync::atomic::AtomicU64::new(0),
+        };
+        let request = poem::Request::builder().finish();
+        assert_eq!(ids.for_request(&request), "0123456789ab-0");
+        ids.next.store(0x1f, std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(ids.for_request(&request), "0123456789ab-1f");
+        ids.next
+            .store(u64::MAX, std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(ids.for_request(&request), "0123456789ab-ffffffffffffffff");
+        let kept = poem::Request::builder()
+            .header(super::REQUEST_ID, "client-id.1")
+            .finish();
+        assert_eq!(ids.for_request(&kept), "client-id.1");
+    }
 
     #[test]
     fn request_ids_are_short_plain_tokens() {
