@@ -8,7 +8,6 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::LazyLock;
 use std::time::Duration;
 
@@ -96,39 +95,10 @@ struct RequestKey {
     status: u16,
 }
 
-type RequestHandles = HashMap<RequestKey, (Counter, Histogram), BuildHasherDefault<KeyHasher>>;
+type RequestHandles = HashMap<RequestKey, (Counter, Histogram), foldhash::fast::RandomState>;
 
 thread_local! {
     static REQUEST_METRICS: RefCell<RequestHandles> = RefCell::default();
-}
-
-/// A fast hash for [`RequestKey`]'s few integers (no untrusted input: the
-/// statuses and operations are allot's own).
-#[derive(Default)]
-struct KeyHasher(u64);
-
-impl Hasher for KeyHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &byte in bytes {
-            self.write_u64(u64::from(byte));
-        }
-    }
-
-    fn write_u16(&mut self, value: u16) {
-        self.write_u64(u64::from(value));
-    }
-
-    fn write_usize(&mut self, value: usize) {
-        self.write_u64(value as u64);
-    }
-
-    fn write_u64(&mut self, value: u64) {
-        self.0 = (self.0.rotate_left(5) ^ value).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-    }
 }
 
 /// This process's metrics.

@@ -664,6 +664,8 @@ impl Future for HeadDeadline {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let limits = self.clock.limits;
         let deadline = if self.first {
+            // Recorded for the idle timer; the first head's own deadline
+            // counts from the connection's start.
             self.clock.first_byte();
             self.started + limits.header_read_timeout
         } else {

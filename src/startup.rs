@@ -196,20 +196,24 @@ impl Application {
     }
 }
 
+const METRICS_PATH: &str = "/metrics";
+
 /// The full route table with its middleware, outermost last, as the server
 /// calls it.
 pub fn routes(state: AppState, settings: &Settings) -> server::App {
     let (http, log, metrics) = (&settings.http, &settings.log, &settings.metrics);
     let api = api::service();
-    let spec = serde_json::from_str(&api.spec()).unwrap_or_default();
-    let allowed = Arc::new(middleware::AllowedMethods::from_spec(&spec));
+    let spec = api.spec();
+    let allowed = Arc::new(middleware::AllowedMethods::from_spec(
+        &serde_json::from_str(&spec).unwrap_or_default(),
+    ));
     let mut operator = Route::new();
     if http.docs_enabled {
-        operator = api::spec::routes(operator);
+        operator = api::spec::routes(operator, &spec);
     }
     if metrics.enabled {
         operator = operator.at(
-            "/metrics",
+            METRICS_PATH,
             api::operations::metrics_endpoint(&metrics.token),
         );
     }
@@ -267,12 +271,8 @@ impl Endpoint for Routes {
         use futures_util::future::Either;
         req.set_data(self.state.clone());
         let path = req.uri().path();
-        let operator = (self.docs
-            && (path == "/openapi.json"
-                || path == "/openapi.yaml"
-                || path == "/docs"
-                || path.starts_with("/docs/")))
-            || (self.metrics && path == "/metrics");
+        let operator =
+            (self.docs && api::spec::serves(path)) || (self.metrics && path == METRICS_PATH);
         if operator {
             Either::Left(Box::pin(self.operator.call(req)))
         } else {

@@ -98,16 +98,14 @@ impl Failure {
         }
     }
 
+    /// Logs what the body does not say: the cause of a 503 or a 500.
     fn log(&self) {
-        match self {
-            Self::Unavailable(cause) => {
-                tracing::error!(error = %cause, cause = ?cause.source().map(ToString::to_string), "database unavailable");
-            }
-            Self::Internal(cause) => {
-                tracing::error!(error = %cause, cause = ?cause.source().map(ToString::to_string), "internal error");
-            }
-            Self::BadRequest(_) | Self::Token(_) | Self::Busy(_) => {}
-        }
+        let (cause, what) = match self {
+            Self::Unavailable(cause) => (cause, "database unavailable"),
+            Self::Internal(cause) => (cause, "internal error"),
+            Self::BadRequest(_) | Self::Token(_) | Self::Busy(_) => return,
+        };
+        tracing::error!(error = %cause, cause = ?cause.source().map(ToString::to_string), "{what}");
     }
 }
 

@@ -226,10 +226,6 @@ field!(
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PageLimit(pub u32);
 
-impl PageLimit {
-    const MAX: u32 = 200;
-}
-
 impl Default for PageLimit {
     fn default() -> Self {
         Self(50)
@@ -259,6 +255,8 @@ field!(
 );
 
 impl PageLimit {
+    const MAX: u32 = 200;
+
     /// The page's items and the next page's cursor (the last item's, when
     /// more follow). `items` was read with [`PageLimit::probe`] items at
     /// most: the one past the page tells whether a page follows.

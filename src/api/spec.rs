@@ -98,7 +98,12 @@ fn bad_request_example(operation: &Value, schemas: &Value) -> String {
 
 /// poem-openapi's document, with an example on every error response.
 pub fn document() -> Value {
-    let mut spec: Value = serde_json::from_str(&super::service().spec()).unwrap_or_default();
+    with_examples(&super::service().spec())
+}
+
+/// `spec`, poem-openapi's document, with an example on every error response.
+fn with_examples(spec: &str) -> Value {
+    let mut spec: Value = serde_json::from_str(spec).unwrap_or_default();
     let schemas = spec["components"]["schemas"].clone();
     let shared: Vec<(u16, &str)> =
         <((Token, AdminRole), Input, Body, (Database, Hashing))>::responses()
@@ -157,18 +162,34 @@ pub fn yaml() -> String {
     serde_yaml::to_string(&document()).unwrap_or_default()
 }
 
-/// poem-openapi's Swagger UI page, showing `document` instead of the one it embeds.
-fn swagger_ui_page(document: &str) -> String {
-    let service = super::service();
-    service
+/// poem-openapi's Swagger UI page, showing `document` instead of `embedded`,
+/// poem-openapi's own document, which it embeds.
+fn swagger_ui_page(embedded: &str, document: &str) -> String {
+    super::service()
         .swagger_ui_html()
-        .replacen(&service.spec(), document, 1)
+        .replacen(embedded, document, 1)
+}
+
+const JSON_PATH: &str = "/openapi.json";
+const YAML_PATH: &str = "/openapi.yaml";
+const DOCS_PATH: &str = "/docs";
+
+/// Whether [`routes`] serves `path`.
+pub fn serves(path: &str) -> bool {
+    path == JSON_PATH
+        || path == YAML_PATH
+        || path
+            .strip_prefix(DOCS_PATH)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
 }
 
 /// `route` with `/openapi.json`, `/openapi.yaml` and Swagger UI at `/docs`.
-pub fn routes(route: Route) -> Route {
-    let (json, yaml) = (json(), yaml());
-    let page = swagger_ui_page(&json);
+/// `spec` is poem-openapi's document, which start-up has already made.
+pub fn routes(route: Route, spec: &str) -> Route {
+    let document = with_examples(spec);
+    let json = serde_json::to_string_pretty(&document).unwrap_or_default();
+    let yaml = serde_yaml::to_string(&document).unwrap_or_default();
+    let page = swagger_ui_page(spec, &json);
     let document = |content_type: &'static str, body: String| {
         make_sync(move |_| {
             Response::builder()
@@ -177,10 +198,10 @@ pub fn routes(route: Route) -> Route {
         })
     };
     route
-        .at("/openapi.json", document("application/json", json))
-        .at("/openapi.yaml", document("application/x-yaml", yaml))
+        .at(JSON_PATH, document("application/json", json))
+        .at(YAML_PATH, document("application/x-yaml", yaml))
         .nest(
-            "/docs",
+            DOCS_PATH,
             Route::new().at("/", make_sync(move |_| Html(page.clone()))),
         )
 }
@@ -244,7 +265,24 @@ mod tests {
     }
 
     #[test]
+    fn the_document_routes_are_known_by_path() {
+        for path in [
+            "/openapi.json",
+            "/openapi.yaml",
+            "/docs",
+            "/docs/",
+            "/docs/x",
+        ] {
+            assert!(serves(path), "{path}");
+        }
+        for path in ["/docsx", "/openapi", "/batches", "/"] {
+            assert!(!serves(path), "{path}");
+        }
+    }
+
+    #[test]
     fn swagger_ui_shows_this_document() {
-        assert!(swagger_ui_page("DOCUMENT").contains("let spec = DOCUMENT;"));
+        let embedded = super::super::service().spec();
+        assert!(swagger_ui_page(&embedded, "DOCUMENT").contains("let spec = DOCUMENT;"));
     }
 }
