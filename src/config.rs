@@ -158,6 +158,11 @@ pub struct MongoSettings {
     /// Longest wait for one database operation, on the server (`maxTimeMS`)
     /// and in allot; then the request gets 503.
     pub operation_timeout_ms: u64,
+    /// An instance that has not renewed its lease for this long is taken as
+    /// dead: its open transactions are aborted and its unfinished
+    /// allocations finished by the others. Leases are renewed four times as
+    /// often.
+    pub instance_lease_ms: u64,
 }
 
 impl MongoSettings {
@@ -443,6 +448,12 @@ impl Settings {
                 u64::from(auth.login_throttle.address_failures),
                 5,
                 u64::from(u32::MAX),
+            ),
+            (
+                "mongo.instance_lease_ms",
+                self.mongo.instance_lease_ms,
+                200,
+                60_000,
             ),
             (
                 "allocation.recovery_interval_ms",

@@ -3,6 +3,7 @@
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
+use allot::adapters::mongo::instances::Instance;
 use allot::adapters::mongo::users::MongoUsers;
 use allot::adapters::passwords::Argon2Hasher;
 use allot::config::Settings;
@@ -149,7 +150,10 @@ fn create_admin(username: &str) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        let users = MongoUsers::new(&database);
+        // A one-off process: it takes no lease, so should it die in a
+        // transaction, any serving instance aborts that at its next survey.
+        let instance = Instance::new(&database, std::time::Duration::ZERO);
+        let users = MongoUsers::new(&database, &instance);
         let policy = settings.auth.password_policy();
         let password = || admin_password(username);
         match services::users::create_admin(&users, &hasher, policy, username, password).await {

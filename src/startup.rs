@@ -4,10 +4,13 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::Notify;
+
 use poem::{Endpoint, EndpointExt, IntoEndpoint, Response, Route};
 
 use crate::adapters::deadline::Deadline;
-use crate::adapters::mongo::allocations::MongoAllocations;
+use crate::adapters::mongo::allocations::{MongoAllocations, Resumed};
+use crate::adapters::mongo::instances::Instance;
 use crate::adapters::mongo::login_failures::MongoLoginFailures;
 use crate::adapters::mongo::revocations::MongoRevocations;
 use crate::adapters::mongo::rotations::MongoRotations;
@@ -48,6 +51,7 @@ pub struct Application {
     shutdown_grace: Duration,
     revocation_sync: RevocationSync,
     recovery: RecoveryLoop,
+    lease: LeaseKeeper,
 }
 
 /// Keeps this instance's revocation list in step with the shared store.
@@ -70,11 +74,13 @@ impl RevocationSync {
     }
 }
 
-/// Runs the allocation recovery pass at start and then periodically: it
-/// completes what a crash left half-done and serves waiting lines.
+/// Runs the allocation recovery pass at start, periodically, and as soon as
+/// an instance was found dead: it finishes the allocations a dead instance
+/// left half-done, completes interrupted shrinks and serves waiting lines.
 struct RecoveryLoop {
     allocations: Deadline<MongoAllocations>,
     every: Duration,
+    now: Arc<Notify>,
 }
 
 impl RecoveryLoop {
@@ -83,7 +89,21 @@ impl RecoveryLoop {
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut resume_after = None;
         loop {
-            ticks.tick().await;
+            tokio::select! {
+                _ = ticks.tick() => {}
+                () = self.now.notified() => {}
+            }
+            match self.allocations.inner().resume_interrupted().await {
+                Ok(resumed) if resumed != Resumed::default() => tracing::info!(
+                    stored = resumed.stored,
+                    given_back = resumed.given_back,
+                    "finished interrupted allocations"
+                ),
+                Ok(_) => {}
+                Err(error) => {
+                    tracing::warn!(%error, "cannot finish interrupted allocations; will retry")
+                }
+            }
             match allocation::recover(&self.allocations, resume_after.as_deref()).await {
                 Ok(recovery) => {
                     if recovery.backordered + recovery.filled > 0 {
@@ -96,6 +116,54 @@ impl RecoveryLoop {
                     resume_after = recovery.next_position;
                 }
                 Err(error) => tracing::warn!(%error, "allocation recovery pass failed; will retry"),
+            }
+        }
+    }
+}
+
+/// Keeps this instance's lease, takes over the leases of dead instances
+/// (aborting their transactions, then waking the recovery pass), and removes
+/// the intents of stored lines from their batches.
+struct LeaseKeeper {
+    instance: Instance,
+    allocations: Deadline<MongoAllocations>,
+    every: Duration,
+    recover_now: Arc<Notify>,
+}
+
+impl LeaseKeeper {
+    async fn run(self) {
+        let mut ticks = tokio::time::interval(self.every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut beats: u64 = 0;
+        loop {
+            ticks.tick().await;
+            beats += 1;
+            if let Err(error) = self.instance.renew().await {
+                tracing::warn!(%error, "cannot renew this instance's lease; will retry");
+            }
+            match self.instance.survey().await {
+                Ok(reaped) if !reaped.is_empty() => {
+                    for dead in &reaped {
+                        tracing::warn!(
+                            instance = %dead.instance,
+                            sessions = dead.sessions,
+                            "an instance's lease lapsed: its transactions were aborted"
+                        );
+                    }
+                    self.recover_now.notify_one();
+                }
+                Ok(_) => {}
+                Err(error) => tracing::warn!(%error, "cannot survey instance leases; will retry"),
+            }
+            if let Err(error) = self.allocations.inner().flush_confirmed().await {
+                tracing::warn!(%error, "cannot clear allocation intents; will retry");
+            }
+            // Now and then: the lease lists only the sessions still pooled.
+            if beats % 64 == 0
+                && let Err(error) = self.instance.prune_sessions().await
+            {
+                tracing::warn!(%error, "cannot prune this instance's sessions; will retry");
             }
         }
     }
@@ -120,19 +188,32 @@ impl Application {
         let port = listener.local_addr().map_err(bind_error)?.port();
 
         let operation_timeout = Duration::from_millis(settings.mongo.operation_timeout_ms);
+        let lease = Duration::from_millis(settings.mongo.instance_lease_ms);
+        let instance = Instance::new(&database, lease);
+        // Holding a lease (and knowing the others') before the first write.
+        let register = async {
+            instance.renew().await?;
+            instance.survey().await
+        };
+        register.await.map_err(|source| MongoError::Unreachable {
+            uri: settings.mongo.redacted_uri(),
+            waited_secs: 0,
+            source,
+        })?;
         let revocation_store = Deadline::new(
-            MongoRevocations::new(&database).with_operation_timeout(operation_timeout),
+            MongoRevocations::new(&database, &instance).with_operation_timeout(operation_timeout),
             operation_timeout,
         );
         let revocations = Arc::new(RevocationList::default());
         revocations.sync(&revocation_store).await?;
         let allocations = Deadline::new(
-            MongoAllocations::new(&database).with_operation_timeout(operation_timeout),
+            MongoAllocations::new(&database, &instance).with_operation_timeout(operation_timeout),
             operation_timeout,
         );
+        let recover_now = Arc::new(Notify::new());
         let state = AppState::new(Components {
             users: Deadline::new(
-                MongoUsers::new(&database).with_operation_timeout(operation_timeout),
+                MongoUsers::new(&database, &instance).with_operation_timeout(operation_timeout),
                 operation_timeout,
             ),
             allocations: allocations.clone(),
@@ -164,8 +245,15 @@ impl Application {
                 every: Duration::from_millis(settings.auth.revocation_sync_ms.max(10)),
             },
             recovery: RecoveryLoop {
-                allocations,
+                allocations: allocations.clone(),
                 every: Duration::from_millis(settings.allocation.recovery_interval_ms.max(10)),
+                now: recover_now.clone(),
+            },
+            lease: LeaseKeeper {
+                instance,
+                allocations,
+                every: lease / 4,
+                recover_now,
             },
         })
     }
@@ -182,6 +270,7 @@ impl Application {
     ) -> std::io::Result<()> {
         let sync = tokio::spawn(self.revocation_sync.run());
         let recovery = tokio::spawn(self.recovery.run());
+        let lease = tokio::spawn(self.lease.run());
         let served = server::serve(
             self.listener,
             self.app,
@@ -192,6 +281,7 @@ impl Application {
         .await;
         sync.abort();
         recovery.abort();
+        lease.abort();
         served
     }
 }

@@ -2,16 +2,17 @@
 
 /// Runs `$attempt` (an expression using `$session`, a `ClientSession` in a
 /// transaction, evaluating to `mongodb::error::Result<Finish<T>>`) as one
-/// transaction on `$client`: commits or aborts as it says, retries the whole
-/// attempt on transient errors (a WriteConflict with a concurrent
+/// transaction in a session of `$instance` (an [`instances::Instance`], so
+/// that survivors can abort it should this process die): commits or aborts
+/// as it says, retries the whole attempt on transient errors (a WriteConflict with a concurrent
 /// transaction) for up to [`TRANSACTION_RETRY_FOR`], and the commit on an
 /// unknown commit result. Evaluates to `mongodb::error::Result<T>`.
 macro_rules! in_transaction {
-    ($client:expr, $limit:expr, |$session:ident| $attempt:expr) => {
-        in_transaction!($client, $limit, |$session| $attempt, on_retry = ())
+    ($instance:expr, $limit:expr, |$session:ident| $attempt:expr) => {
+        in_transaction!($instance, $limit, |$session| $attempt, on_retry = ())
     };
-    ($client:expr, $limit:expr, |$session:ident| $attempt:expr, on_retry = $on_retry:expr) => {{
-        use $crate::adapters::mongo::{Finish, commit, jitter, start_transaction};
+    ($instance:expr, $limit:expr, |$session:ident| $attempt:expr, on_retry = $on_retry:expr) => {{
+        use $crate::adapters::mongo::{Finish, commit, jitter};
         let deadline = tokio::time::Instant::now() + $crate::adapters::mongo::TRANSACTION_RETRY_FOR;
         let mut pause = std::time::Duration::from_millis(1);
         // Each attempt, and each commit, waits at most `limit` for the
@@ -21,7 +22,7 @@ macro_rules! in_transaction {
             mongodb::error::Error::custom($crate::adapters::deadline::TimedOut { operation, limit })
         };
         loop {
-            let mut $session = match start_transaction($client, limit).await {
+            let (mut $session, slot) = match $instance.transaction(limit).await {
                 Ok(session) => session,
                 Err(error) => break Err(error),
             };
@@ -33,17 +34,28 @@ macro_rules! in_transaction {
             let retry = match outcome {
                 Ok(Finish::Commit(value)) => {
                     match tokio::time::timeout(limit, commit(&mut $session)).await {
-                        Ok(Ok(())) => break Ok(value),
+                        Ok(Ok(())) => {
+                            slot.reuse($session);
+                            break Ok(value);
+                        }
                         Ok(Err(error)) => error,
                         Err(_elapsed) => break Err(timed_out("a commit")),
                     }
                 }
                 Ok(Finish::Abort(value)) => {
-                    let _ = tokio::time::timeout(limit, $session.abort_transaction()).await;
+                    if let Ok(Ok(())) =
+                        tokio::time::timeout(limit, $session.abort_transaction()).await
+                    {
+                        slot.reuse($session);
+                    }
                     break Ok(value);
                 }
                 Err(error) => {
-                    let _ = tokio::time::timeout(limit, $session.abort_transaction()).await;
+                    if let Ok(Ok(())) =
+                        tokio::time::timeout(limit, $session.abort_transaction()).await
+                    {
+                        slot.reuse($session);
+                    }
                     error
                 }
             };
@@ -60,6 +72,7 @@ macro_rules! in_transaction {
 }
 
 pub mod allocations;
+pub mod instances;
 pub mod layout;
 pub mod login_failures;
 pub mod revocations;
@@ -70,9 +83,7 @@ use std::time::Duration;
 
 use mongodb::bson::doc;
 use mongodb::error::UNKNOWN_TRANSACTION_COMMIT_RESULT;
-use mongodb::options::{
-    ClientOptions, IndexOptions, ReadConcern, TransactionOptions, WriteConcern,
-};
+use mongodb::options::{ClientOptions, IndexOptions};
 use mongodb::{Client, ClientSession, Database, IndexModel};
 use secrecy::ExposeSecret;
 
@@ -83,26 +94,6 @@ pub const TRANSACTION_RETRY_FOR: Duration = Duration::from_secs(10);
 pub enum Finish<T> {
     Commit(T),
     Abort(T),
-}
-
-/// A session in a new snapshot transaction with majority writes, whose
-/// commit the server gives up after `max_commit_time`.
-pub async fn start_transaction(
-    client: &Client,
-    max_commit_time: Duration,
-) -> mongodb::error::Result<ClientSession> {
-    let mut session = client.start_session().await?;
-    session
-        .start_transaction()
-        .with_options(
-            TransactionOptions::builder()
-                .read_concern(ReadConcern::snapshot())
-                .write_concern(WriteConcern::majority())
-                .max_commit_time(max_commit_time)
-                .build(),
-        )
-        .await?;
-    Ok(session)
 }
 
 /// Commits, retrying while the outcome is unknown (a commit is idempotent).

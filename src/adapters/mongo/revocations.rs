@@ -17,9 +17,10 @@
 use futures_util::TryStreamExt;
 use mongodb::bson::{self, Document, doc};
 use mongodb::options::ReturnDocument;
-use mongodb::{Client, ClientSession, Collection, Database, IndexModel};
+use mongodb::{ClientSession, Collection, Database, IndexModel};
 use serde::{Deserialize, Serialize};
 
+use super::instances::Instance;
 use super::is_duplicate_key;
 use crate::services::StoreError;
 use crate::services::tokens::{Revocation, RevocationStore};
@@ -140,16 +141,17 @@ impl RevocationWriter {
 
 #[derive(Clone)]
 pub struct MongoRevocations {
-    client: Client,
+    instance: Instance,
     writer: RevocationWriter,
     /// Sent with queries as `maxTimeMS`.
     max_time: std::time::Duration,
 }
 
 impl MongoRevocations {
-    pub fn new(database: &Database) -> Self {
+    /// Transactions run in sessions of `instance`.
+    pub fn new(database: &Database, instance: &Instance) -> Self {
         Self {
-            client: database.client().clone(),
+            instance: instance.clone(),
             writer: RevocationWriter::new(database),
             max_time: super::DEFAULT_MAX_TIME,
         }
@@ -165,7 +167,7 @@ impl MongoRevocations {
 impl RevocationStore for MongoRevocations {
     async fn revoke(&self, revocation: &Revocation) -> Result<bool, StoreError> {
         let writer = &self.writer;
-        Ok(in_transaction!(&self.client, self.max_time, |session| {
+        Ok(in_transaction!(&self.instance, self.max_time, |session| {
             async {
                 Ok(match writer.insert(&mut session, revocation).await? {
                     true => Finish::Commit(true),

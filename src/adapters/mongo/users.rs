@@ -3,9 +3,10 @@
 use futures_util::TryStreamExt;
 use mongodb::bson::{self, Document, doc};
 use mongodb::options::IndexOptions;
-use mongodb::{Client, ClientSession, Collection, Database, IndexModel};
+use mongodb::{ClientSession, Collection, Database, IndexModel};
 use serde::{Deserialize, Serialize};
 
+use super::instances::Instance;
 use super::is_duplicate_key;
 use super::revocations::RevocationWriter;
 use crate::domain::user::{PasswordHash, Role, User, Username};
@@ -91,7 +92,7 @@ pub fn indexes() -> (&'static str, Vec<IndexModel>) {
 
 #[derive(Clone)]
 pub struct MongoUsers {
-    client: Client,
+    instance: Instance,
     collection: Collection<UserDocument>,
     /// Sent with queries as `maxTimeMS`.
     max_time: std::time::Duration,
@@ -99,9 +100,10 @@ pub struct MongoUsers {
 }
 
 impl MongoUsers {
-    pub fn new(database: &Database) -> Self {
+    /// Transactions run in sessions of `instance`.
+    pub fn new(database: &Database, instance: &Instance) -> Self {
         Self {
-            client: database.client().clone(),
+            instance: instance.clone(),
             collection: database.collection(COLLECTION),
             max_time: super::DEFAULT_MAX_TIME,
             revocations: RevocationWriter::new(database),
@@ -233,7 +235,7 @@ impl UserRepository for MongoUsers {
         if !changed.account_id.starts_with("legacy:") {
             set.insert("account_id", &changed.account_id);
         }
-        Ok(in_transaction!(&self.client, self.max_time, |session| {
+        Ok(in_transaction!(&self.instance, self.max_time, |session| {
             async {
                 if keep_an_admin
                     && !self
@@ -266,7 +268,7 @@ impl UserRepository for MongoUsers {
     ) -> Result<Written, StoreError> {
         let username = account_id.strip_prefix("legacy:").unwrap_or_default();
         let filter = Self::filter(account_id, username, epoch);
-        Ok(in_transaction!(&self.client, self.max_time, |session| {
+        Ok(in_transaction!(&self.instance, self.max_time, |session| {
             async {
                 if keep_an_admin
                     && !self

@@ -1,243 +1,58 @@
 //! The `batches` and `order_lines` collections.
 //!
 //! A batch document holds only what the allocation decision needs (its
-//! quantities, eta and a version), and every acknowledged order line is a
-//! document of its own, so no document grows with the number of orders.
-//! Every step that touches both a batch and a line is one multi-document
-//! transaction (this needs a replica set): taking stock and recording the line
-//! happen together or not at all, whatever crashes or disconnects. A
-//! transaction that meets a concurrent one (WriteConflict, labelled
-//! `TransientTransactionError`) is retried whole until
-//! [`TRANSACTION_RETRY_FOR`] has passed.
+//! quantities, eta, a version and the intents of lines on their way in), and
+//! every acknowledged order line is a document of its own, so no document
+//! grows with the number of orders.
+//!
+//! Allocation, the hot path, runs without a transaction, in groups
+//! ([`group_commit`]): single-document writes whose intents any instance can
+//! finish ([`interrupted`]). The rarer steps that move stock between a batch
+//! and lines (deallocating, shrinking, filling backorders) are each one
+//! multi-document transaction (this needs a replica set) in a session of
+//! this instance's lease, which survivors kill should this process die
+//! ([`super::instances`]). A transaction that meets a concurrent write
+//! (WriteConflict, labelled `TransientTransactionError`) is retried whole
+//! until [`TRANSACTION_RETRY_FOR`] has passed.
 
 use std::hash::{BuildHasher, RandomState};
+use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::NaiveDate;
 use futures_util::TryStreamExt;
-use mongodb::bson::{self, Bson, Document, doc, oid::ObjectId};
+use mongodb::bson::{Bson, Document, doc, oid::ObjectId};
 use mongodb::error::Error as MongoError;
-use mongodb::options::{IndexOptions, ReturnDocument};
-use mongodb::{Client, ClientSession, Collection, Database, IndexModel};
-use serde::{Deserialize, Serialize};
+use mongodb::options::ReturnDocument;
+use mongodb::{ClientSession, Collection, Database};
 use tokio::sync::Mutex;
 
+use self::documents::{ALLOCATED, BACKORDERED, BatchDocument, LineDocument, corrupt, quantity};
+pub use self::documents::{BATCHES, ORDER_LINES, ORDERS, indexes};
+use self::group_commit::Intake;
+use super::instances::Instance;
 use super::is_duplicate_key;
-use crate::domain::allocation::{
-    AcknowledgedLine, Batch, LineStatus, OrderLine, Requester, lines_to_give_up,
-};
+use crate::domain::allocation::{AcknowledgedLine, Batch, OrderLine, Requester, lines_to_give_up};
 use crate::services::allocation::{
     Allocated, AllocationRepository, Backorder, BatchLine, Filled, RepositoryError,
 };
 
-pub const BATCHES: &str = "batches";
-pub const ORDER_LINES: &str = "order_lines";
-/// One document per order id, `{_id: orderid, owner}`: who owns the order.
-pub const ORDERS: &str = "orders";
-
-pub use super::TRANSACTION_RETRY_FOR;
-
-const ALLOCATED: &str = "allocated";
-const BACKORDERED: &str = "backordered";
-
-/// How a batch is stored. `available_quantity` is `purchased_quantity` minus
-/// what its lines hold, kept in step by the transactions below.
-#[derive(Debug, Serialize, Deserialize)]
-struct BatchDocument {
-    #[serde(rename = "_id")]
-    reference: String,
-    sku: String,
-    purchased_quantity: i64,
-    available_quantity: i64,
-    /// Midnight UTC of the arrival date; null (sorting first) when in the warehouse.
-    eta: Option<bson::DateTime>,
-    version: i64,
-    /// Position of the latest line allocated to this batch.
-    allocation_seq: i64,
-}
-
-/// How an acknowledged order line is stored; unique per (orderid, sku).
-#[derive(Debug, Serialize, Deserialize)]
-struct LineDocument {
-    /// Generated when the line is first acknowledged: backorders are served in
-    /// this order.
-    #[serde(rename = "_id")]
-    id: ObjectId,
-    orderid: String,
-    sku: String,
-    qty: i64,
-    /// `allocated` or `backordered`.
-    status: String,
-    /// The batch it draws from, while allocated.
-    batchref: Option<String>,
-    /// Its position among the batch's lines, while allocated.
-    batch_seq: Option<i64>,
-    acknowledged_at: bson::DateTime,
-    /// The account owning the order (as in `orders`); absent on lines stored
-    /// before orders had owners.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    owner: Option<String>,
-}
-
-fn to_bson_date(date: NaiveDate) -> bson::DateTime {
-    bson::DateTime::from_chrono(date.and_time(chrono::NaiveTime::MIN).and_utc())
-}
-
-fn corrupt(what: &str, id: &str) -> RepositoryError {
-    RepositoryError::Unavailable(format!("{id} is stored with an invalid {what}").into())
-}
-
-fn quantity(value: i64, what: &str, id: &str) -> Result<u32, RepositoryError> {
-    u32::try_from(value).map_err(|_| corrupt(what, id))
-}
-
-impl BatchDocument {
-    fn new(batch: &Batch) -> Self {
-        Self {
-            reference: batch.reference.clone(),
-            sku: batch.sku.clone(),
-            purchased_quantity: i64::from(batch.purchased_quantity()),
-            available_quantity: batch.available_quantity(),
-            eta: batch.eta.map(to_bson_date),
-            version: 0,
-            allocation_seq: 0,
-        }
-    }
-
-    fn into_batch(self) -> Result<Batch, RepositoryError> {
-        let purchased = quantity(
-            self.purchased_quantity,
-            "purchased_quantity",
-            &self.reference,
-        )?;
-        let version =
-            u64::try_from(self.version).map_err(|_| corrupt("version", &self.reference))?;
-        let eta = self.eta.map(|eta| eta.to_chrono().date_naive());
-        Ok(Batch::restore(
-            self.reference,
-            self.sku,
-            purchased,
-            self.available_quantity,
-            eta,
-            version,
-        ))
-    }
-}
-
-impl LineDocument {
-    fn allocated(line: &OrderLine, batchref: &str, batch_seq: i64, owner: &str) -> Self {
-        Self {
-            id: ObjectId::new(),
-            orderid: line.orderid.clone(),
-            sku: line.sku.clone(),
-            qty: i64::from(line.qty),
-            status: ALLOCATED.to_owned(),
-            batchref: Some(batchref.to_owned()),
-            batch_seq: Some(batch_seq),
-            acknowledged_at: bson::DateTime::now(),
-            owner: Some(owner.to_owned()),
-        }
-    }
-
-    fn into_line(self) -> Result<AcknowledgedLine, RepositoryError> {
-        let id = || format!("order line {}/{}", self.orderid, self.sku);
-        let qty = quantity(self.qty, "qty", &id())?;
-        let status = match (self.status.as_str(), self.batchref) {
-            (ALLOCATED, Some(batchref)) => LineStatus::Allocated { batchref },
-            (BACKORDERED, None) => LineStatus::Backordered,
-            _ => return Err(corrupt("status", &id())),
-        };
-        Ok(AcknowledgedLine {
-            line: OrderLine {
-                orderid: self.orderid,
-                sku: self.sku,
-                qty,
-            },
-            status,
-            acknowledged_at: self.acknowledged_at.to_chrono(),
-            owner: self.owner,
-        })
-    }
-}
-
-fn unavailable(error: MongoError) -> RepositoryError {
+pub(super) fn unavailable(error: MongoError) -> RepositoryError {
     RepositoryError::Unavailable(Box::new(error))
 }
 
-/// The indexes behind every query below, per collection.
-pub fn indexes() -> [(&'static str, Vec<IndexModel>); 2] {
-    let named = |name: &str| IndexOptions::builder().name(name.to_owned());
-    let backordered = doc! { "status": BACKORDERED };
-    [
-        (
-            BATCHES,
-            vec![
-                // Candidates for an allocation, in the domain's order of preference.
-                IndexModel::builder()
-                    .keys(doc! { "sku": 1, "eta": 1, "_id": 1 })
-                    .build(),
-                // Pages of one sku's batches.
-                IndexModel::builder()
-                    .keys(doc! { "sku": 1, "_id": 1 })
-                    .build(),
-                // Batches left over-allocated by an unfinished shrink (few, usually none).
-                IndexModel::builder()
-                    .keys(doc! { "available_quantity": 1 })
-                    .options(
-                        named("over_allocated")
-                            .partial_filter_expression(doc! { "available_quantity": { "$lt": 0 } })
-                            .build(),
-                    )
-                    .build(),
-            ],
-        ),
-        (
-            ORDER_LINES,
-            vec![
-                // One line per (order, sku): the idempotent repeat, and an
-                // order's lines (GET /allocations/{orderid}).
-                IndexModel::builder()
-                    .keys(doc! { "orderid": 1, "sku": 1 })
-                    .options(named("order_line").unique(true).build())
-                    .build(),
-                // A batch's lines in allocation order (paging; the most recent
-                // are given up first).
-                IndexModel::builder()
-                    .keys(doc! { "batchref": 1, "batch_seq": 1 })
-                    .options(
-                        named("batch_lines")
-                            .partial_filter_expression(doc! { "status": ALLOCATED })
-                            .build(),
-                    )
-                    .build(),
-                // The backorder queue, oldest first, of one sku or of all.
-                IndexModel::builder()
-                    .keys(doc! { "status": 1, "sku": 1, "_id": 1 })
-                    .options(
-                        named("backorders_by_sku")
-                            .partial_filter_expression(backordered.clone())
-                            .build(),
-                    )
-                    .build(),
-                IndexModel::builder()
-                    .keys(doc! { "status": 1, "_id": 1 })
-                    .options(
-                        named("backorders")
-                            .partial_filter_expression(backordered)
-                            .build(),
-                    )
-                    .build(),
-            ],
-        ),
-    ]
-}
+/// How many allocation groups of a process are at the database at once: a
+/// group slowed down (by a sku whose batch a dead instance's transaction
+/// holds, until it is killed) does not hold up the next.
+const GROUPS_IN_FLIGHT: usize = 2;
 
 /// How many locks writes to one sku are spread over within a process.
 const SKU_LOCKS: usize = 64;
 
 #[derive(Clone)]
 pub struct MongoAllocations {
-    client: Client,
+    database: Database,
+    instance: Instance,
+    intake: Arc<Intake>,
     batches: Collection<BatchDocument>,
     lines: Collection<LineDocument>,
     orders: Collection<Document>,
@@ -255,7 +70,7 @@ pub struct MongoAllocations {
 macro_rules! transaction {
     ($repo:expr, |$session:ident| $attempt:expr) => {
         in_transaction!(
-            &$repo.client,
+            &$repo.instance,
             $repo.max_time,
             |$session| $attempt,
             on_retry = {
@@ -266,10 +81,20 @@ macro_rules! transaction {
     };
 }
 
+mod documents;
+mod group_commit;
+mod interrupted;
+
+pub use self::interrupted::Resumed;
+
 impl MongoAllocations {
-    pub fn new(database: &Database) -> Self {
+    /// Transactions run in sessions of `instance`, whose intents
+    /// `resume_interrupted` leaves alone while it holds its lease.
+    pub fn new(database: &Database, instance: &Instance) -> Self {
         Self {
-            client: database.client().clone(),
+            database: database.clone(),
+            instance: instance.clone(),
+            intake: Arc::new(Intake::new(GROUPS_IN_FLIGHT)),
             batches: database.collection(BATCHES),
             lines: database.collection(ORDER_LINES),
             orders: database.collection(ORDERS),
@@ -289,39 +114,10 @@ impl MongoAllocations {
         &self.sku_locks[self.hasher.hash_one(sku) as usize % SKU_LOCKS]
     }
 
-    /// The order's owner, made the requester if the order has none, in the
-    /// transaction: of two accounts racing to allocate an order's first lines
-    /// (even on different skus), one upsert creates the document and the
-    /// other conflicts, retries, and finds it. None if the requester may not
-    /// add to the order.
-    async fn claim_order(
-        &self,
-        session: &mut ClientSession,
-        line: &OrderLine,
-        requester: &Requester,
-    ) -> Result<Option<String>, MongoError> {
-        let order = self
-            .orders
-            .find_one_and_update(
-                doc! { "_id": &line.orderid },
-                doc! { "$setOnInsert": { "owner": &requester.account } },
-            )
-            .upsert(true)
-            .return_document(ReturnDocument::After)
-            .session(session)
-            .await?;
-        let owner = order
-            .as_ref()
-            .and_then(|order| order.get_str("owner").ok())
-            .unwrap_or(&requester.account);
-        Ok(requester.may_manage(Some(owner)).then(|| owner.to_owned()))
-    }
-
-    /// Takes `line.qty` from the preferred batch of its sku with room (warehouse
-    /// stock first, then the earliest eta, then the reference: the domain's
-    /// order, which MongoDB's sort gives since null sorts before dates), in one
-    /// command. Returns the batch and the line's position in it.
-    async fn take_stock(
+    /// In a transaction: takes `line.qty` from the preferred batch of its sku
+    /// with room (the order of the allocation's stock step). Returns the
+    /// batch and the line's position in it.
+    async fn take_stock_in(
         &self,
         session: &mut ClientSession,
         line: &OrderLine,
@@ -346,6 +142,13 @@ impl MongoAllocations {
             Some((reference, seq))
         }))
     }
+}
+
+/// Where a line's intent is kept in its batch while the line is on its way
+/// in: an intent exists only while its line is not stored yet, or stored and
+/// drawing from that batch (a step that moves the line away removes it).
+fn intent_field(line: &ObjectId) -> String {
+    format!("pending.{}", line.to_hex())
 }
 
 fn limit(n: usize) -> i64 {
@@ -452,34 +255,7 @@ impl AllocationRepository for MongoAllocations {
         line: &OrderLine,
         requester: &Requester,
     ) -> Result<Allocated, RepositoryError> {
-        let taken = {
-            let _turn = self.sku_lock(&line.sku).lock().await;
-            transaction!(self, |session| async {
-                let Some(owner) = self.claim_order(&mut session, line, requester).await? else {
-                    return Ok(Finish::Abort(Some(Err(Allocated::NotOwner))));
-                };
-                let Some((batchref, seq)) = self.take_stock(&mut session, line).await? else {
-                    return Ok(Finish::Abort(None));
-                };
-                let document = LineDocument::allocated(line, &batchref, seq, &owner);
-                match self.lines.insert_one(document).session(&mut session).await {
-                    Ok(_) => Ok(Finish::Commit(Some(Ok(batchref)))),
-                    // Acknowledged before: the stock taken above goes back with the abort.
-                    Err(error) if is_duplicate_key(&error) => Ok(Finish::Abort(None)),
-                    Err(error) => Err(error),
-                }
-            }
-            .await)?
-        };
-        match taken {
-            Some(Ok(batchref)) => Ok(Allocated::Taken(batchref)),
-            Some(Err(refused)) => Ok(refused),
-            // No room, or a repeat: a line acknowledged before is answered as it stands.
-            _ => Ok(match self.line(&line.orderid, &line.sku).await? {
-                Some(existing) => Allocated::AlreadyAcknowledged(existing),
-                None => Allocated::NoRoom,
-            }),
-        }
+        self.allocate_in_group(line, requester).await
     }
 
     async fn line(
@@ -545,10 +321,15 @@ impl AllocationRepository for MongoAllocations {
                 return Ok(Finish::Abort(None));
             };
             if let Some(batchref) = &removed.batchref {
+                // With the line goes its intent, if still there: nobody may
+                // store the line again.
                 self.batches
                     .update_one(
                         doc! { "_id": batchref },
-                        doc! { "$inc": { "available_quantity": removed.qty, "version": 1 } },
+                        doc! {
+                            "$inc": { "available_quantity": removed.qty, "version": 1 },
+                            "$unset": { intent_field(&removed.id): "" },
+                        },
                     )
                     .session(&mut session)
                     .await?;
@@ -643,16 +424,23 @@ impl AllocationRepository for MongoAllocations {
             let ids: Vec<ObjectId> = given_up.iter().map(|line| line.id).collect();
             self.lines
                 .update_many(
-                    doc! { "_id": { "$in": ids } },
+                    doc! { "_id": { "$in": &ids } },
                     doc! { "$set": { "status": BACKORDERED, "batchref": null, "batch_seq": null } },
                 )
                 .session(&mut session)
                 .await?;
             let freed: i64 = given_up.iter().map(|line| line.qty).sum();
+            let intents: Document = ids
+                .iter()
+                .map(|id| (intent_field(id), Bson::from("")))
+                .collect();
             self.batches
                 .update_one(
                     doc! { "_id": reference },
-                    doc! { "$inc": { "available_quantity": freed, "version": 1 } },
+                    doc! {
+                        "$inc": { "available_quantity": freed, "version": 1 },
+                        "$unset": intents,
+                    },
                 )
                 .session(&mut session)
                 .await?;
@@ -706,7 +494,7 @@ impl AllocationRepository for MongoAllocations {
         let _turn = self.sku_lock(&line.sku).lock().await;
         transaction!(self, |session| {
             async {
-            let Some((batchref, seq)) = self.take_stock(&mut session, line).await? else {
+            let Some((batchref, seq)) = self.take_stock_in(&mut session, line).await? else {
                 return Ok(Finish::Abort(Filled::NoRoom));
             };
             let updated = self

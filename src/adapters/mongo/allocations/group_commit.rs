@@ -1,0 +1,709 @@
+//! Allocation without a transaction, in groups.
+//!
+//! The allocations a process receives while its previous groups are at the
+//! database travel together as one **group**:
+//!
+//! 1. one `update` of `orders` claims (or checks) the owner of every new
+//!    order of the group (none for orders this process has seen);
+//! 2. one `findAndModify` per sku of the group takes the stock of all its
+//!    lines from the preferred batch with room, and records each line there
+//!    as an **intent** (`pending.<line id>`: order, quantity, owner, position,
+//!    instance), in the same single-document write;
+//! 3. one `insert` stores every line of the group.
+//!
+//! No step holds a lock across round trips, so a process that dies between
+//! two of them stalls nobody: the stock it took is recorded with the line it
+//! was for, and `interrupted::resume` (run by every instance) stores the line
+//! or gives the stock back. An intent whose line is stored is removed from
+//! the batch by the next write this process makes to the batch, or by
+//! [`MongoAllocations::flush_confirmed`].
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use mongodb::bson::{Bson, Document, doc, oid::ObjectId};
+use mongodb::error::{ErrorKind, InsertManyError};
+use mongodb::options::ReturnDocument;
+use tokio::sync::{Semaphore, oneshot};
+
+use super::documents::{LineDocument, ORDERS, corrupt};
+use super::{MongoAllocations, intent_field, unavailable};
+use crate::domain::allocation::{OrderLine, Requester};
+use crate::services::allocation::{Allocated, AllocationRepository, RepositoryError};
+
+/// Most lines in one group.
+const GROUP_LIMIT: usize = 256;
+/// Order owners remembered by a process (they never change); forgotten all
+/// at once when there are more.
+const OWNERS_REMEMBERED: usize = 100_000;
+/// Most stored lines' intents one write removes in passing.
+const PIGGYBACK_LIMIT: usize = 256;
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+type Reply = oneshot::Sender<Result<Allocated, RepositoryError>>;
+
+struct Request {
+    line: OrderLine,
+    requester: Requester,
+    reply: Reply,
+}
+
+/// Where a process's allocations wait for their group, and what it
+/// remembers between groups.
+pub(super) struct Intake {
+    queue: Mutex<VecDeque<Request>>,
+    /// Groups at the database at once.
+    slots: Arc<Semaphore>,
+    /// Lines between their stock step and the end of their insert: their
+    /// intents are this process's to finish, not the recovery pass's.
+    in_flight: Mutex<HashSet<ObjectId>>,
+    /// Intents whose lines are stored, by sku and batch: removed from the
+    /// batch by the next stock step on the sku, or by a flush.
+    confirmed: Mutex<HashMap<String, HashMap<String, Vec<ObjectId>>>>,
+    owners: Mutex<HashMap<String, String>>,
+}
+
+impl Intake {
+    pub(super) fn new(groups_in_flight: usize) -> Self {
+        Self {
+            queue: Mutex::new(VecDeque::new()),
+            slots: Arc::new(Semaphore::new(groups_in_flight.max(1))),
+            in_flight: Mutex::new(HashSet::new()),
+            confirmed: Mutex::new(HashMap::new()),
+            owners: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub(super) fn is_in_flight(&self, id: &ObjectId) -> bool {
+        lock(&self.in_flight).contains(id)
+    }
+
+    /// The next group: queued requests in arrival order, at most one per
+    /// (order, sku) (a second one waits for the next group, where it finds
+    /// the line stored by the first).
+    fn next_group(&self) -> Vec<Request> {
+        let mut queue = lock(&self.queue);
+        let mut group = Vec::new();
+        let mut later = VecDeque::new();
+        let mut keys = HashSet::new();
+        while group.len() < GROUP_LIMIT {
+            let Some(request) = queue.pop_front() else {
+                break;
+            };
+            if keys.insert((request.line.orderid.clone(), request.line.sku.clone())) {
+                group.push(request);
+            } else {
+                later.push_back(request);
+            }
+        }
+        while let Some(request) = later.pop_back() {
+            queue.push_front(request);
+        }
+        group
+    }
+
+    /// Takes the stored lines' intents out, to be removed by one flush.
+    pub(super) fn take_confirmed(&self) -> HashMap<String, Vec<ObjectId>> {
+        let mut by_batch: HashMap<String, Vec<ObjectId>> = HashMap::new();
+        for (_, batches) in lock(&self.confirmed).drain() {
+            for (batch, ids) in batches {
+                by_batch.entry(batch).or_default().extend(ids);
+            }
+        }
+        by_batch
+    }
+
+    /// Puts back intents a flush could not remove, for the next flush.
+    pub(super) fn restore_confirmed(&self, by_batch: HashMap<String, Vec<ObjectId>>) {
+        let mut confirmed = lock(&self.confirmed);
+        for (batch, ids) in by_batch {
+            confirmed
+                .entry(String::new())
+                .or_default()
+                .entry(batch)
+                .or_default()
+                .extend(ids);
+        }
+    }
+}
+
+/// A line of a group on its way to a batch.
+struct Taking<'a> {
+    index: usize,
+    id: ObjectId,
+    line: &'a OrderLine,
+    owner: String,
+}
+
+/// Where a line of a group stands after the stock step.
+enum Stock {
+    Taken { batchref: String, seq: i64 },
+    NoRoom,
+}
+
+impl MongoAllocations {
+    /// Queues the line for the next group and waits for its answer. A caller
+    /// that finds a group slot free takes the queue as a group and sends it
+    /// on its way (in a task of its own, so that no caller's cancellation
+    /// stops a group half-way).
+    pub(super) async fn allocate_in_group(
+        &self,
+        line: &OrderLine,
+        requester: &Requester,
+    ) -> Result<Allocated, RepositoryError> {
+        let (reply, mut answer) = oneshot::channel();
+        lock(&self.intake.queue).push_back(Request {
+            line: line.clone(),
+            requester: requester.clone(),
+            reply,
+        });
+        let dropped = || RepositoryError::Unavailable("the allocation group was dropped".into());
+        loop {
+            tokio::select! {
+                biased;
+                answered = &mut answer => return answered.unwrap_or_else(|_| Err(dropped())),
+                slot = Arc::clone(&self.intake.slots).acquire_owned() => {
+                    let Ok(slot) = slot else {
+                        return Err(dropped());
+                    };
+                    let group = self.intake.next_group();
+                    if group.is_empty() {
+                        // Another caller took this request into its group.
+                        drop(slot);
+                        return answer.await.unwrap_or_else(|_| Err(dropped()));
+                    }
+                    let repository = self.clone();
+                    tokio::spawn(async move {
+                        repository.commit_group(group).await;
+                        drop(slot);
+                    });
+                }
+            }
+        }
+    }
+
+    async fn commit_group(&self, group: Vec<Request>) {
+        let mut outcomes = self.allocate_group(&group).await;
+        for (request, outcome) in group.into_iter().zip(outcomes.drain(..)) {
+            let _ = request.reply.send(outcome);
+        }
+    }
+
+    async fn allocate_group(&self, group: &[Request]) -> Vec<Result<Allocated, RepositoryError>> {
+        let owners = match self.claim_orders(group).await {
+            Ok(owners) => owners,
+            Err(error) => return failed_for_all(group.len(), &error),
+        };
+        let mut outcomes: Vec<Option<Result<Allocated, RepositoryError>>> =
+            (0..group.len()).map(|_| None).collect();
+        let mut by_sku: HashMap<&str, Vec<Taking<'_>>> = HashMap::new();
+        for (index, (request, owner)) in group.iter().zip(owners).enumerate() {
+            match owner {
+                Some(owner) => by_sku.entry(&request.line.sku).or_default().push(Taking {
+                    index,
+                    id: ObjectId::new(),
+                    line: &request.line,
+                    owner,
+                }),
+                None => outcomes[index] = Some(Ok(Allocated::NotOwner)),
+            }
+        }
+        let ids: Vec<ObjectId> = by_sku.values().flatten().map(|t| t.id).collect();
+        lock(&self.intake.in_flight).extend(ids.iter().copied());
+
+        let stock = join_all(
+            by_sku
+                .iter()
+                .map(|(sku, lines)| self.take_stock_for(sku, lines)),
+        )
+        .await;
+        let mut stored = Vec::new();
+        for (lines, taken) in by_sku.values().zip(stock) {
+            match taken {
+                Ok(taken) => {
+                    for (taking, stock) in lines.iter().zip(taken) {
+                        match stock {
+                            Stock::Taken { batchref, seq } => stored.push((taking, batchref, seq)),
+                            Stock::NoRoom => outcomes[taking.index] = Some(Ok(Allocated::NoRoom)),
+                        }
+                    }
+                }
+                Err(error) => {
+                    for taking in lines {
+                        outcomes[taking.index] = Some(Err(copy_error(&error)));
+                    }
+                }
+            }
+        }
+
+        for (taking, outcome) in self.store_lines(&stored).await {
+            outcomes[taking.index] = Some(outcome);
+        }
+        {
+            let mut in_flight = lock(&self.intake.in_flight);
+            for id in &ids {
+                in_flight.remove(id);
+            }
+        }
+
+        // A line that found no room may have been acknowledged before (the
+        // idempotent repeat): it is answered as it stands.
+        let unplaced: Vec<usize> = outcomes
+            .iter()
+            .enumerate()
+            .filter(|(_, outcome)| matches!(outcome, Some(Ok(Allocated::NoRoom))))
+            .map(|(index, _)| index)
+            .collect();
+        let existing = join_all(unplaced.iter().map(|&index| {
+            let line = &group[index].line;
+            self.line(&line.orderid, &line.sku)
+        }))
+        .await;
+        for (index, existing) in unplaced.into_iter().zip(existing) {
+            outcomes[index] = Some(match existing {
+                Ok(Some(existing)) => Ok(Allocated::AlreadyAcknowledged(existing)),
+                Ok(None) => Ok(Allocated::NoRoom),
+                Err(error) => Err(error),
+            });
+        }
+        outcomes
+            .into_iter()
+            .map(|outcome| outcome.unwrap_or_else(|| Err(unavailable_msg("no outcome"))))
+            .collect()
+    }
+
+    /// The owner of each request's order, claimed for the requester where
+    /// the order is new, in one `update` of `orders` (a statement per new
+    /// (order, requester)); None where the requester may not add to it.
+    async fn claim_orders(
+        &self,
+        group: &[Request],
+    ) -> Result<Vec<Option<String>>, RepositoryError> {
+        let mut known: HashMap<String, String> = {
+            let owners = lock(&self.intake.owners);
+            group
+                .iter()
+                .filter_map(|r| {
+                    let owner = owners.get(&r.line.orderid)?;
+                    Some((r.line.orderid.clone(), owner.clone()))
+                })
+                .collect()
+        };
+        let mut claims: Vec<(&str, &str)> = Vec::new();
+        for request in group {
+            let claim = (
+                request.line.orderid.as_str(),
+                request.requester.account.as_str(),
+            );
+            if !known.contains_key(claim.0) && !claims.contains(&claim) {
+                claims.push(claim);
+            }
+        }
+        if !claims.is_empty() {
+            let updates: Vec<Document> = claims
+                .iter()
+                .map(|(orderid, account)| {
+                    doc! {
+                        "q": { "_id": *orderid, "owner": *account },
+                        "u": { "$setOnInsert": { "owner": *account } },
+                        "upsert": true,
+                    }
+                })
+                .collect();
+            let reply = self
+                .database
+                .run_command(doc! {
+                    "update": ORDERS,
+                    "updates": updates,
+                    "ordered": false,
+                    "maxTimeMS": max_time_ms(self.max_time),
+                })
+                .await
+                .map_err(unavailable)?;
+            let mut taken_by_another = Vec::new();
+            let mut claimed_index = vec![true; claims.len()];
+            for error in reply
+                .get_array("writeErrors")
+                .map(|a| a.as_slice())
+                .unwrap_or_default()
+            {
+                let Some(error) = error.as_document() else {
+                    continue;
+                };
+                let index = error
+                    .get_i32("index")
+                    .ok()
+                    .and_then(|i| usize::try_from(i).ok());
+                let Some(index) = index.filter(|&i| i < claims.len()) else {
+                    continue;
+                };
+                if error.get_i32("code") != Ok(11000) {
+                    let message = error.get_str("errmsg").unwrap_or("write error");
+                    return Err(unavailable_msg(&format!(
+                        "claiming order owners: {message}"
+                    )));
+                }
+                claimed_index[index] = false;
+                taken_by_another.push(claims[index].0);
+            }
+            for ((orderid, account), claimed) in claims.iter().zip(claimed_index) {
+                if claimed {
+                    known.insert((*orderid).to_owned(), (*account).to_owned());
+                }
+            }
+            if !taken_by_another.is_empty() {
+                // The order exists with another owner (or two of the group's
+                // claims raced): read who owns it.
+                let mut cursor = self
+                    .orders
+                    .find(doc! { "_id": { "$in": &taken_by_another } })
+                    .max_time(self.max_time)
+                    .await
+                    .map_err(unavailable)?;
+                while cursor.advance().await.map_err(unavailable)? {
+                    let order = cursor.deserialize_current().map_err(unavailable)?;
+                    if let (Ok(id), Ok(owner)) = (order.get_str("_id"), order.get_str("owner")) {
+                        known.insert(id.to_owned(), owner.to_owned());
+                    }
+                }
+            }
+            let mut owners = lock(&self.intake.owners);
+            if owners.len() + known.len() > OWNERS_REMEMBERED {
+                owners.clear();
+            }
+            owners.extend(known.iter().map(|(o, w)| (o.clone(), w.clone())));
+        }
+        Ok(group
+            .iter()
+            .map(|request| {
+                let owner = known.get(&request.line.orderid)?;
+                request
+                    .requester
+                    .may_manage(Some(owner))
+                    .then(|| owner.clone())
+            })
+            .collect())
+    }
+
+    /// Takes the stock of a sku's lines of the group, all from one batch if
+    /// one has room for them all, else line by line.
+    async fn take_stock_for(
+        &self,
+        sku: &str,
+        lines: &[Taking<'_>],
+    ) -> Result<Vec<Stock>, RepositoryError> {
+        if let Some((batchref, last_seq)) = self.take_stock(sku, lines).await? {
+            let first = last_seq - lines.len() as i64;
+            return Ok((1..=lines.len() as i64)
+                .map(|n| Stock::Taken {
+                    batchref: batchref.clone(),
+                    seq: first + n,
+                })
+                .collect());
+        }
+        if lines.len() == 1 {
+            return Ok(vec![Stock::NoRoom]);
+        }
+        let mut stock = Vec::with_capacity(lines.len());
+        for line in lines {
+            stock.push(
+                match self.take_stock(sku, std::slice::from_ref(line)).await? {
+                    Some((batchref, seq)) => Stock::Taken { batchref, seq },
+                    None => Stock::NoRoom,
+                },
+            );
+        }
+        Ok(stock)
+    }
+
+    /// One `findAndModify`: the preferred batch of the sku with room for all
+    /// of `lines` (warehouse stock first, then the earliest eta, then the
+    /// reference: the domain's order, which MongoDB's sort gives since null
+    /// sorts before dates) gives their quantity and records an intent for
+    /// each. Intents of lines stored since are removed in passing. Returns
+    /// the batch and the position of the last line.
+    async fn take_stock(
+        &self,
+        sku: &str,
+        lines: &[Taking<'_>],
+    ) -> Result<Option<(String, i64)>, RepositoryError> {
+        let total: i64 = lines.iter().map(|t| i64::from(t.line.qty)).sum();
+        let count = lines.len() as i64;
+        let mut set = doc! {
+            "available_quantity": { "$subtract": ["$available_quantity", total] },
+            "allocation_seq": { "$add": ["$allocation_seq", count] },
+            "version": { "$add": ["$version", 1] },
+        };
+        for (n, taking) in lines.iter().enumerate() {
+            set.insert(
+                intent_field(&taking.id),
+                doc! {
+                    "o": { "$literal": &taking.line.orderid },
+                    "q": i64::from(taking.line.qty),
+                    "w": { "$literal": &taking.owner },
+                    "s": { "$add": ["$allocation_seq", n as i64 + 1] },
+                    "i": self.instance.id(),
+                },
+            );
+        }
+        let mut pipeline = vec![doc! { "$set": set }];
+        let piggyback: Vec<(String, ObjectId)> = lock(&self.intake.confirmed)
+            .get(sku)
+            .map(|batches| {
+                batches
+                    .iter()
+                    .flat_map(|(batch, ids)| ids.iter().map(move |id| (batch.clone(), *id)))
+                    .take(PIGGYBACK_LIMIT)
+                    .collect()
+            })
+            .unwrap_or_default();
+        if !piggyback.is_empty() {
+            let fields: Vec<String> = piggyback.iter().map(|(_, id)| intent_field(id)).collect();
+            pipeline.push(doc! { "$unset": fields });
+        }
+        let taken = self
+            .batches
+            .clone_with_type::<Document>()
+            .find_one_and_update(
+                doc! { "sku": sku, "available_quantity": { "$gte": total } },
+                pipeline,
+            )
+            .max_time(self.max_time)
+            .sort(doc! { "eta": 1, "_id": 1 })
+            .projection(doc! { "allocation_seq": 1 })
+            .return_document(ReturnDocument::After)
+            .await
+            .map_err(unavailable)?;
+        let Some(batch) = taken else {
+            return Ok(None);
+        };
+        let (Ok(reference), Ok(last_seq)) = (batch.get_str("_id"), batch.get_i64("allocation_seq"))
+        else {
+            return Err(corrupt("allocation_seq", &format!("a batch of sku {sku}")));
+        };
+        let reference = reference.to_owned();
+        if !piggyback.is_empty() {
+            let removed: HashSet<ObjectId> = piggyback
+                .iter()
+                .filter(|(batch, _)| *batch == reference)
+                .map(|(_, id)| *id)
+                .collect();
+            if let Some(ids) = lock(&self.intake.confirmed)
+                .get_mut(sku)
+                .and_then(|batches| batches.get_mut(&reference))
+            {
+                ids.retain(|id| !removed.contains(id));
+            }
+        }
+        Ok(Some((reference, last_seq)))
+    }
+
+    /// One `insert` of the group's lines whose stock was taken. A line whose
+    /// (order, sku) was acknowledged meanwhile by another request gives its
+    /// stock back and is answered as the stored one stands.
+    async fn store_lines<'a>(
+        &self,
+        stored: &'a [(&'a Taking<'a>, String, i64)],
+    ) -> Vec<(&'a Taking<'a>, Result<Allocated, RepositoryError>)> {
+        if stored.is_empty() {
+            return Vec::new();
+        }
+        let documents: Vec<LineDocument> = stored
+            .iter()
+            .map(|(taking, batchref, seq)| {
+                LineDocument::allocated(taking.id, taking.line, batchref, *seq, &taking.owner)
+            })
+            .collect();
+        // Lines already stored keep their id: a retry finds them as
+        // duplicates of themselves.
+        let mut attempt = 0;
+        let duplicates: Vec<usize> = loop {
+            let error = match self.lines.insert_many(&documents).ordered(false).await {
+                Ok(_) => break Vec::new(),
+                Err(error) => error,
+            };
+            if let ErrorKind::InsertMany(InsertManyError {
+                write_errors: Some(errors),
+                write_concern_error: None,
+                ..
+            }) = error.kind.as_ref()
+                && errors.iter().all(|e| e.code == 11000)
+            {
+                break errors.iter().map(|e| e.index).collect();
+            }
+            attempt += 1;
+            if attempt == 3 {
+                // Their intents stay in the batches; the recovery pass
+                // stores the lines (or gives the stock back). The client
+                // may ask again.
+                let error = unavailable(error);
+                return stored
+                    .iter()
+                    .map(|(taking, ..)| (*taking, Err(copy_error(&error))))
+                    .collect();
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let mut outcomes: Vec<(&Taking<'_>, Result<Allocated, RepositoryError>)> = Vec::new();
+        let dup_ids: Vec<ObjectId> = duplicates.iter().map(|&i| stored[i].0.id).collect();
+        let ours = match self.stored_ids(&dup_ids).await {
+            Ok(ours) => ours,
+            Err(error) => {
+                return stored
+                    .iter()
+                    .map(|(taking, ..)| (*taking, Err(copy_error(&error))))
+                    .collect();
+            }
+        };
+        let mut repeats = Vec::new();
+        for (index, (taking, batchref, _)) in stored.iter().enumerate() {
+            if duplicates.contains(&index) && !ours.contains(&taking.id) {
+                repeats.push((*taking, batchref.as_str()));
+            } else {
+                self.confirm(&taking.line.sku, batchref, taking.id);
+                outcomes.push((*taking, Ok(Allocated::Taken(batchref.clone()))));
+            }
+        }
+        let answers = join_all(repeats.iter().map(|(taking, batchref)| async move {
+            self.give_back(batchref, taking.id, i64::from(taking.line.qty))
+                .await?;
+            match self.line(&taking.line.orderid, &taking.line.sku).await? {
+                Some(existing) => Ok(Allocated::AlreadyAcknowledged(existing)),
+                // Deallocated in the meantime: the client may try again.
+                None => Err(unavailable_msg("the order line changed meanwhile")),
+            }
+        }))
+        .await;
+        outcomes.extend(repeats.iter().map(|(taking, _)| *taking).zip(answers));
+        outcomes
+    }
+
+    fn confirm(&self, sku: &str, batchref: &str, id: ObjectId) {
+        lock(&self.intake.confirmed)
+            .entry(sku.to_owned())
+            .or_default()
+            .entry(batchref.to_owned())
+            .or_default()
+            .push(id);
+    }
+
+    /// Which of these line ids are stored.
+    pub(super) async fn stored_ids(
+        &self,
+        ids: &[ObjectId],
+    ) -> Result<HashSet<ObjectId>, RepositoryError> {
+        if ids.is_empty() {
+            return Ok(HashSet::new());
+        }
+        let mut cursor = self
+            .lines
+            .clone_with_type::<Document>()
+            .find(doc! { "_id": { "$in": ids } })
+            .projection(doc! { "_id": 1 })
+            .max_time(self.max_time)
+            .await
+            .map_err(unavailable)?;
+        let mut found = HashSet::new();
+        while cursor.advance().await.map_err(unavailable)? {
+            let document = cursor.deserialize_current().map_err(unavailable)?;
+            if let Ok(id) = document.get_object_id("_id") {
+                found.insert(id);
+            }
+        }
+        Ok(found)
+    }
+
+    /// Gives an intent's stock back to its batch and removes the intent, in
+    /// one write that happens once whoever asks (it only applies while the
+    /// intent is there).
+    pub(super) async fn give_back(
+        &self,
+        batchref: &str,
+        id: ObjectId,
+        qty: i64,
+    ) -> Result<bool, RepositoryError> {
+        let field = intent_field(&id);
+        let updated = self
+            .batches
+            .update_one(
+                doc! { "_id": batchref, &field: { "$exists": true } },
+                doc! {
+                    "$inc": { "available_quantity": qty, "version": 1 },
+                    "$unset": { &field: "" },
+                },
+            )
+            .await
+            .map_err(unavailable)?;
+        Ok(updated.modified_count == 1)
+    }
+
+    /// Removes the intents of stored lines from their batches: one `update`
+    /// with a statement per batch. Run every heartbeat; under load most are
+    /// removed in passing by the next stock step.
+    pub async fn flush_confirmed(&self) -> Result<usize, RepositoryError> {
+        let by_batch = self.intake.take_confirmed();
+        if by_batch.is_empty() {
+            return Ok(0);
+        }
+        let count = by_batch.values().map(Vec::len).sum();
+        let updates: Vec<Document> = by_batch
+            .iter()
+            .map(|(batch, ids)| {
+                let fields: Vec<Bson> = ids
+                    .iter()
+                    .map(|id| Bson::String(intent_field(id)))
+                    .collect();
+                doc! {
+                    "q": { "_id": batch },
+                    "u": [
+                        { "$unset": fields },
+                        { "$set": { "pending": { "$cond": [
+                            { "$eq": ["$pending", {}] }, "$$REMOVE", "$pending",
+                        ] } } },
+                    ],
+                }
+            })
+            .collect();
+        let sent = self
+            .database
+            .run_command(doc! {
+                "update": super::documents::BATCHES,
+                "updates": updates,
+                "ordered": false,
+                "maxTimeMS": max_time_ms(self.max_time),
+            })
+            .await;
+        if let Err(error) = sent {
+            self.intake.restore_confirmed(by_batch);
+            return Err(unavailable(error));
+        }
+        Ok(count)
+    }
+}
+
+fn max_time_ms(limit: Duration) -> i64 {
+    i64::try_from(limit.as_millis()).unwrap_or(i64::MAX)
+}
+
+fn unavailable_msg(message: &str) -> RepositoryError {
+    RepositoryError::Unavailable(message.to_owned().into())
+}
+
+/// The same failure again, for each request of a group it struck.
+fn copy_error(error: &RepositoryError) -> RepositoryError {
+    match error {
+        RepositoryError::Unavailable(source) => unavailable_msg(&format!("{error}: {source}")),
+        other => unavailable_msg(&other.to_string()),
+    }
+}
+
+fn failed_for_all(n: usize, error: &RepositoryError) -> Vec<Result<Allocated, RepositoryError>> {
+    (0..n).map(|_| Err(copy_error(error))).collect()
+}
