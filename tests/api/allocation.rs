@@ -632,20 +632,33 @@ pub async fn assert_counters_agree(
         database.collection::<Document>("batches"),
         database.collection::<Document>("order_lines"),
     );
+    // Both read in one snapshot, so that steps committing meanwhile (a
+    // recovery pass filling backorders) are seen whole or not at all.
+    let mut snapshot = database.client().start_session().await.unwrap();
+    snapshot
+        .start_transaction()
+        .read_concern(mongodb::options::ReadConcern::snapshot())
+        .await
+        .unwrap();
     let batches: Vec<Document> = batches
         .find(doc! {"sku": sku})
+        .session(&mut snapshot)
         .await
         .unwrap()
+        .stream(&mut snapshot)
         .try_collect()
         .await
         .unwrap();
     let lines: Vec<Document> = lines
         .find(doc! {"sku": sku})
+        .session(&mut snapshot)
         .await
         .unwrap()
+        .stream(&mut snapshot)
         .try_collect()
         .await
         .unwrap();
+    snapshot.commit_transaction().await.unwrap();
     let stored: std::collections::HashSet<String> = lines
         .iter()
         .map(|line| line.get_object_id("_id").unwrap().to_hex())

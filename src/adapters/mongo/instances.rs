@@ -114,9 +114,10 @@ impl Instance {
         let leases: Vec<Document> = self
             .inner
             .instances
+            // In milliseconds: SecantusDB compares `$$NOW` with stored dates wrongly.
             .aggregate(vec![doc! { "$set": { "lapsed": { "$lt": [
-                "$renewed_at",
-                { "$subtract": ["$$NOW", "$lease_ms"] },
+                { "$toLong": "$renewed_at" },
+                { "$subtract": [{ "$toLong": "$$NOW" }, "$lease_ms"] },
             ] } } }])
             .await?
             .try_collect()

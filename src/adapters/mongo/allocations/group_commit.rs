@@ -134,6 +134,29 @@ impl Intake {
     }
 }
 
+/// Marks a group's lines as this process's to finish until dropped (also
+/// when a group is abandoned half-way: the recovery pass finishes them).
+struct InFlight<'a> {
+    intake: &'a Intake,
+    ids: Vec<ObjectId>,
+}
+
+impl<'a> InFlight<'a> {
+    fn enter(intake: &'a Intake, ids: Vec<ObjectId>) -> Self {
+        lock(&intake.in_flight).extend(ids.iter().copied());
+        Self { intake, ids }
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        let mut in_flight = lock(&self.intake.in_flight);
+        for id in &self.ids {
+            in_flight.remove(id);
+        }
+    }
+}
+
 /// A line of a group on its way to a batch.
 struct Taking<'a> {
     index: usize,
@@ -165,32 +188,45 @@ impl MongoAllocations {
             reply,
         });
         let dropped = || RepositoryError::Unavailable("the allocation group was dropped".into());
-        loop {
-            tokio::select! {
-                biased;
-                answered = &mut answer => return answered.unwrap_or_else(|_| Err(dropped())),
-                slot = Arc::clone(&self.intake.slots).acquire_owned() => {
-                    let Ok(slot) = slot else {
-                        return Err(dropped());
-                    };
-                    let group = self.intake.next_group();
-                    if group.is_empty() {
-                        // Another caller took this request into its group.
-                        drop(slot);
-                        return answer.await.unwrap_or_else(|_| Err(dropped()));
+        let answered = tokio::time::timeout(self.max_time, async {
+            loop {
+                tokio::select! {
+                    biased;
+                    answered = &mut answer => return answered.unwrap_or_else(|_| Err(dropped())),
+                    slot = Arc::clone(&self.intake.slots).acquire_owned() => {
+                        let Ok(slot) = slot else {
+                            return Err(dropped());
+                        };
+                        let group = self.intake.next_group();
+                        if group.is_empty() {
+                            // Another caller took this request into its group.
+                            drop(slot);
+                            return answer.await.unwrap_or_else(|_| Err(dropped()));
+                        }
+                        let repository = self.clone();
+                        tokio::spawn(async move {
+                            repository.commit_group(group).await;
+                            drop(slot);
+                        });
                     }
-                    let repository = self.clone();
-                    tokio::spawn(async move {
-                        repository.commit_group(group).await;
-                        drop(slot);
-                    });
                 }
             }
-        }
+        });
+        // Past the limit the line may still be allocated by its group: the
+        // client learns where it stands by asking again.
+        answered
+            .await
+            .unwrap_or_else(|_| Err(timed_out(self.max_time)))
     }
 
     async fn commit_group(&self, group: Vec<Request>) {
-        let mut outcomes = self.allocate_group(&group).await;
+        // Each of its three steps is bounded by the operation timeout, also
+        // against a server that stops answering altogether.
+        let bounded = tokio::time::timeout(self.max_time * 3, self.allocate_group(&group));
+        let mut outcomes = match bounded.await {
+            Ok(outcomes) => outcomes,
+            Err(_elapsed) => failed_for_all(group.len(), &timed_out(self.max_time * 3)),
+        };
         for (request, outcome) in group.into_iter().zip(outcomes.drain(..)) {
             let _ = request.reply.send(outcome);
         }
@@ -216,7 +252,7 @@ impl MongoAllocations {
             }
         }
         let ids: Vec<ObjectId> = by_sku.values().flatten().map(|t| t.id).collect();
-        lock(&self.intake.in_flight).extend(ids.iter().copied());
+        let _in_flight = InFlight::enter(&self.intake, ids);
 
         let stock = join_all(
             by_sku
@@ -245,12 +281,6 @@ impl MongoAllocations {
 
         for (taking, outcome) in self.store_lines(&stored).await {
             outcomes[taking.index] = Some(outcome);
-        }
-        {
-            let mut in_flight = lock(&self.intake.in_flight);
-            for id in &ids {
-                in_flight.remove(id);
-            }
         }
 
         // A line that found no room may have been acknowledged before (the
@@ -686,6 +716,13 @@ impl MongoAllocations {
         }
         Ok(count)
     }
+}
+
+fn timed_out(limit: Duration) -> RepositoryError {
+    RepositoryError::Unavailable(Box::new(crate::adapters::deadline::TimedOut {
+        operation: "an allocation",
+        limit,
+    }))
 }
 
 fn max_time_ms(limit: Duration) -> i64 {
