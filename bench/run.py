@@ -17,10 +17,15 @@ Each budget line of the performance issue is measured as a ratio within one run:
   7. observability: what metrics (metrics.enabled) and request ids
      (log.request_ids) cost per request: GET /tests/hello on instances with both
      on and both off, interleaved, at log level warn and info (allot's CPU per
-     request from schedstat).
+     request from schedstat);
+  8. allocation at the database's limit (issue 17): POST /allocate on allot vs
+     bench/original, the original Flask service's allocation (one find, one
+     findAndModify that pushes the line into the batch) under gunicorn with 2 sync
+     workers, the same wrk load on each, a fresh database and stock per run:
+     allocations/s, p99, server CPU and database commands (serverStatus) per allocation.
 Scenarios are interleaved and repeated; medians are reported. Phases can be
 chosen with --only / --skip: http (1, 3, 4), allocate (2), growth (5), hot-sku (6),
-observability (7).
+observability (7), original (8).
 """
 
 import argparse
@@ -53,8 +58,9 @@ TARGET = os.path.join(ROOT, os.environ.get("CARGO_TARGET_DIR") or "target")
 ALLOT = os.environ.get("BENCH_ALLOT") or os.path.join(TARGET, "release/allot")
 ALLOT_CWD = os.environ.get("BENCH_ALLOT_CWD") or ROOT
 EXAMPLES = os.path.join(TARGET, "release/examples")
-PHASES = ["http", "allocate", "growth", "hot-sku", "observability"]
+PHASES = ["http", "allocate", "growth", "hot-sku", "observability", "original"]
 SECANTUSD = os.path.join(ROOT, ".venv/bin/secantusd-py")
+GUNICORN = os.path.join(ROOT, ".venv/bin/gunicorn")
 SECRET = "benchmark-secret-that-is-long-enough-0123456789"
 PASSWORD = "benchmark password"
 
@@ -131,16 +137,26 @@ class Measured:
 
     def cpu_seconds_precise(self):
         """The same, in nanoseconds rather than 10 ms clock ticks: the sum of the
-        threads' run time from /proc/<pid>/task/*/schedstat (threads that exit
-        meanwhile take theirs with them; allot's runtime threads do not)."""
+        threads' run time from /proc/<pid>/task/*/schedstat, over the processes of
+        pids() (threads that exit meanwhile take theirs with them; allot's runtime
+        threads do not)."""
         total = 0
-        for task in os.listdir(f"/proc/{self.process.pid}/task"):
+        for pid in self.pids():
             try:
-                with open(f"/proc/{self.process.pid}/task/{task}/schedstat") as schedstat:
-                    total += int(schedstat.read().split()[0])
-            except (FileNotFoundError, ProcessLookupError):
-                pass
+                tasks = os.listdir(f"/proc/{pid}/task")
+            except FileNotFoundError:
+                continue
+            for task in tasks:
+                try:
+                    with open(f"/proc/{pid}/task/{task}/schedstat") as schedstat:
+                        total += int(schedstat.read().split()[0])
+                except (FileNotFoundError, ProcessLookupError):
+                    pass
         return total / 1e9
+
+    def pids(self):
+        """The processes whose CPU is the server's."""
+        return [self.process.pid]
 
     def context_switches(self):
         """Voluntary and involuntary context switches of all its threads so far."""
@@ -192,6 +208,33 @@ class Allot(Measured):
         return body["access_token"]
 
 
+class Original(Measured):
+    """bench/original: the original Flask allocation service under gunicorn, on a free port."""
+
+    def __init__(self, database, workers=2):
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        env = dict(os.environ, MONGO_URI=database.uri, MONGO_DATABASE=ORIGINAL_DB)
+        self.start([GUNICORN, "--workers", str(workers), "--worker-class", "sync", "--log-level", "warning",
+                    "--bind", f"127.0.0.1:{self.port}", "--chdir", os.path.join(ROOT, "bench/original"), "app:app"],
+                   self.base + "/health", env=env)
+
+    def pids(self):
+        """gunicorn's master and its workers: the processes whose parent is in the tree
+        (from /proc/*/stat; this kernel has no /proc/<pid>/task/<tid>/children)."""
+        parents = {}
+        for entry in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                with open(f"/proc/{entry}/stat") as stat:
+                    parents[int(entry)] = int(stat.read().rsplit(")", 1)[1].split()[1])
+            except (FileNotFoundError, ProcessLookupError):
+                pass
+        tree = [self.process.pid]
+        for pid in tree:  # grows while it is walked
+            tree += [child for child, parent in parents.items() if parent == pid]
+        return tree
+
+
 class Floor(Measured):
     """examples/floor: bare poem serving allot's /tests/hello, on a free port."""
 
@@ -236,11 +279,15 @@ def wrk(url, seconds, connections, headers=(), script=None, env=None, method=Non
         return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    created = re.search(r"^201 responses: (\d+)$", out, re.M)  # from allocate.lua, when asked
     socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     errors = (int(non2xx.group(1)) if non2xx else 0) + (sum(map(int, socket_errors.groups())) if socket_errors else 0)
     requests = int(re.search(r"(\d+) requests in", out).group(1))
     result = {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
-              "p50_ms": latency(50), "p99_ms": latency(99), "errors": errors}
+              "p50_ms": latency(50), "p99_ms": latency(99), "errors": errors, "requests": requests,
+              "socket_errors": sum(map(int, socket_errors.groups())) if socket_errors else 0}
+    if created:
+        result["created"] = int(created.group(1))
     if server:
         result["cpu_us"] = cpu_used * 1e6 / max(requests, 1)
     return result
@@ -487,6 +534,7 @@ def hot_sku(args):
         off = [row for row in rows if row["purchased"] - row["available"] != row["held"]]
         created = statuses.get(201, 0)
         return {"buyers": buyers, "elapsed_s": elapsed, "statuses": statuses, "created": created,
+                "allocs_per_s": created / elapsed,
                 "unavailable": statuses.get(503, 0), "cpu_us": cpu_used * 1e6 / max(created, 1),
                 "p50_ms": percentile(latencies, 50), "max_ms": max(latencies, default=float("nan")),
                 "lines": lines, "batches": rows, "batches_off": len(off) + (lines != created),
@@ -494,6 +542,75 @@ def hot_sku(args):
     finally:
         allot.stop()
         database.stop()
+
+
+# --- phase 8: allocation at the database's limit, allot vs the original service ---
+
+ORIGINAL_DB = "original_bench"
+ORIGINAL_SKUS = [f"sku-{n:03}" for n in range(20)]
+OPCOUNTERS = ["insert", "query", "update", "delete", "getmore", "command"]
+
+
+def units_taken(database, name):
+    """Stock taken from every batch (purchased - available): with qty 1, the allocations
+    the server made, those whose answer wrk no longer read included."""
+    client = pymongo.MongoClient(database.uri)
+    taken = sum(b["purchased_quantity"] - b["available_quantity"] for b in client[name]["batches"].find())
+    client.close()
+    return taken
+
+
+def allocation_run(args, side):
+    """One run of `side` (allot or original) on a fresh database with fresh stock: wrk
+    with allocate.lua, the server's CPU (its process tree) and the database's commands
+    (serverStatus opcounters, less those of the reads themselves) per allocation made."""
+    database = Database()
+    server = Allot(database, args.log_level) if side == "allot" else Original(database)
+    try:
+        if side == "allot":
+            add_stock(server, server.admin_token("bench-admin"), ORIGINAL_SKUS)
+            token, name = server.user_token("bench-allocator"), "allot_bench"
+        else:
+            add_stock(server, None, ORIGINAL_SKUS)  # the reference checks no token
+            token, name = "none", ORIGINAL_DB
+        env = dict(os.environ, ALLOT_TOKEN=token, ALLOT_SKUS=",".join(ORIGINAL_SKUS), ALLOT_COUNT_201="1")
+        client = pymongo.MongoClient(database.uri, heartbeatFrequencyMS=3_600_000)
+
+        def opcounters():
+            return client.admin.command("serverStatus")["opcounters"]
+
+        opcounters()  # connects
+        first, before = opcounters(), opcounters()
+        own = {key: before[key] - first[key] for key in OPCOUNTERS}  # what one serverStatus read counts
+        cpu_before = server.cpu_seconds_precise()
+        result = wrk(server.base + "/allocate", int(args.original_seconds), args.original_connections,
+                     script="allocate.lua", env=env)
+        time.sleep(1)  # the requests wrk left in flight finish
+        cpu_used = server.cpu_seconds_precise() - cpu_before
+        after = opcounters()
+        client.close()
+        made = units_taken(database, name)
+        ops = {key: after[key] - before[key] - own[key] for key in OPCOUNTERS}
+        created = result["created"]
+        return {"allocs_per_s": result["rps"] * created / max(result["requests"], 1), "created": created,
+                "non201": result["requests"] - created, "socket_errors": result["socket_errors"], "made": made,
+                "p50_ms": result["p50_ms"], "p99_ms": result["p99_ms"], "cpu_us": cpu_used * 1e6 / max(made, 1),
+                "db_ops": sum(ops.values()) / max(made, 1),
+                **{f"db_{key}": ops[key] / max(made, 1) for key in OPCOUNTERS}}
+    finally:
+        server.stop()
+        database.stop()
+
+
+def original_vs_allot(args):
+    print(f"phase 8: allocation at the database's limit, allot vs the original service, "
+          f"wrk -c{args.original_connections}, {len(ORIGINAL_SKUS)} skus", file=sys.stderr)
+    runs = {"allot": [], "original": []}
+    for round_ in range(args.repeats):
+        for side, results in runs.items():
+            results.append(allocation_run(args, side))
+            print(f"  round {round_ + 1} {side}: {results[-1]}", file=sys.stderr)
+    return {side: {key: median_of(r, key) for key in r[0]} for side, r in runs.items()}
 
 
 def main():
@@ -513,6 +630,10 @@ def main():
                         help="sequential POST /allocate (and raw-driver allocations) per growth size")
     parser.add_argument("--growth-repeats", type=int, default=1, help="rounds of the growth phase (medians)")
     parser.add_argument("--hot-buyers", type=int, default=200, help="concurrent buyers of the hot sku")
+    parser.add_argument("--original-seconds", type=float, default=10,
+                        help="length of each run of the original phase (allot vs the original service)")
+    parser.add_argument("--original-connections", type=int, default=32,
+                        help="wrk connections of the original phase")
     parser.add_argument("--out", default=os.path.join(ROOT, "bench/results/latest.md"))
     args = parser.parse_args()
     chosen = {p.strip() for p in args.only.split(",") if p.strip()} - {p.strip() for p in args.skip.split(",")}
@@ -621,8 +742,9 @@ def main():
         print(f"  hot sku: {hot}", file=sys.stderr)
 
     observability = observability_cost(args) if "observability" in args.phases else None
+    original = original_vs_allot(args) if "original" in args.phases else None
 
-    report(args, results, hashing, startups, peaks, growth, hot, observability)
+    report(args, results, hashing, startups, peaks, growth, hot, observability, original)
 
 
 OBSERVABILITY = {"on": {}, "off": {"ALLOT__METRICS__ENABLED": "false", "ALLOT__LOG__REQUEST_IDS": "false"}}
@@ -650,7 +772,7 @@ def observability_cost(args):
     return {key: {k: median_of(r, k) for k in r[0]} for key, r in runs.items()}
 
 
-def report(args, results, hashing, startups, peaks, growth, hot, observability=None):
+def report(args, results, hashing, startups, peaks, growth, hot, observability=None, original=None):
     med = {name: {key: median_of(runs, key) for key in runs[0]} for name, runs in results.items() if runs}
     binary_mib = os.path.getsize(ALLOT) / 2**20
     budget = []
@@ -741,7 +863,7 @@ def report(args, results, hashing, startups, peaks, growth, hot, observability=N
         statuses = ", ".join(f"{status}: {count}" for status, count in sorted(hot["statuses"].items(), key=str))
         lines += [f"Hot sku (phase 6): {hot['buyers']} buyers of `{HOT_SKU}` at once (one request each, distinct "
                   f"order ids, one keep-alive connection each). Answers: {statuses}. All answered in "
-                  f"{hot['elapsed_s']:.2f} s; p50 of the 201s {hot['p50_ms']:.0f} ms, slowest {hot['max_ms']:.0f} ms; "
+                  f"{hot['elapsed_s']:.2f} s, {hot['allocs_per_s']:.1f} allocations (201s) per second; p50 of the 201s {hot['p50_ms']:.0f} ms, slowest {hot['max_ms']:.0f} ms; "
                   f"allot CPU {hot['cpu_us']:.1f} µs per allocation. Stock afterwards: "
                   + "; ".join(f"{b['reference']} purchased {b['purchased']}, available {b['available']}, "
                               f"held by lines {b['held']}" for b in hot["batches"])
@@ -764,6 +886,36 @@ def report(args, results, hashing, startups, peaks, growth, hot, observability=N
             lines.append(f"| {level} | {on['rps']:.0f} | {on['cpu_us']:.1f} | {off['rps']:.0f} | {off['cpu_us']:.1f} | "
                          f"{cost:.1f} | {100 * cost / off['cpu_us']:.1f} |")
         lines.append("")
+    if original:
+        a, o = original["allot"], original["original"]
+        lines += [f"Allocation at the database's limit (phase original, issue 17): POST /allocate "
+                  f"(bench/allocate.lua: {len(ORIGINAL_SKUS)} skus, each with a warehouse batch and a later one, "
+                  f"qty 1, new order ids) by wrk -t2 -c{args.original_connections} for {args.original_seconds:g} s "
+                  "on allot (bearer token) and on bench/original, the original Flask service's allocation (one find "
+                  "of the sku's batches, the choice in Python, one findAndModify that takes the stock and pushes "
+                  "the line into the batch document; no authentication) under gunicorn with 2 sync workers; "
+                  f"interleaved, a fresh database and stock per run, medians of {args.repeats} rounds. "
+                  "Allocations/s counts the 201s only. CPU: the server's process tree (gunicorn's master and "
+                  "workers) from schedstat; CPU and database commands (SecantusDB serverStatus opcounters, less "
+                  "the reads themselves, background work included) per allocation made, i.e. per unit of stock "
+                  "taken (each one the server answered 201; wrk's count of 201s misses those it left in "
+                  "flight), counted after they finished.", "",
+                  "| server | allocations/s | 201s | non-201 | socket errors | allocations made | p50 ms | p99 ms | "
+                  "CPU µs/allocation | DB commands/allocation | " + " | ".join(OPCOUNTERS) + " |",
+                  "|---|" + "---:|" * (9 + len(OPCOUNTERS))]
+        for label, m in [("allot", a), ("original (Flask, gunicorn 2 sync workers)", o)]:
+            lines.append(f"| {label} | {m['allocs_per_s']:.1f} | {m['created']:.0f} | {m['non201']:.0f} | "
+                         f"{m['socket_errors']:.0f} | {m['made']:.0f} | {m['p50_ms']:.2f} | {m['p99_ms']:.2f} | "
+                         f"{m['cpu_us']:.0f} | {m['db_ops']:.2f} | "
+                         + " | ".join(f"{m['db_' + key]:.2f}" for key in OPCOUNTERS) + " |")
+        lines += ["", f"allot/original: allocations/s {a['allocs_per_s'] / o['allocs_per_s']:.2f}, "
+                  f"p99 {a['p99_ms'] / o['p99_ms']:.2f}, CPU per allocation {a['cpu_us'] / o['cpu_us']:.2f}.", ""]
+        budget += [
+            ("17. allot allocations/s ≥ 1.5 × the original's", a["allocs_per_s"] / o["allocs_per_s"], 1.5, ">="),
+            ("17. allot p99 ≤ the original's p99", a["p99_ms"] / o["p99_ms"], 1.0, "<="),
+            ("17. allot CPU per allocation ≤ 150 µs", a["cpu_us"], 150.0, "<="),
+            ("17. allot DB commands per allocation ≤ 1.5", a["db_ops"], 1.5, "<="),
+        ]
     if peaks:
         lines += [f"Peak RSS {max(peaks):.1f} MiB (per instance: {', '.join(f'{p:.1f}' for p in peaks)}); "
                   f"start to /health median {statistics.median(startups):.1f} ms; binary {binary_mib:.1f} MiB.", ""]
