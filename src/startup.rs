@@ -160,7 +160,7 @@ impl LeaseKeeper {
                 tracing::warn!(%error, "cannot clear allocation intents; will retry");
             }
             // Now and then: the lease lists only the sessions still pooled.
-            if beats % 64 == 0
+            if beats.is_multiple_of(64)
                 && let Err(error) = self.instance.prune_sessions().await
             {
                 tracing::warn!(%error, "cannot prune this instance's sessions; will retry");

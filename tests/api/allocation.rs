@@ -862,7 +862,7 @@ pub async fn concurrent_allocations_share_their_round_trips() {
         tasks.push(tokio::spawn(async move {
             for round in 0..rounds {
                 let sku = &skus[(buyer * 7 + round * 3) % skus.len()];
-                let line = OrderLine::new(&format!("o-{buyer}-{round}"), sku, 1);
+                let line = OrderLine::new(format!("o-{buyer}-{round}"), sku, 1);
                 let allocated = allocation::allocate(&*repository, line, &someone()).await;
                 assert!(matches!(allocated, Ok(allocation::Allocation::Allocated(_))), "{allocated:?}");
             }

@@ -8,8 +8,12 @@ use mongodb::{Client, Database};
 
 use super::allocations::{BATCHES, ORDER_LINES};
 
-/// The layout this version reads and writes.
-pub const LAYOUT_VERSION: i64 = 2;
+/// The layout this version reads and writes. 3 added the intents of lines on
+/// their way in (`batches.pending`, see `allocations::group_commit`) and the
+/// instances' leases: nothing to convert from 2 (the new index is made at
+/// start-up), but an allot written for 2 would not honour the intents, so it
+/// refuses to serve once a newer allot has run (stop the old ones first).
+pub const LAYOUT_VERSION: i64 = 3;
 
 /// Holds one document, `{_id: "layout", version: N}`, written once the data
 /// is known to be in layout N.

@@ -744,3 +744,89 @@ fn copy_error(error: &RepositoryError) -> RepositoryError {
 fn failed_for_all(n: usize, error: &RepositoryError) -> Vec<Result<Allocated, RepositoryError>> {
     (0..n).map(|_| Err(copy_error(error))).collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(
+        orderid: &str,
+        sku: &str,
+    ) -> (
+        Request,
+        oneshot::Receiver<Result<Allocated, RepositoryError>>,
+    ) {
+        let (reply, answer) = oneshot::channel();
+        let request = Request {
+            line: OrderLine::new(orderid, sku, 1),
+            requester: Requester {
+                account: "someone".to_owned(),
+                admin: false,
+            },
+            reply,
+        };
+        (request, answer)
+    }
+
+    fn keys(group: &[Request]) -> Vec<(&str, &str)> {
+        group
+            .iter()
+            .map(|r| (r.line.orderid.as_str(), r.line.sku.as_str()))
+            .collect()
+    }
+
+    #[test]
+    fn a_group_holds_one_request_per_order_line_in_arrival_order() {
+        let intake = Intake::new(1);
+        let mut answers = Vec::new();
+        for (orderid, sku) in [
+            ("o1", "a"),
+            ("o1", "b"),
+            ("o1", "a"),
+            ("o2", "a"),
+            ("o1", "a"),
+        ] {
+            let (request, answer) = request(orderid, sku);
+            lock(&intake.queue).push_back(request);
+            answers.push(answer);
+        }
+        let first = intake.next_group();
+        assert_eq!(keys(&first), [("o1", "a"), ("o1", "b"), ("o2", "a")]);
+        // The repeats wait for the next group, in their order.
+        let second = intake.next_group();
+        assert_eq!(keys(&second), [("o1", "a")]);
+        let third = intake.next_group();
+        assert_eq!(keys(&third), [("o1", "a")]);
+        assert!(intake.next_group().is_empty());
+    }
+
+    #[test]
+    fn a_group_is_bounded() {
+        let intake = Intake::new(1);
+        let mut answers = Vec::new();
+        for n in 0..GROUP_LIMIT + 5 {
+            let (request, answer) = request(&format!("o{n}"), "a");
+            lock(&intake.queue).push_back(request);
+            answers.push(answer);
+        }
+        assert_eq!(intake.next_group().len(), GROUP_LIMIT);
+        assert_eq!(intake.next_group().len(), 5);
+    }
+
+    #[test]
+    fn flushed_intents_that_could_not_be_removed_wait_for_the_next_flush() {
+        let intake = Intake::new(1);
+        let id = ObjectId::new();
+        lock(&intake.confirmed)
+            .entry("sku".to_owned())
+            .or_default()
+            .entry("batch".to_owned())
+            .or_default()
+            .push(id);
+        let taken = intake.take_confirmed();
+        assert_eq!(taken, HashMap::from([("batch".to_owned(), vec![id])]));
+        assert!(intake.take_confirmed().is_empty());
+        intake.restore_confirmed(taken.clone());
+        assert_eq!(intake.take_confirmed(), taken);
+    }
+}
