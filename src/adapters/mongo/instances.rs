@@ -6,7 +6,7 @@
 //! locked until the server gives up on it (`transactionLifetimeLimitSeconds`,
 //! 60 s by default), and every other instance's writes to them wait. So each
 //! instance holds a **lease** (a document in `instances` it renews every
-//! `mongo.instance_heartbeat_ms`, timed by the server's clock) listing the
+//! quarter of `mongo.instance_lease_ms`, timed by the server's clock) listing the
 //! sessions its transactions run in, all registered before their first use.
 //! Once a lease has lapsed for `mongo.instance_lease_ms`, any surviving
 //! instance kills those sessions (`killSessions`), which aborts the dead
