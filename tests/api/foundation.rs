@@ -1,5 +1,6 @@
 //! The service's ground floor: probes, the seed's hello, JSON errors, the spec.
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::helpers::{ToggleProxy, json, spawn_app, spawn_app_with};
@@ -157,4 +158,186 @@ pub async fn each_test_app_gets_a_database_of_its_own_that_the_session_drops() {
     // The session's teardown drops these and fails the run if any is left.
     let names = session().client().list_database_names().await.unwrap();
     assert!(names.iter().any(|name| name == first.database.name()));
+}
+
+/// The README is the map of the repository: each of its relative links (and
+/// those of `bench/README.md` and of every markdown file under `docs/`) names
+/// a file or folder that exists, and a `#fragment` into a markdown file names
+/// one of its headings.
+pub async fn every_relative_link_in_the_readme_and_docs_resolves() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut documents = vec![root.join("README.md"), root.join("bench/README.md")];
+    markdown_files_under(&root.join("docs"), &mut documents);
+    let readme = root.join("README.md");
+    let mut broken = Vec::new();
+    let mut readme_links = 0;
+    for document in &documents {
+        let text = std::fs::read_to_string(document)
+            .unwrap_or_else(|error| panic!("cannot read {}: {error}", document.display()));
+        let shown = document.strip_prefix(root).unwrap_or(document).display();
+        for target in link_targets(&text) {
+            if target.contains("://") || target.starts_with("mailto:") {
+                continue;
+            }
+            if *document == readme {
+                readme_links += 1;
+            }
+            if let Err(problem) = check_link(root, document, &target) {
+                broken.push(format!("{shown}: ({target}) {problem}"));
+            }
+        }
+    }
+    assert!(
+        broken.is_empty(),
+        "{} broken relative link(s):\n{}",
+        broken.len(),
+        broken.join("\n")
+    );
+    assert!(
+        readme_links >= 10,
+        "found only {readme_links} relative links in README.md: is the link parser broken?"
+    );
+}
+
+/// Every `.md` file under `directory`, at any depth.
+fn markdown_files_under(directory: &Path, found: &mut Vec<PathBuf>) {
+    let entries = std::fs::read_dir(directory)
+        .unwrap_or_else(|error| panic!("cannot list {}: {error}", directory.display()));
+    for entry in entries {
+        let path = entry.expect("a readable directory entry").path();
+        if path.is_dir() {
+            markdown_files_under(&path, found);
+        } else if path.extension().is_some_and(|extension| extension == "md") {
+            found.push(path);
+        }
+    }
+}
+
+/// The targets of a markdown text's inline links and images (`[text](target)`)
+/// and link definitions (`[name]: target`), outside code blocks and code spans.
+fn link_targets(markdown: &str) -> Vec<String> {
+    let mut targets = Vec::new();
+    // The text with code removed; a code span may continue on the next line,
+    // but not past a paragraph's end.
+    let mut prose = String::new();
+    let mut in_block = false;
+    let mut in_span = false;
+    for line in markdown.lines() {
+        let trimmed = line.trim_start();
+        if trimmed.starts_with("```") || trimmed.starts_with("~~~") {
+            in_block = !in_block;
+            in_span = false;
+            continue;
+        }
+        if in_block {
+            continue;
+        }
+        if trimmed.is_empty() {
+            in_span = false;
+        }
+        if let Some(rest) = trimmed.strip_prefix('[')
+            && let Some((_, target)) = rest.split_once("]: ")
+            && let Some(target) = target.split_whitespace().next()
+        {
+            targets.push(unbracketed(target));
+        }
+        for character in line.chars() {
+            if character == '`' {
+                in_span = !in_span;
+            } else if !in_span {
+                prose.push(character);
+            }
+        }
+        prose.push('\n');
+    }
+    let mut rest = prose.as_str();
+    while let Some(start) = rest.find("](") {
+        rest = &rest[start + 2..];
+        let end = rest
+            .find(|character: char| character == ')' || character.is_whitespace())
+            .unwrap_or(rest.len());
+        targets.push(unbracketed(&rest[..end]));
+        rest = &rest[end..];
+    }
+    targets
+}
+
+/// A link target without the angle brackets it may be written in.
+fn unbracketed(target: &str) -> String {
+    target
+        .trim_start_matches('<')
+        .trim_end_matches('>')
+        .to_owned()
+}
+
+/// Whether `target`, a relative link in `document`, names an existing file or
+/// folder (relative to the document, or to the repository when it starts
+/// with `/`) and, with a `#fragment` into a markdown file, one of its headings.
+fn check_link(root: &Path, document: &Path, target: &str) -> Result<(), String> {
+    let (path, fragment) = match target.split_once('#') {
+        Some((path, fragment)) => (path, Some(fragment)),
+        None => (target, None),
+    };
+    let file = if path.is_empty() {
+        document.to_path_buf()
+    } else if let Some(from_root) = path.strip_prefix('/') {
+        root.join(from_root)
+    } else {
+        document.parent().unwrap_or(root).join(path)
+    };
+    if target.is_empty() || !file.exists() {
+        return Err("names no file".to_owned());
+    }
+    let Some(fragment) = fragment else {
+        return Ok(());
+    };
+    if !file.extension().is_some_and(|extension| extension == "md") {
+        return Ok(());
+    }
+    let text = std::fs::read_to_string(&file).map_err(|error| error.to_string())?;
+    let anchors = heading_anchors(&text);
+    if anchors.iter().any(|anchor| anchor == fragment) {
+        Ok(())
+    } else {
+        Err(format!("names no heading of {}", file.display()))
+    }
+}
+
+/// The anchors GitHub gives a markdown text's `#` headings: lower case,
+/// spaces as `-`, punctuation other than `-` and `_` dropped, and `-1`, `-2`,
+/// ... after a repeated one.
+fn heading_anchors(markdown: &str) -> Vec<String> {
+    let mut anchors = Vec::new();
+    let mut seen: Vec<String> = Vec::new();
+    let mut in_block = false;
+    for line in markdown.lines() {
+        let trimmed = line.trim_start();
+        if trimmed.starts_with("```") || trimmed.starts_with("~~~") {
+            in_block = !in_block;
+            continue;
+        }
+        let level = line.len() - line.trim_start_matches('#').len();
+        if in_block || level == 0 || level > 6 || !line[level..].starts_with(' ') {
+            continue;
+        }
+        let title = line[level..].trim().trim_end_matches('#').trim_end();
+        let slug: String = title
+            .to_lowercase()
+            .chars()
+            .filter_map(|character| match character {
+                ' ' => Some('-'),
+                '-' | '_' => Some(character),
+                character if character.is_alphanumeric() => Some(character),
+                _ => None,
+            })
+            .collect();
+        let repeats = seen.iter().filter(|earlier| **earlier == slug).count();
+        anchors.push(if repeats == 0 {
+            slug.clone()
+        } else {
+            format!("{slug}-{repeats}")
+        });
+        seen.push(slug);
+    }
+    anchors
 }
