@@ -23,12 +23,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use futures_util::future::join_all;
-use mongodb::bson::{Bson, Document, doc, oid::ObjectId};
+use mongodb::bson::{self, Bson, Document, doc, oid::ObjectId};
 use mongodb::error::{ErrorKind, InsertManyError};
 use mongodb::options::ReturnDocument;
 use tokio::sync::{Semaphore, oneshot};
 
-use super::documents::{LineDocument, ORDERS, corrupt};
+use super::documents::{LineDocument, corrupt};
 use super::{MongoAllocations, intent_field, unavailable};
 use crate::domain::allocation::{OrderLine, Requester};
 use crate::services::allocation::{Allocated, AllocationRepository, RepositoryError};
@@ -38,6 +38,9 @@ const GROUP_LIMIT: usize = 256;
 /// Order owners remembered by a process (they never change); forgotten all
 /// at once when there are more.
 const OWNERS_REMEMBERED: usize = 100_000;
+/// How long a stored line's intent is left for the next stock step on its
+/// sku to remove in passing before a flush removes it.
+const FLUSH_AFTER: Duration = Duration::from_secs(2);
 /// Most stored lines' intents one write removes in passing.
 const PIGGYBACK_LIMIT: usize = 256;
 
@@ -109,14 +112,26 @@ impl Intake {
         group
     }
 
-    /// Takes the stored lines' intents out, to be removed by one flush.
+    /// Takes out the intents of lines stored at least [`FLUSH_AFTER`] ago (a
+    /// line id tells when it was made), to be removed by one flush; younger
+    /// ones are left to the next stock step on their sku, which removes them
+    /// in passing.
     pub(super) fn take_confirmed(&self) -> HashMap<String, Vec<ObjectId>> {
+        let due = bson::DateTime::now().timestamp_millis() - FLUSH_AFTER.as_millis() as i64;
+        let is_due = |id: &ObjectId| id.timestamp().timestamp_millis() <= due;
         let mut by_batch: HashMap<String, Vec<ObjectId>> = HashMap::new();
-        for (_, batches) in lock(&self.confirmed).drain() {
-            for (batch, ids) in batches {
-                by_batch.entry(batch).or_default().extend(ids);
+        let mut confirmed = lock(&self.confirmed);
+        for batches in confirmed.values_mut() {
+            for (batch, ids) in batches.iter_mut() {
+                let (old, young): (Vec<ObjectId>, Vec<ObjectId>) = ids.drain(..).partition(is_due);
+                *ids = young;
+                if !old.is_empty() {
+                    by_batch.entry(batch.clone()).or_default().extend(old);
+                }
             }
+            batches.retain(|_, ids| !ids.is_empty());
         }
+        confirmed.retain(|_, batches| !batches.is_empty());
         by_batch
     }
 
@@ -310,8 +325,9 @@ impl MongoAllocations {
     }
 
     /// The owner of each request's order, claimed for the requester where
-    /// the order is new, in one `update` of `orders` (a statement per new
-    /// (order, requester)); None where the requester may not add to it.
+    /// the order is new, in one `insert` of `orders` (a duplicate key means it
+    /// exists: then one `find` reads its owner); None where the requester may
+    /// not add to it.
     async fn claim_orders(
         &self,
         group: &[Request],
@@ -326,65 +342,39 @@ impl MongoAllocations {
                 })
                 .collect()
         };
+        // One claim per new order: of two requesters of a new order in one
+        // group, the first claims it (as if it had come first to the database).
         let mut claims: Vec<(&str, &str)> = Vec::new();
         for request in group {
-            let claim = (
-                request.line.orderid.as_str(),
-                request.requester.account.as_str(),
-            );
-            if !known.contains_key(claim.0) && !claims.contains(&claim) {
-                claims.push(claim);
+            let orderid = request.line.orderid.as_str();
+            if !known.contains_key(orderid) && !claims.iter().any(|(o, _)| *o == orderid) {
+                claims.push((orderid, request.requester.account.as_str()));
             }
         }
         if !claims.is_empty() {
-            let updates: Vec<Document> = claims
+            let orders: Vec<Document> = claims
                 .iter()
-                .map(|(orderid, account)| {
-                    doc! {
-                        "q": { "_id": *orderid, "owner": *account },
-                        "u": { "$setOnInsert": { "owner": *account } },
-                        "upsert": true,
-                    }
-                })
+                .map(|(orderid, account)| doc! { "_id": *orderid, "owner": *account })
                 .collect();
-            let reply = self
-                .database
-                .run_command(doc! {
-                    "update": ORDERS,
-                    "updates": updates,
-                    "ordered": false,
-                    "maxTimeMS": max_time_ms(self.max_time),
-                })
-                .await
-                .map_err(unavailable)?;
             let mut taken_by_another = Vec::new();
-            let mut claimed_index = vec![true; claims.len()];
-            for error in reply
-                .get_array("writeErrors")
-                .map(|a| a.as_slice())
-                .unwrap_or_default()
-            {
-                let Some(error) = error.as_document() else {
-                    continue;
-                };
-                let index = error
-                    .get_i32("index")
-                    .ok()
-                    .and_then(|i| usize::try_from(i).ok());
-                let Some(index) = index.filter(|&i| i < claims.len()) else {
-                    continue;
-                };
-                if error.get_i32("code") != Ok(11000) {
-                    let message = error.get_str("errmsg").unwrap_or("write error");
-                    return Err(unavailable_msg(&format!(
-                        "claiming order owners: {message}"
-                    )));
-                }
-                claimed_index[index] = false;
-                taken_by_another.push(claims[index].0);
+            match self.orders.insert_many(&orders).ordered(false).await {
+                Ok(_) => {}
+                Err(error) => match error.kind.as_ref() {
+                    ErrorKind::InsertMany(InsertManyError {
+                        write_errors: Some(errors),
+                        write_concern_error: None,
+                        ..
+                    }) if errors.iter().all(|e| e.code == 11000) => {
+                        taken_by_another = errors
+                            .iter()
+                            .filter_map(|e| claims.get(e.index).map(|(orderid, _)| *orderid))
+                            .collect();
+                    }
+                    _ => return Err(unavailable(error)),
+                },
             }
-            for ((orderid, account), claimed) in claims.iter().zip(claimed_index) {
-                if claimed {
+            for (orderid, account) in &claims {
+                if !taken_by_another.contains(orderid) {
                     known.insert((*orderid).to_owned(), (*account).to_owned());
                 }
             }
@@ -816,13 +806,15 @@ mod tests {
     #[test]
     fn flushed_intents_that_could_not_be_removed_wait_for_the_next_flush() {
         let intake = Intake::new(1);
-        let id = ObjectId::new();
+        let young = ObjectId::new();
+        let id = ObjectId::from_parts(1_700_000_000, [0; 5], [0; 3]);
         lock(&intake.confirmed)
             .entry("sku".to_owned())
             .or_default()
             .entry("batch".to_owned())
             .or_default()
-            .push(id);
+            .extend([id, young]);
+        // The young one is left for the next stock step to remove in passing.
         let taken = intake.take_confirmed();
         assert_eq!(taken, HashMap::from([("batch".to_owned(), vec![id])]));
         assert!(intake.take_confirmed().is_empty());

@@ -43,7 +43,7 @@ pub(super) fn unavailable(error: MongoError) -> RepositoryError {
 /// How many allocation groups of a process are at the database at once: a
 /// group slowed down (by a sku whose batch a dead instance's transaction
 /// holds, until it is killed) does not hold up the next.
-const GROUPS_IN_FLIGHT: usize = 2;
+const GROUPS_IN_FLIGHT: usize = 1;
 
 /// How many locks writes to one sku are spread over within a process.
 const SKU_LOCKS: usize = 64;
