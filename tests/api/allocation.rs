@@ -770,7 +770,7 @@ pub async fn an_uncontended_allocation_is_three_round_trips_and_no_transaction()
     let names: Vec<&str> = issued.iter().map(|(name, _)| name.as_str()).collect();
     assert_eq!(
         names,
-        ["update", "findAndModify", "insert"],
+        ["insert", "findAndModify", "insert"],
         "claim the order, take the stock with the line's intent, store the line"
     );
     // (A retryable write carries a txnNumber too; a transaction's
@@ -780,7 +780,7 @@ pub async fn an_uncontended_allocation_is_three_round_trips_and_no_transaction()
         "no transaction: {issued:?}"
     );
     let (_, claim) = &issued[0];
-    assert_eq!(claim.get_str("update"), Ok("orders"), "{claim}");
+    assert_eq!(claim.get_str("insert"), Ok("orders"), "{claim}");
     let (_, take) = &issued[1];
 
     // A second line of an order this process has seen: the original's two.

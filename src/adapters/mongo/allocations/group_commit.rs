@@ -3,8 +3,9 @@
 //! The allocations a process receives while its previous groups are at the
 //! database travel together as one **group**:
 //!
-//! 1. one `update` of `orders` claims (or checks) the owner of every new
-//!    order of the group (none for orders this process has seen);
+//! 1. one `insert` of `orders` claims the owner of every new order of the
+//!    group (none for orders this process has seen; a duplicate key means
+//!    the order exists, and one `find` reads its owner);
 //! 2. one `findAndModify` per sku of the group takes the stock of all its
 //!    lines from the preferred batch with room, and records each line there
 //!    as an **intent** (`pending.<line id>`: order, quantity, owner, position,
@@ -665,7 +666,8 @@ impl MongoAllocations {
     }
 
     /// Removes the intents of stored lines from their batches: one `update`
-    /// with a statement per batch. Run every heartbeat; under load most are
+    /// with a statement per batch. Run every heartbeat, for intents older
+    /// than [`FLUSH_AFTER`]; under load most are
     /// removed in passing by the next stock step.
     pub async fn flush_confirmed(&self) -> Result<usize, RepositoryError> {
         let by_batch = self.intake.take_confirmed();
