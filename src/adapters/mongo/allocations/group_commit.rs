@@ -91,7 +91,7 @@ impl Intake {
 
     /// The next group: queued requests in arrival order, at most one per
     /// (order, sku) (a second one waits for the next group, where it finds
-    /// the line stored by the first).
+    /// the line stored by the first), none whose caller stopped waiting.
     fn next_group(&self) -> Vec<Request> {
         let mut queue = lock(&self.queue);
         let mut group = Vec::new();
@@ -101,6 +101,11 @@ impl Intake {
             let Some(request) = queue.pop_front() else {
                 break;
             };
+            if request.reply.is_closed() {
+                // Its caller stopped waiting (and answered 503): nothing is
+                // done for it.
+                continue;
+            }
             if keys.insert((request.line.orderid.clone(), request.line.sku.clone())) {
                 group.push(request);
             } else {
@@ -790,6 +795,16 @@ mod tests {
         let third = intake.next_group();
         assert_eq!(keys(&third), [("o1", "a")]);
         assert!(intake.next_group().is_empty());
+    }
+
+    #[test]
+    fn a_request_whose_caller_stopped_waiting_is_left_out() {
+        let intake = Intake::new(1);
+        let (gone, answer) = request("o1", "a");
+        drop(answer);
+        let (kept, _answer) = request("o2", "a");
+        lock(&intake.queue).extend([gone, kept]);
+        assert_eq!(keys(&intake.next_group()), [("o2", "a")]);
     }
 
     #[test]
