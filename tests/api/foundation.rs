@@ -291,7 +291,7 @@ fn check_link(root: &Path, document: &Path, target: &str) -> Result<(), String> 
     let Some(fragment) = fragment else {
         return Ok(());
     };
-    if !file.extension().is_some_and(|extension| extension == "md") {
+    if file.extension().is_none_or(|extension| extension != "md") {
         return Ok(());
     }
     let text = std::fs::read_to_string(&file).map_err(|error| error.to_string())?;
