@@ -17,6 +17,9 @@
 //! The client whose request was interrupted got no 201 (or a 503); asking
 //! again, it is answered with the line as stored.
 
+use std::collections::HashMap;
+use std::time::Duration;
+
 use futures_util::TryStreamExt;
 use mongodb::bson::{Document, doc, oid::ObjectId};
 
@@ -28,6 +31,16 @@ use crate::services::allocation::RepositoryError;
 
 /// Batches with intents looked at per pass.
 const BATCHES_PER_PASS: i64 = 100;
+
+/// This instance's own intents are finished here only once this old (a line
+/// id tells when it was made): younger ones are in a group, or stored and
+/// removed by the next flush (after `group_commit::FLUSH_AFTER`).
+const OWN_INTENTS_AFTER: Duration = Duration::from_secs(5);
+
+fn older_than(id: &ObjectId, age: Duration) -> bool {
+    let made = id.timestamp().timestamp_millis();
+    made + (age.as_millis() as i64) < mongodb::bson::DateTime::now().timestamp_millis()
+}
 
 /// An intent to finish.
 struct Intent {
@@ -89,7 +102,9 @@ impl MongoAllocations {
                 };
                 let writer = intent.get_str("i").unwrap_or_default();
                 let writer_at_work = if writer == self.instance.id() {
-                    self.intake.is_in_flight(&id)
+                    // Its own: in a group, or stored and soon removed by a
+                    // flush; left here are those whose insert failed.
+                    self.intake.is_in_flight(&id) || !older_than(&id, OWN_INTENTS_AFTER)
                 } else {
                     live.contains(writer)
                 };
@@ -103,17 +118,24 @@ impl MongoAllocations {
         }
         let ids: Vec<ObjectId> = intents.iter().map(|intent| intent.id).collect();
         let stored = self.stored_ids(&ids).await?;
+        let (stored, unstored): (Vec<Intent>, Vec<Intent>) = intents
+            .into_iter()
+            .partition(|intent| stored.contains(&intent.id));
+        let mut done: HashMap<&str, Document> = HashMap::new();
+        for intent in &stored {
+            done.entry(&intent.batch)
+                .or_default()
+                .insert(intent_field(&intent.id), "");
+        }
+        for (batch, fields) in done {
+            self.batches
+                .update_one(doc! { "_id": batch }, doc! { "$unset": fields })
+                .await
+                .map_err(unavailable)?;
+        }
         let mut resumed = Resumed::default();
-        for intent in intents {
-            if stored.contains(&intent.id) {
-                self.batches
-                    .update_one(
-                        doc! { "_id": &intent.batch },
-                        doc! { "$unset": { intent_field(&intent.id): "" } },
-                    )
-                    .await
-                    .map_err(unavailable)?;
-            } else if self.store_for_intent(&intent).await? {
+        for intent in unstored {
+            if self.store_for_intent(&intent).await? {
                 resumed.stored += 1;
             } else if !self.stored_ids(&[intent.id]).await?.contains(&intent.id)
                 && self
