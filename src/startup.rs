@@ -54,6 +54,14 @@ pub struct Application {
     lease: LeaseKeeper,
 }
 
+/// A tick every `every`, the first at once; a late tick delays the next
+/// rather than bunching them.
+fn ticks(every: Duration) -> tokio::time::Interval {
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticks
+}
+
 /// Keeps this instance's revocation list in step with the shared store.
 struct RevocationSync {
     list: Arc<RevocationList>,
@@ -63,8 +71,7 @@ struct RevocationSync {
 
 impl RevocationSync {
     async fn run(self) {
-        let mut ticks = tokio::time::interval(self.every);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut ticks = ticks(self.every);
         loop {
             ticks.tick().await;
             if let Err(error) = self.list.sync(&self.store).await {
@@ -85,8 +92,7 @@ struct RecoveryLoop {
 
 impl RecoveryLoop {
     async fn run(self) {
-        let mut ticks = tokio::time::interval(self.every);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut ticks = ticks(self.every);
         let mut resume_after = None;
         loop {
             tokio::select! {
@@ -133,8 +139,7 @@ struct LeaseKeeper {
 
 impl LeaseKeeper {
     async fn run(self) {
-        let mut ticks = tokio::time::interval(self.every);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut ticks = ticks(self.every);
         let mut beats: u64 = 0;
         loop {
             ticks.tick().await;
