@@ -6,11 +6,12 @@
 //! altogether (frozen, partitioned) would otherwise hold a request for as
 //! long as the driver waits, which has no bound of its own.
 //!
-//! The steps that write a sku's stock first wait their turn on the sku
-//! (one transaction per sku at a time in a process), which is queueing, not
-//! waiting for the database: those the repository bounds itself, per
-//! transaction attempt and commit (`MongoAllocations`), and here they are
-//! only measured.
+//! The steps that write a sku's stock first queue, which is not waiting for
+//! the database: an allocation for its group, the others for their turn on
+//! the sku (one transaction per sku at a time in a process). Those the
+//! repository bounds itself (`MongoAllocations`: a request's wait for its
+//! group; each transaction attempt and commit), and here they are only
+//! measured.
 
 use std::future::Future;
 use std::time::{Duration, Instant};

@@ -136,11 +136,10 @@ impl Instance {
                 .get_array("sessions")
                 .map(|sessions| sessions.to_vec())
                 .unwrap_or_default();
-            if !sessions.is_empty() {
+            let killed = sessions.len();
+            if killed > 0 {
                 let admin = self.inner.client.database("admin");
-                admin
-                    .run_command(doc! { "killSessions": sessions.clone() })
-                    .await?;
+                admin.run_command(doc! { "killSessions": sessions }).await?;
             }
             // Unless it renewed meanwhile (it was slow, not dead).
             let renewed_at = lease.get("renewed_at").cloned().unwrap_or(Bson::Null);
@@ -152,13 +151,12 @@ impl Instance {
             if deleted.deleted_count == 1 {
                 reaped.push(Reaped {
                     instance: instance.to_owned(),
-                    sessions: sessions.len(),
+                    sessions: killed,
                 });
             } else {
                 live.insert(instance.to_owned());
             }
         }
-        live.insert(self.inner.id.clone());
         *self.inner.live.lock().unwrap_or_else(|e| e.into_inner()) = live;
         Ok(reaped)
     }
