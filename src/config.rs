@@ -228,7 +228,7 @@ pub struct AuthSettings {
     pub revocation_sync_ms: u64,
     pub hashing_concurrency: usize,
     /// Passwords waiting or being hashed at once; beyond that, login answers
-    /// 503 at once. 0 = 8 per hashing thread.
+    /// 429 at once. 0 = 8 per hashing thread.
     #[serde(default)]
     pub hashing_queue: usize,
     /// `open`: anyone may register; `closed`: only admins and the CLI create accounts.

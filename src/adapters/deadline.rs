@@ -19,14 +19,14 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 
 use crate::domain::allocation::{AcknowledgedLine, Batch, OrderLine, Requester};
-use crate::domain::throttle::{Failures, ThrottlePolicy};
+use crate::domain::throttle::{Admissible, ThrottlePolicy};
 use crate::domain::user::{Role, User, Username};
 use crate::metrics::metrics;
 use crate::services::StoreError;
 use crate::services::allocation::{
-    Allocated, AllocationRepository, Backorder, BatchLine, Filled, RepositoryError,
+    Allocated, AllocationRepository, Backorder, BatchLine, Filled, RepositoryError, Stock,
 };
-use crate::services::login_throttle::LoginThrottle;
+use crate::services::login_throttle::{Counted, Counter, LoginThrottle};
 use crate::services::tokens::{PairIds, RefreshRotations, Revocation, RevocationStore, Rotation};
 use crate::services::users::{AddUserError, UserRepository, Written};
 
@@ -122,8 +122,8 @@ impl<R: AllocationRepository> AllocationRepository for Deadline<R> {
         self.run("batches", work, repository).await
     }
 
-    async fn sku_exists(&self, sku: &str) -> Result<bool, RepositoryError> {
-        self.run("sku_exists", self.inner.sku_exists(sku), repository)
+    async fn stock(&self, sku: &str, qty: u32) -> Result<Stock, RepositoryError> {
+        self.run("stock", self.inner.stock(sku, qty), repository)
             .await
     }
 
@@ -295,29 +295,24 @@ impl<R: LoginThrottle> LoginThrottle for Deadline<R> {
         self.inner.policy()
     }
 
-    async fn failures(
+    async fn count(
         &self,
-        username: &str,
-        address: &str,
+        counter: Counter<'_>,
+        admissible: &Admissible,
         now: DateTime<Utc>,
-    ) -> Result<(Option<Failures>, Option<Failures>), StoreError> {
-        let work = self.inner.failures(username, address, now);
-        self.run("login_failures", work, store).await
+    ) -> Result<Counted, StoreError> {
+        let work = self.inner.count(counter, admissible, now);
+        self.run("count_login_attempt", work, store).await
     }
 
-    async fn record_failure(
-        &self,
-        username: &str,
-        address: &str,
-        now: DateTime<Utc>,
-    ) -> Result<(), StoreError> {
-        let work = self.inner.record_failure(username, address, now);
-        self.run("record_login_failure", work, store).await
+    async fn uncount(&self, counter: Counter<'_>, series: DateTime<Utc>) -> Result<(), StoreError> {
+        let work = self.inner.uncount(counter, series);
+        self.run("uncount_login_attempt", work, store).await
     }
 
-    async fn clear(&self, username: &str, address: &str) -> Result<(), StoreError> {
-        let work = self.inner.clear(username, address);
-        self.run("clear_login_failures", work, store).await
+    async fn forget(&self, counter: Counter<'_>) -> Result<(), StoreError> {
+        let work = self.inner.forget(counter);
+        self.run("forget_login_failures", work, store).await
     }
 }
 

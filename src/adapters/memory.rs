@@ -12,7 +12,7 @@ use crate::domain::allocation::{
     AcknowledgedLine, Batch, LineStatus, OrderLine, Requester, choose_batch, lines_to_give_up,
 };
 use crate::services::allocation::{
-    Allocated, AllocationRepository, Backorder, BatchLine, Filled, RepositoryError,
+    Allocated, AllocationRepository, Backorder, BatchLine, Filled, RepositoryError, Stock,
 };
 
 #[derive(Debug)]
@@ -132,8 +132,15 @@ impl AllocationRepository for InMemoryAllocations {
             .collect())
     }
 
-    async fn sku_exists(&self, sku: &str) -> Result<bool, RepositoryError> {
-        Ok(self.step().await.batches.values().any(|b| b.sku == sku))
+    async fn stock(&self, sku: &str, qty: u32) -> Result<Stock, RepositoryError> {
+        let store = self.step().await;
+        let most = store
+            .batches
+            .values()
+            .filter(|b| b.sku == sku)
+            .map(Batch::available_quantity)
+            .max();
+        Ok(Stock::of(most, qty))
     }
 
     async fn allocate(

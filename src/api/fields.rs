@@ -8,6 +8,8 @@
 
 use std::borrow::Cow;
 
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{Datelike, NaiveDate};
 use poem_openapi::registry::{MetaSchema, MetaSchemaRef};
 use poem_openapi::types::{
@@ -16,6 +18,7 @@ use poem_openapi::types::{
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+use super::error::Failure;
 use crate::domain::allocation::MAX_QUANTITY;
 use crate::domain::user::Username;
 
@@ -82,8 +85,10 @@ macro_rules! field {
     };
 }
 
-/// An order id, sku, batch reference or cursor: 1–100 characters, none of
-/// them whitespace.
+/// An order id, sku or batch reference: 1–100 printable ASCII characters
+/// other than the space (`!` to `~`), so that no two ids look alike but for
+/// invisible or look-alike characters. Case-sensitive: `A-1` and `a-1` are
+/// two ids.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identifier(pub String);
 
@@ -97,10 +102,13 @@ impl Rule for Identifier {
     fn check(text: String) -> Result<Self, String> {
         if text.is_empty() {
             Err("must not be empty".to_owned())
-        } else if text.chars().count() > Self::MAX_LENGTH {
+        } else if !text.bytes().all(|byte| byte.is_ascii_graphic()) {
+            Err(
+                "must be printable ASCII (`!` to `~`): no spaces, control or non-ASCII characters"
+                    .to_owned(),
+            )
+        } else if text.len() > Self::MAX_LENGTH {
             Err(format!("longer than {} characters", Self::MAX_LENGTH))
-        } else if text.chars().any(char::is_whitespace) {
-            Err("must not contain whitespace".to_owned())
         } else {
             Ok(Self(text))
         }
@@ -113,7 +121,7 @@ field!(
     MetaSchema {
         min_length: Some(1),
         max_length: Some(Identifier::MAX_LENGTH),
-        pattern: Some(r"^\S+$".to_owned()),
+        pattern: Some(r"^[!-~]+$".to_owned()),
         ..MetaSchema::new("string")
     }
 );
@@ -131,6 +139,69 @@ impl From<Identifier> for String {
         identifier.0
     }
 }
+
+/// Where a page of one listing ends: opaque to clients. It holds the
+/// listing (with its filters) and the last item's key, so that the next page
+/// starts after that item however the items before it change, and a cursor
+/// of another listing is refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cursor(String);
+
+impl Cursor {
+    const MAX_LENGTH: usize = 600;
+
+    /// The cursor after `position` in `listing`.
+    pub fn after(listing: &str, position: &str) -> String {
+        URL_SAFE_NO_PAD.encode(format!("{listing}\n{position}"))
+    }
+
+    /// The position where a page of `listing` starts (after it): none
+    /// without a cursor; a 400 for another listing's cursor.
+    pub fn resume(cursor: Option<&Self>, listing: &str) -> Result<Option<String>, Failure> {
+        cursor.map(|cursor| cursor.position_in(listing)).transpose()
+    }
+
+    /// The position this cursor holds in `listing`; a 400 if it is another
+    /// listing's.
+    fn position_in(&self, listing: &str) -> Result<String, Failure> {
+        let decoded = URL_SAFE_NO_PAD
+            .decode(&self.0)
+            .ok()
+            .and_then(|bytes| String::from_utf8(bytes).ok());
+        match decoded.as_deref().and_then(|text| text.split_once('\n')) {
+            Some((of, position)) if of == listing => Ok(position.to_owned()),
+            Some(_) => Err(Failure::BadRequest(
+                "Invalid cursor: it belongs to another listing".to_owned(),
+            )),
+            None => Err(Failure::BadRequest(
+                "Invalid cursor: pass a `next_cursor` as it was given".to_owned(),
+            )),
+        }
+    }
+}
+
+impl Rule for Cursor {
+    type Raw = String;
+
+    fn check(text: String) -> Result<Self, String> {
+        if text.is_empty() || text.len() > Self::MAX_LENGTH {
+            Err(format!("must be 1 to {} characters", Self::MAX_LENGTH))
+        } else {
+            Ok(Self(text))
+        }
+    }
+}
+
+field!(
+    Cursor,
+    "cursor",
+    MetaSchema {
+        min_length: Some(1),
+        max_length: Some(Cursor::MAX_LENGTH),
+        pattern: Some(r"^[A-Za-z0-9_-]+$".to_owned()),
+        ..MetaSchema::new("string")
+    }
+);
 
 /// A username as sent: its schema states the rule of [`Username::parse`], which
 /// checks it (registration answers 400 with the rule in words; login answers
@@ -257,19 +328,21 @@ field!(
 impl PageLimit {
     const MAX: u32 = 200;
 
-    /// The page's items and the next page's cursor (the last item's, when
-    /// more follow). `items` was read with [`PageLimit::probe`] items at
-    /// most: the one past the page tells whether a page follows.
+    /// The page's items and the next page's cursor in `listing` (after the
+    /// last item's `key`, when more follow). `items` was read with
+    /// [`PageLimit::probe`] items at most: the one past the page tells
+    /// whether a page follows.
     pub fn page<T>(
         self,
         mut items: Vec<T>,
-        cursor: impl Fn(&T) -> String,
+        listing: &str,
+        key: impl Fn(&T) -> String,
     ) -> (Vec<T>, Option<String>) {
         let limit = self.0 as usize;
         let more = items.len() > limit;
         items.truncate(limit);
-        let next = more.then(|| items.last().map(cursor)).flatten();
-        (items, next)
+        let next = more.then(|| items.last().map(|item| Cursor::after(listing, &key(item))));
+        (items, next.flatten())
     }
 
     /// How many items to read for a page: one more than it holds.
@@ -283,8 +356,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn identifiers_have_no_whitespace_and_up_to_100_characters() {
-        for ok in ["a", "order-001", "ÉLAN_42", &"x".repeat(100), "{$ne:null}"] {
+    fn identifiers_are_1_to_100_printable_ascii_characters() {
+        for ok in [
+            "a",
+            "order-001",
+            "Order-001",
+            &"x".repeat(100),
+            "{$ne:null}",
+            "~!",
+        ] {
             assert_eq!(Identifier::parse_from_parameter(ok).unwrap().0, ok);
         }
         for bad in [
@@ -295,6 +375,13 @@ mod tests {
             "nl\n",
             "\u{a0}nbsp",
             &"x".repeat(101),
+            "ÉLAN_42",
+            "order\u{200b}-1",
+            "order\u{2010}1",
+            "\u{39f}rder-1",
+            "order\u{ff0d}1",
+            "order\0",
+            "order\u{7f}",
         ] {
             assert!(Identifier::parse_from_parameter(bad).is_err(), "{bad:?}");
         }
@@ -310,6 +397,27 @@ mod tests {
             assert!(
                 serde_json::from_value::<Identifier>(bad.clone()).is_err(),
                 "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_cursor_holds_its_listing_and_position() {
+        let cursor = Cursor(Cursor::after("batches?sku=A", "batch-7"));
+        assert!(
+            cursor
+                .0
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        );
+        assert_eq!(cursor.position_in("batches?sku=A").unwrap(), "batch-7");
+        for other in ["batches?sku=B", "batches", "users"] {
+            assert!(cursor.position_in(other).is_err(), "{other}");
+        }
+        for forged in ["2", "batch-7", "!!", "YWJj"] {
+            assert!(
+                Cursor(forged.to_owned()).position_in("batches").is_err(),
+                "{forged}"
             );
         }
     }
@@ -347,11 +455,14 @@ mod tests {
     fn a_page_holds_at_most_its_limit_and_names_the_next_cursor() {
         let limit = PageLimit(2);
         assert_eq!(limit.probe(), 3);
+        let (page, next) = limit.page(vec![1, 2, 3], "numbers", i32::to_string);
+        assert_eq!(page, [1, 2]);
+        let next = Cursor(next.unwrap());
+        assert_eq!(next.position_in("numbers").unwrap(), "2");
         assert_eq!(
-            limit.page(vec![1, 2, 3], i32::to_string),
-            (vec![1, 2], Some("2".to_owned()))
+            limit.page(vec![1, 2], "numbers", i32::to_string),
+            (vec![1, 2], None)
         );
-        assert_eq!(limit.page(vec![1, 2], i32::to_string), (vec![1, 2], None));
         assert!(PageLimit::parse_from_parameter("201").is_err());
         assert!(PageLimit::parse_from_parameter("0").is_err());
     }

@@ -73,9 +73,93 @@ impl ThrottlePolicy {
     }
 }
 
-/// Whether a series that started at `window_start` still counts at `now`.
-pub fn in_window(window_start: DateTime<Utc>, now: DateTime<Utc>) -> bool {
-    now < window_start + window()
+/// One stored state of a series in which an attempt may be checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Clause {
+    /// Fewer failures than this.
+    Below(u32),
+    /// Exactly `count` failures (or more, with `or_more`), the last at or
+    /// before `last_failure_by`.
+    Waited {
+        count: u32,
+        or_more: bool,
+        last_failure_by: DateTime<Utc>,
+    },
+    /// A series that started at or before this time: it is over.
+    StartedBy(DateTime<Utc>),
+}
+
+/// The stored states of a series in which an attempt at one moment may be
+/// checked (any clause; no series at all admits too). A store counts the
+/// attempt only in one of these states, in the same atomic step, so that
+/// concurrent attempts can never check more passwords than the rule allows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Admissible {
+    pub clauses: Vec<Clause>,
+    /// A series that started at or before this is over: the attempt counted
+    /// starts a new one.
+    pub series_over: DateTime<Utc>,
+}
+
+impl Admissible {
+    /// Whether an attempt may be checked after these failures (None: none).
+    pub fn admits(&self, failures: Option<&Failures>) -> bool {
+        let Some(failures) = failures else {
+            return true;
+        };
+        self.clauses.iter().any(|clause| match *clause {
+            Clause::Below(limit) => failures.count < limit,
+            Clause::Waited {
+                count,
+                or_more,
+                last_failure_by,
+            } => {
+                (failures.count == count || (or_more && failures.count > count))
+                    && failures.last_failure_at <= last_failure_by
+            }
+            Clause::StartedBy(start) => failures.window_start <= start,
+        })
+    }
+}
+
+impl ThrottlePolicy {
+    /// When a username may be tried from an address at `now`: below
+    /// [`USERNAME_FAILURES`], or once the wait after the last failure is over.
+    pub fn username_admissible(&self, now: DateTime<Utc>) -> Admissible {
+        let mut clauses = vec![Clause::Below(USERNAME_FAILURES)];
+        let mut count = USERNAME_FAILURES;
+        loop {
+            let wait = self.username_wait(count);
+            let last_failure_by = now - TimeDelta::from_std(wait).unwrap_or(TimeDelta::MAX);
+            // From the first count that waits the longest, every count waits as long.
+            let or_more = wait >= MAX_WAIT || self.username_wait(count + 1) == wait;
+            clauses.push(Clause::Waited {
+                count,
+                or_more,
+                last_failure_by,
+            });
+            if or_more {
+                break;
+            }
+            count += 1;
+        }
+        Admissible {
+            clauses,
+            series_over: now - window(),
+        }
+    }
+
+    /// When any username may be tried from an address at `now`: below
+    /// `address_failures`, or once the series' window is over.
+    pub fn address_admissible(&self, now: DateTime<Utc>) -> Admissible {
+        Admissible {
+            clauses: vec![
+                Clause::Below(self.address_failures),
+                Clause::StartedBy(now - window()),
+            ],
+            series_over: now - window(),
+        }
+    }
 }
 
 /// When the record of a series may be forgotten: no wait and no count
@@ -122,6 +206,40 @@ mod tests {
             ..failures
         };
         assert_eq!(policy().username_retry_after(&few, now), None);
+    }
+
+    #[test]
+    fn the_admissible_states_are_exactly_those_without_a_wait() {
+        for base in [1, 30, 300] {
+            let policy = ThrottlePolicy {
+                lockout_base: Duration::from_secs(base),
+                ..policy()
+            };
+            let now = Utc::now();
+            let username = policy.username_admissible(now);
+            let address = policy.address_admissible(now);
+            for count in 0..40 {
+                for ago in [0, 1, 29, 30, 31, 299, 300, 301, 899, 900, 901, 5000_i64] {
+                    let failures = Failures {
+                        count,
+                        window_start: now - TimeDelta::seconds(ago + 5),
+                        last_failure_at: now - TimeDelta::seconds(ago),
+                    };
+                    assert_eq!(
+                        username.admits(Some(&failures)),
+                        policy.username_retry_after(&failures, now).is_none(),
+                        "username, base {base}, {count} failures, the last {ago} s ago"
+                    );
+                    assert_eq!(
+                        address.admits(Some(&failures)),
+                        policy.address_retry_after(&failures, now).is_none(),
+                        "address, {count} failures, the last {ago} s ago"
+                    );
+                }
+            }
+            assert!(username.admits(None) && address.admits(None));
+            assert!(username.clauses.len() <= 25, "{}", username.clauses.len());
+        }
     }
 
     #[test]

@@ -60,6 +60,28 @@ pub enum Filled {
     NotWaiting,
 }
 
+/// Whether a sku has room for a quantity.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stock {
+    /// No batch has the sku.
+    NoSuchSku,
+    /// No batch of the sku has that much available.
+    Short,
+    /// A batch of the sku has that much available.
+    Enough,
+}
+
+impl Stock {
+    /// From the most that one batch of the sku has available (None: no batch).
+    pub fn of(most_available: Option<i64>, qty: u32) -> Self {
+        match most_available {
+            None => Self::NoSuchSku,
+            Some(most) if most >= i64::from(qty) => Self::Enough,
+            Some(_) => Self::Short,
+        }
+    }
+}
+
 /// A waiting line and its place in the queue (oldest first).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Backorder {
@@ -102,8 +124,12 @@ pub trait AllocationRepository: Send + Sync {
         limit: usize,
     ) -> impl Future<Output = Result<Vec<Batch>, RepositoryError>> + Send;
 
-    /// Whether any batch of the sku exists.
-    fn sku_exists(&self, sku: &str) -> impl Future<Output = Result<bool, RepositoryError>> + Send;
+    /// Whether a batch of the sku has room for `qty` units.
+    fn stock(
+        &self,
+        sku: &str,
+        qty: u32,
+    ) -> impl Future<Output = Result<Stock, RepositoryError>> + Send;
 
     /// Takes the line's quantity from the preferred batch of its sku that has
     /// room (the order of [`crate::domain::allocation::choose_batch`]) and
@@ -319,21 +345,36 @@ pub async fn allocate<R: AllocationRepository>(
 ) -> Result<Allocation, AllocateError> {
     match repo.allocate(&line, requester).await? {
         Allocated::Taken(batchref) => Ok(Allocation::Allocated(batchref)),
-        Allocated::NotOwner => Err(AllocateError::OrderNotFound(line.orderid)),
+        Allocated::NotOwner => Err(not_yours(repo, line).await?),
         Allocated::AlreadyAcknowledged(existing)
             if !requester.may_manage(existing.owner.as_deref()) =>
         {
-            Err(AllocateError::OrderNotFound(line.orderid))
+            Err(not_yours(repo, line).await?)
         }
         Allocated::AlreadyAcknowledged(existing) => Ok(match existing.status {
             LineStatus::Allocated { batchref } => Allocation::Allocated(batchref),
             LineStatus::Backordered => Allocation::Backordered,
         }),
-        Allocated::NoRoom if repo.sku_exists(&line.sku).await? => {
-            Err(AllocationError::OutOfStock(line.sku).into())
-        }
-        Allocated::NoRoom => Err(AllocationError::InvalidSku(line.sku).into()),
+        Allocated::NoRoom => match repo.stock(&line.sku, line.qty).await? {
+            Stock::NoSuchSku => Err(AllocationError::InvalidSku(line.sku).into()),
+            // Enough: stock came back since the step found none.
+            Stock::Short | Stock::Enough => Err(AllocationError::OutOfStock(line.sku).into()),
+        },
     }
+}
+
+/// The answer to a line of another account's order: what an order id nobody
+/// holds would get, short of succeeding (then: not found). Nothing tells the
+/// two apart but a line that would have been allocated; see docs/security.md.
+async fn not_yours<R: AllocationRepository>(
+    repo: &R,
+    line: OrderLine,
+) -> Result<AllocateError, RepositoryError> {
+    Ok(match repo.stock(&line.sku, line.qty).await? {
+        Stock::NoSuchSku => AllocationError::InvalidSku(line.sku).into(),
+        Stock::Short => AllocationError::OutOfStock(line.sku).into(),
+        Stock::Enough => AllocateError::OrderNotFound(line.orderid),
+    })
 }
 
 /// Forgets the order's line for `sku`, allocated or backordered, and gives its

@@ -1,4 +1,5 @@
-//! The port for counting failed logins, shared by every instance.
+//! The port for counting login attempts, shared by every instance, and how an
+//! attempt reserves its place before its password is checked.
 
 use std::future::Future;
 use std::time::Duration;
@@ -6,64 +7,154 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use super::StoreError;
-use crate::domain::throttle::{Failures, ThrottlePolicy};
+use crate::domain::throttle::{Admissible, Failures, ThrottlePolicy};
 
-/// Where failed logins are counted: per (username, client address) and per
-/// client address. Records outlive their use by little (MongoDB: a TTL index),
-/// and readers never trust a record past its window, so the deletion's timing
-/// does not matter.
+/// What attempts are counted under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Counter<'a> {
+    /// A username (see [`username_key`]) from a client address.
+    Username { username: &'a str, address: &'a str },
+    /// A client address, across usernames.
+    Address(&'a str),
+}
+
+/// What counting one attempt did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Counted {
+    /// Counted in the series that started then.
+    In(DateTime<Utc>),
+    /// Not counted: the series' failures (None if it ended meanwhile) do not
+    /// admit the attempt.
+    Refused(Option<Failures>),
+}
+
+/// Where login attempts are counted, per (username, client address) and per
+/// client address. Every attempt is counted as a failure before its password
+/// is checked, and given back once it is known not to be one. Records outlive
+/// their use by little (MongoDB: a TTL index).
 pub trait LoginThrottle: Send + Sync {
     fn policy(&self) -> ThrottlePolicy;
-    /// The current failures of the username from the address, and of the address.
-    fn failures(
+    /// Counts one attempt at `now` if, and only if, the counter's series is
+    /// in an `admissible` state (or there is none; a series over starts
+    /// anew), in one atomic step.
+    fn count(
         &self,
-        username: &str,
-        address: &str,
+        counter: Counter<'_>,
+        admissible: &Admissible,
         now: DateTime<Utc>,
-    ) -> impl Future<Output = Result<(Option<Failures>, Option<Failures>), StoreError>> + Send;
-    /// Counts one more failure under both keys.
-    fn record_failure(
+    ) -> impl Future<Output = Result<Counted, StoreError>> + Send;
+    /// Takes back one attempt counted in the series that started at `series`
+    /// (nothing if another series has started since).
+    fn uncount(
         &self,
-        username: &str,
-        address: &str,
-        now: DateTime<Utc>,
+        counter: Counter<'_>,
+        series: DateTime<Utc>,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
-    /// Forgets the failures of the username from the address (after a success).
-    fn clear(
-        &self,
-        username: &str,
-        address: &str,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Forgets the counter's series (a success clears a username's failures).
+    fn forget(&self, counter: Counter<'_>) -> impl Future<Output = Result<(), StoreError>> + Send;
 }
 
-/// What the throttle says before a password is checked.
+/// An attempt counted under both counters, whose password may be checked.
+#[derive(Debug, Clone, Copy)]
+#[must_use = "a reservation is settled once the password was checked"]
+pub struct Reservation {
+    username: DateTime<Utc>,
+    address: DateTime<Utc>,
+}
+
+/// What checking a reserved attempt's password came to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Admission {
-    /// Go ahead; `had_failures` says whether a success must clear a count.
-    Allowed { had_failures: bool },
-    /// Refused without checking the password; retry after this long.
-    Throttled(Duration),
+pub enum Checked {
+    /// The password was wrong: the attempt stays counted as a failure.
+    Failed,
+    /// The password was right: the username's failures are forgotten, and the
+    /// attempt no longer counts against the address.
+    Succeeded,
+    /// The password could not be checked (the hashing queue was full).
+    NotChecked,
 }
 
-/// Decides whether a login attempt may check its password.
-pub async fn admit<L: LoginThrottle>(
+/// How many times a reservation is tried again when a concurrent attempt
+/// changed its counter between the refusal and the read of the reason.
+const RACES: usize = 3;
+
+/// Counts an attempt of `username` from `address` under both counters before
+/// its password is checked: `Err(wait)` if either refuses it (then neither
+/// counts it). However many attempts arrive at once, on however many
+/// instances, no more passwords are checked than the policy admits.
+pub async fn reserve<L: LoginThrottle>(
     throttle: &L,
     username: &str,
     address: &str,
-) -> Result<Admission, StoreError> {
-    let now = Utc::now();
+) -> Result<Result<Reservation, Duration>, StoreError> {
     let policy = throttle.policy();
-    let (of_username, of_address) = throttle.failures(username, address, now).await?;
-    let waits = [
-        of_username.and_then(|f| policy.username_retry_after(&f, now)),
-        of_address.and_then(|f| policy.address_retry_after(&f, now)),
-    ];
-    Ok(match waits.into_iter().flatten().max() {
-        Some(wait) => Admission::Throttled(wait),
-        None => Admission::Allowed {
-            had_failures: of_username.is_some(),
-        },
-    })
+    let by_username = Counter::Username { username, address };
+    let by_address = Counter::Address(address);
+    for _ in 0..RACES {
+        let now = Utc::now();
+        let (username_admissible, address_admissible) = (
+            policy.username_admissible(now),
+            policy.address_admissible(now),
+        );
+        let (of_username, of_address) = tokio::join!(
+            throttle.count(by_username, &username_admissible, now),
+            throttle.count(by_address, &address_admissible, now),
+        );
+        let (of_username, of_address) = (of_username?, of_address?);
+        if let (Counted::In(username), Counted::In(address)) = (of_username, of_address) {
+            return Ok(Ok(Reservation { username, address }));
+        }
+        // One refused: the other gives its count back.
+        if let Counted::In(series) = of_username {
+            throttle.uncount(by_username, series).await?;
+        }
+        if let Counted::In(series) = of_address {
+            throttle.uncount(by_address, series).await?;
+        }
+        let waits = [
+            refused(of_username).and_then(|f| policy.username_retry_after(&f, now)),
+            refused(of_address).and_then(|f| policy.address_retry_after(&f, now)),
+        ];
+        if let Some(wait) = waits.into_iter().flatten().max() {
+            return Ok(Err(wait.max(Duration::from_secs(1))));
+        }
+        // Refused, yet nothing stored makes it wait: the series changed
+        // between the two reads (a concurrent first failure, or a success).
+    }
+    Ok(Err(Duration::from_secs(1)))
+}
+
+fn refused(counted: Counted) -> Option<Failures> {
+    match counted {
+        Counted::Refused(failures) => failures,
+        Counted::In(_) => None,
+    }
+}
+
+impl Reservation {
+    /// Settles the attempt once its password was checked, or could not be.
+    pub async fn settle<L: LoginThrottle>(
+        self,
+        throttle: &L,
+        username: &str,
+        address: &str,
+        checked: Checked,
+    ) -> Result<(), StoreError> {
+        let by_username = Counter::Username { username, address };
+        let by_address = Counter::Address(address);
+        let (of_username, of_address) = match checked {
+            Checked::Failed => return Ok(()),
+            Checked::Succeeded => tokio::join!(
+                throttle.forget(by_username),
+                throttle.uncount(by_address, self.address),
+            ),
+            Checked::NotChecked => tokio::join!(
+                throttle.uncount(by_username, self.username),
+                throttle.uncount(by_address, self.address),
+            ),
+        };
+        of_username.and(of_address)
+    }
 }
 
 /// The key a username is counted under: as typed, lower-cased (unknown and

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 
-use super::login_throttle::{self, Admission, LoginThrottle};
+use super::login_throttle::{self, Checked, LoginThrottle, Reservation};
 pub use super::ports::{AddUserError, HashingError, PasswordHasher, UserRepository, Written};
 use super::tokens::{
     DELETED_ACCOUNT_EPOCH, RevocationList, Subject, TokenIssuer, TokenPair, account_revocation,
@@ -13,7 +13,9 @@ use super::tokens::{
 };
 use super::{Fault, StoreError, faults};
 use crate::domain::token::Claims;
-use crate::domain::user::{AccountChange, PasswordPolicy, Role, User, UserError, Username};
+use crate::domain::user::{
+    AccountChange, PasswordHash, PasswordPolicy, Role, User, UserError, Username,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegistrationError {
@@ -101,12 +103,35 @@ where
     Ok((user, tokens))
 }
 
+/// Checks a reserved attempt's password (`None`: an unknown user, checked
+/// against a dummy hash all the same) and settles the reservation: a failure
+/// stays counted, a success clears the username's count.
+async fn verify<H: PasswordHasher, L: LoginThrottle>(
+    hasher: &H,
+    throttle: &L,
+    reservation: Reservation,
+    key: &str,
+    client: &str,
+    password: &str,
+    hash: Option<&PasswordHash>,
+) -> Result<bool, Fault> {
+    let checked = hasher.verify(password, hash).await;
+    let outcome = match checked {
+        Ok(true) => Checked::Succeeded,
+        Ok(false) => Checked::Failed,
+        Err(_) => Checked::NotChecked,
+    };
+    reservation.settle(throttle, key, client, outcome).await?;
+    Ok(checked?)
+}
+
 /// Checks the password and starts a new login (a new token family).
 ///
-/// Throttled per (username, client address) and per client address: a
-/// throttled attempt is refused before any hashing, even with the right
-/// password. A failure is counted under both keys; a success clears its
-/// (username, address) count.
+/// Throttled per (username, client address) and per client address: every
+/// attempt is counted as a failure before its password is checked, and a
+/// throttled one is refused before any hashing, even with the right
+/// password; a success takes its count back and clears the (username,
+/// address) count.
 pub async fn login<U, H, T, L>(
     users: &U,
     hasher: &H,
@@ -123,25 +148,20 @@ where
     L: LoginThrottle,
 {
     let key = login_throttle::username_key(username);
-    let had_failures = match login_throttle::admit(throttle, &key, client).await? {
-        Admission::Throttled(wait) => return Err(LoginError::Throttled(wait)),
-        Admission::Allowed { had_failures } => had_failures,
+    let reservation = match login_throttle::reserve(throttle, &key, client).await? {
+        Ok(reservation) => reservation,
+        Err(wait) => return Err(LoginError::Throttled(wait)),
     };
     let user = match Username::parse(username) {
         Ok(username) => users.get(&username).await?,
         Err(_) => None,
     };
     let hash = user.as_ref().map(|user| &user.password_hash);
-    let user = match (hasher.verify(password, hash).await?, user) {
+    let verified = verify(hasher, throttle, reservation, &key, client, password, hash).await?;
+    let user = match (verified, user) {
         (true, Some(user)) => user,
-        _ => {
-            throttle.record_failure(&key, client, Utc::now()).await?;
-            return Err(LoginError::BadCredentials);
-        }
+        _ => return Err(LoginError::BadCredentials),
     };
-    if had_failures {
-        throttle.clear(&key, client).await?;
-    }
     if user.disabled {
         return Err(LoginError::Disabled);
     }
@@ -200,12 +220,13 @@ where
 {
     policy.check(new)?;
     let key = login_throttle::username_key(&claims.sub);
-    if let Admission::Throttled(wait) = login_throttle::admit(throttle, &key, client).await? {
-        return Err(AccountError::Throttled(wait));
-    }
+    let reservation = match login_throttle::reserve(throttle, &key, client).await? {
+        Ok(reservation) => reservation,
+        Err(wait) => return Err(AccountError::Throttled(wait)),
+    };
     let user = account_of(users, claims).await?;
-    if !hasher.verify(current, Some(&user.password_hash)).await? {
-        throttle.record_failure(&key, client, Utc::now()).await?;
+    let hash = Some(&user.password_hash);
+    if !verify(hasher, throttle, reservation, &key, client, current, hash).await? {
         return Err(AccountError::WrongPassword);
     }
     let new_hash = hasher.hash(new).await?;

@@ -373,13 +373,17 @@ pub async fn hello_stays_prompt_while_logins_are_hashing() {
         settings.auth.hashing_concurrency = 2;
     })
     .await;
-    let username = random_name("busy");
-    app.register(&username, PASSWORD).await;
+    // Two accounts, four logins each: no more attempts of one account from
+    // one address are in flight than the throttle lets through (5).
+    let usernames = [random_name("busy"), random_name("busy")];
+    for username in &usernames {
+        app.register(username, PASSWORD).await;
+    }
     let started = Instant::now();
     let logins: Vec<_> = (0..8)
-        .map(|_| {
+        .map(|n| {
             let (http, url) = (app.http.clone(), app.url("/users/login"));
-            let body = json!({"username": username, "password": PASSWORD});
+            let body = json!({"username": usernames[n % 2], "password": PASSWORD});
             tokio::spawn(async move { http.post(url).json(&body).send().await.unwrap().status() })
         })
         .collect();

@@ -12,7 +12,9 @@
 //! inside the crate and as part of an integration-test binary.
 
 use allot::domain::allocation::{Batch, LineStatus, OrderLine, Requester};
-use allot::services::allocation::{Allocated, AllocationRepository, Filled, RepositoryError};
+use allot::services::allocation::{
+    Allocated, AllocationRepository, Filled, RepositoryError, Stock,
+};
 use chrono::NaiveDate;
 
 /// Calls `$m![check, ...]` with every check, so that each implementation's
@@ -105,13 +107,10 @@ pub async fn add_then_get<R: AllocationRepository>(repo: &R, prefix: &str) {
             .unwrap()
             .is_none()
     );
-    assert!(repo.sku_exists(&sku).await.unwrap());
-    assert!(
-        !repo
-            .sku_exists(&format!("{prefix}-get-nosku"))
-            .await
-            .unwrap()
-    );
+    assert_eq!(repo.stock(&sku, 7).await.unwrap(), Stock::Enough);
+    assert_eq!(repo.stock(&sku, 8).await.unwrap(), Stock::Short);
+    let unknown = format!("{prefix}-get-nosku");
+    assert_eq!(repo.stock(&unknown, 1).await.unwrap(), Stock::NoSuchSku);
 }
 
 pub async fn add_refuses_a_duplicate_reference<R: AllocationRepository>(repo: &R, prefix: &str) {

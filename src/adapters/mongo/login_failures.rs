@@ -1,18 +1,18 @@
 //! The `login_failures` collection: failed logins counted per (username,
 //! client address) and per client address, one small document per key.
-//! A TTL index removes a document once it no longer matters; reads and writes
-//! also compare the times themselves, so nothing depends on when the TTL
-//! monitor runs (mongod's runs once a minute).
+//! A TTL index removes a document once it no longer matters; writes compare
+//! the times themselves, so nothing depends on when the TTL monitor runs
+//! (mongod's runs once a minute).
 
-use chrono::{DateTime, TimeDelta, Utc};
-use futures_util::TryStreamExt;
-use mongodb::bson::{self, doc};
+use chrono::{DateTime, Utc};
+use mongodb::bson::{self, Document, doc};
+use mongodb::options::ReturnDocument;
 use mongodb::{Collection, Database, IndexModel};
 use serde::{Deserialize, Serialize};
 
-use crate::domain::throttle::{self, Failures, ThrottlePolicy};
+use crate::domain::throttle::{self, Admissible, Clause, Failures, ThrottlePolicy};
 use crate::services::StoreError;
-use crate::services::login_throttle::LoginThrottle;
+use crate::services::login_throttle::{Counted, Counter, LoginThrottle};
 
 const COLLECTION: &str = "login_failures";
 
@@ -41,12 +41,36 @@ pub fn indexes() -> (&'static str, Vec<IndexModel>) {
     (COLLECTION, vec![super::expiry_index()])
 }
 
-fn username_key(username: &str, address: &str) -> String {
-    format!("user:{address} {username}")
+fn key(counter: Counter<'_>) -> String {
+    match counter {
+        Counter::Username { username, address } => format!("user:{address} {username}"),
+        Counter::Address(address) => format!("address:{address}"),
+    }
 }
 
-fn address_key(address: &str) -> String {
-    format!("address:{address}")
+/// The filter of the series states in which an attempt is admitted.
+fn admitting(clauses: &[Clause]) -> Vec<Document> {
+    clauses
+        .iter()
+        .map(|clause| match *clause {
+            Clause::Below(limit) => doc! { "count": { "$lt": i64::from(limit) } },
+            Clause::Waited {
+                count,
+                or_more,
+                last_failure_by,
+            } => doc! {
+                "count": if or_more {
+                    bson::Bson::Document(doc! { "$gte": i64::from(count) })
+                } else {
+                    bson::Bson::Int64(i64::from(count))
+                },
+                "last_failure_at": { "$lte": bson::DateTime::from_chrono(last_failure_by) },
+            },
+            Clause::StartedBy(start) => {
+                doc! { "window_start": { "$lte": bson::DateTime::from_chrono(start) } }
+            }
+        })
+        .collect()
 }
 
 #[derive(Clone)]
@@ -62,46 +86,6 @@ impl MongoLoginFailures {
             policy,
         }
     }
-
-    /// One more failure under `key`: counted in the current window, or the
-    /// first of a new one.
-    async fn count(&self, key: &str, now: DateTime<Utc>) -> Result<(), StoreError> {
-        let window = TimeDelta::from_std(throttle::WINDOW).unwrap_or(TimeDelta::MAX);
-        let at = bson::DateTime::from_chrono(now);
-        // Nothing derived from a series matters after its last failure plus
-        // the longest wait (the window started before that failure).
-        let expires_at = bson::DateTime::from_chrono(throttle::forget_after(now, now));
-        let counted = self
-            .collection
-            .update_one(
-                doc! {
-                    "_id": key,
-                    "window_start": { "$gt": bson::DateTime::from_chrono(now - window) },
-                },
-                doc! {
-                    "$inc": { "count": 1_i64 },
-                    "$set": { "last_failure_at": at, "expires_at": expires_at },
-                },
-            )
-            .await?;
-        if counted.matched_count == 0 {
-            // No series, or an old one: start again. Two concurrent starts
-            // may count one failure instead of two.
-            self.collection
-                .update_one(
-                    doc! { "_id": key },
-                    doc! { "$set": {
-                        "count": 1_i64,
-                        "window_start": at,
-                        "last_failure_at": at,
-                        "expires_at": expires_at,
-                    } },
-                )
-                .upsert(true)
-                .await?;
-        }
-        Ok(())
-    }
 }
 
 impl LoginThrottle for MongoLoginFailures {
@@ -109,46 +93,74 @@ impl LoginThrottle for MongoLoginFailures {
         self.policy
     }
 
-    async fn failures(
+    /// One `findAndModify` that upserts: its filter admits only the states of
+    /// `admissible`, so a refused attempt meets the existing document as a
+    /// duplicate key (and one `find` reads why). A missing document reads as
+    /// a series over in the pipeline, which starts one.
+    async fn count(
         &self,
-        username: &str,
-        address: &str,
+        counter: Counter<'_>,
+        admissible: &Admissible,
         now: DateTime<Utc>,
-    ) -> Result<(Option<Failures>, Option<Failures>), StoreError> {
-        let (user_key, address_key) = (username_key(username, address), address_key(address));
-        let documents: Vec<FailuresDocument> = self
+    ) -> Result<Counted, StoreError> {
+        let key = key(counter);
+        let at = bson::DateTime::from_chrono(now);
+        let over =
+            doc! { "$lte": ["$window_start", bson::DateTime::from_chrono(admissible.series_over)] };
+        // Nothing derived from a series matters after its last failure plus
+        // the longest wait (the window started before that failure).
+        let expires_at = bson::DateTime::from_chrono(throttle::forget_after(now, now));
+        let counted = self
             .collection
-            .find(doc! {
-                "_id": { "$in": [&user_key, &address_key] },
-                "expires_at": { "$gt": bson::DateTime::from_chrono(now) },
-            })
-            .await?
-            .try_collect()
-            .await?;
-        let find = |key: &str| {
-            documents
-                .iter()
-                .find(|document| document.key == key)
-                .map(FailuresDocument::failures)
-        };
-        Ok((find(&user_key), find(&address_key)))
+            .find_one_and_update(
+                doc! { "_id": &key, "$or": admitting(&admissible.clauses) },
+                vec![doc! { "$set": {
+                    "count": { "$cond": [&over, 1_i64, { "$add": ["$count", 1_i64] }] },
+                    "window_start": { "$cond": [&over, at, "$window_start"] },
+                    "last_failure_at": at,
+                    "expires_at": expires_at,
+                } }],
+            )
+            .upsert(true)
+            .return_document(ReturnDocument::After)
+            .await;
+        match counted {
+            Ok(Some(series)) => Ok(Counted::In(series.window_start.to_chrono())),
+            // MongoDB always returns the document. SecantusDB returns none
+            // for an upsert that lost the insert race and updated instead;
+            // its count includes the attempt (seen in a probe), so read
+            // which series it joined.
+            Ok(None) => match self.collection.find_one(doc! { "_id": &key }).await? {
+                Some(series) => Ok(Counted::In(series.window_start.to_chrono())),
+                None => Ok(Counted::Refused(None)),
+            },
+            Err(error) if super::is_duplicate_key(&error) => {
+                let stored = self.collection.find_one(doc! { "_id": &key }).await?;
+                Ok(Counted::Refused(
+                    stored.as_ref().map(FailuresDocument::failures),
+                ))
+            }
+            Err(error) => Err(error.into()),
+        }
     }
 
-    async fn record_failure(
-        &self,
-        username: &str,
-        address: &str,
-        now: DateTime<Utc>,
-    ) -> Result<(), StoreError> {
-        let (user_key, address_key) = (username_key(username, address), address_key(address));
-        let (by_user, by_address) =
-            tokio::join!(self.count(&user_key, now), self.count(&address_key, now));
-        by_user.and(by_address)
-    }
-
-    async fn clear(&self, username: &str, address: &str) -> Result<(), StoreError> {
+    async fn uncount(&self, counter: Counter<'_>, series: DateTime<Utc>) -> Result<(), StoreError> {
         self.collection
-            .delete_one(doc! { "_id": username_key(username, address) })
+            .update_one(
+                doc! {
+                    "_id": key(counter),
+                    "window_start": bson::DateTime::from_chrono(series),
+                    "count": { "$gt": 0_i64 },
+                },
+                doc! { "$inc": { "count": -1_i64 } },
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn forget(&self, counter: Counter<'_>) -> Result<(), StoreError> {
+        self.collection
+            .delete_one(doc! { "_id": key(counter) })
             .await?;
         Ok(())
     }

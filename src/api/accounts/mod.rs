@@ -10,7 +10,7 @@ use poem_openapi::{ApiResponse, OpenApi};
 pub use self::schemas::*;
 use super::auth::AdminToken;
 use super::error::{ApiError, Failure, message};
-use super::fields::{Identifier, PageLimit, UsernameField};
+use super::fields::{Cursor, PageLimit, UsernameField};
 use super::json_body::JsonBody;
 use super::reply::{Admin, Body, Database, Hashing, Input, Reply};
 use super::users::{Profile, account_failure};
@@ -89,12 +89,18 @@ impl AccountsApi {
         /// Accounts per page.
         #[oai(default)]
         limit: Query<PageLimit>,
-        /// `next_cursor` of the previous page.
-        cursor: Query<Option<Identifier>>,
+        /// `next_cursor` of the previous page of this same listing (same
+        /// filters); a cursor of another listing gets 400.
+        cursor: Query<Option<Cursor>>,
     ) -> Reply<ListAccountsResponse, (Admin, Input, Database)> {
-        let listed = users::list_users(&state.users, cursor.0.as_deref(), limit.probe());
+        const LISTING: &str = "users";
+        let after = match Cursor::resume(cursor.0.as_ref(), LISTING) {
+            Ok(after) => after,
+            Err(failure) => return Err(failure).into(),
+        };
+        let listed = users::list_users(&state.users, after.as_deref(), limit.probe());
         let page = |users: Vec<User>| {
-            let (users, next_cursor) = limit.page(users, |u| u.username.to_string());
+            let (users, next_cursor) = limit.page(users, LISTING, |u| u.username.to_string());
             ListAccountsResponse::Ok(Json(AccountPage {
                 users: users.into_iter().map(Profile::from).collect(),
                 next_cursor,

@@ -12,7 +12,7 @@ use poem_openapi::{ApiResponse, OpenApi};
 pub use self::schemas::*;
 use super::auth::{AccessToken, AdminToken};
 use super::error::{ApiError, Failure, message};
-use super::fields::{Identifier, PageLimit};
+use super::fields::{Cursor, Identifier, PageLimit};
 use super::json_body::JsonBody;
 use super::reply::{Admin, Body, Database, Input, Reply, Token};
 use super::{ApiTags, AppState};
@@ -182,13 +182,23 @@ impl AllocationsApi {
         /// Lines per page.
         #[oai(default)]
         limit: Query<PageLimit>,
-        /// `next_cursor` of the previous page.
-        cursor: Query<Option<Identifier>>,
+        /// `next_cursor` of the previous page of this same listing (same
+        /// filters); a cursor of another listing gets 400.
+        cursor: Query<Option<Cursor>>,
     ) -> Reply<ListBackordersResponse, (Admin, Input, Database)> {
-        let (sku, cursor) = (sku.0.as_deref(), cursor.0.as_deref());
-        let listed = allocation::list_backorders(&state.allocations, sku, cursor, limit.probe());
+        let sku = sku.0.as_deref();
+        let listing = match sku {
+            Some(sku) => format!("backorders?sku={sku}"),
+            None => "backorders".to_owned(),
+        };
+        let after = match Cursor::resume(cursor.0.as_ref(), &listing) {
+            Ok(after) => after,
+            Err(failure) => return Err(failure).into(),
+        };
+        let listed =
+            allocation::list_backorders(&state.allocations, sku, after.as_deref(), limit.probe());
         let page = |waiting: Vec<Backorder>| {
-            let (waiting, next_cursor) = limit.page(waiting, |b| b.position.clone());
+            let (waiting, next_cursor) = limit.page(waiting, &listing, |b| b.position.clone());
             let backorders = waiting.into_iter().map(|b| b.line.into()).collect();
             ListBackordersResponse::Ok(Json(BackorderPage {
                 backorders,

@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use poem_openapi::types::Example;
 use poem_openapi::{Object, Union};
 
-use crate::api::fields::{Identifier, Quantity};
+use crate::api::fields::{Cursor, Identifier, Quantity};
 use crate::domain::allocation::{AcknowledgedLine, LineStatus};
 
 /// An order line to allocate.
@@ -234,7 +234,7 @@ impl Example for BackorderPage {
                 qty: 2,
                 acknowledged_at: DateTime::from_timestamp(1_767_225_600, 0).unwrap_or_default(),
             }],
-            next_cursor: Some("6952b8c0a1b2c3d4e5f60718".to_owned()),
+            next_cursor: Some(Cursor::after("backorders", "6952b8c0a1b2c3d4e5f60718")),
         }
     }
 }

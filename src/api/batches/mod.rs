@@ -11,7 +11,7 @@ use poem_openapi::{ApiResponse, OpenApi};
 pub use self::schemas::*;
 use super::auth::{AccessToken, AdminToken};
 use super::error::{ApiError, Failure, message};
-use super::fields::{Identifier, PageLimit};
+use super::fields::{Cursor, Identifier, PageLimit};
 use super::json_body::JsonBody;
 use super::reply::{Admin, Body, Database, Input, Reply, Token};
 use super::{ApiTags, AppState};
@@ -123,13 +123,23 @@ impl BatchesApi {
         /// Batches per page.
         #[oai(default)]
         limit: Query<PageLimit>,
-        /// `next_cursor` of the previous page.
-        cursor: Query<Option<Identifier>>,
+        /// `next_cursor` of the previous page of this same listing (same
+        /// filters); a cursor of another listing gets 400.
+        cursor: Query<Option<Cursor>>,
     ) -> Reply<ListBatchesResponse, (Token, Input, Database)> {
-        let (sku, cursor) = (sku.0.as_deref(), cursor.0.as_deref());
-        let listed = allocation::list_batches(&state.allocations, sku, cursor, limit.probe());
+        let sku = sku.0.as_deref();
+        let listing = match sku {
+            Some(sku) => format!("batches?sku={sku}"),
+            None => "batches".to_owned(),
+        };
+        let after = match Cursor::resume(cursor.0.as_ref(), &listing) {
+            Ok(after) => after,
+            Err(failure) => return Err(failure).into(),
+        };
+        let listed =
+            allocation::list_batches(&state.allocations, sku, after.as_deref(), limit.probe());
         let page = |batches: Vec<Batch>| {
-            let (batches, next_cursor) = limit.page(batches, |b| b.reference.clone());
+            let (batches, next_cursor) = limit.page(batches, &listing, |b| b.reference.clone());
             ListBatchesResponse::Ok(Json(BatchPage {
                 batches: batches.iter().map(BatchBody::from).collect(),
                 next_cursor,
@@ -178,14 +188,23 @@ impl BatchesApi {
         /// Lines per page.
         #[oai(default)]
         limit: Query<PageLimit>,
-        /// `next_cursor` of the previous page.
-        cursor: Query<Option<u64>>,
+        /// `next_cursor` of the previous page of this same listing (same
+        /// filters); a cursor of another listing gets 400.
+        cursor: Query<Option<Cursor>>,
     ) -> Reply<BatchAllocationsResponse, (Admin, Input, Database)> {
-        let lines =
-            allocation::batch_lines(&state.allocations, &reference.0, cursor.0, limit.probe());
+        let listing = format!("batches/{}/allocations", reference.0.0);
+        let after = match Cursor::resume(cursor.0.as_ref(), &listing) {
+            Ok(after) => after.map(|position| position.parse::<u64>()),
+            Err(failure) => return Err(failure).into(),
+        };
+        let after = match after.transpose() {
+            Ok(after) => after,
+            Err(_) => return Err(Failure::BadRequest("Invalid cursor".to_owned())).into(),
+        };
+        let lines = allocation::batch_lines(&state.allocations, &reference.0, after, limit.probe());
         match lines.await {
             Ok(lines) => {
-                let (lines, next_cursor) = limit.page(lines, |l| l.position.to_string());
+                let (lines, next_cursor) = limit.page(lines, &listing, |l| l.position.to_string());
                 let allocations = lines
                     .into_iter()
                     .map(|BatchLine { orderid, qty, .. }| BatchAllocation { orderid, qty })

@@ -3,7 +3,7 @@
 use poem_openapi::Object;
 use poem_openapi::types::Example;
 
-use crate::api::fields::{Date, Identifier, Quantity};
+use crate::api::fields::{Cursor, Date, Identifier, Quantity};
 use crate::domain::allocation::{Batch, OrderLine};
 use crate::services::allocation::QuantityChange;
 
@@ -113,7 +113,7 @@ impl Example for BatchPage {
     fn example() -> Self {
         Self {
             batches: vec![BatchBody::example()],
-            next_cursor: Some("batch-001".to_owned()),
+            next_cursor: Some(Cursor::after("batches", "batch-001")),
         }
     }
 }
@@ -145,7 +145,7 @@ impl Example for BatchAllocationPage {
                 orderid: "order-001".to_owned(),
                 qty: 2,
             }],
-            next_cursor: Some("1".to_owned()),
+            next_cursor: Some(Cursor::after("batches/batch-001/allocations", "1")),
         }
     }
 }

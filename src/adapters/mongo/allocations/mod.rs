@@ -33,7 +33,7 @@ use super::instances::Instance;
 use super::is_duplicate_key;
 use crate::domain::allocation::{AcknowledgedLine, Batch, OrderLine, Requester, lines_to_give_up};
 use crate::services::allocation::{
-    Allocated, AllocationRepository, Backorder, BatchLine, Filled, RepositoryError,
+    Allocated, AllocationRepository, Backorder, BatchLine, Filled, RepositoryError, Stock,
 };
 
 pub(super) fn unavailable(error: MongoError) -> RepositoryError {
@@ -241,16 +241,18 @@ impl AllocationRepository for MongoAllocations {
             .collect()
     }
 
-    async fn sku_exists(&self, sku: &str) -> Result<bool, RepositoryError> {
-        let found = self
+    async fn stock(&self, sku: &str, qty: u32) -> Result<Stock, RepositoryError> {
+        let roomiest = self
             .batches
             .clone_with_type::<Document>()
             .find_one(doc! { "sku": sku })
+            .sort(doc! { "available_quantity": -1 })
             .max_time(self.max_time)
-            .projection(doc! { "_id": 1 })
+            .projection(doc! { "_id": 0, "available_quantity": 1 })
             .await
             .map_err(unavailable)?;
-        Ok(found.is_some())
+        let most = roomiest.map(|batch| batch.get_i64("available_quantity").unwrap_or(0));
+        Ok(Stock::of(most, qty))
     }
 
     async fn allocate(
