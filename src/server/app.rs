@@ -29,7 +29,11 @@ impl App {
             // answer's future, which (under the size glibc caches) stays
             // cheap to allocate and to build.
             let request = Box::new(request);
-            boxed_in_place(move || async move {
+            // A plain `Box::pin`, which copies the future into its box once.
+            // Building it in place instead took an `unsafe` and saved ~90
+            // instructions of a plain request's ~29,000 (0.3 %, inside the
+            // run-to-run noise): decision record 0003.
+            Box::pin(async move {
                 match Endpoint::call(&*endpoint, *request).await {
                     Ok(response) => response,
                     Err(error) => error.into_response(),
@@ -61,18 +65,6 @@ impl App {
             Err(_panic) => internal_error(),
         }
     }
-}
-
-/// Boxes the future `make` returns, letting the compiler build it straight in
-/// its heap slot: the middleware stack's future is a few kilobytes, and
-/// `Box::pin(future)` builds it on the stack and then copies all of it.
-fn boxed_in_place<F: Future<Output = Response> + Send + 'static>(
-    make: impl FnOnce() -> F,
-) -> Answer {
-    let mut slot = Box::<F>::new_uninit();
-    slot.write(make());
-    // SAFETY: `write` initialised the slot.
-    Box::into_pin(unsafe { slot.assume_init() })
 }
 
 /// What a request gets if answering it panicked outside the edge's own catch.
