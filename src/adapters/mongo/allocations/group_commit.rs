@@ -23,13 +23,14 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use futures_util::TryStreamExt;
 use futures_util::future::join_all;
 use mongodb::bson::{self, Bson, Document, doc, oid::ObjectId};
 use mongodb::error::{ErrorKind, InsertManyError};
 use mongodb::options::ReturnDocument;
 use tokio::sync::{Semaphore, oneshot};
 
-use super::documents::{LineDocument, corrupt};
+use super::documents::{BATCHES, LineDocument, corrupt};
 use super::{MongoAllocations, intent_field, unavailable};
 use crate::domain::allocation::{OrderLine, Requester};
 use crate::services::allocation::{Allocated, AllocationRepository, RepositoryError};
@@ -72,6 +73,9 @@ pub(super) struct Intake {
     /// batch by the next stock step on the sku, or by a flush.
     confirmed: Mutex<HashMap<String, HashMap<String, Vec<ObjectId>>>>,
     owners: Mutex<HashMap<String, String>>,
+    /// Whether the server's `update` takes a `sort` per statement (MongoDB
+    /// 8.0), so that one command takes the stock of every sku of a group.
+    sorted_updates: tokio::sync::OnceCell<bool>,
 }
 
 impl Intake {
@@ -82,7 +86,15 @@ impl Intake {
             in_flight: Mutex::new(HashSet::new()),
             confirmed: Mutex::new(HashMap::new()),
             owners: Mutex::new(HashMap::new()),
+            sorted_updates: tokio::sync::OnceCell::new(),
         }
+    }
+
+    /// Takes the stock of a group one `findAndModify` per sku, as MongoDB 7
+    /// must (for tests of that path on a newer server).
+    pub(super) fn without_sorted_updates(self) -> Self {
+        let _ = self.sorted_updates.set(false);
+        self
     }
 
     pub(super) fn is_in_flight(&self, id: &ObjectId) -> bool {
@@ -192,6 +204,20 @@ enum Stock {
     NoRoom,
 }
 
+/// `count` lines taken from one batch, the first at position `first`.
+fn positions(batchref: &str, first: i64, count: usize) -> Vec<Stock> {
+    (0..count as i64)
+        .map(|n| Stock::Taken {
+            batchref: batchref.to_owned(),
+            seq: first + n,
+        })
+        .collect()
+}
+
+/// The first wire version of MongoDB 8.0, whose `update` statements take a
+/// `sort`.
+const SORTED_UPDATE_WIRE_VERSION: i32 = 25;
+
 impl MongoAllocations {
     /// Queues the line for the next group and waits for its answer. A caller
     /// that finds a group slot free takes the queue as a group and sends it
@@ -275,12 +301,7 @@ impl MongoAllocations {
         let ids: Vec<ObjectId> = by_sku.values().flatten().map(|t| t.id).collect();
         let _in_flight = InFlight::enter(&self.intake, ids);
 
-        let stock = join_all(
-            by_sku
-                .iter()
-                .map(|(sku, lines)| self.take_stock_for(sku, lines)),
-        )
-        .await;
+        let stock = self.take_stock_of_group(&by_sku).await;
         let mut stored = Vec::new();
         for (lines, taken) in by_sku.values().zip(stock) {
             match taken {
@@ -418,6 +439,119 @@ impl MongoAllocations {
             .collect())
     }
 
+    /// Takes the stock of each sku's lines of the group (in `by_sku`'s
+    /// order): with MongoDB 8.0 and more than one sku, in one `update` of a
+    /// statement per sku and one `find` of where they went; else one
+    /// `findAndModify` per sku. A sku whose batches have no room for all its
+    /// lines at once takes them line by line.
+    async fn take_stock_of_group(
+        &self,
+        by_sku: &HashMap<&str, Vec<Taking<'_>>>,
+    ) -> Vec<Result<Vec<Stock>, RepositoryError>> {
+        if by_sku.len() < 2 || !self.sorted_updates().await {
+            let each = by_sku
+                .iter()
+                .map(|(sku, lines)| self.take_stock_for(sku, lines));
+            return join_all(each).await;
+        }
+        let taken = match self.take_stock_in_one_update(by_sku).await {
+            Ok(taken) => taken,
+            Err(error) => return by_sku.iter().map(|_| Err(copy_error(&error))).collect(),
+        };
+        let each = by_sku
+            .iter()
+            .zip(taken)
+            .map(|((sku, lines), taken)| async move {
+                match taken {
+                    Some((batchref, first_seq)) => Ok(positions(&batchref, first_seq, lines.len())),
+                    None => self.take_stock_line_by_line(sku, lines).await,
+                }
+            });
+        join_all(each).await
+    }
+
+    async fn sorted_updates(&self) -> bool {
+        let probe = self.intake.sorted_updates.get_or_try_init(|| async {
+            let hello = self.database.run_command(doc! { "hello": 1 }).await?;
+            let wire = hello.get_i32("maxWireVersion").unwrap_or_default();
+            Ok::<_, mongodb::error::Error>(wire >= SORTED_UPDATE_WIRE_VERSION)
+        });
+        // Unknown for now (the server did not answer): the safe way.
+        probe.await.is_ok_and(|sorted| *sorted)
+    }
+
+    /// One `update` with a statement per sku, each the pipeline of
+    /// [`Self::take_stock`] on the preferred batch with room (`sort`), then
+    /// one `find` of the batches holding each sku's first intent. Per sku:
+    /// the batch and the first line's position, or None if no batch had room
+    /// for all its lines.
+    async fn take_stock_in_one_update(
+        &self,
+        by_sku: &HashMap<&str, Vec<Taking<'_>>>,
+    ) -> Result<Vec<Option<(String, i64)>>, RepositoryError> {
+        let mut statements = Vec::with_capacity(by_sku.len());
+        let mut piggybacks = Vec::with_capacity(by_sku.len());
+        for (sku, lines) in by_sku {
+            let (filter, pipeline, piggyback) = self.stock_step(sku, lines);
+            statements.push(doc! {
+                "q": filter,
+                "u": pipeline,
+                "sort": { "eta": 1, "_id": 1 },
+                "multi": false,
+            });
+            piggybacks.push(piggyback);
+        }
+        let max_time_ms = i64::try_from(self.max_time.as_millis()).unwrap_or(i64::MAX);
+        // Statements that failed (reported in `writeErrors`) left no intent:
+        // the `find` below treats them as finding no room.
+        self.database
+            .run_command(doc! {
+                "update": BATCHES,
+                "updates": statements,
+                "ordered": false,
+                "maxTimeMS": max_time_ms,
+            })
+            .await
+            .map_err(unavailable)?;
+        let firsts: Vec<String> = by_sku
+            .values()
+            .map(|lines| intent_field(&lines[0].id))
+            .collect();
+        let skus: Vec<&str> = by_sku.keys().copied().collect();
+        let holding: Vec<Document> = firsts
+            .iter()
+            .map(|field| doc! { field: { "$exists": true } })
+            .collect();
+        let projection: Document = firsts
+            .iter()
+            .map(|field| (format!("{field}.s"), Bson::Int32(1)))
+            .collect();
+        let found: Vec<Document> = self
+            .batches
+            .clone_with_type::<Document>()
+            .find(doc! { "sku": { "$in": skus }, "$or": holding })
+            .projection(projection)
+            .max_time(self.max_time)
+            .await
+            .map_err(unavailable)?
+            .try_collect()
+            .await
+            .map_err(unavailable)?;
+        let mut taken = Vec::with_capacity(by_sku.len());
+        for ((sku, lines), piggyback) in by_sku.iter().zip(piggybacks) {
+            let id = lines[0].id.to_hex();
+            let held = found.iter().find_map(|batch| {
+                let intent = batch.get_document("pending").ok()?.get_document(&id).ok()?;
+                Some((batch.get_str("_id").ok()?, intent.get_i64("s").ok()?))
+            });
+            if let Some((reference, _)) = held {
+                self.forget_piggybacked(sku, reference, &piggyback);
+            }
+            taken.push(held.map(|(reference, seq)| (reference.to_owned(), seq)));
+        }
+        Ok(taken)
+    }
+
     /// Takes the stock of a sku's lines of the group, all from one batch if
     /// one has room for them all, else line by line.
     async fn take_stock_for(
@@ -425,15 +559,22 @@ impl MongoAllocations {
         sku: &str,
         lines: &[Taking<'_>],
     ) -> Result<Vec<Stock>, RepositoryError> {
-        if let Some((batchref, last_seq)) = self.take_stock(sku, lines).await? {
-            let first = last_seq - lines.len() as i64;
-            return Ok((1..=lines.len() as i64)
-                .map(|n| Stock::Taken {
-                    batchref: batchref.clone(),
-                    seq: first + n,
-                })
-                .collect());
+        match self.take_stock(sku, lines).await? {
+            Some((batchref, last_seq)) => {
+                let first = last_seq - lines.len() as i64 + 1;
+                Ok(positions(&batchref, first, lines.len()))
+            }
+            None => self.take_stock_line_by_line(sku, lines).await,
         }
+    }
+
+    /// After the lines of a sku found no batch with room for them all: one
+    /// `findAndModify` per line.
+    async fn take_stock_line_by_line(
+        &self,
+        sku: &str,
+        lines: &[Taking<'_>],
+    ) -> Result<Vec<Stock>, RepositoryError> {
         if lines.len() == 1 {
             return Ok(vec![Stock::NoRoom]);
         }
@@ -449,17 +590,47 @@ impl MongoAllocations {
         Ok(stock)
     }
 
-    /// One `findAndModify`: the preferred batch of the sku with room for all
-    /// of `lines` (warehouse stock first, then the earliest eta, then the
-    /// reference: the domain's order, which MongoDB's sort gives since null
-    /// sorts before dates) gives their quantity and records an intent for
-    /// each. Intents of lines stored since are removed in passing. Returns
-    /// the batch and the position of the last line.
+    /// One `findAndModify` of [`Self::stock_step`]: the preferred batch of
+    /// the sku with room for all of `lines` (warehouse stock first, then the
+    /// earliest eta, then the reference: the domain's order, which MongoDB's
+    /// sort gives since null sorts before dates). Returns the batch and the
+    /// position of the last line.
     async fn take_stock(
         &self,
         sku: &str,
         lines: &[Taking<'_>],
     ) -> Result<Option<(String, i64)>, RepositoryError> {
+        let (filter, pipeline, piggyback) = self.stock_step(sku, lines);
+        let taken = self
+            .batches
+            .clone_with_type::<Document>()
+            .find_one_and_update(filter, pipeline)
+            .max_time(self.max_time)
+            .sort(doc! { "eta": 1, "_id": 1 })
+            .projection(doc! { "allocation_seq": 1 })
+            .return_document(ReturnDocument::After)
+            .await
+            .map_err(unavailable)?;
+        let Some(batch) = taken else {
+            return Ok(None);
+        };
+        let (Ok(reference), Ok(last_seq)) = (batch.get_str("_id"), batch.get_i64("allocation_seq"))
+        else {
+            return Err(corrupt("allocation_seq", &format!("a batch of sku {sku}")));
+        };
+        self.forget_piggybacked(sku, reference, &piggyback);
+        Ok(Some((reference.to_owned(), last_seq)))
+    }
+
+    /// The filter and pipeline of a stock step for a sku's lines: a batch of
+    /// the sku with room for all of them gives their quantity and records an
+    /// intent for each, and removes in passing the intents of lines stored
+    /// since (returned, to be forgotten once the step says which batch it hit).
+    fn stock_step(
+        &self,
+        sku: &str,
+        lines: &[Taking<'_>],
+    ) -> (Document, Vec<Document>, Vec<(String, ObjectId)>) {
         let total: i64 = lines.iter().map(|t| i64::from(t.line.qty)).sum();
         let count = lines.len() as i64;
         let mut set = doc! {
@@ -494,41 +665,27 @@ impl MongoAllocations {
             let fields: Vec<String> = piggyback.iter().map(|(_, id)| intent_field(id)).collect();
             pipeline.push(doc! { "$unset": fields });
         }
-        let taken = self
-            .batches
-            .clone_with_type::<Document>()
-            .find_one_and_update(
-                doc! { "sku": sku, "available_quantity": { "$gte": total } },
-                pipeline,
-            )
-            .max_time(self.max_time)
-            .sort(doc! { "eta": 1, "_id": 1 })
-            .projection(doc! { "allocation_seq": 1 })
-            .return_document(ReturnDocument::After)
-            .await
-            .map_err(unavailable)?;
-        let Some(batch) = taken else {
-            return Ok(None);
-        };
-        let (Ok(reference), Ok(last_seq)) = (batch.get_str("_id"), batch.get_i64("allocation_seq"))
-        else {
-            return Err(corrupt("allocation_seq", &format!("a batch of sku {sku}")));
-        };
-        let reference = reference.to_owned();
-        if !piggyback.is_empty() {
-            let removed: HashSet<ObjectId> = piggyback
-                .iter()
-                .filter(|(batch, _)| *batch == reference)
-                .map(|(_, id)| *id)
-                .collect();
-            if let Some(ids) = lock(&self.intake.confirmed)
-                .get_mut(sku)
-                .and_then(|batches| batches.get_mut(&reference))
-            {
-                ids.retain(|id| !removed.contains(id));
-            }
+        let filter = doc! { "sku": sku, "available_quantity": { "$gte": total } };
+        (filter, pipeline, piggyback)
+    }
+
+    /// The piggybacked intents a stock step removed from `reference` are no
+    /// longer to remove.
+    fn forget_piggybacked(&self, sku: &str, reference: &str, piggyback: &[(String, ObjectId)]) {
+        if piggyback.is_empty() {
+            return;
         }
-        Ok(Some((reference, last_seq)))
+        let removed: HashSet<ObjectId> = piggyback
+            .iter()
+            .filter(|(batch, _)| batch == reference)
+            .map(|(_, id)| *id)
+            .collect();
+        if let Some(ids) = lock(&self.intake.confirmed)
+            .get_mut(sku)
+            .and_then(|batches| batches.get_mut(reference))
+        {
+            ids.retain(|id| !removed.contains(id));
+        }
     }
 
     /// One `insert` of the group's lines whose stock was taken. A line whose

@@ -107,6 +107,13 @@ impl MongoAllocations {
         }
     }
 
+    /// Takes a group's stock one `findAndModify` per sku, as on MongoDB 7,
+    /// whatever the server (to test that path on a newer one).
+    pub fn without_sorted_updates(mut self) -> Self {
+        self.intake = Arc::new(Intake::new(GROUPS_IN_FLIGHT).without_sorted_updates());
+        self
+    }
+
     /// Limits each query (and each commit) to `limit` on the server.
     pub fn with_operation_timeout(mut self, limit: Duration) -> Self {
         self.max_time = limit;
