@@ -6,10 +6,13 @@
 //! 1. one `insert` of `orders` claims the owner of every new order of the
 //!    group (none for orders this process has seen; a duplicate key means
 //!    the order exists, and one `find` reads its owner);
-//! 2. one `findAndModify` per sku of the group takes the stock of all its
-//!    lines from the preferred batch with room, and records each line there
-//!    as an **intent** (`pending.<line id>`: order, quantity, owner, position,
-//!    instance), in the same single-document write;
+//! 2. the stock of each sku's lines is taken from the preferred batch with
+//!    room for them all, which records each line as an **intent**
+//!    (`pending.<line id>`: order, quantity, owner, position, instance) in the
+//!    same single-document write. On MongoDB 8.0 that is one `update` for the
+//!    whole group (a statement per sku, with a `sort`), and one `find` of the
+//!    batches now holding the intents; on MongoDB 7, or for one sku, one
+//!    `findAndModify` per sku;
 //! 3. one `insert` stores every line of the group.
 //!
 //! No step holds a lock across round trips, so a process that dies between
