@@ -48,7 +48,6 @@ impl Store {
         let reference = choose_batch(line, &candidates).ok()?.reference.clone();
         let batch = self.batches.get_mut(&reference)?;
         batch.allocate(line);
-        batch.version += 1;
         let position = self.batch_positions.entry(reference.clone()).or_default();
         *position += 1;
         Some((reference, *position))
@@ -241,7 +240,6 @@ impl AllocationRepository for InMemoryAllocations {
             .and_then(|batchref| store.batches.get_mut(batchref))
         {
             batch.deallocate(&removed.line.line);
-            batch.version += 1;
         }
         Ok(Some(removed.line))
     }
@@ -254,7 +252,6 @@ impl AllocationRepository for InMemoryAllocations {
         let mut store = self.step().await;
         Ok(store.batches.get_mut(reference).map(|batch| {
             batch.change_purchased_quantity(qty);
-            batch.version += 1;
             batch.clone()
         }))
     }
@@ -294,7 +291,6 @@ impl AllocationRepository for InMemoryAllocations {
         for line in &given_up {
             batch.deallocate(line);
         }
-        batch.version += 1;
         Ok(given_up)
     }
 

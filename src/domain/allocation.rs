@@ -102,13 +102,10 @@ pub struct Batch {
     pub eta: Option<NaiveDate>,
     purchased_quantity: u32,
     available_quantity: i64,
-    /// Optimistic-concurrency token: the repository bumps it on every write and
-    /// refuses a write made from a stale copy. The domain never changes it.
-    pub version: u64,
 }
 
 impl Batch {
-    /// A freshly bought batch: nothing allocated yet, never stored (version 0).
+    /// A freshly bought batch: nothing allocated yet.
     pub fn new(
         reference: impl Into<String>,
         sku: impl Into<String>,
@@ -121,7 +118,6 @@ impl Batch {
             purchased_quantity,
             i64::from(purchased_quantity),
             eta,
-            0,
         )
     }
 
@@ -132,7 +128,6 @@ impl Batch {
         purchased_quantity: u32,
         available_quantity: i64,
         eta: Option<NaiveDate>,
-        version: u64,
     ) -> Self {
         Self {
             reference: reference.into(),
@@ -140,7 +135,6 @@ impl Batch {
             eta,
             purchased_quantity,
             available_quantity,
-            version,
         }
     }
 
@@ -263,7 +257,6 @@ mod tests {
         assert_eq!(batch.available_quantity(), 18);
         assert_eq!(batch.allocated_quantity(), 2);
         assert_eq!(batch.purchased_quantity(), 20);
-        assert_eq!(batch.version, 0);
     }
 
     #[test]

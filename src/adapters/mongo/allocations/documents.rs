@@ -33,7 +33,6 @@ pub(super) struct BatchDocument {
     pub(super) available_quantity: i64,
     /// Midnight UTC of the arrival date; null (sorting first) when in the warehouse.
     pub(super) eta: Option<bson::DateTime>,
-    pub(super) version: i64,
     /// Position of the latest line allocated to this batch.
     pub(super) allocation_seq: i64,
 }
@@ -81,7 +80,6 @@ impl BatchDocument {
             purchased_quantity: i64::from(batch.purchased_quantity()),
             available_quantity: batch.available_quantity(),
             eta: batch.eta.map(to_bson_date),
-            version: 0,
             allocation_seq: 0,
         }
     }
@@ -92,8 +90,6 @@ impl BatchDocument {
             "purchased_quantity",
             &self.reference,
         )?;
-        let version =
-            u64::try_from(self.version).map_err(|_| corrupt("version", &self.reference))?;
         let eta = self.eta.map(|eta| eta.to_chrono().date_naive());
         Ok(Batch::restore(
             self.reference,
@@ -101,7 +97,6 @@ impl BatchDocument {
             purchased,
             self.available_quantity,
             eta,
-            version,
         ))
     }
 }

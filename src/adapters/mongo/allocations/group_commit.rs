@@ -639,7 +639,6 @@ impl MongoAllocations {
         let mut set = doc! {
             "available_quantity": { "$subtract": ["$available_quantity", total] },
             "allocation_seq": { "$add": ["$allocation_seq", count] },
-            "version": { "$add": ["$version", 1] },
         };
         for (n, taking) in lines.iter().enumerate() {
             set.insert(
@@ -821,7 +820,7 @@ impl MongoAllocations {
             .update_one(
                 doc! { "_id": batchref, &field: { "$exists": true } },
                 doc! {
-                    "$inc": { "available_quantity": qty, "version": 1 },
+                    "$inc": { "available_quantity": qty },
                     "$unset": { &field: "" },
                 },
             )

@@ -1,7 +1,7 @@
 //! The `batches` and `order_lines` collections.
 //!
 //! A batch document holds only what the allocation decision needs (its
-//! quantities, eta, a version and the intents of lines on their way in), and
+//! quantities, eta and the intents of lines on their way in), and
 //! every acknowledged order line is a document of its own, so no document
 //! grows with the number of orders.
 //!
@@ -138,7 +138,7 @@ impl MongoAllocations {
             .clone_with_type::<Document>()
             .find_one_and_update(
                 doc! { "sku": &line.sku, "available_quantity": { "$gte": qty } },
-                doc! { "$inc": { "available_quantity": -qty, "version": 1, "allocation_seq": 1 } },
+                doc! { "$inc": { "available_quantity": -qty, "allocation_seq": 1 } },
             )
             .max_time(self.max_time)
             .sort(doc! { "eta": 1, "_id": 1 })
@@ -339,7 +339,7 @@ impl AllocationRepository for MongoAllocations {
                     .update_one(
                         doc! { "_id": batchref },
                         doc! {
-                            "$inc": { "available_quantity": removed.qty, "version": 1 },
+                            "$inc": { "available_quantity": removed.qty },
                             "$unset": { intent_field(&removed.id): "" },
                         },
                     )
@@ -378,7 +378,7 @@ impl AllocationRepository for MongoAllocations {
                     doc! { "_id": reference },
                     doc! {
                         "$set": { "purchased_quantity": i64::from(qty) },
-                        "$inc": { "available_quantity": delta, "version": 1 },
+                        "$inc": { "available_quantity": delta },
                     },
                 )
                 .max_time(self.max_time)
@@ -450,7 +450,7 @@ impl AllocationRepository for MongoAllocations {
                 .update_one(
                     doc! { "_id": reference },
                     doc! {
-                        "$inc": { "available_quantity": freed, "version": 1 },
+                        "$inc": { "available_quantity": freed },
                         "$unset": intents,
                     },
                 )
