@@ -194,6 +194,7 @@ impl Drop for InFlight<'_> {
 }
 
 /// A line of a group on its way to a batch.
+#[derive(Clone)]
 struct Taking<'a> {
     index: usize,
     id: ObjectId,
@@ -202,6 +203,7 @@ struct Taking<'a> {
 }
 
 /// Where a line of a group stands after the stock step.
+#[derive(Clone)]
 enum Stock {
     Taken { batchref: String, seq: i64 },
     NoRoom,
@@ -465,10 +467,21 @@ impl MongoAllocations {
             .iter()
             .zip(taken)
             .map(|((sku, lines), taken)| async move {
-                match taken {
-                    Some((batchref, first_seq)) => Ok(positions(&batchref, first_seq, lines.len())),
-                    None => self.take_stock_line_by_line(sku, lines).await,
+                let missed: Vec<Taking<'_>> = lines
+                    .iter()
+                    .zip(&taken)
+                    .filter(|(_, stock)| stock.is_none())
+                    .map(|(line, _)| line.clone())
+                    .collect();
+                let mut retried = match missed.is_empty() {
+                    true => Vec::new(),
+                    false => self.take_stock_line_by_line(sku, &missed).await?,
                 }
+                .into_iter();
+                Ok(taken
+                    .into_iter()
+                    .map(|stock| stock.or_else(|| retried.next()).unwrap_or(Stock::NoRoom))
+                    .collect())
             });
         join_all(each).await
     }
@@ -485,13 +498,13 @@ impl MongoAllocations {
 
     /// One `update` with a statement per sku, each the pipeline of
     /// [`Self::take_stock`] on the preferred batch with room (`sort`), then
-    /// one `find` of the batches holding each sku's first intent. Per sku:
-    /// the batch and the first line's position, or None if no batch had room
-    /// for all its lines.
+    /// one `find` of the batches holding each sku's first intent. Per sku and
+    /// line: where its stock was taken, or None where no batch had room for
+    /// all the sku's lines (to try line by line).
     async fn take_stock_in_one_update(
         &self,
         by_sku: &HashMap<&str, Vec<Taking<'_>>>,
-    ) -> Result<Vec<Option<(String, i64)>>, RepositoryError> {
+    ) -> Result<Vec<Vec<Option<Stock>>>, RepositoryError> {
         let mut statements = Vec::with_capacity(by_sku.len());
         let mut piggybacks = Vec::with_capacity(by_sku.len());
         for (sku, lines) in by_sku {
@@ -507,7 +520,8 @@ impl MongoAllocations {
         let max_time_ms = i64::try_from(self.max_time.as_millis()).unwrap_or(i64::MAX);
         // Statements that failed (reported in `writeErrors`) left no intent:
         // the `find` below treats them as finding no room.
-        self.database
+        let reply = self
+            .database
             .run_command(doc! {
                 "update": BATCHES,
                 "updates": statements,
@@ -516,6 +530,11 @@ impl MongoAllocations {
             })
             .await
             .map_err(unavailable)?;
+        let applied = match reply.get("nModified") {
+            Some(Bson::Int32(n)) => i64::from(*n),
+            Some(Bson::Int64(n)) => *n,
+            _ => i64::MAX,
+        };
         let firsts: Vec<String> = by_sku
             .values()
             .map(|lines| intent_field(&lines[0].id))
@@ -547,12 +566,69 @@ impl MongoAllocations {
                 let intent = batch.get_document("pending").ok()?.get_document(&id).ok()?;
                 Some((batch.get_str("_id").ok()?, intent.get_i64("s").ok()?))
             });
-            if let Some((reference, _)) = held {
-                self.forget_piggybacked(sku, reference, &piggyback);
-            }
-            taken.push(held.map(|(reference, seq)| (reference.to_owned(), seq)));
+            taken.push(match held {
+                Some((reference, first)) => {
+                    self.forget_piggybacked(sku, reference, &piggyback);
+                    positions(reference, first, lines.len())
+                        .into_iter()
+                        .map(Some)
+                        .collect()
+                }
+                None => vec![None; lines.len()],
+            });
+        }
+        let held = taken
+            .iter()
+            .filter(|stock| stock.iter().any(Option::is_some))
+            .count();
+        if applied > held as i64 {
+            // A statement applied whose intents are gone already: the
+            // recovery pass finished them (this instance's lease had lapsed).
+            // Its lines are stored, or gave their stock back to a repeat.
+            self.stored_by_recovery(by_sku, &mut taken).await?;
         }
         Ok(taken)
+    }
+
+    /// Where the lines of missed skus stand if the recovery pass stored them
+    /// (under their own ids); the others stay missed.
+    async fn stored_by_recovery(
+        &self,
+        by_sku: &HashMap<&str, Vec<Taking<'_>>>,
+        taken: &mut [Vec<Option<Stock>>],
+    ) -> Result<(), RepositoryError> {
+        let missed: Vec<ObjectId> = by_sku
+            .values()
+            .zip(taken.iter())
+            .filter(|(_, stock)| stock.iter().all(Option::is_none))
+            .flat_map(|(lines, _)| lines.iter().map(|line| line.id))
+            .collect();
+        let stored: Vec<LineDocument> = self
+            .lines
+            .find(doc! { "_id": { "$in": missed } })
+            .max_time(self.max_time)
+            .await
+            .map_err(unavailable)?
+            .try_collect()
+            .await
+            .map_err(unavailable)?;
+        for (lines, stock) in by_sku.values().zip(taken.iter_mut()) {
+            for (line, stock) in lines.iter().zip(stock.iter_mut()) {
+                let document = stored.iter().find(|document| document.id == line.id);
+                if let Some(LineDocument {
+                    batchref: Some(batchref),
+                    batch_seq: Some(seq),
+                    ..
+                }) = document
+                {
+                    *stock = Some(Stock::Taken {
+                        batchref: batchref.clone(),
+                        seq: *seq,
+                    });
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Takes the stock of a sku's lines of the group, all from one batch if
