@@ -1,7 +1,7 @@
 # Multi-stage: build a release binary, ship it on a small non-root runtime image.
 FROM rust:1-slim-bookworm AS build
 WORKDIR /src
-COPY Cargo.toml Cargo.lock build.rs ./
+COPY Cargo.toml Cargo.lock ./
 COPY src ./src
 # A workspace member (the generated Rust client): cargo reads its manifest.
 COPY clients ./clients

@@ -23,8 +23,8 @@ use crate::config::Settings;
 use crate::server::{self, ConnectionLimits};
 use crate::services::StoreError;
 use crate::services::allocation;
+use crate::services::ports::accounts::HashingError;
 use crate::services::tokens::RevocationList;
-use crate::services::users::HashingError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {

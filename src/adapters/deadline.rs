@@ -23,12 +23,14 @@ use crate::domain::throttle::{Admissible, ThrottlePolicy};
 use crate::domain::user::{Role, User, Username};
 use crate::metrics::metrics;
 use crate::services::StoreError;
-use crate::services::allocation::{
+use crate::services::ports::accounts::{AddUserError, UserRepository, Written};
+use crate::services::ports::allocation::{
     Allocated, AllocationRepository, Backorder, BatchLine, Filled, RepositoryError, Stock,
 };
-use crate::services::login_throttle::{Counted, Counter, LoginThrottle};
-use crate::services::tokens::{PairIds, RefreshRotations, Revocation, RevocationStore, Rotation};
-use crate::services::users::{AddUserError, UserRepository, Written};
+use crate::services::ports::login_throttle::{Counted, Counter, LoginThrottle};
+use crate::services::ports::tokens::{
+    PairIds, RefreshRotations, Revocation, RevocationStore, Rotation,
+};
 
 /// The store did not answer within the time limit.
 #[derive(Debug, thiserror::Error)]

@@ -11,7 +11,7 @@ use chrono::Utc;
 use crate::domain::allocation::{
     AcknowledgedLine, Batch, LineStatus, OrderLine, Requester, choose_batch, lines_to_give_up,
 };
-use crate::services::allocation::{
+use crate::services::ports::allocation::{
     Allocated, AllocationRepository, Backorder, BatchLine, Filled, RepositoryError, Stock,
 };
 

@@ -12,7 +12,7 @@ use tokio::sync::{OnceCell, Semaphore, oneshot};
 
 use crate::config::AuthSettings;
 use crate::domain::user::PasswordHash;
-use crate::services::users::{HashingError, PasswordHasher};
+use crate::services::ports::accounts::{HashingError, PasswordHasher};
 
 #[derive(Clone)]
 pub struct Argon2Hasher {

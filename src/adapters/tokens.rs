@@ -12,7 +12,7 @@ use secrecy::ExposeSecret;
 
 use crate::config::AuthSettings;
 use crate::domain::token::{Claims, TokenKind, TokenRejection};
-use crate::services::tokens::{TokenIssueError, TokenIssuer};
+use crate::services::ports::tokens::{TokenIssueError, TokenIssuer};
 
 const ALGORITHM: Algorithm = Algorithm::HS256;
 

@@ -12,7 +12,7 @@ use super::AppState;
 use super::error::Failure;
 use crate::domain::token::{Claims, TokenKind, TokenRejection};
 use crate::domain::user::Role;
-use crate::services::tokens::TokenIssuer as _;
+use crate::services::ports::tokens::TokenIssuer as _;
 use crate::services::tokens::authenticate_access;
 
 const SCHEME: &str = "bearerAuth";

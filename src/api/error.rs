@@ -15,8 +15,9 @@ use poem_openapi::payload::Json;
 use poem_openapi::{Object, Union};
 
 use crate::domain::token::TokenRejection;
-use crate::services::allocation::RepositoryError;
-use crate::services::ports::{HashingError, TokenIssueError};
+use crate::services::ports::accounts::HashingError;
+use crate::services::ports::allocation::RepositoryError;
+use crate::services::ports::tokens::TokenIssueError;
 use crate::services::tokens::AuthError;
 use crate::services::{Fault, StoreError};
 

@@ -1,58 +1,13 @@
 //! The port for counting login attempts, shared by every instance, and how an
 //! attempt reserves its place before its password is checked.
 
-use std::future::Future;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
 use super::StoreError;
-use crate::domain::throttle::{Admissible, Failures, ThrottlePolicy};
-
-/// What attempts are counted under.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Counter<'a> {
-    /// A username (see [`username_key`]) from a client address.
-    Username { username: &'a str, address: &'a str },
-    /// A client address, across usernames.
-    Address(&'a str),
-}
-
-/// What counting one attempt did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Counted {
-    /// Counted in the series that started then.
-    In(DateTime<Utc>),
-    /// Not counted: the series' failures (None if it ended meanwhile) do not
-    /// admit the attempt.
-    Refused(Option<Failures>),
-}
-
-/// Where login attempts are counted, per (username, client address) and per
-/// client address. Every attempt is counted as a failure before its password
-/// is checked, and given back once it is known not to be one. Records outlive
-/// their use by little (MongoDB: a TTL index).
-pub trait LoginThrottle: Send + Sync {
-    fn policy(&self) -> ThrottlePolicy;
-    /// Counts one attempt at `now` if, and only if, the counter's series is
-    /// in an `admissible` state (or there is none; a series over starts
-    /// anew), in one atomic step.
-    fn count(
-        &self,
-        counter: Counter<'_>,
-        admissible: &Admissible,
-        now: DateTime<Utc>,
-    ) -> impl Future<Output = Result<Counted, StoreError>> + Send;
-    /// Takes back one attempt counted in the series that started at `series`
-    /// (nothing if another series has started since).
-    fn uncount(
-        &self,
-        counter: Counter<'_>,
-        series: DateTime<Utc>,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send;
-    /// Forgets the counter's series (a success clears a username's failures).
-    fn forget(&self, counter: Counter<'_>) -> impl Future<Output = Result<(), StoreError>> + Send;
-}
+use super::ports::login_throttle::{Counted, Counter, LoginThrottle};
+use crate::domain::throttle::Failures;
 
 /// An attempt counted under both counters, whose password may be checked.
 #[derive(Debug, Clone, Copy)]

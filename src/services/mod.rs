@@ -19,9 +19,9 @@ pub enum Fault {
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
-    Hashing(#[from] ports::HashingError),
+    Hashing(#[from] ports::accounts::HashingError),
     #[error(transparent)]
-    Issue(#[from] ports::TokenIssueError),
+    Issue(#[from] ports::tokens::TokenIssueError),
 }
 
 /// Lets `?` turn each [`Fault`] into a use case error's `Fault` variant.
@@ -34,14 +34,14 @@ macro_rules! faults {
                 }
             }
 
-            impl From<$crate::services::ports::HashingError> for $error {
-                fn from(error: $crate::services::ports::HashingError) -> Self {
+            impl From<$crate::services::ports::accounts::HashingError> for $error {
+                fn from(error: $crate::services::ports::accounts::HashingError) -> Self {
                     Self::Fault(error.into())
                 }
             }
 
-            impl From<$crate::services::ports::TokenIssueError> for $error {
-                fn from(error: $crate::services::ports::TokenIssueError) -> Self {
+            impl From<$crate::services::ports::tokens::TokenIssueError> for $error {
+                fn from(error: $crate::services::ports::tokens::TokenIssueError) -> Self {
                     Self::Fault(error.into())
                 }
             }

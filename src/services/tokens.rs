@@ -9,8 +9,8 @@ use chrono::{DateTime, TimeDelta, Utc};
 use tokio::sync::Mutex;
 
 use super::StoreError;
-use super::ports::UserRepository;
-pub use super::ports::{
+use super::ports::accounts::UserRepository;
+use super::ports::tokens::{
     PairIds, RefreshRotations, Revocation, RevocationStore, Rotation, TokenIssueError, TokenIssuer,
 };
 use crate::domain::token::{Claims, TokenKind, TokenRejection};

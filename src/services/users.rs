@@ -5,11 +5,12 @@ use std::time::Duration;
 
 use chrono::Utc;
 
-use super::login_throttle::{self, Checked, LoginThrottle, Reservation};
-pub use super::ports::{AddUserError, HashingError, PasswordHasher, UserRepository, Written};
+use super::login_throttle::{self, Checked, Reservation};
+use super::ports::accounts::{AddUserError, HashingError, PasswordHasher, UserRepository, Written};
+use super::ports::login_throttle::LoginThrottle;
+use super::ports::tokens::TokenIssuer;
 use super::tokens::{
-    DELETED_ACCOUNT_EPOCH, RevocationList, Subject, TokenIssuer, TokenPair, account_revocation,
-    issue_pair,
+    DELETED_ACCOUNT_EPOCH, RevocationList, Subject, TokenPair, account_revocation, issue_pair,
 };
 use super::{Fault, StoreError, faults};
 use crate::domain::token::Claims;

@@ -7,11 +7,9 @@ use std::time::{Duration, Instant};
 use mongodb::bson::{Document, doc};
 use serde_json::{Value, json};
 
-use crate::helpers::{PASSWORD, TestApp, Tokens, json, random_name, spawn_app, spawn_app_with};
-
-fn msg(text: &str) -> Value {
-    json!({ "msg": text })
-}
+use crate::helpers::{
+    PASSWORD, TestApp, Tokens, json, msg, random_name, secret_as, spawn_app, spawn_app_with,
+};
 
 /// A second instance on the first one's database.
 async fn second_instance(first: &TestApp) -> TestApp {
@@ -19,19 +17,11 @@ async fn second_instance(first: &TestApp) -> TestApp {
     spawn_app_with(|settings| settings.mongo.database = database).await
 }
 
-async fn secret(app: &TestApp, access: &str) -> (u16, Value) {
-    json(
-        app.get_authorized("/tests/secret", &format!("Bearer {access}"))
-            .await,
-    )
-    .await
-}
-
 /// Waits up to a second for `access` to be refused as revoked by `app`.
 async fn refused_within_a_second(app: &TestApp, access: &str) {
     let started = Instant::now();
     loop {
-        if secret(app, access).await == (401, msg("Token has been revoked")) {
+        if secret_as(app, access).await == (401, msg("Token has been revoked")) {
             return;
         }
         assert!(
@@ -102,13 +92,13 @@ async fn registered(app: &TestApp) -> (String, Tokens) {
 /// Point 1: a password change revokes every token of every login, here at
 /// once and on another instance within a second; a wrong current password
 /// changes nothing; the new password works at once (same second included).
-pub async fn a_password_change_ends_every_login_everywhere() {
+async fn a_password_change_ends_every_login_everywhere() {
     let first = spawn_app().await;
     let second = second_instance(&first).await;
     let (username, registration) = registered(&first).await;
     let (_, body) = first.login(&username, PASSWORD).await;
     let other_login = Tokens::from(&body);
-    assert_eq!(secret(&second, &other_login.access).await.0, 200);
+    assert_eq!(secret_as(&second, &other_login.access).await.0, 200);
 
     let path = "/users/me/password";
     let wrong = json!({"current_password": "not the password", "new_password": "a brand new one"});
@@ -140,7 +130,7 @@ pub async fn a_password_change_ends_every_login_everywhere() {
     let fresh = Tokens::from(&body);
     for old in [&registration.access, &other_login.access] {
         assert_eq!(
-            secret(&first, old).await,
+            secret_as(&first, old).await,
             (401, msg("Token has been revoked")),
             "at once here"
         );
@@ -153,18 +143,18 @@ pub async fn a_password_change_ends_every_login_everywhere() {
         "old refresh tokens too"
     );
     // The new pair and a new login, in the same second as the change, work on both.
-    assert_eq!(secret(&first, &fresh.access).await.0, 200);
-    assert_eq!(secret(&second, &fresh.access).await.0, 200);
+    assert_eq!(secret_as(&first, &fresh.access).await.0, 200);
+    assert_eq!(secret_as(&second, &fresh.access).await.0, 200);
     assert_eq!(first.login(&username, PASSWORD).await.0, 401);
     let (status, body) = second.login(&username, "a brand new one").await;
     assert_eq!(status, 200, "{body}");
-    assert_eq!(secret(&second, &Tokens::from(&body).access).await.0, 200);
+    assert_eq!(secret_as(&second, &Tokens::from(&body).access).await.0, 200);
     assert_eq!(refresh(&first, &fresh.refresh).await.0, 200);
 }
 
 /// Point 1: deleting one's account revokes its tokens everywhere and frees the
 /// username; the new account of that name inherits neither tokens nor orders.
-pub async fn deleting_my_account_revokes_it_and_frees_the_username() {
+async fn deleting_my_account_revokes_it_and_frees_the_username() {
     let first = spawn_app().await;
     let second = second_instance(&first).await;
     let admin = first.new_admin().await;
@@ -193,7 +183,7 @@ pub async fn deleting_my_account_revokes_it_and_frees_the_username() {
         .0,
         201
     );
-    assert_eq!(secret(&second, &tokens.access).await.0, 200);
+    assert_eq!(secret_as(&second, &tokens.access).await.0, 200);
 
     let (status, _) = send(
         &first,
@@ -205,7 +195,7 @@ pub async fn deleting_my_account_revokes_it_and_frees_the_username() {
     .await;
     assert_eq!(status, 204);
     assert_eq!(
-        secret(&first, &tokens.access).await,
+        secret_as(&first, &tokens.access).await,
         (401, msg("Token has been revoked"))
     );
     refused_within_a_second(&second, &tokens.access).await;
@@ -214,7 +204,7 @@ pub async fn deleting_my_account_revokes_it_and_frees_the_username() {
     let (status, body) = second.register(&username, "another password").await;
     assert_eq!(status, 201, "the username is free again: {body}");
     let newcomer = Tokens::from(&body);
-    assert_eq!(secret(&first, &newcomer.access).await.0, 200);
+    assert_eq!(secret_as(&first, &newcomer.access).await.0, 200);
     let (status, _) = send(
         &first,
         reqwest::Method::GET,
@@ -246,7 +236,7 @@ fn never_a_secret(body: &Value) {
 /// Point 2: admins list, read, change and delete accounts; every change
 /// revokes the account's tokens (a demoted admin keeps no admin token); a
 /// disabled account's login is 403 only after the password was checked.
-pub async fn admins_manage_accounts_and_every_change_revokes() {
+async fn admins_manage_accounts_and_every_change_revokes() {
     let first = spawn_app().await;
     let second = second_instance(&first).await;
     let admin = first.new_admin().await;
@@ -506,7 +496,7 @@ async fn username_of(app: &TestApp, tokens: &Tokens) -> String {
 
 /// Point 2: admins cannot disable, delete or demote themselves, nor remove the
 /// last admin, also when two admins try to remove each other at once.
-pub async fn admins_cannot_remove_themselves_or_the_last_admin() {
+async fn admins_cannot_remove_themselves_or_the_last_admin() {
     let first = spawn_app().await;
     let second = second_instance(&first).await;
     let admin = first.new_admin().await;
@@ -559,7 +549,7 @@ pub async fn admins_cannot_remove_themselves_or_the_last_admin() {
         409
     );
     assert_eq!(
-        secret(&first, &admin.access).await.0,
+        secret_as(&first, &admin.access).await.0,
         200,
         "nothing was revoked"
     );
@@ -633,12 +623,12 @@ pub async fn admins_cannot_remove_themselves_or_the_last_admin() {
 /// Point 4: a revocation that becomes visible late (its transaction commits
 /// 1.5 s after it began, and its timestamp is an hour old) still reaches
 /// the other instance: the sync asks by sequence number, not by time.
-pub async fn a_revocation_made_visible_late_still_reaches_every_instance() {
+async fn a_revocation_made_visible_late_still_reaches_every_instance() {
     let first = spawn_app().await;
     let second = second_instance(&first).await;
     let late = first.new_user().await;
     let prompt = first.new_user().await;
-    assert_eq!(secret(&second, &late.access).await.0, 200);
+    assert_eq!(secret_as(&second, &late.access).await.0, 200);
     let claims: Value = {
         let payload = late.access.split('.').nth(1).unwrap();
         use base64::Engine;
@@ -695,7 +685,7 @@ pub async fn a_revocation_made_visible_late_still_reaches_every_instance() {
     let committed = writer.await.unwrap();
     // Within a second of its commit, the late one is refused too.
     loop {
-        if secret(&second, &late.access).await == (401, msg("Token has been revoked")) {
+        if secret_as(&second, &late.access).await == (401, msg("Token has been revoked")) {
             break;
         }
         assert!(
@@ -710,7 +700,7 @@ pub async fn a_revocation_made_visible_late_still_reaches_every_instance() {
 /// Point 5: a refresh retried (the reply was lost) gets the very same pair,
 /// also when two instances race with it; a real reuse — after the successor
 /// was used — still revokes the whole login.
-pub async fn a_retried_refresh_is_no_reuse_but_a_real_reuse_is_caught() {
+async fn a_retried_refresh_is_no_reuse_but_a_real_reuse_is_caught() {
     let first = spawn_app().await;
     let second = second_instance(&first).await;
     let login = first.new_user().await;
@@ -727,7 +717,7 @@ pub async fn a_retried_refresh_is_no_reuse_but_a_real_reuse_is_caught() {
     let (status, again) = refresh(&second, &login.refresh).await;
     assert_eq!((status, &again), (200, &a.1));
     let successor = Tokens::from(&a.1);
-    assert_eq!(secret(&second, &successor.access).await.0, 200);
+    assert_eq!(secret_as(&second, &successor.access).await.0, 200);
 
     // The successor is used: the original is now a real reuse.
     let (status, body) = refresh(&second, &successor.refresh).await;
@@ -737,7 +727,7 @@ pub async fn a_retried_refresh_is_no_reuse_but_a_real_reuse_is_caught() {
     assert_eq!((status, body), (401, msg("Token has been revoked")));
     // The whole login is revoked, on both instances.
     assert_eq!(
-        secret(&first, &third.access).await,
+        secret_as(&first, &third.access).await,
         (401, msg("Token has been revoked"))
     );
     refused_within_a_second(&second, &third.access).await;
@@ -746,7 +736,7 @@ pub async fn a_retried_refresh_is_no_reuse_but_a_real_reuse_is_caught() {
 
 /// Point 5: past the grace period, presenting a used refresh token is a reuse
 /// even if its successor was never used.
-pub async fn a_used_refresh_token_after_the_grace_period_is_a_reuse() {
+async fn a_used_refresh_token_after_the_grace_period_is_a_reuse() {
     let app = spawn_app_with(|settings| settings.auth.refresh_retry_grace_secs = 1).await;
     let login = app.new_user().await;
     let (status, body) = refresh(&app, &login.refresh).await;
@@ -757,7 +747,7 @@ pub async fn a_used_refresh_token_after_the_grace_period_is_a_reuse() {
         refresh(&app, &login.refresh).await,
         (401, msg("Token has been revoked"))
     );
-    assert_eq!(secret(&app, &successor.access).await.0, 401);
+    assert_eq!(secret_as(&app, &successor.access).await.0, 401);
 }
 
 async fn throttled_app() -> TestApp {
@@ -779,7 +769,7 @@ fn header(response: &reqwest::Response, name: &str) -> Option<String> {
 /// minutes make the next attempt wait (429, Retry-After, even with the right
 /// password) on every instance; the wait doubles with each further failure;
 /// the owner logs in from another address meanwhile; a success resets the count.
-pub async fn failed_logins_are_throttled_per_username_and_address_on_every_instance() {
+async fn failed_logins_are_throttled_per_username_and_address_on_every_instance() {
     let first = throttled_app().await;
     let database = first.database.name().to_owned();
     let second = spawn_app_with(|settings| {
@@ -860,7 +850,7 @@ pub async fn failed_logins_are_throttled_per_username_and_address_on_every_insta
 
 /// Point 6: many failures from one address, across usernames, throttle every
 /// username from it (the limit is a setting); other addresses are unaffected.
-pub async fn an_address_with_many_failures_is_throttled_for_every_username() {
+async fn an_address_with_many_failures_is_throttled_for_every_username() {
     let app = spawn_app_with(|settings| {
         settings.http.trusted_proxies = vec!["127.0.0.1".parse().unwrap()];
         settings.auth.login_throttle.address_failures = 6;
@@ -889,7 +879,7 @@ pub async fn an_address_with_many_failures_is_throttled_for_every_username() {
 
 /// Point 6: `X-Forwarded-For` counts only from a trusted proxy; from anyone
 /// else the client is the TCP peer, so a forged header escapes nothing.
-pub async fn a_forged_forwarded_header_does_not_escape_throttling() {
+async fn a_forged_forwarded_header_does_not_escape_throttling() {
     let app = spawn_app().await; // no trusted proxies
     let (username, _) = registered(&app).await;
     for n in 0..5 {
@@ -907,7 +897,7 @@ pub async fn a_forged_forwarded_header_does_not_escape_throttling() {
 
 /// Point 6: the hashing queue is bounded: a flood of logins gets 429 at once
 /// beyond it instead of queueing without end.
-pub async fn a_full_hashing_queue_answers_429_at_once() {
+async fn a_full_hashing_queue_answers_429_at_once() {
     let app = spawn_app_with(|settings| {
         settings.auth.hashing_concurrency = 1;
         settings.auth.hashing_queue = 2;
@@ -958,7 +948,7 @@ pub async fn a_full_hashing_queue_answers_429_at_once() {
 }
 
 /// Point 8: with `auth.registration = "closed"`, only admins create accounts.
-pub async fn closed_registration_leaves_account_creation_to_admins() {
+async fn closed_registration_leaves_account_creation_to_admins() {
     let app = spawn_app_with(|settings| {
         settings.auth.registration = allot::config::Registration::Closed;
     })
@@ -999,7 +989,7 @@ pub async fn closed_registration_leaves_account_creation_to_admins() {
 /// Point 7: an order belongs to the account that allocated its first line;
 /// others get 404 reading it, deallocating from it or adding to it; admins
 /// manage every order; batch reads show non-admins no order ids.
-pub async fn orders_belong_to_the_account_that_started_them() {
+async fn orders_belong_to_the_account_that_started_them() {
     let app = spawn_app().await;
     let admin = app.new_admin().await;
     let (owner, intruder) = (app.new_user().await, app.new_user().await);
@@ -1159,7 +1149,7 @@ pub async fn orders_belong_to_the_account_that_started_them() {
 
 /// Point 9: a failed login's 401 carries `WWW-Authenticate: Bearer` and the
 /// seed's body, for an unknown user too.
-pub async fn a_failed_login_401_carries_www_authenticate() {
+async fn a_failed_login_401_carries_www_authenticate() {
     let app = spawn_app().await;
     let (username, _) = registered(&app).await;
     for name in [username.as_str(), "nobody-at-all"] {
@@ -1177,4 +1167,24 @@ pub async fn a_failed_login_401_carries_www_authenticate() {
         );
         assert_eq!(json(response).await.1, msg("Bad username or password"));
     }
+}
+
+/// This module's tests, in the order the harness lists them.
+pub fn trials() -> Vec<libtest_mimic::Trial> {
+    trials!(accounts: [
+        a_password_change_ends_every_login_everywhere,
+        deleting_my_account_revokes_it_and_frees_the_username,
+        admins_manage_accounts_and_every_change_revokes,
+        admins_cannot_remove_themselves_or_the_last_admin,
+        a_revocation_made_visible_late_still_reaches_every_instance,
+        a_retried_refresh_is_no_reuse_but_a_real_reuse_is_caught,
+        a_used_refresh_token_after_the_grace_period_is_a_reuse,
+        failed_logins_are_throttled_per_username_and_address_on_every_instance,
+        an_address_with_many_failures_is_throttled_for_every_username,
+        a_forged_forwarded_header_does_not_escape_throttling,
+        a_full_hashing_queue_answers_429_at_once,
+        closed_registration_leaves_account_creation_to_admins,
+        orders_belong_to_the_account_that_started_them,
+        a_failed_login_401_carries_www_authenticate,
+    ])
 }

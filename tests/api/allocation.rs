@@ -98,7 +98,7 @@ impl Shop {
     }
 }
 
-pub async fn test_happy_path_returns_201_and_allocated_batch() {
+async fn test_happy_path_returns_201_and_allocated_batch() {
     let shop = Shop::open().await;
     let (sku, othersku) = (random_name("sku"), random_name("sku-other"));
     let (early, later, other) = (
@@ -116,7 +116,7 @@ pub async fn test_happy_path_returns_201_and_allocated_batch() {
     assert_eq!((status, body), (201, json!({"batchref": early})));
 }
 
-pub async fn test_unhappy_path_returns_400_and_error_message() {
+async fn test_unhappy_path_returns_400_and_error_message() {
     let shop = Shop::open().await;
     let unknown_sku = random_name("sku");
     let (status, body) = shop.allocate(&random_name("order"), &unknown_sku, 20).await;
@@ -129,7 +129,7 @@ pub async fn test_unhappy_path_returns_400_and_error_message() {
     );
 }
 
-pub async fn test_allocations_are_persisted() {
+async fn test_allocations_are_persisted() {
     let shop = Shop::open().await;
     let sku = random_name("sku");
     let (batch1, batch2) = (random_name("batch-1"), random_name("batch-2"));
@@ -149,7 +149,7 @@ pub async fn test_allocations_are_persisted() {
     );
 }
 
-pub async fn test_400_message_for_out_of_stock() {
+async fn test_400_message_for_out_of_stock() {
     let shop = Shop::open().await;
     let (sku, small_batch) = (random_name("sku"), random_name("batch"));
     shop.add_stock(&[(&small_batch, &sku, 10, Some("2021-01-01"))])
@@ -164,7 +164,7 @@ pub async fn test_400_message_for_out_of_stock() {
     );
 }
 
-pub async fn warehouse_stock_is_preferred_and_reallocating_a_line_changes_nothing() {
+async fn warehouse_stock_is_preferred_and_reallocating_a_line_changes_nothing() {
     let shop = Shop::open().await;
     let sku = random_name("sku");
     let (shipment, warehouse) = (random_name("ship"), random_name("wh"));
@@ -187,7 +187,7 @@ pub async fn warehouse_stock_is_preferred_and_reallocating_a_line_changes_nothin
     assert_eq!(batch["allocated_quantity"], 4, "{batch}");
 }
 
-pub async fn adding_stock_needs_an_admin_and_a_unique_reference() {
+async fn adding_stock_needs_an_admin_and_a_unique_reference() {
     let shop = Shop::open().await;
     let body = json!({"reference": random_name("batch"), "sku": random_name("sku"), "purchased_quantity": 5, "eta": null});
     assert_eq!(
@@ -211,7 +211,7 @@ pub async fn adding_stock_needs_an_admin_and_a_unique_reference() {
     );
 }
 
-pub async fn batches_are_listed_in_pages_and_read_one_by_one() {
+async fn batches_are_listed_in_pages_and_read_one_by_one() {
     let shop = Shop::open().await;
     let sku = random_name("sku");
     let prefix = random_name("page");
@@ -288,7 +288,7 @@ pub async fn batches_are_listed_in_pages_and_read_one_by_one() {
     assert_eq!(status, 400);
 }
 
-pub async fn deallocating_frees_the_stock_and_allocations_are_readable_by_order() {
+async fn deallocating_frees_the_stock_and_allocations_are_readable_by_order() {
     let shop = Shop::open().await;
     let (sku_a, sku_b) = (random_name("sku-a"), random_name("sku-b"));
     let (batch_a, batch_b) = (random_name("batch-a"), random_name("batch-b"));
@@ -341,7 +341,7 @@ pub async fn deallocating_frees_the_stock_and_allocations_are_readable_by_order(
     );
 }
 
-pub async fn a_smaller_quantity_moves_the_latest_lines_and_backorders_the_rest() {
+async fn a_smaller_quantity_moves_the_latest_lines_and_backorders_the_rest() {
     let shop = Shop::open().await;
     let sku = random_name("sku");
     let (first, second) = (random_name("first"), random_name("second"));
@@ -404,7 +404,7 @@ pub async fn a_smaller_quantity_moves_the_latest_lines_and_backorders_the_rest()
     assert_eq!(user_patch.status(), 403);
 }
 
-pub async fn backorders_are_filled_oldest_first_when_stock_appears() {
+async fn backorders_are_filled_oldest_first_when_stock_appears() {
     let shop = Shop::open().await;
     let sku = random_name("sku");
     let batch = random_name("batch");
@@ -463,7 +463,7 @@ pub async fn backorders_are_filled_oldest_first_when_stock_appears() {
     assert_counters_agree(&shop.app.database, &sku).await;
 }
 
-pub async fn bad_input_gets_400_naming_the_field_and_changes_nothing() {
+async fn bad_input_gets_400_naming_the_field_and_changes_nothing() {
     let shop = Shop::open().await;
     let sku = random_name("sku");
     shop.add_stock(&[(&random_name("batch"), &sku, 10, None)])
@@ -539,7 +539,7 @@ pub async fn bad_input_gets_400_naming_the_field_and_changes_nothing() {
     );
 }
 
-pub async fn concurrent_allocations_never_oversell_across_two_instances() {
+async fn concurrent_allocations_never_oversell_across_two_instances() {
     let first = spawn_app().await;
     let database = first.database.name().to_owned();
     let second = spawn_app_with(|settings| settings.mongo.database = database).await;
@@ -721,14 +721,22 @@ fn monitored_client_options(
 /// A repository on its own client, whose commands are recorded.
 async fn monitored_repository(
     database_name: &str,
-) -> (MongoAllocations, mongodb::Database, Arc<Mutex<Vec<(String, Document)>>>) {
+) -> (
+    MongoAllocations,
+    mongodb::Database,
+    Arc<Mutex<Vec<(String, Document)>>>,
+) {
     let commands = Arc::new(Mutex::new(Vec::new()));
     let mut options = ClientOptions::parse(&session().mongo_uri).await.unwrap();
     options.command_event_handler = Some(monitored_client_options(commands.clone()));
     let client = mongodb::Client::with_options(options).unwrap();
     let database = client.database(database_name);
     let instance = Instance::new(&database, std::time::Duration::from_secs(1));
-    (MongoAllocations::new(&database, &instance), database, commands)
+    (
+        MongoAllocations::new(&database, &instance),
+        database,
+        commands,
+    )
 }
 
 fn someone() -> Requester {
@@ -738,7 +746,7 @@ fn someone() -> Requester {
     }
 }
 
-pub async fn an_uncontended_allocation_is_three_round_trips_and_no_transaction() {
+async fn an_uncontended_allocation_is_three_round_trips_and_no_transaction() {
     let app = spawn_app().await; // creates the database and its indexes
     let (repository, database, commands) = monitored_repository(app.database.name()).await;
     let sku = random_name("sku");
@@ -789,9 +797,13 @@ pub async fn an_uncontended_allocation_is_three_round_trips_and_no_transaction()
         .await
         .unwrap();
     commands.lock().unwrap().clear();
-    let second = allocation::allocate(&repository, OrderLine::new(&order, &other_sku, 1), &someone())
-        .await
-        .unwrap();
+    let second = allocation::allocate(
+        &repository,
+        OrderLine::new(&order, &other_sku, 1),
+        &someone(),
+    )
+    .await
+    .unwrap();
     assert!(matches!(second, allocation::Allocation::Allocated(_)));
     let names: Vec<String> = commands
         .lock()
@@ -844,7 +856,7 @@ pub async fn an_uncontended_allocation_is_three_round_trips_and_no_transaction()
 /// fewer round trips than allocations (the budget: 1.5 each). On
 /// MongoDB 8.0 a group's skus share one `update`; as on MongoDB 7, each takes
 /// a `findAndModify`.
-pub async fn concurrent_allocations_share_their_round_trips() {
+async fn concurrent_allocations_share_their_round_trips() {
     let app = spawn_app().await;
     for sorted_updates in [true, false] {
         let (repository, _database, commands) = monitored_repository(app.database.name()).await;
@@ -881,18 +893,32 @@ async fn allocate_concurrently(
                 let sku = &skus[(buyer * 7 + round * 3) % skus.len()];
                 let line = OrderLine::new(format!("{prefix}-{buyer}-{round}"), sku, 1);
                 let allocated = allocation::allocate(&*repository, line, &someone()).await;
-                assert!(matches!(allocated, Ok(allocation::Allocation::Allocated(_))), "{allocated:?}");
+                assert!(
+                    matches!(allocated, Ok(allocation::Allocation::Allocated(_))),
+                    "{allocated:?}"
+                );
             }
         }));
     }
     for task in tasks {
         task.await.unwrap();
     }
-    let names: Vec<String> = commands.lock().unwrap().iter().map(|(name, _)| name.clone()).collect();
+    let names: Vec<String> = commands
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(name, _)| name.clone())
+        .collect();
     let allocations = buyers * rounds;
     let per_allocation = names.len() as f64 / allocations as f64;
-    eprintln!("{} commands for {allocations} allocations ({per_allocation:.2} each)", names.len());
-    assert!(per_allocation <= 1.5, "{per_allocation:.2} commands per allocation: {names:?}");
+    eprintln!(
+        "{} commands for {allocations} allocations ({per_allocation:.2} each)",
+        names.len()
+    );
+    assert!(
+        per_allocation <= 1.5,
+        "{per_allocation:.2} commands per allocation: {names:?}"
+    );
     // And none was lost or oversold: every line stored, every counter agrees.
     let lines = app
         .database
@@ -907,7 +933,7 @@ async fn allocate_concurrently(
     names
 }
 
-pub async fn the_mongodb_repository_passes_the_repository_contract() {
+async fn the_mongodb_repository_passes_the_repository_contract() {
     // A database with no app, whose recovery pass would take steps of its own.
     let database = session().client().database(&session().new_database_name());
     allot::adapters::mongo::ensure_indexes(&database)
@@ -916,4 +942,25 @@ pub async fn the_mongodb_repository_passes_the_repository_contract() {
     let instance = Instance::new(&database, std::time::Duration::from_secs(1));
     let repository = MongoAllocations::new(&database, &instance);
     crate::contract::run_all(&repository, &random_name("contract")).await;
+}
+
+/// This module's tests, in the order the harness lists them.
+pub fn trials() -> Vec<libtest_mimic::Trial> {
+    trials!(allocation: [
+        test_happy_path_returns_201_and_allocated_batch,
+        test_unhappy_path_returns_400_and_error_message,
+        test_allocations_are_persisted,
+        test_400_message_for_out_of_stock,
+        warehouse_stock_is_preferred_and_reallocating_a_line_changes_nothing,
+        adding_stock_needs_an_admin_and_a_unique_reference,
+        batches_are_listed_in_pages_and_read_one_by_one,
+        deallocating_frees_the_stock_and_allocations_are_readable_by_order,
+        a_smaller_quantity_moves_the_latest_lines_and_backorders_the_rest,
+        backorders_are_filled_oldest_first_when_stock_appears,
+        bad_input_gets_400_naming_the_field_and_changes_nothing,
+        concurrent_allocations_never_oversell_across_two_instances,
+        an_uncontended_allocation_is_three_round_trips_and_no_transaction,
+        concurrent_allocations_share_their_round_trips,
+        the_mongodb_repository_passes_the_repository_contract,
+    ])
 }

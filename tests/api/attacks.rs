@@ -35,18 +35,20 @@ async fn burst(
     apps: &(TestApp, TestApp),
     requests: impl Iterator<Item = (reqwest::Method, &'static str, Option<String>, Value)>,
 ) -> Vec<u16> {
-    let sent = requests.enumerate().map(|(n, (method, path, token, body))| {
-        let app = if n % 2 == 0 { &apps.0 } else { &apps.1 };
-        let mut request = app
-            .http
-            .request(method, app.url(path))
-            .header("X-Forwarded-For", ATTACKER)
-            .json(&body);
-        if let Some(token) = token {
-            request = request.bearer_auth(token);
-        }
-        async move { request.send().await.expect("sent").status().as_u16() }
-    });
+    let sent = requests
+        .enumerate()
+        .map(|(n, (method, path, token, body))| {
+            let app = if n % 2 == 0 { &apps.0 } else { &apps.1 };
+            let mut request = app
+                .http
+                .request(method, app.url(path))
+                .header("X-Forwarded-For", ATTACKER)
+                .json(&body);
+            if let Some(token) = token {
+                request = request.bearer_auth(token);
+            }
+            async move { request.send().await.expect("sent").status().as_u16() }
+        });
     join_all(sent).await
 }
 
@@ -92,7 +94,7 @@ async fn stored_failures(app: &TestApp, key: &str) -> i64 {
 /// 60 wrong passwords for one username, released at once over two instances:
 /// exactly five are checked (401); the rest wait (429), and so does the whole
 /// next burst and then the right password.
-pub async fn sixty_concurrent_guesses_check_five_passwords_across_two_instances() {
+async fn sixty_concurrent_guesses_check_five_passwords_across_two_instances() {
     let apps = two_instances(1000).await;
     let username = random_name("victim");
     assert_eq!(apps.0.register(&username, PASSWORD).await.0, 201);
@@ -111,7 +113,7 @@ pub async fn sixty_concurrent_guesses_check_five_passwords_across_two_instances(
 
 /// 60 wrong passwords for 60 usernames from one address, at once: no more
 /// are checked than the address may fail (here 20).
-pub async fn concurrent_guesses_across_usernames_stop_at_the_address_limit() {
+async fn concurrent_guesses_across_usernames_stop_at_the_address_limit() {
     let apps = two_instances(20).await;
     let names: Vec<String> = (0..60).map(|_| random_name("sprayed")).collect();
     let statuses = burst(&apps, names.iter().map(|name| login(name, "guess"))).await;
@@ -123,15 +125,21 @@ pub async fn concurrent_guesses_across_usernames_stop_at_the_address_limit() {
 
 /// 40 wrong current passwords at once on `PATCH /users/me/password`: five
 /// are checked (403), the rest wait (429), and the password is unchanged.
-pub async fn concurrent_wrong_current_passwords_check_five() {
+async fn concurrent_wrong_current_passwords_check_five() {
     let apps = two_instances(1000).await;
     let username = random_name("owner");
     let (status, body) = apps.0.register(&username, PASSWORD).await;
     assert_eq!(status, 201);
     let access = body["access_token"].as_str().unwrap().to_owned();
     let changes = (0..40).map(|n| {
-        let body = json!({"current_password": format!("guess {n}"), "new_password": "a brand new one"});
-        (reqwest::Method::PATCH, "/users/me/password", Some(access.clone()), body)
+        let body =
+            json!({"current_password": format!("guess {n}"), "new_password": "a brand new one"});
+        (
+            reqwest::Method::PATCH,
+            "/users/me/password",
+            Some(access.clone()),
+            body,
+        )
     });
     let statuses = burst(&apps, changes).await;
     assert_eq!(count(&statuses, 403), 5, "{statuses:?}");
@@ -144,7 +152,7 @@ pub async fn concurrent_wrong_current_passwords_check_five() {
 /// unknown sku and for too large a quantity; a line that would be allocated
 /// is the one answer that differs (201 against 404), as a taken username
 /// does at registration.
-pub async fn another_accounts_order_answers_as_an_order_nobody_holds() {
+async fn another_accounts_order_answers_as_an_order_nobody_holds() {
     let app = spawn_app().await;
     let admin = app.new_admin().await.access;
     let (owner, prober) = (app.new_user().await.access, app.new_user().await.access);
@@ -162,8 +170,16 @@ pub async fn another_accounts_order_answers_as_an_order_nobody_holds() {
         assert_eq!(status, 400, "{case}: {body}");
     }
     let (status, body) = allocate(&prober, line(&taken, &sku, 1)).await;
-    assert_eq!((status, body), (404, json!({"message": format!("Order {taken} not found")})));
-    assert_eq!(allocate(&prober, line(&random_name("order"), &sku, 1)).await.0, 201);
+    assert_eq!(
+        (status, body),
+        (404, json!({"message": format!("Order {taken} not found")}))
+    );
+    assert_eq!(
+        allocate(&prober, line(&random_name("order"), &sku, 1))
+            .await
+            .0,
+        201
+    );
     // The owner's order holds only the owner's line.
     let (_, lines) = get(&app, &format!("/allocations/{taken}"), &owner).await;
     assert_eq!(lines.as_array().map(Vec::len), Some(1), "{lines}");
@@ -172,7 +188,7 @@ pub async fn another_accounts_order_answers_as_an_order_nobody_holds() {
 /// Ids that would look like another are refused with 400 naming the field,
 /// and nothing is created; ids are case-sensitive, so a case variant is
 /// another order.
-pub async fn look_alike_ids_are_refused_and_case_makes_another_id() {
+async fn look_alike_ids_are_refused_and_case_makes_another_id() {
     let app = spawn_app().await;
     let admin = app.new_admin().await.access;
     let user = app.new_user().await.access;
@@ -191,7 +207,10 @@ pub async fn look_alike_ids_are_refused_and_case_makes_another_id() {
     ] {
         let (status, body) = allocate(&look_alike).await;
         assert_eq!(status, 400, "{look_alike:?}: {body}");
-        assert!(body["message"].as_str().unwrap().contains("orderid"), "{body}");
+        assert!(
+            body["message"].as_str().unwrap().contains("orderid"),
+            "{body}"
+        );
     }
     let weird_batch = json!({"reference": "b\u{0391}tch", "sku": sku, "purchased_quantity": 1});
     let (status, body) = post(&app, "/batches", &admin, weird_batch).await;
@@ -199,13 +218,17 @@ pub async fn look_alike_ids_are_refused_and_case_makes_another_id() {
     let lines = app.database.collection::<Document>("order_lines");
     let stored = lines.count_documents(doc! { "sku": &sku }).await.unwrap();
     assert_eq!(stored, 1, "only the first order's line");
-    assert_eq!(allocate(&order.to_uppercase()).await.0, 201, "another order");
+    assert_eq!(
+        allocate(&order.to_uppercase()).await.0,
+        201,
+        "another order"
+    );
 }
 
 /// A cursor resumes its own listing after the last item it saw, even when
 /// lines before it go; on any other listing (another batch, another sku
 /// filter, another kind) or forged, it gets 400.
-pub async fn a_cursor_resumes_only_its_own_listing() {
+async fn a_cursor_resumes_only_its_own_listing() {
     let app = spawn_app().await;
     let admin = app.new_admin().await.access;
     let user = app.new_user().await.access;
@@ -216,34 +239,73 @@ pub async fn a_cursor_resumes_only_its_own_listing() {
     }
     let orders: Vec<String> = (0..3).map(|_| random_name("order")).collect();
     for orderid in &orders {
-        assert_eq!(post(&app, "/allocate", &user, line(orderid, &sku, 1)).await.0, 201);
+        assert_eq!(
+            post(&app, "/allocate", &user, line(orderid, &sku, 1))
+                .await
+                .0,
+            201
+        );
     }
     let (app, admin) = (&app, &admin);
     let get = |path: String| async move { get(app, &path, admin).await };
     let lines = format!("/batches/{first}/allocations");
     let (status, page) = get(format!("{lines}?limit=1")).await;
-    assert_eq!((status, &page["allocations"][0]["orderid"]), (200, &json!(orders[0])));
+    assert_eq!(
+        (status, &page["allocations"][0]["orderid"]),
+        (200, &json!(orders[0]))
+    );
     let cursor = page["next_cursor"].as_str().unwrap().to_owned();
     // The line before the cursor goes: the next page still starts after it.
     let gone = json!({"orderid": orders[0], "sku": sku});
     assert_eq!(post(app, "/deallocate", &user, gone).await.0, 200);
     let (_, next) = get(format!("{lines}?limit=1&cursor={cursor}")).await;
-    assert_eq!(next["allocations"][0]["orderid"], json!(orders[1]), "{next}");
+    assert_eq!(
+        next["allocations"][0]["orderid"],
+        json!(orders[1]),
+        "{next}"
+    );
     let (status, page) = get(format!("/batches?sku={sku}&limit=1")).await;
     assert_eq!(status, 200);
     let batches_cursor = page["next_cursor"].as_str().unwrap().to_owned();
     for (path, what) in [
-        (format!("/batches/{second}/allocations?cursor={cursor}"), "another batch"),
-        (format!("/batches?cursor={cursor}"), "another kind of listing"),
-        (format!("/batches?sku=other&cursor={batches_cursor}"), "another sku"),
-        (format!("/batches?cursor={batches_cursor}"), "without the sku filter"),
+        (
+            format!("/batches/{second}/allocations?cursor={cursor}"),
+            "another batch",
+        ),
+        (
+            format!("/batches?cursor={cursor}"),
+            "another kind of listing",
+        ),
+        (
+            format!("/batches?sku=other&cursor={batches_cursor}"),
+            "another sku",
+        ),
+        (
+            format!("/batches?cursor={batches_cursor}"),
+            "without the sku filter",
+        ),
         (format!("/users?cursor={batches_cursor}"), "the accounts"),
         (format!("{lines}?cursor=2"), "a forged offset"),
     ] {
         let (status, body) = get(path).await;
         assert_eq!(status, 400, "{what}: {body}");
-        assert!(body["message"].as_str().unwrap().contains("cursor"), "{body}");
+        assert!(
+            body["message"].as_str().unwrap().contains("cursor"),
+            "{body}"
+        );
     }
     let (status, _) = get(format!("/batches?sku={sku}&cursor={batches_cursor}")).await;
     assert_eq!(status, 200);
+}
+
+/// This module's tests, in the order the harness lists them.
+pub fn trials() -> Vec<libtest_mimic::Trial> {
+    trials!(attacks: [
+        sixty_concurrent_guesses_check_five_passwords_across_two_instances,
+        concurrent_guesses_across_usernames_stop_at_the_address_limit,
+        concurrent_wrong_current_passwords_check_five,
+        another_accounts_order_answers_as_an_order_nobody_holds,
+        look_alike_ids_are_refused_and_case_makes_another_id,
+        a_cursor_resumes_only_its_own_listing,
+    ])
 }

@@ -5,21 +5,9 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use crate::helpers::{
-    PASSWORD, TestApp, Tokens, allot_command, json, random_name, spawn_app, spawn_app_with,
+    PASSWORD, Tokens, allot_command, json, msg, random_name, secret, spawn_app, spawn_app_with,
 };
 use crate::session::session;
-
-async fn secret(app: &TestApp, authorization: Option<&str>) -> (u16, serde_json::Value) {
-    let response = match authorization {
-        Some(value) => app.get_authorized("/tests/secret", value).await,
-        None => app.get("/tests/secret").await,
-    };
-    json(response).await
-}
-
-fn msg(text: &str) -> serde_json::Value {
-    json!({ "msg": text })
-}
 
 /// A token signed with the testing secret, with the given claims changed.
 fn forged(changes: serde_json::Value, header: jsonwebtoken::Header) -> String {
@@ -38,7 +26,7 @@ fn forged(changes: serde_json::Value, header: jsonwebtoken::Header) -> String {
     .unwrap()
 }
 
-pub async fn registration_returns_201_with_a_token_pair() {
+async fn registration_returns_201_with_a_token_pair() {
     let app = spawn_app().await;
     let (status, body) = app.register(&random_name("Reg"), PASSWORD).await;
     assert_eq!(status, 201, "{body}");
@@ -47,14 +35,14 @@ pub async fn registration_returns_201_with_a_token_pair() {
     assert_eq!(body["expires_in"], 900);
 }
 
-pub async fn secret_with_an_access_token_says_hello_secret() {
+async fn secret_with_an_access_token_says_hello_secret() {
     let app = spawn_app().await;
     let tokens = app.new_user().await;
     let (status, body) = secret(&app, Some(&format!("Bearer {}", tokens.access))).await;
     assert_eq!((status, body), (200, json!({"Hello": "Secret!"})));
 }
 
-pub async fn secret_without_a_header_is_401_missing_header() {
+async fn secret_without_a_header_is_401_missing_header() {
     let app = spawn_app().await;
     let response = app.get("/tests/secret").await;
     assert_eq!(response.headers()["www-authenticate"], "Bearer");
@@ -62,14 +50,14 @@ pub async fn secret_without_a_header_is_401_missing_header() {
     assert_eq!((status, body), (401, msg("Missing Authorization Header")));
 }
 
-pub async fn secret_with_a_refresh_token_is_422_only_access_tokens() {
+async fn secret_with_a_refresh_token_is_422_only_access_tokens() {
     let app = spawn_app().await;
     let tokens = app.new_user().await;
     let (status, body) = secret(&app, Some(&format!("Bearer {}", tokens.refresh))).await;
     assert_eq!((status, body), (422, msg("Only access tokens are allowed")));
 }
 
-pub async fn secret_with_characters_appended_is_422_signature_failed() {
+async fn secret_with_characters_appended_is_422_signature_failed() {
     let app = spawn_app().await;
     let tokens = app.new_user().await;
     let tampered = format!("Bearer {}extra-string", tokens.access);
@@ -77,20 +65,20 @@ pub async fn secret_with_characters_appended_is_422_signature_failed() {
     assert_eq!((status, body), (422, msg("Signature verification failed")));
 }
 
-pub async fn secret_with_a_non_jwt_is_422_not_enough_segments() {
+async fn secret_with_a_non_jwt_is_422_not_enough_segments() {
     let app = spawn_app().await;
     let (status, body) = secret(&app, Some("Bearer this-is-not-json-web-token")).await;
     assert_eq!((status, body), (422, msg("Not enough segments")));
 }
 
-pub async fn secret_with_a_plain_text_header_is_422_bad_header() {
+async fn secret_with_a_plain_text_header_is_422_bad_header() {
     let app = spawn_app().await;
     let (status, body) = secret(&app, Some("this-is-plain-text")).await;
     let expected = msg("Bad Authorization header. Expected value 'Bearer <JWT>'");
     assert_eq!((status, body), (422, expected));
 }
 
-pub async fn an_expired_token_is_401_token_has_expired() {
+async fn an_expired_token_is_401_token_has_expired() {
     let app = spawn_app().await;
     let now = chrono::Utc::now().timestamp();
     let expired = forged(
@@ -105,7 +93,7 @@ pub async fn an_expired_token_is_401_token_has_expired() {
     assert_eq!((status, body), (401, msg("Token has expired")));
 }
 
-pub async fn tokens_naming_another_algorithm_or_none_are_refused() {
+async fn tokens_naming_another_algorithm_or_none_are_refused() {
     let app = spawn_app().await;
     let hs512 = forged(
         json!({}),
@@ -129,7 +117,7 @@ pub async fn tokens_naming_another_algorithm_or_none_are_refused() {
     );
 }
 
-pub async fn an_access_token_where_a_refresh_token_is_required_is_422() {
+async fn an_access_token_where_a_refresh_token_is_required_is_422() {
     let app = spawn_app().await;
     let tokens = app.new_user().await;
     let (status, body) = json(
@@ -143,7 +131,7 @@ pub async fn an_access_token_where_a_refresh_token_is_required_is_422() {
     );
 }
 
-pub async fn a_logged_out_access_token_is_401_revoked() {
+async fn a_logged_out_access_token_is_401_revoked() {
     let app = spawn_app().await;
     let tokens = app.new_user().await;
     let (status, body) = json(
@@ -156,7 +144,7 @@ pub async fn a_logged_out_access_token_is_401_revoked() {
     assert_eq!((status, body), (401, msg("Token has been revoked")));
 }
 
-pub async fn logging_out_a_refresh_token_ends_its_whole_login() {
+async fn logging_out_a_refresh_token_ends_its_whole_login() {
     let app = spawn_app().await;
     let tokens = app.new_user().await;
     let (status, _) = json(
@@ -175,7 +163,7 @@ pub async fn logging_out_a_refresh_token_ends_its_whole_login() {
     assert_eq!((status, body), (401, msg("Token has been revoked")));
 }
 
-pub async fn login_returns_a_new_pair_and_refuses_bad_credentials_alike() {
+async fn login_returns_a_new_pair_and_refuses_bad_credentials_alike() {
     let app = spawn_app().await;
     let username = random_name("Login");
     app.register(&username, PASSWORD).await;
@@ -194,7 +182,7 @@ pub async fn login_returns_a_new_pair_and_refuses_bad_credentials_alike() {
     assert_eq!(unknown_user, wrong_password);
 }
 
-pub async fn an_unknown_user_takes_about_as_long_as_a_wrong_password() {
+async fn an_unknown_user_takes_about_as_long_as_a_wrong_password() {
     // Production-strength hashing, so the hash dominates the timing.
     let app = spawn_app_with(|settings| {
         settings.auth.argon2 = allot::config::Argon2Settings {
@@ -227,7 +215,7 @@ pub async fn an_unknown_user_takes_about_as_long_as_a_wrong_password() {
     );
 }
 
-pub async fn refresh_rotates_and_reuse_revokes_the_whole_family() {
+async fn refresh_rotates_and_reuse_revokes_the_whole_family() {
     let app = spawn_app().await;
     let a = app.new_user().await;
     let (status, body) = json(
@@ -266,7 +254,7 @@ pub async fn refresh_rotates_and_reuse_revokes_the_whole_family() {
     assert_eq!((status, body), (401, msg("Token has been revoked")));
 }
 
-pub async fn me_shows_the_profile_and_never_a_password_hash() {
+async fn me_shows_the_profile_and_never_a_password_hash() {
     let app = spawn_app().await;
     let username = random_name("Me");
     let (_, body) = app.register(&username, PASSWORD).await;
@@ -305,7 +293,7 @@ pub async fn me_shows_the_profile_and_never_a_password_hash() {
     assert!(!body.to_string().contains(hash));
 }
 
-pub async fn registration_rejects_bad_input_naming_the_field() {
+async fn registration_rejects_bad_input_naming_the_field() {
     let app = spawn_app().await;
     for (username, password, field) in [
         ("ab", PASSWORD, "username"),
@@ -347,7 +335,7 @@ pub async fn registration_rejects_bad_input_naming_the_field() {
     assert_eq!(count, 0, "bad input changes nothing");
 }
 
-pub async fn a_taken_username_is_409_regardless_of_case() {
+async fn a_taken_username_is_409_regardless_of_case() {
     let app = spawn_app().await;
     let username = random_name("taken");
     assert_eq!(app.register(&username, PASSWORD).await.0, 201);
@@ -362,7 +350,7 @@ pub async fn a_taken_username_is_409_regardless_of_case() {
     );
 }
 
-pub async fn hello_stays_prompt_while_logins_are_hashing() {
+async fn hello_stays_prompt_while_logins_are_hashing() {
     // Costly hashes, at most 2 at once: 8 logins keep the hashing pool busy.
     let app = spawn_app_with(|settings| {
         settings.auth.argon2 = allot::config::Argon2Settings {
@@ -409,7 +397,7 @@ pub async fn hello_stays_prompt_while_logins_are_hashing() {
     );
 }
 
-pub async fn a_revocation_reaches_another_instance_within_a_second() {
+async fn a_revocation_reaches_another_instance_within_a_second() {
     let first = spawn_app().await;
     let database = first.database.name().to_owned();
     let second = spawn_app_with(|settings| settings.mongo.database = database).await;
@@ -441,7 +429,7 @@ pub async fn a_revocation_reaches_another_instance_within_a_second() {
     }
 }
 
-pub async fn create_admin_creates_or_promotes_and_login_carries_the_role() {
+async fn create_admin_creates_or_promotes_and_login_carries_the_role() {
     let app = spawn_app().await;
     let run = |username: &str| {
         allot_command()
@@ -488,7 +476,7 @@ pub async fn create_admin_creates_or_promotes_and_login_carries_the_role() {
 
 /// Every operation the spec marks as secured refuses a missing or malformed
 /// `Authorization` header with the seed's JSON bodies — not only `/tests/secret`.
-pub async fn every_secured_operation_applies_the_token_rules() {
+async fn every_secured_operation_applies_the_token_rules() {
     let app = spawn_app().await;
     let (_, spec) = json(app.get("/openapi.json").await).await;
     let mut secured = Vec::new();
@@ -539,4 +527,32 @@ pub async fn every_secured_operation_applies_the_token_rules() {
             "{method} {path}"
         );
     }
+}
+
+/// This module's tests, in the order the harness lists them.
+pub fn trials() -> Vec<libtest_mimic::Trial> {
+    trials!(auth: [
+        registration_returns_201_with_a_token_pair,
+        secret_with_an_access_token_says_hello_secret,
+        secret_without_a_header_is_401_missing_header,
+        secret_with_a_refresh_token_is_422_only_access_tokens,
+        secret_with_characters_appended_is_422_signature_failed,
+        secret_with_a_non_jwt_is_422_not_enough_segments,
+        secret_with_a_plain_text_header_is_422_bad_header,
+        an_expired_token_is_401_token_has_expired,
+        tokens_naming_another_algorithm_or_none_are_refused,
+        an_access_token_where_a_refresh_token_is_required_is_422,
+        a_logged_out_access_token_is_401_revoked,
+        logging_out_a_refresh_token_ends_its_whole_login,
+        login_returns_a_new_pair_and_refuses_bad_credentials_alike,
+        an_unknown_user_takes_about_as_long_as_a_wrong_password,
+        refresh_rotates_and_reuse_revokes_the_whole_family,
+        me_shows_the_profile_and_never_a_password_hash,
+        registration_rejects_bad_input_naming_the_field,
+        a_taken_username_is_409_regardless_of_case,
+        hello_stays_prompt_while_logins_are_hashing,
+        a_revocation_reaches_another_instance_within_a_second,
+        create_admin_creates_or_promotes_and_login_carries_the_role,
+        every_secured_operation_applies_the_token_rules,
+    ])
 }

@@ -15,7 +15,7 @@ const BROWSER_TIMEOUT: Duration = Duration::from_secs(180);
 const SETUP: &str = "run scripts/setup-browser (scripts/test does), which installs Debian's \
     chromium and the npm packages of tests/browser";
 
-pub async fn swagger_ui_tries_out_hello_and_me_after_authorizing_in_chromium() {
+async fn swagger_ui_tries_out_hello_and_me_after_authorizing_in_chromium() {
     let project = Path::new(env!("CARGO_MANIFEST_DIR"));
     let chromium = std::env::var_os("CHROMIUM")
         .map(PathBuf::from)
@@ -106,4 +106,11 @@ fn run(mut command: Command, log_path: &Path) -> (Result<(), String>, String) {
         outcome,
         format!("{printed}(log kept at {})", log_path.display()),
     )
+}
+
+/// This module's tests, in the order the harness lists them.
+pub fn trials() -> Vec<libtest_mimic::Trial> {
+    trials!(browser: [
+        swagger_ui_tries_out_hello_and_me_after_authorizing_in_chromium,
+    ])
 }

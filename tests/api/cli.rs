@@ -8,7 +8,7 @@ use std::time::Duration;
 use crate::helpers::{allot_command, free_port};
 use crate::session::session;
 
-pub async fn an_unknown_environment_exits_non_zero_naming_the_valid_ones() {
+async fn an_unknown_environment_exits_non_zero_naming_the_valid_ones() {
     let output = allot_command().env("ALLOT_ENV", "bogus").output().unwrap();
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -18,7 +18,7 @@ pub async fn an_unknown_environment_exits_non_zero_naming_the_valid_ones() {
     }
 }
 
-pub async fn production_without_a_secret_refuses_and_names_the_setting() {
+async fn production_without_a_secret_refuses_and_names_the_setting() {
     let output = allot_command()
         .env("ALLOT_ENV", "production")
         .output()
@@ -29,7 +29,7 @@ pub async fn production_without_a_secret_refuses_and_names_the_setting() {
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
-pub async fn an_unreachable_database_at_startup_exits_non_zero_with_the_redacted_uri() {
+async fn an_unreachable_database_at_startup_exits_non_zero_with_the_redacted_uri() {
     let output = allot_command()
         .env("ALLOT_ENV", "testing")
         .env(
@@ -47,7 +47,7 @@ pub async fn an_unreachable_database_at_startup_exits_non_zero_with_the_redacted
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
-pub async fn openapi_command_prints_the_committed_spec() {
+async fn openapi_command_prints_the_committed_spec() {
     let output = allot_command().arg("openapi").output().unwrap();
     assert!(output.status.success());
     let committed =
@@ -85,7 +85,7 @@ fn serve(mut child: Child) -> (Child, u16, BufReader<std::process::ChildStderr>)
     }
 }
 
-pub async fn production_logs_json_lines_and_stops_gracefully_on_sigterm() {
+async fn production_logs_json_lines_and_stops_gracefully_on_sigterm() {
     let child = allot_command()
         .env("ALLOT_ENV", "production")
         .env(
@@ -138,4 +138,15 @@ pub async fn production_logs_json_lines_and_stops_gracefully_on_sigterm() {
     assert_eq!(request["method"], "GET");
     assert_eq!(request["status"], 200);
     assert!(request["latency_ms"].is_number());
+}
+
+/// This module's tests, in the order the harness lists them.
+pub fn trials() -> Vec<libtest_mimic::Trial> {
+    trials!(cli: [
+        an_unknown_environment_exits_non_zero_naming_the_valid_ones,
+        production_without_a_secret_refuses_and_names_the_setting,
+        an_unreachable_database_at_startup_exits_non_zero_with_the_redacted_uri,
+        openapi_command_prints_the_committed_spec,
+        production_logs_json_lines_and_stops_gracefully_on_sigterm,
+    ])
 }

@@ -68,7 +68,7 @@ async fn run(what: &str, mut command: Command) -> String {
     text
 }
 
-pub async fn the_committed_spec_passes_openapi_spec_validator() {
+async fn the_committed_spec_passes_openapi_spec_validator() {
     let mut validator = tool_command("openapi-spec-validator");
     validator.arg(SPEC);
     let output = run("openapi-spec-validator", validator).await;
@@ -142,7 +142,7 @@ fn summary(output: &str) -> String {
 
 /// A plain user reaches every handler but the admin ones (403): the spec's
 /// examples and randomly generated cases (about 140).
-pub async fn schemathesis_finds_no_contract_violation_with_a_user_token() {
+async fn schemathesis_finds_no_contract_violation_with_a_user_token() {
     let app = spawn_app().await;
     let username = account(&app, false).await;
     schemathesis(&app, &username, "examples,fuzzing", "10").await;
@@ -150,7 +150,7 @@ pub async fn schemathesis_finds_no_contract_violation_with_a_user_token() {
 
 /// An admin reaches every handler: the examples, boundary and invalid values
 /// of each schema (the coverage phase), and random cases (about 500).
-pub async fn schemathesis_finds_no_contract_violation_with_an_admin_token() {
+async fn schemathesis_finds_no_contract_violation_with_an_admin_token() {
     let app = spawn_app().await;
     let username = account(&app, true).await;
     schemathesis(&app, &username, "examples,coverage,fuzzing", "8").await;
@@ -158,7 +158,7 @@ pub async fn schemathesis_finds_no_contract_violation_with_an_admin_token() {
 
 /// Generates a Python client from the committed spec — cleanly: any generator
 /// warning about the spec fails — and drives tests/client/story.py through it.
-pub async fn a_generated_python_client_drives_a_whole_story() {
+async fn a_generated_python_client_drives_a_whole_story() {
     let mut generate = tool_command("openapi-python-client");
     generate
         .args([
@@ -190,7 +190,7 @@ pub async fn a_generated_python_client_drives_a_whole_story() {
 /// Generates a TypeScript client (openapi-typescript types for openapi-fetch)
 /// from the committed spec, type-checks tests/client-ts/story.ts against it
 /// under `strict`, and runs the story under node against a live allot.
-pub async fn a_generated_typescript_client_drives_a_whole_story() {
+async fn a_generated_typescript_client_drives_a_whole_story() {
     let folder = Path::new(ROOT).join("tests/client-ts");
     let npm_tool = |name: &str| {
         let path = folder.join("node_modules/.bin").join(name);
@@ -204,7 +204,9 @@ pub async fn a_generated_typescript_client_drives_a_whole_story() {
         command
     };
     let mut generate = npm_tool("openapi-typescript");
-    generate.arg(SPEC).args(["--output", "generated/allot.d.ts"]);
+    generate
+        .arg(SPEC)
+        .args(["--output", "generated/allot.d.ts"]);
     run("openapi-typescript", generate).await;
     let mut check = npm_tool("tsc");
     check.arg("--noEmit");
@@ -230,7 +232,7 @@ pub async fn a_generated_typescript_client_drives_a_whole_story() {
 
 /// The same story through the Rust client that progenitor generates from the
 /// committed spec when `clients/rust` builds (a dev-dependency of this crate).
-pub async fn a_generated_rust_client_drives_a_whole_story() {
+async fn a_generated_rust_client_drives_a_whole_story() {
     use allot_client::types::{self, AllocationResult, LineStatusBody};
     use allot_client::{Client, Error};
 
@@ -263,13 +265,23 @@ pub async fn a_generated_rust_client_drives_a_whole_story() {
     };
 
     let alice = random_name("alice");
-    let registered = anonymous.register(&credentials(&alice)).await.expect("registered");
+    let registered = anonymous
+        .register(&credentials(&alice))
+        .await
+        .expect("registered");
     assert_eq!(registered.status(), 201);
     assert_eq!(registered.token_type, "bearer");
-    let tokens = anonymous.login(&credentials(&alice)).await.expect("logged in").into_inner();
+    let tokens = anonymous
+        .login(&credentials(&alice))
+        .await
+        .expect("logged in")
+        .into_inner();
     let user = as_bearer(&tokens.access_token);
     let profile = user.me().await.expect("a profile").into_inner();
-    assert_eq!((profile.username.as_str(), profile.roles), (alice.as_str(), vec!["user".to_owned()]));
+    assert_eq!(
+        (profile.username.as_str(), profile.roles),
+        (alice.as_str(), vec!["user".to_owned()])
+    );
 
     let admin_name = random_name("admin");
     let mut create_admin = allot_command();
@@ -280,10 +292,23 @@ pub async fn a_generated_rust_client_drives_a_whole_story() {
         .env("ALLOT__MONGO__DATABASE", app.database.name())
         .env("ALLOT_ADMIN_PASSWORD", PASSWORD);
     let created = run("allot users create-admin", create_admin).await;
-    assert!(created.contains(&format!("created admin {admin_name}")), "{created}");
-    let admin_tokens = anonymous.login(&credentials(&admin_name)).await.expect("logged in");
+    assert!(
+        created.contains(&format!("created admin {admin_name}")),
+        "{created}"
+    );
+    let admin_tokens = anonymous
+        .login(&credentials(&admin_name))
+        .await
+        .expect("logged in");
     let admin = as_bearer(&admin_tokens.access_token);
-    assert!(admin.me().await.expect("a profile").roles.contains(&"admin".to_owned()));
+    assert!(
+        admin
+            .me()
+            .await
+            .expect("a profile")
+            .roles
+            .contains(&"admin".to_owned())
+    );
 
     let sku = random_name("LAMP").to_uppercase();
     let (in_stock, shipment) = (random_name("batch"), random_name("batch"));
@@ -294,12 +319,23 @@ pub async fn a_generated_rust_client_drives_a_whole_story() {
         purchased_quantity: quantity.try_into().expect("a positive quantity"),
         eta,
     };
-    let added = admin.add_batch(&new_batch(&in_stock, 10, None)).await.expect("added");
+    let added = admin
+        .add_batch(&new_batch(&in_stock, 10, None))
+        .await
+        .expect("added");
     assert_eq!((added.available_quantity, added.eta), (10, None));
-    let added = admin.add_batch(&new_batch(&shipment, 5, Some(arrival))).await.expect("added");
+    let added = admin
+        .add_batch(&new_batch(&shipment, 5, Some(arrival)))
+        .await
+        .expect("added");
     assert_eq!(added.eta, Some(arrival));
-    let refused = user.add_batch(&new_batch(&random_name("batch"), 1, None)).await;
-    assert_eq!(refusal(refused.expect_err("403")), (403, "Admin role required".to_owned()));
+    let refused = user
+        .add_batch(&new_batch(&random_name("batch"), 1, None))
+        .await;
+    assert_eq!(
+        refusal(refused.expect_err("403")),
+        (403, "Admin role required".to_owned())
+    );
 
     let order = random_name("order");
     let line = |orderid: &str, qty: u32| types::OrderLineRequest {
@@ -309,24 +345,59 @@ pub async fn a_generated_rust_client_drives_a_whole_story() {
     };
     let allocated = user.allocate(&line(&order, 8)).await.expect("allocated");
     assert_eq!(allocated.status(), 201);
-    assert!(matches!(allocated.into_inner(), AllocationResult::Allocated(a) if a.batchref == in_stock));
-    let allocated = user.allocate(&line(&random_name("order"), 4)).await.expect("allocated");
-    assert!(matches!(allocated.into_inner(), AllocationResult::Allocated(a) if a.batchref == shipment));
+    assert!(
+        matches!(allocated.into_inner(), AllocationResult::Allocated(a) if a.batchref == in_stock)
+    );
+    let allocated = user
+        .allocate(&line(&random_name("order"), 4))
+        .await
+        .expect("allocated");
+    assert!(
+        matches!(allocated.into_inner(), AllocationResult::Allocated(a) if a.batchref == shipment)
+    );
 
     let orderid = order.parse().expect("a valid order id");
-    let lines = user.order_allocations(&orderid).await.expect("lines").into_inner();
+    let lines = user
+        .order_allocations(&orderid)
+        .await
+        .expect("lines")
+        .into_inner();
     assert_eq!(lines.len(), 1);
-    assert_eq!((lines[0].batchref.as_deref(), lines[0].qty), (Some(in_stock.as_str()), 8));
-    let batch = user.get_batch(&in_stock.parse().unwrap()).await.expect("a batch");
+    assert_eq!(
+        (lines[0].batchref.as_deref(), lines[0].qty),
+        (Some(in_stock.as_str()), 8)
+    );
+    let batch = user
+        .get_batch(&in_stock.parse().unwrap())
+        .await
+        .expect("a batch");
     assert_eq!((batch.available_quantity, batch.allocated_quantity), (2, 8));
-    let drawing = admin.batch_allocations(&in_stock.parse().unwrap(), None, None).await;
+    let drawing = admin
+        .batch_allocations(&in_stock.parse().unwrap(), None, None)
+        .await;
     let orders: Vec<_> = drawing.expect("its lines").into_inner().allocations;
-    assert_eq!(orders.into_iter().map(|line| line.orderid).collect::<Vec<_>>(), [order.as_str()]);
+    assert_eq!(
+        orders
+            .into_iter()
+            .map(|line| line.orderid)
+            .collect::<Vec<_>>(),
+        [order.as_str()]
+    );
     let sku_filter = sku.parse().expect("a valid sku");
     let limit = Some(1.try_into().unwrap());
-    let first = user.list_batches(None, limit, Some(&sku_filter)).await.expect("a page");
-    let cursor = first.next_cursor.clone().expect("a second page").parse().unwrap();
-    let second = user.list_batches(Some(&cursor), limit, Some(&sku_filter)).await;
+    let first = user
+        .list_batches(None, limit, Some(&sku_filter))
+        .await
+        .expect("a page");
+    let cursor = first
+        .next_cursor
+        .clone()
+        .expect("a second page")
+        .parse()
+        .unwrap();
+    let second = user
+        .list_batches(Some(&cursor), limit, Some(&sku_filter))
+        .await;
     let mut references = [in_stock.clone(), shipment.clone()];
     references.sort();
     let paged: Vec<_> = [first.into_inner(), second.expect("a page").into_inner()]
@@ -344,24 +415,70 @@ pub async fn a_generated_rust_client_drives_a_whole_story() {
     let lost = types::QuantityUpdate {
         purchased_quantity: 0,
     };
-    let change = admin.change_batch_quantity(&in_stock.parse().unwrap(), &lost).await;
+    let change = admin
+        .change_batch_quantity(&in_stock.parse().unwrap(), &lost)
+        .await;
     let backordered = change.expect("changed").into_inner().backordered;
-    assert_eq!(backordered.into_iter().map(|l| l.orderid).collect::<Vec<_>>(), [order.as_str()]);
-    let lines = user.order_allocations(&orderid).await.expect("lines").into_inner();
-    assert_eq!((lines[0].status, lines[0].batchref.as_deref()), (LineStatusBody::Backordered, None));
+    assert_eq!(
+        backordered
+            .into_iter()
+            .map(|l| l.orderid)
+            .collect::<Vec<_>>(),
+        [order.as_str()]
+    );
+    let lines = user
+        .order_allocations(&orderid)
+        .await
+        .expect("lines")
+        .into_inner();
+    assert_eq!(
+        (lines[0].status, lines[0].batchref.as_deref()),
+        (LineStatusBody::Backordered, None)
+    );
     let restock = random_name("batch");
-    admin.add_batch(&new_batch(&restock, 10, Some(arrival))).await.expect("added");
-    let lines = user.order_allocations(&orderid).await.expect("lines").into_inner();
+    admin
+        .add_batch(&new_batch(&restock, 10, Some(arrival)))
+        .await
+        .expect("added");
+    let lines = user
+        .order_allocations(&orderid)
+        .await
+        .expect("lines")
+        .into_inner();
     assert_eq!(
         (lines[0].status, lines[0].batchref.as_deref()),
         (LineStatusBody::Allocated, Some(restock.as_str()))
     );
 
-    let renewed = as_bearer(&tokens.refresh_token).refresh().await.expect("refreshed");
-    let me = as_bearer(&renewed.access_token).me().await.expect("a profile");
+    let renewed = as_bearer(&tokens.refresh_token)
+        .refresh()
+        .await
+        .expect("refreshed");
+    let me = as_bearer(&renewed.access_token)
+        .me()
+        .await
+        .expect("a profile");
     assert_eq!(me.username, alice);
-    let logged_out = as_bearer(&renewed.refresh_token).logout().await.expect("logged out");
+    let logged_out = as_bearer(&renewed.refresh_token)
+        .logout()
+        .await
+        .expect("logged out");
     assert_eq!(logged_out.revoked, "login");
     let after = as_bearer(&renewed.access_token).me().await;
-    assert_eq!(refusal(after.expect_err("401")), (401, "Token has been revoked".to_owned()));
+    assert_eq!(
+        refusal(after.expect_err("401")),
+        (401, "Token has been revoked".to_owned())
+    );
+}
+
+/// This module's tests, in the order the harness lists them.
+pub fn trials() -> Vec<libtest_mimic::Trial> {
+    trials!(contract_tools: [
+        the_committed_spec_passes_openapi_spec_validator,
+        schemathesis_finds_no_contract_violation_with_a_user_token,
+        schemathesis_finds_no_contract_violation_with_an_admin_token,
+        a_generated_python_client_drives_a_whole_story,
+        a_generated_typescript_client_drives_a_whole_story,
+        a_generated_rust_client_drives_a_whole_story,
+    ])
 }

@@ -184,7 +184,7 @@ enum KillWhen {
     Moved(u64),
 }
 
-pub async fn a_shrink_killed_at_any_point_loses_no_line() {
+async fn a_shrink_killed_at_any_point_loses_no_line() {
     use KillWhen::*;
     let points = [
         After(Duration::ZERO),
@@ -285,7 +285,10 @@ async fn kill_a_shrink(point: KillWhen) -> bool {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_counters_agree(&database, &sku).await;
-    eprintln!("killed at {point:?}: consistent after {:?}", killed_at.elapsed());
+    eprintln!(
+        "killed at {point:?}: consistent after {:?}",
+        killed_at.elapsed()
+    );
     // Then the waiting lines take the room there is, oldest first.
     settled(&database, &sku, Duration::from_secs(30)).await;
     let lines = assert_counters_agree(&database, &sku).await;
@@ -315,7 +318,7 @@ async fn kill_a_shrink(point: KillWhen) -> bool {
     left != (0, 0)
 }
 
-pub async fn the_recovery_pass_finishes_a_shrink_a_crash_left_half_done() {
+async fn the_recovery_pass_finishes_a_shrink_a_crash_left_half_done() {
     let database_name = session().new_database_name();
     let database = session().client().database(&database_name);
     let token = admin_token(&database_name).await;
@@ -373,7 +376,7 @@ pub async fn the_recovery_pass_finishes_a_shrink_a_crash_left_half_done() {
     );
 }
 
-pub async fn two_hundred_buyers_of_one_sku_across_two_instances_all_get_201() {
+async fn two_hundred_buyers_of_one_sku_across_two_instances_all_get_201() {
     let database_name = session().new_database_name();
     let database = session().client().database(&database_name);
     let token = admin_token(&database_name).await;
@@ -460,7 +463,14 @@ fn shop(
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
 ) -> tokio::task::JoinHandle<()> {
     use std::sync::atomic::Ordering;
-    let Shopper { url, token, skus, name, deallocate, survivor } = shopper;
+    let Shopper {
+        url,
+        token,
+        skus,
+        name,
+        deallocate,
+        survivor,
+    } = shopper;
     tokio::spawn(async move {
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
@@ -472,7 +482,12 @@ fn shop(
             let orderid = format!("{name}-{n}");
             let sku = &skus[n % skus.len()];
             let line = json!({"orderid": orderid, "sku": sku, "qty": 1});
-            let Ok(answer) = http.post(format!("{url}/allocate")).bearer_auth(&token).json(&line).send().await
+            let Ok(answer) = http
+                .post(format!("{url}/allocate"))
+                .bearer_auth(&token)
+                .json(&line)
+                .send()
+                .await
             else {
                 return; // its instance was killed: the outcome is unknown
             };
@@ -514,7 +529,7 @@ fn shop(
 /// random moments and started again. The survivor answers 201 all along: no
 /// gap over 2 s, no 503; afterwards every acknowledged line is stored once,
 /// every deallocated one is gone, and every counter agrees with the lines.
-pub async fn an_instance_killed_at_ten_random_moments_stalls_no_other() {
+async fn an_instance_killed_at_ten_random_moments_stalls_no_other() {
     use std::sync::atomic::{AtomicBool, Ordering};
     let database_name = session().new_database_name();
     let database = session().client().database(&database_name);
@@ -566,7 +581,9 @@ pub async fn an_instance_killed_at_ten_random_moments_stalls_no_other() {
                 shop(shopper, ledger.clone(), stop.clone())
             })
             .collect();
-        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         let moment = Duration::from_millis(200 + (seed >> 33) % 1300);
         tokio::time::sleep(moment).await;
         victim.kill();
@@ -598,7 +615,10 @@ pub async fn an_instance_killed_at_ten_random_moments_stalls_no_other() {
         kills.iter().map(|(_, moment)| *moment).collect::<Vec<_>>(),
         ledger.survivor.len()
     );
-    assert!(longest <= Duration::from_secs(2), "the survivor stalled for {longest:?}");
+    assert!(
+        longest <= Duration::from_secs(2),
+        "the survivor stalled for {longest:?}"
+    );
 
     // The dead instances' intents are finished by the survivor.
     let batches = database.collection::<Document>("batches");
@@ -673,7 +693,7 @@ fn migrate(database: &str) -> (bool, String, String) {
     )
 }
 
-pub async fn data_in_the_old_layout_is_refused_until_migrated() {
+async fn data_in_the_old_layout_is_refused_until_migrated() {
     let database_name = session().new_database_name();
     let database = session().client().database(&database_name);
     let sku = random_name("sku");
@@ -764,4 +784,15 @@ pub async fn data_in_the_old_layout_is_refused_until_migrated() {
         .await
         .unwrap();
     assert_eq!(total.len(), 3);
+}
+
+/// This module's tests, in the order the harness lists them.
+pub fn trials() -> Vec<libtest_mimic::Trial> {
+    trials!(durability: [
+        a_shrink_killed_at_any_point_loses_no_line,
+        the_recovery_pass_finishes_a_shrink_a_crash_left_half_done,
+        two_hundred_buyers_of_one_sku_across_two_instances_all_get_201,
+        an_instance_killed_at_ten_random_moments_stalls_no_other,
+        data_in_the_old_layout_is_refused_until_migrated,
+    ])
 }

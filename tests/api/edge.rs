@@ -119,7 +119,7 @@ fn curl_upload(url: &str, protocol: &str, size: usize) -> (String, String, Strin
     )
 }
 
-pub async fn a_40_mb_body_gets_413_json_over_h2c_and_chunked_with_bounded_memory() {
+async fn a_40_mb_body_gets_413_json_over_h2c_and_chunked_with_bounded_memory() {
     let app = ServeProcess::start(&mut testing_process());
     let url = format!("{}/users/login", app.url);
     let started_kib = app.peak_rss_kib();
@@ -170,7 +170,7 @@ async fn closed_within(stream: &mut TcpStream, within: Duration) -> Option<Durat
     }
 }
 
-pub async fn idle_and_slow_connections_are_closed_while_requests_are_served() {
+async fn idle_and_slow_connections_are_closed_while_requests_are_served() {
     let app = spawn_app_with(|settings| {
         settings.http.header_read_timeout_ms = 1000;
         settings.http.idle_timeout_ms = 3000;
@@ -250,7 +250,7 @@ pub async fn idle_and_slow_connections_are_closed_while_requests_are_served() {
     );
 }
 
-pub async fn connections_over_the_cap_wait_until_one_closes() {
+async fn connections_over_the_cap_wait_until_one_closes() {
     let app = spawn_app_with(|settings| settings.http.max_connections = 2).await;
     let address = app.address.trim_start_matches("http://").to_owned();
     let first = TcpStream::connect(&address).await.unwrap();
@@ -287,7 +287,7 @@ async fn raw_exchange(address: &str, request: &[u8]) -> (String, String) {
     )
 }
 
-pub async fn malformed_and_oversized_requests_get_json_errors() {
+async fn malformed_and_oversized_requests_get_json_errors() {
     let app = spawn_app_with(|settings| settings.http.max_header_bytes = 8192).await;
     let address = app.address.trim_start_matches("http://").to_owned();
     let big_header = format!(
@@ -367,7 +367,7 @@ impl Drop for OwnDatabase {
     }
 }
 
-pub async fn requests_get_503_within_the_operation_timeout_while_the_database_is_frozen() {
+async fn requests_get_503_within_the_operation_timeout_while_the_database_is_frozen() {
     let database = OwnDatabase::start().await;
     let app = spawn_app_with(|settings| {
         settings.mongo.uri = database.uri.clone().into();
@@ -442,7 +442,7 @@ pub async fn requests_get_503_within_the_operation_timeout_while_the_database_is
     );
 }
 
-pub async fn an_eta_the_database_cannot_store_is_a_400_naming_the_field() {
+async fn an_eta_the_database_cannot_store_is_a_400_naming_the_field() {
     let app = crate::helpers::spawn_app().await;
     let admin = app.new_admin().await;
     for eta in ["0000-01-01", "-0001-12-31", "+10000-01-01", "-262143-01-01"] {
@@ -470,7 +470,7 @@ pub async fn an_eta_the_database_cannot_store_is_a_400_naming_the_field() {
     }
 }
 
-pub async fn allot_serves_from_an_empty_directory_in_development() {
+async fn allot_serves_from_an_empty_directory_in_development() {
     let empty = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
         .join(format!("empty-{}", crate::helpers::random_name("dir")));
     std::fs::create_dir_all(&empty).unwrap();
@@ -492,7 +492,7 @@ pub async fn allot_serves_from_an_empty_directory_in_development() {
     std::fs::remove_dir_all(&empty).unwrap();
 }
 
-pub async fn an_idle_http2_connection_is_closed_after_the_idle_timeout() {
+async fn an_idle_http2_connection_is_closed_after_the_idle_timeout() {
     let app = spawn_app_with(|settings| {
         settings.http.header_read_timeout_ms = 500;
         settings.http.idle_timeout_ms = 1500;
@@ -556,4 +556,18 @@ pub async fn an_idle_http2_connection_is_closed_after_the_idle_timeout() {
         (Duration::from_millis(1200)..Duration::from_millis(4000)).contains(&closed),
         "closed after {closed:?}"
     );
+}
+
+/// This module's tests, in the order the harness lists them.
+pub fn trials() -> Vec<libtest_mimic::Trial> {
+    trials!(edge: [
+        a_40_mb_body_gets_413_json_over_h2c_and_chunked_with_bounded_memory,
+        idle_and_slow_connections_are_closed_while_requests_are_served,
+        connections_over_the_cap_wait_until_one_closes,
+        malformed_and_oversized_requests_get_json_errors,
+        requests_get_503_within_the_operation_timeout_while_the_database_is_frozen,
+        an_eta_the_database_cannot_store_is_a_400_naming_the_field,
+        allot_serves_from_an_empty_directory_in_development,
+        an_idle_http2_connection_is_closed_after_the_idle_timeout,
+    ])
 }

@@ -6,14 +6,14 @@ use std::time::Duration;
 use crate::helpers::{ToggleProxy, json, spawn_app, spawn_app_with};
 use crate::session::session;
 
-pub async fn hello_answers_the_seed_greeting() {
+async fn hello_answers_the_seed_greeting() {
     let app = spawn_app().await;
     let (status, body) = json(app.get("/tests/hello").await).await;
     assert_eq!(status, 200);
     assert_eq!(body, serde_json::json!({"Hello": "World!"}));
 }
 
-pub async fn health_answers_200_while_the_process_is_up() {
+async fn health_answers_200_while_the_process_is_up() {
     let app = spawn_app().await;
     let (status, body) = json(app.get("/health").await).await;
     assert_eq!((status, body["status"].as_str()), (200, Some("ok")));
@@ -34,7 +34,7 @@ async fn wait_for_ready_status(app: &crate::helpers::TestApp, expected: u16) -> 
     }
 }
 
-pub async fn ready_follows_the_database_away_and_back_without_a_restart() {
+async fn ready_follows_the_database_away_and_back_without_a_restart() {
     let proxy = ToggleProxy::start(session().mongo_address.clone()).await;
     let app = spawn_app_with(|settings| {
         settings.mongo.uri = format!("mongodb://{}/?directConnection=true", proxy.address).into();
@@ -60,7 +60,7 @@ pub async fn ready_follows_the_database_away_and_back_without_a_restart() {
     assert_eq!(body["status"], "ready");
 }
 
-pub async fn unknown_routes_and_methods_get_json_errors() {
+async fn unknown_routes_and_methods_get_json_errors() {
     let app = spawn_app().await;
     let (status, body) = json(app.get("/no/such/route").await).await;
     assert_eq!((status, body["message"].as_str()), (404, Some("Not found")));
@@ -77,7 +77,7 @@ pub async fn unknown_routes_and_methods_get_json_errors() {
     );
 }
 
-pub async fn bodies_over_the_limit_get_413_json() {
+async fn bodies_over_the_limit_get_413_json() {
     let app = spawn_app_with(|settings| settings.http.body_limit_bytes = 1024).await;
     let oversized = vec![b'x'; 1025];
     let response = app
@@ -115,14 +115,14 @@ pub async fn bodies_over_the_limit_get_413_json() {
     assert_eq!(status, 200);
 }
 
-pub async fn the_default_body_limit_is_64_kib() {
+async fn the_default_body_limit_is_64_kib() {
     assert_eq!(
         crate::helpers::testing_settings().http.body_limit_bytes,
         64 * 1024
     );
 }
 
-pub async fn docs_and_spec_are_served() {
+async fn docs_and_spec_are_served() {
     let app = spawn_app().await;
     let docs = app.get("/docs").await;
     assert_eq!(docs.status(), 200);
@@ -144,7 +144,7 @@ pub async fn docs_and_spec_are_served() {
     );
 }
 
-pub async fn each_test_app_gets_a_database_of_its_own_that_the_session_drops() {
+async fn each_test_app_gets_a_database_of_its_own_that_the_session_drops() {
     let (first, second) = (spawn_app().await, spawn_app().await);
     assert_ne!(first.database.name(), second.database.name());
     for app in [&first, &second] {
@@ -160,11 +160,32 @@ pub async fn each_test_app_gets_a_database_of_its_own_that_the_session_drops() {
     assert!(names.iter().any(|name| name == first.database.name()));
 }
 
+/// Every file of `tests/api/` is a test module of the harness (listed in
+/// `main.rs`) or part of the harness, so that no file of tests is silently
+/// left out of the build.
+async fn every_file_of_the_api_tests_is_a_module_of_the_harness() {
+    let directory = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/api");
+    let mut files: Vec<String> = std::fs::read_dir(directory)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|extension| extension == "rs"))
+        .map(|path| path.file_stem().unwrap().to_string_lossy().into_owned())
+        .collect();
+    files.sort();
+    let mut modules: Vec<String> = crate::TEST_MODULES
+        .iter()
+        .chain(crate::HARNESS)
+        .map(|module| module.to_string())
+        .collect();
+    modules.sort();
+    assert_eq!(files, modules);
+}
+
 /// The README is the map of the repository: each of its relative links (and
 /// those of `bench/README.md` and of every markdown file under `docs/`) names
 /// a file or folder that exists, and a `#fragment` into a markdown file names
 /// one of its headings.
-pub async fn every_relative_link_in_the_readme_and_docs_resolves() {
+async fn every_relative_link_in_the_readme_and_docs_resolves() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut documents = vec![root.join("README.md"), root.join("bench/README.md")];
     markdown_files_under(&root.join("docs"), &mut documents);
@@ -340,4 +361,20 @@ fn heading_anchors(markdown: &str) -> Vec<String> {
         seen.push(slug);
     }
     anchors
+}
+
+/// This module's tests, in the order the harness lists them.
+pub fn trials() -> Vec<libtest_mimic::Trial> {
+    trials!(foundation: [
+        hello_answers_the_seed_greeting,
+        health_answers_200_while_the_process_is_up,
+        ready_follows_the_database_away_and_back_without_a_restart,
+        unknown_routes_and_methods_get_json_errors,
+        bodies_over_the_limit_get_413_json,
+        the_default_body_limit_is_64_kib,
+        docs_and_spec_are_served,
+        each_test_app_gets_a_database_of_its_own_that_the_session_drops,
+        every_relative_link_in_the_readme_and_docs_resolves,
+        every_file_of_the_api_tests_is_a_module_of_the_harness,
+    ])
 }

@@ -164,6 +164,25 @@ impl From<&serde_json::Value> for Tokens {
 }
 
 /// A name no other test uses (the seed's `random_sku()` idea).
+/// A token refusal's body, as Flask-JWT-Extended words it.
+pub fn msg(text: &str) -> serde_json::Value {
+    serde_json::json!({ "msg": text })
+}
+
+/// `GET /tests/secret` with this `Authorization` header (None: without one).
+pub async fn secret(app: &TestApp, authorization: Option<&str>) -> (u16, serde_json::Value) {
+    let response = match authorization {
+        Some(value) => app.get_authorized("/tests/secret", value).await,
+        None => app.get("/tests/secret").await,
+    };
+    json(response).await
+}
+
+/// `GET /tests/secret` with a bearer access token.
+pub async fn secret_as(app: &TestApp, access: &str) -> (u16, serde_json::Value) {
+    secret(app, Some(&format!("Bearer {access}"))).await
+}
+
 pub fn random_name(kind: &str) -> String {
     format!(
         "{kind}-{}",

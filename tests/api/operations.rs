@@ -12,7 +12,7 @@ fn sample(text: &str, series: &str) -> Option<f64> {
         .and_then(|value| value.trim().parse().ok())
 }
 
-pub async fn metrics_count_requests_database_operations_and_outcomes() {
+async fn metrics_count_requests_database_operations_and_outcomes() {
     let app = spawn_app().await;
     let admin = app.new_admin().await;
     let user = app.new_user().await;
@@ -68,7 +68,7 @@ pub async fn metrics_count_requests_database_operations_and_outcomes() {
     );
 }
 
-pub async fn metrics_can_require_a_token_or_be_switched_off() {
+async fn metrics_can_require_a_token_or_be_switched_off() {
     let app = spawn_app_with(|settings| {
         settings.metrics.token = "a-metrics-token-for-scrapers".to_owned().into();
     })
@@ -96,7 +96,7 @@ pub async fn metrics_can_require_a_token_or_be_switched_off() {
     assert_eq!(status, 404);
 }
 
-pub async fn request_ids_are_kept_or_made_and_appear_in_the_request_log_lines() {
+async fn request_ids_are_kept_or_made_and_appear_in_the_request_log_lines() {
     let mut command = allot_command();
     command
         .env("ALLOT_ENV", "testing")
@@ -174,7 +174,7 @@ pub async fn request_ids_are_kept_or_made_and_appear_in_the_request_log_lines() 
     }
 }
 
-pub async fn cors_preflights_succeed_for_listed_origins_only() {
+async fn cors_preflights_succeed_for_listed_origins_only() {
     let shop = "https://shop.example.com";
     let app = spawn_app_with(|settings| settings.http.cors_origins = vec![shop.to_owned()]).await;
     let preflight = |origin: &'static str| {
@@ -267,7 +267,7 @@ pub async fn cors_preflights_succeed_for_listed_origins_only() {
     );
 }
 
-pub async fn a_405_lists_the_methods_of_the_path_in_allow() {
+async fn a_405_lists_the_methods_of_the_path_in_allow() {
     let app = spawn_app().await;
     for (method, path, allow) in [
         (reqwest::Method::DELETE, "/tests/hello", "GET, HEAD"),
@@ -302,7 +302,7 @@ pub async fn a_405_lists_the_methods_of_the_path_in_allow() {
     }
 }
 
-pub async fn every_response_says_nosniff_and_token_responses_say_no_store() {
+async fn every_response_says_nosniff_and_token_responses_say_no_store() {
     let app = spawn_app().await;
     let (status, _) = app
         .register(&crate::helpers::random_name("h"), crate::helpers::PASSWORD)
@@ -342,7 +342,7 @@ pub async fn every_response_says_nosniff_and_token_responses_say_no_store() {
     }
 }
 
-pub async fn swagger_ui_and_the_spec_can_be_switched_off() {
+async fn swagger_ui_and_the_spec_can_be_switched_off() {
     let app = spawn_app_with(|settings| settings.http.docs_enabled = false).await;
     for path in ["/docs", "/openapi.json", "/openapi.yaml"] {
         let (status, _) = json(app.get(path).await).await;
@@ -350,4 +350,17 @@ pub async fn swagger_ui_and_the_spec_can_be_switched_off() {
     }
     let (status, _) = json(app.get("/tests/hello").await).await;
     assert_eq!(status, 200);
+}
+
+/// This module's tests, in the order the harness lists them.
+pub fn trials() -> Vec<libtest_mimic::Trial> {
+    trials!(operations: [
+        metrics_count_requests_database_operations_and_outcomes,
+        metrics_can_require_a_token_or_be_switched_off,
+        request_ids_are_kept_or_made_and_appear_in_the_request_log_lines,
+        cors_preflights_succeed_for_listed_origins_only,
+        a_405_lists_the_methods_of_the_path_in_allow,
+        every_response_says_nosniff_and_token_responses_say_no_store,
+        swagger_ui_and_the_spec_can_be_switched_off,
+    ])
 }

@@ -12,7 +12,7 @@
 //! inside the crate and as part of an integration-test binary.
 
 use allot::domain::allocation::{Batch, LineStatus, OrderLine, Requester};
-use allot::services::allocation::{
+use allot::services::ports::allocation::{
     Allocated, AllocationRepository, Filled, RepositoryError, Stock,
 };
 use chrono::NaiveDate;

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::domain::throttle::{self, Admissible, Clause, Failures, ThrottlePolicy};
 use crate::services::StoreError;
-use crate::services::login_throttle::{Counted, Counter, LoginThrottle};
+use crate::services::ports::login_throttle::{Counted, Counter, LoginThrottle};
 
 const COLLECTION: &str = "login_failures";
 

@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use super::instances::Instance;
 use super::is_duplicate_key;
 use crate::services::StoreError;
-use crate::services::tokens::{Revocation, RevocationStore};
+use crate::services::ports::tokens::{Revocation, RevocationStore};
 
 const COLLECTION: &str = "revoked_tokens";
 pub const COUNTERS: &str = "counters";

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use super::is_duplicate_key;
 use crate::domain::user::Role;
 use crate::services::StoreError;
-use crate::services::tokens::{PairIds, RefreshRotations, Rotation};
+use crate::services::ports::tokens::{PairIds, RefreshRotations, Rotation};
 
 const COLLECTION: &str = "refresh_rotations";
 

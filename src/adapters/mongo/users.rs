@@ -11,8 +11,8 @@ use super::is_duplicate_key;
 use super::revocations::RevocationWriter;
 use crate::domain::user::{PasswordHash, Role, User, Username};
 use crate::services::StoreError;
-use crate::services::tokens::Revocation;
-use crate::services::users::{AddUserError, UserRepository, Written};
+use crate::services::ports::accounts::{AddUserError, UserRepository, Written};
+use crate::services::ports::tokens::Revocation;
 
 const COLLECTION: &str = "users";
 

@@ -20,8 +20,9 @@ use crate::domain::allocation::{AllocationError, OrderLine, Requester};
 use crate::domain::user::Role;
 use crate::metrics::{AllocationOutcome, metrics};
 use crate::services::allocation::{
-    self, AllocateError, Allocation, Backorder, DeallocateError, OrderAllocationsError,
+    self, AllocateError, Allocation, DeallocateError, OrderAllocationsError,
 };
+use crate::services::ports::allocation::Backorder;
 
 #[derive(Default)]
 pub struct AllocationsApi;

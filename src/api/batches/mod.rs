@@ -16,7 +16,8 @@ use super::json_body::JsonBody;
 use super::reply::{Admin, Body, Database, Input, Reply, Token};
 use super::{ApiTags, AppState};
 use crate::domain::allocation::Batch;
-use crate::services::allocation::{self, AddBatchError, BatchError, BatchLine};
+use crate::services::allocation::{self, AddBatchError, BatchError};
+use crate::services::ports::allocation::BatchLine;
 
 #[derive(Default)]
 pub struct BatchesApi;

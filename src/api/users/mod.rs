@@ -18,10 +18,9 @@ use crate::config::Registration;
 use crate::domain::token::TokenKind;
 use crate::metrics::{LoginOutcome, metrics};
 use crate::services::Fault;
+use crate::services::ports::accounts::HashingError;
 use crate::services::tokens;
-use crate::services::users::{
-    self, AccountError, HashingError, LoginError, ProfileError, RegistrationError,
-};
+use crate::services::users::{self, AccountError, LoginError, ProfileError, RegistrationError};
 
 #[derive(Default)]
 pub struct UsersApi;

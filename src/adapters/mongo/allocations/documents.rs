@@ -8,7 +8,7 @@ use mongodb::options::IndexOptions;
 use serde::{Deserialize, Serialize};
 
 use crate::domain::allocation::{AcknowledgedLine, Batch, LineStatus, OrderLine};
-use crate::services::allocation::RepositoryError;
+use crate::services::ports::allocation::RepositoryError;
 
 pub const BATCHES: &str = "batches";
 pub const ORDER_LINES: &str = "order_lines";

@@ -36,7 +36,7 @@ use tokio::sync::{Semaphore, oneshot};
 use super::documents::{BATCHES, LineDocument, corrupt};
 use super::{MongoAllocations, intent_field, unavailable};
 use crate::domain::allocation::{OrderLine, Requester};
-use crate::services::allocation::{Allocated, AllocationRepository, RepositoryError};
+use crate::services::ports::allocation::{Allocated, AllocationRepository, RepositoryError};
 
 /// Most lines in one group.
 const GROUP_LIMIT: usize = 256;

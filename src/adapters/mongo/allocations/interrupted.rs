@@ -27,7 +27,7 @@ use super::documents::{LineDocument, PENDING_INTENTS};
 use super::{MongoAllocations, intent_field, unavailable};
 use crate::adapters::mongo::is_duplicate_key;
 use crate::domain::allocation::OrderLine;
-use crate::services::allocation::RepositoryError;
+use crate::services::ports::allocation::RepositoryError;
 
 /// Batches with intents looked at per pass.
 const BATCHES_PER_PASS: i64 = 100;

@@ -32,7 +32,7 @@ use self::group_commit::Intake;
 use super::instances::Instance;
 use super::is_duplicate_key;
 use crate::domain::allocation::{AcknowledgedLine, Batch, OrderLine, Requester, lines_to_give_up};
-use crate::services::allocation::{
+use crate::services::ports::allocation::{
     Allocated, AllocationRepository, Backorder, BatchLine, Filled, RepositoryError, Stock,
 };
 
