@@ -150,6 +150,14 @@ pub struct Cursor(String);
 impl Cursor {
     const MAX_LENGTH: usize = 600;
 
+    /// The name of a listing, with its sku filter if any.
+    pub fn listing(name: &str, sku: Option<&str>) -> String {
+        match sku {
+            Some(sku) => format!("{name}?sku={sku}"),
+            None => name.to_owned(),
+        }
+    }
+
     /// The cursor after `position` in `listing`.
     pub fn after(listing: &str, position: &str) -> String {
         URL_SAFE_NO_PAD.encode(format!("{listing}\n{position}"))

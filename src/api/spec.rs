@@ -91,7 +91,8 @@ fn bad_request_example(operation: &Value, schemas: &Value) -> String {
     };
     let reason = match parameter.pointer("/schema/maximum") {
         Some(maximum) => format!("must be from 1 to {maximum}"),
-        None => "must not contain whitespace".to_owned(),
+        None => "must be printable ASCII (`!` to `~`): no spaces, control or non-ASCII characters"
+            .to_owned(),
     };
     format!("failed to parse {place} `{name}`: {reason}")
 }

@@ -188,10 +188,7 @@ impl AllocationsApi {
         cursor: Query<Option<Cursor>>,
     ) -> Reply<ListBackordersResponse, (Admin, Input, Database)> {
         let sku = sku.0.as_deref();
-        let listing = match sku {
-            Some(sku) => format!("backorders?sku={sku}"),
-            None => "backorders".to_owned(),
-        };
+        let listing = Cursor::listing("backorders", sku);
         let after = match Cursor::resume(cursor.0.as_ref(), &listing) {
             Ok(after) => after,
             Err(failure) => return Err(failure).into(),

@@ -129,10 +129,7 @@ impl BatchesApi {
         cursor: Query<Option<Cursor>>,
     ) -> Reply<ListBatchesResponse, (Token, Input, Database)> {
         let sku = sku.0.as_deref();
-        let listing = match sku {
-            Some(sku) => format!("batches?sku={sku}"),
-            None => "batches".to_owned(),
-        };
+        let listing = Cursor::listing("batches", sku);
         let after = match Cursor::resume(cursor.0.as_ref(), &listing) {
             Ok(after) => after,
             Err(failure) => return Err(failure).into(),
