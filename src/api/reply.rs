@@ -70,6 +70,35 @@ impl<T: IntoResponse, S> IntoResponse for Reply<T, S> {
     }
 }
 
+/// An operation's own error responses, each with an example message for the
+/// spec, written beside the operation's response enum (every error shares
+/// the `Error` schema, which can hold one example only).
+pub trait ErrorExamples: ApiResponse {
+    /// `(status, example)` for each of the enum's error responses.
+    fn error_examples() -> Vec<(u16, Json<ApiError>)>;
+
+    /// `(status, description, example)`: the description tells the spec's
+    /// response apart.
+    fn described_examples() -> Vec<(u16, &'static str, Json<ApiError>)> {
+        let meta = Self::meta();
+        Self::error_examples()
+            .into_iter()
+            .filter_map(|(status, example)| {
+                let response = meta.responses.iter().find(|r| r.status == Some(status))?;
+                Some((status, response.description, example))
+            })
+            .collect()
+    }
+}
+
+/// The names the examples use.
+pub mod example {
+    pub const SKU: &str = "SMALL-TABLE";
+    pub const BATCH: &str = "batch-001";
+    pub const ORDER: &str = "order-001";
+    pub const USER: &str = "alice";
+}
+
 /// A set of shared responses, for the spec: one of the enums below, or a tuple of them.
 pub trait Shared {
     fn responses() -> Vec<MetaResponse>;

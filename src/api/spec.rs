@@ -11,48 +11,18 @@ use serde_json::{Map, Value};
 
 use super::error::{ApiError, BODY_TOO_LARGE, Failure, message, msg};
 use super::reply::{AdminRole, Body, Database, Hashing, Input, Shared, Token};
-use super::users::REGISTRATION_CLOSED;
-use crate::domain::allocation::AllocationError;
 use crate::domain::token::TokenRejection;
-use crate::services::allocation::{
-    AddBatchError, AllocateError, BatchError, DeallocateError, OrderAllocationsError,
-};
-use crate::services::users::{AccountError, LoginError, ProfileError, RegistrationError};
 
-const SKU: &str = "SMALL-TABLE";
-const BATCH: &str = "batch-001";
-const ORDER: &str = "order-001";
-const USER: &str = "alice";
-
-/// The example of an operation's own error response.
-fn own_example(operation: &str, status: u16) -> Option<Json<ApiError>> {
-    let batch_not_found = || message(BatchError::BatchNotFound(BATCH.into()));
-    let user_not_found = || message(AccountError::NotFound(USER.into()));
-    Some(match (operation, status) {
-        ("register", 403) => message(REGISTRATION_CLOSED),
-        ("register", 409) => message(RegistrationError::UsernameTaken(USER.into())),
-        ("login", 401) => msg(LoginError::BadCredentials),
-        ("login", 403) => msg(LoginError::Disabled),
-        ("login", 429) => msg(LoginError::Throttled(std::time::Duration::ZERO)),
-        ("change_password", 403) => message(AccountError::WrongPassword),
-        ("change_password", 429) => message(AccountError::Throttled(Default::default())),
-        ("me", 404) => message(ProfileError::NotFound(USER.into())),
-        ("change_password" | "delete_me" | "get_user" | "update_user" | "delete_user", 404) => {
-            user_not_found()
-        }
-        ("delete_me" | "update_user" | "delete_user", 409) => message(AccountError::OwnAccount),
-        ("create_user", 409) => message(AccountError::UsernameTaken(USER.into())),
-        ("add_batch", 409) => message(AddBatchError::DuplicateBatch(BATCH.into())),
-        ("get_batch" | "batch_allocations" | "change_batch_quantity", 404) => batch_not_found(),
-        ("allocate", 400) => message(AllocationError::OutOfStock(SKU.into())),
-        ("allocate", 404) => message(AllocateError::OrderNotFound(ORDER.into())),
-        ("deallocate", 404) => message(DeallocateError::NotAllocated {
-            orderid: ORDER.into(),
-            sku: SKU.into(),
-        }),
-        ("order_allocations", 404) => message(OrderAllocationsError::NoAllocations(ORDER.into())),
-        _ => return None,
-    })
+/// The examples of every operation's own error responses, written beside
+/// each response enum: `(status, description, example)`.
+fn own_examples() -> Vec<(u16, &'static str, Json<ApiError>)> {
+    [
+        super::users::error_examples(),
+        super::accounts::error_examples(),
+        super::batches::error_examples(),
+        super::allocations::error_examples(),
+    ]
+    .concat()
 }
 
 /// The example of a shared response (see `api::reply`), from what
@@ -106,6 +76,7 @@ pub fn document() -> Value {
 fn with_examples(spec: &str) -> Value {
     let mut spec: Value = serde_json::from_str(spec).unwrap_or_default();
     let schemas = spec["components"]["schemas"].clone();
+    let own = own_examples();
     let shared: Vec<(u16, &str)> =
         <((Token, AdminRole), Input, Body, (Database, Hashing))>::responses()
             .into_iter()
@@ -119,10 +90,6 @@ fn with_examples(spec: &str) -> Value {
         .filter_map(Value::as_object_mut)
         .flat_map(Map::values_mut);
     for operation in operations {
-        let id = operation["operationId"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned();
         let context = operation.clone();
         let Some(responses) = operation
             .get_mut("responses")
@@ -136,7 +103,9 @@ fn with_examples(spec: &str) -> Value {
             let example = if shared.contains(&(status, description)) {
                 shared_example(&context, &schemas, status)
             } else {
-                own_example(&id, status)
+                own.iter()
+                    .find(|(s, d, _)| *s == status && *d == description)
+                    .map(|(_, _, example)| Json(example.0.clone()))
             };
             let media = response
                 .get_mut("content")

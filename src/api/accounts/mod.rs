@@ -12,7 +12,7 @@ use super::auth::AdminToken;
 use super::error::{ApiError, Failure, message};
 use super::fields::{Cursor, PageLimit, UsernameField};
 use super::json_body::JsonBody;
-use super::reply::{Admin, Body, Database, Hashing, Input, Reply};
+use super::reply::{Admin, Body, Database, ErrorExamples, Hashing, Input, Reply, example};
 use super::users::{Profile, account_failure};
 use super::{ApiTags, AppState};
 use crate::domain::user::{AccountChange, User};
@@ -74,6 +74,48 @@ pub enum DeleteAccountResponse {
     /// enabled admin cannot be deleted.
     #[oai(status = 409)]
     Conflict(Json<ApiError>),
+}
+
+fn no_such_account() -> (u16, Json<ApiError>) {
+    (404, message(AccountError::NotFound(example::USER.into())))
+}
+
+impl ErrorExamples for CreateAccountResponse {
+    fn error_examples() -> Vec<(u16, Json<ApiError>)> {
+        vec![(
+            409,
+            message(AccountError::UsernameTaken(example::USER.into())),
+        )]
+    }
+}
+
+impl ErrorExamples for GetAccountResponse {
+    fn error_examples() -> Vec<(u16, Json<ApiError>)> {
+        vec![no_such_account()]
+    }
+}
+
+impl ErrorExamples for UpdateAccountResponse {
+    fn error_examples() -> Vec<(u16, Json<ApiError>)> {
+        vec![no_such_account(), (409, message(AccountError::OwnAccount))]
+    }
+}
+
+impl ErrorExamples for DeleteAccountResponse {
+    fn error_examples() -> Vec<(u16, Json<ApiError>)> {
+        vec![no_such_account(), (409, message(AccountError::OwnAccount))]
+    }
+}
+
+/// Examples of this tag's own error responses.
+pub fn error_examples() -> Vec<(u16, &'static str, Json<ApiError>)> {
+    [
+        CreateAccountResponse::described_examples(),
+        GetAccountResponse::described_examples(),
+        UpdateAccountResponse::described_examples(),
+        DeleteAccountResponse::described_examples(),
+    ]
+    .concat()
 }
 
 #[OpenApi(tag = "ApiTags::Accounts")]

@@ -14,7 +14,7 @@ use super::auth::{AccessToken, AdminToken};
 use super::error::{ApiError, Failure, message};
 use super::fields::{Cursor, Identifier, PageLimit};
 use super::json_body::JsonBody;
-use super::reply::{Admin, Body, Database, Input, Reply, Token};
+use super::reply::{Admin, Body, Database, ErrorExamples, Input, Reply, Token, example};
 use super::{ApiTags, AppState};
 use crate::domain::allocation::{AllocationError, OrderLine, Requester};
 use crate::domain::user::Role;
@@ -72,6 +72,46 @@ pub enum ListBackordersResponse {
     /// A page of waiting lines, oldest first.
     #[oai(status = 200)]
     Ok(Json<BackorderPage>),
+}
+
+impl ErrorExamples for AllocateResponse {
+    fn error_examples() -> Vec<(u16, Json<ApiError>)> {
+        vec![
+            (
+                400,
+                message(AllocationError::OutOfStock(example::SKU.into())),
+            ),
+            (
+                404,
+                message(AllocateError::OrderNotFound(example::ORDER.into())),
+            ),
+        ]
+    }
+}
+
+impl ErrorExamples for DeallocateResponse {
+    fn error_examples() -> Vec<(u16, Json<ApiError>)> {
+        let orderid = example::ORDER.into();
+        let sku = example::SKU.into();
+        vec![(404, message(DeallocateError::NotAllocated { orderid, sku }))]
+    }
+}
+
+impl ErrorExamples for OrderAllocationsResponse {
+    fn error_examples() -> Vec<(u16, Json<ApiError>)> {
+        let error = OrderAllocationsError::NoAllocations(example::ORDER.into());
+        vec![(404, message(error))]
+    }
+}
+
+/// Examples of this tag's own error responses.
+pub fn error_examples() -> Vec<(u16, &'static str, Json<ApiError>)> {
+    [
+        AllocateResponse::described_examples(),
+        DeallocateResponse::described_examples(),
+        OrderAllocationsResponse::described_examples(),
+    ]
+    .concat()
 }
 
 /// The caller, as far as orders are concerned: its account and whether it

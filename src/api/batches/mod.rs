@@ -13,7 +13,7 @@ use super::auth::{AccessToken, AdminToken};
 use super::error::{ApiError, Failure, message};
 use super::fields::{Cursor, Identifier, PageLimit};
 use super::json_body::JsonBody;
-use super::reply::{Admin, Body, Database, Input, Reply, Token};
+use super::reply::{Admin, Body, Database, ErrorExamples, Input, Reply, Token, example};
 use super::{ApiTags, AppState};
 use crate::domain::allocation::Batch;
 use crate::services::allocation::{self, AddBatchError, BatchError};
@@ -69,6 +69,51 @@ pub enum ChangeQuantityResponse {
     /// No batch has this reference.
     #[oai(status = 404)]
     NotFound(Json<ApiError>),
+}
+
+impl ErrorExamples for AddBatchResponse {
+    fn error_examples() -> Vec<(u16, Json<ApiError>)> {
+        vec![(
+            409,
+            message(AddBatchError::DuplicateBatch(example::BATCH.into())),
+        )]
+    }
+}
+
+fn no_such_batch() -> Vec<(u16, Json<ApiError>)> {
+    vec![(
+        404,
+        message(BatchError::BatchNotFound(example::BATCH.into())),
+    )]
+}
+
+impl ErrorExamples for GetBatchResponse {
+    fn error_examples() -> Vec<(u16, Json<ApiError>)> {
+        no_such_batch()
+    }
+}
+
+impl ErrorExamples for BatchAllocationsResponse {
+    fn error_examples() -> Vec<(u16, Json<ApiError>)> {
+        no_such_batch()
+    }
+}
+
+impl ErrorExamples for ChangeQuantityResponse {
+    fn error_examples() -> Vec<(u16, Json<ApiError>)> {
+        no_such_batch()
+    }
+}
+
+/// Examples of this tag's own error responses.
+pub fn error_examples() -> Vec<(u16, &'static str, Json<ApiError>)> {
+    [
+        AddBatchResponse::described_examples(),
+        GetBatchResponse::described_examples(),
+        BatchAllocationsResponse::described_examples(),
+        ChangeQuantityResponse::described_examples(),
+    ]
+    .concat()
 }
 
 /// A batch that does not exist is the operation's own 404.

@@ -5,10 +5,12 @@ use poem_openapi::payload::Json;
 use poem_openapi::types::Example;
 use poem_openapi::{ApiResponse, Object};
 
-use crate::api::error::ApiError;
+use crate::api::error::{ApiError, message, msg};
 use crate::api::fields::UsernameField;
+use crate::api::reply::{ErrorExamples, example};
 use crate::domain::user::User;
 use crate::services::tokens::TokenPair;
+use crate::services::users::{AccountError, LoginError, ProfileError, RegistrationError};
 
 /// A username and password.
 #[derive(Debug, Object, serde::Deserialize)]
@@ -158,6 +160,18 @@ pub enum RegistrationResponse {
     Conflict(Json<ApiError>),
 }
 
+impl ErrorExamples for RegistrationResponse {
+    fn error_examples() -> Vec<(u16, Json<ApiError>)> {
+        vec![
+            (403, message(super::REGISTRATION_CLOSED)),
+            (
+                409,
+                message(RegistrationError::UsernameTaken(example::USER.into())),
+            ),
+        ]
+    }
+}
+
 #[derive(ApiResponse)]
 pub enum LoginResponse {
     /// Logged in: a new token pair starting a new login.
@@ -190,6 +204,16 @@ pub enum LoginResponse {
     ),
 }
 
+impl ErrorExamples for LoginResponse {
+    fn error_examples() -> Vec<(u16, Json<ApiError>)> {
+        vec![
+            (401, msg(LoginError::BadCredentials)),
+            (403, msg(LoginError::Disabled)),
+            (429, msg(LoginError::Throttled(Default::default()))),
+        ]
+    }
+}
+
 #[derive(ApiResponse)]
 pub enum ChangePasswordResponse {
     /// Changed. Every earlier token of the account, from every login, is
@@ -214,6 +238,16 @@ pub enum ChangePasswordResponse {
     ),
 }
 
+impl ErrorExamples for ChangePasswordResponse {
+    fn error_examples() -> Vec<(u16, Json<ApiError>)> {
+        vec![
+            (403, message(AccountError::WrongPassword)),
+            (404, message(AccountError::NotFound(example::USER.into()))),
+            (429, message(AccountError::Throttled(Default::default()))),
+        ]
+    }
+}
+
 #[derive(ApiResponse)]
 pub enum DeleteOwnAccountResponse {
     /// Deleted; every token of the account is revoked and the username is free again.
@@ -225,6 +259,15 @@ pub enum DeleteOwnAccountResponse {
     /// Admins cannot delete their own account (another admin can).
     #[oai(status = 409)]
     Conflict(Json<ApiError>),
+}
+
+impl ErrorExamples for DeleteOwnAccountResponse {
+    fn error_examples() -> Vec<(u16, Json<ApiError>)> {
+        vec![
+            (404, message(AccountError::NotFound(example::USER.into()))),
+            (409, message(AccountError::OwnAccount)),
+        ]
+    }
 }
 
 #[derive(ApiResponse)]
@@ -249,4 +292,22 @@ pub enum ProfileResponse {
     /// The token is valid but its user no longer exists.
     #[oai(status = 404)]
     NotFound(Json<ApiError>),
+}
+
+impl ErrorExamples for ProfileResponse {
+    fn error_examples() -> Vec<(u16, Json<ApiError>)> {
+        vec![(404, message(ProfileError::NotFound(example::USER.into())))]
+    }
+}
+
+/// Examples of this tag's own error responses.
+pub fn error_examples() -> Vec<(u16, &'static str, Json<ApiError>)> {
+    [
+        RegistrationResponse::described_examples(),
+        LoginResponse::described_examples(),
+        ChangePasswordResponse::described_examples(),
+        DeleteOwnAccountResponse::described_examples(),
+        ProfileResponse::described_examples(),
+    ]
+    .concat()
 }
