@@ -13,7 +13,7 @@
 //! this instance's lease, which survivors kill should this process die
 //! ([`super::instances`]). A transaction that meets a concurrent write
 //! (WriteConflict, labelled `TransientTransactionError`) is retried whole
-//! until [`TRANSACTION_RETRY_FOR`] has passed.
+//! until [`TRANSACTION_RETRY_FOR`](super::TRANSACTION_RETRY_FOR) has passed.
 
 use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
