@@ -25,7 +25,7 @@ use crate::metrics::metrics;
 use crate::services::StoreError;
 use crate::services::ports::accounts::{AddUserError, UserRepository, Written};
 use crate::services::ports::allocation::{
-    Allocated, AllocationRepository, Backorder, BatchLine, Filled, RepositoryError, Stock,
+    AddBatchError, AllocateStep, AllocationRepository, Backorder, BatchLine, FillStep, Stock,
 };
 use crate::services::ports::login_throttle::{Counted, Counter, LoginThrottle};
 use crate::services::ports::tokens::{
@@ -95,23 +95,20 @@ impl<R> Deadline<R> {
     }
 }
 
-fn repository(error: TimedOut) -> RepositoryError {
-    RepositoryError::Unavailable(Box::new(error))
-}
-
 fn store(error: TimedOut) -> StoreError {
     StoreError(Box::new(error))
 }
 
 impl<R: AllocationRepository> AllocationRepository for Deadline<R> {
-    async fn add_batch(&self, batch: &Batch) -> Result<(), RepositoryError> {
-        self.run("add_batch", self.inner.add_batch(batch), repository)
-            .await
+    async fn add_batch(&self, batch: &Batch) -> Result<(), AddBatchError> {
+        self.run("add_batch", self.inner.add_batch(batch), |timed_out| {
+            AddBatchError::Store(store(timed_out))
+        })
+        .await
     }
 
-    async fn batch(&self, reference: &str) -> Result<Option<Batch>, RepositoryError> {
-        self.run("batch", self.inner.batch(reference), repository)
-            .await
+    async fn batch(&self, reference: &str) -> Result<Option<Batch>, StoreError> {
+        self.run("batch", self.inner.batch(reference), store).await
     }
 
     async fn batches(
@@ -119,50 +116,44 @@ impl<R: AllocationRepository> AllocationRepository for Deadline<R> {
         sku: Option<&str>,
         after: Option<&str>,
         limit: usize,
-    ) -> Result<Vec<Batch>, RepositoryError> {
+    ) -> Result<Vec<Batch>, StoreError> {
         let work = self.inner.batches(sku, after, limit);
-        self.run("batches", work, repository).await
+        self.run("batches", work, store).await
     }
 
-    async fn stock(&self, sku: &str, qty: u32) -> Result<Stock, RepositoryError> {
-        self.run("stock", self.inner.stock(sku, qty), repository)
-            .await
+    async fn stock(&self, sku: &str, qty: u32) -> Result<Stock, StoreError> {
+        self.run("stock", self.inner.stock(sku, qty), store).await
     }
 
     async fn allocate(
         &self,
         line: &OrderLine,
         requester: &Requester,
-    ) -> Result<Allocated, RepositoryError> {
+    ) -> Result<AllocateStep, StoreError> {
         let work = self.inner.allocate(line, requester);
         self.measure("allocate", work).await
     }
 
-    async fn line(
-        &self,
-        orderid: &str,
-        sku: &str,
-    ) -> Result<Option<AcknowledgedLine>, RepositoryError> {
-        self.run("line", self.inner.line(orderid, sku), repository)
-            .await
+    async fn line(&self, orderid: &str, sku: &str) -> Result<Option<AcknowledgedLine>, StoreError> {
+        self.run("line", self.inner.line(orderid, sku), store).await
     }
 
     async fn lines_of_order(
         &self,
         orderid: &str,
         limit: usize,
-    ) -> Result<Vec<AcknowledgedLine>, RepositoryError> {
+    ) -> Result<Vec<AcknowledgedLine>, StoreError> {
         let work = self.inner.lines_of_order(orderid, limit);
-        self.run("lines_of_order", work, repository).await
+        self.run("lines_of_order", work, store).await
     }
 
     async fn lines_of_sku(
         &self,
         sku: &str,
         orderids: &[String],
-    ) -> Result<Vec<AcknowledgedLine>, RepositoryError> {
+    ) -> Result<Vec<AcknowledgedLine>, StoreError> {
         let work = self.inner.lines_of_sku(sku, orderids);
-        self.run("lines_of_sku", work, repository).await
+        self.run("lines_of_sku", work, store).await
     }
 
     async fn remove_line(
@@ -170,7 +161,7 @@ impl<R: AllocationRepository> AllocationRepository for Deadline<R> {
         orderid: &str,
         sku: &str,
         requester: &Requester,
-    ) -> Result<Option<AcknowledgedLine>, RepositoryError> {
+    ) -> Result<Option<AcknowledgedLine>, StoreError> {
         let work = self.inner.remove_line(orderid, sku, requester);
         self.measure("remove_line", work).await
     }
@@ -179,7 +170,7 @@ impl<R: AllocationRepository> AllocationRepository for Deadline<R> {
         &self,
         reference: &str,
         qty: u32,
-    ) -> Result<Option<Batch>, RepositoryError> {
+    ) -> Result<Option<Batch>, StoreError> {
         let work = self.inner.change_purchased_quantity(reference, qty);
         self.measure("change_purchased_quantity", work).await
     }
@@ -188,14 +179,14 @@ impl<R: AllocationRepository> AllocationRepository for Deadline<R> {
         &self,
         reference: &str,
         max_lines: usize,
-    ) -> Result<Vec<OrderLine>, RepositoryError> {
+    ) -> Result<Vec<OrderLine>, StoreError> {
         let work = self.inner.give_up_recent_lines(reference, max_lines);
         self.measure("give_up_recent_lines", work).await
     }
 
-    async fn over_allocated_batches(&self, limit: usize) -> Result<Vec<String>, RepositoryError> {
+    async fn over_allocated_batches(&self, limit: usize) -> Result<Vec<String>, StoreError> {
         let work = self.inner.over_allocated_batches(limit);
-        self.run("over_allocated_batches", work, repository).await
+        self.run("over_allocated_batches", work, store).await
     }
 
     async fn backorders(
@@ -203,12 +194,12 @@ impl<R: AllocationRepository> AllocationRepository for Deadline<R> {
         sku: Option<&str>,
         after: Option<&str>,
         limit: usize,
-    ) -> Result<Vec<Backorder>, RepositoryError> {
+    ) -> Result<Vec<Backorder>, StoreError> {
         let work = self.inner.backorders(sku, after, limit);
-        self.run("backorders", work, repository).await
+        self.run("backorders", work, store).await
     }
 
-    async fn fill_backorder(&self, line: &OrderLine) -> Result<Filled, RepositoryError> {
+    async fn fill_backorder(&self, line: &OrderLine) -> Result<FillStep, StoreError> {
         let work = self.inner.fill_backorder(line);
         self.measure("fill_backorder", work).await
     }
@@ -218,9 +209,9 @@ impl<R: AllocationRepository> AllocationRepository for Deadline<R> {
         reference: &str,
         after: Option<u64>,
         limit: usize,
-    ) -> Result<Vec<BatchLine>, RepositoryError> {
+    ) -> Result<Vec<BatchLine>, StoreError> {
         let work = self.inner.batch_lines(reference, after, limit);
-        self.run("batch_lines", work, repository).await
+        self.run("batch_lines", work, store).await
     }
 }
 

@@ -11,8 +11,9 @@ use chrono::Utc;
 use crate::domain::allocation::{
     AcknowledgedLine, Batch, LineStatus, OrderLine, Requester, choose_batch, lines_to_give_up,
 };
+use crate::services::StoreError;
 use crate::services::ports::allocation::{
-    Allocated, AllocationRepository, Backorder, BatchLine, Filled, RepositoryError, Stock,
+    AddBatchError, AllocateStep, AllocationRepository, Backorder, BatchLine, FillStep, Stock,
 };
 
 #[derive(Debug)]
@@ -100,16 +101,16 @@ fn position(id: u64) -> String {
 }
 
 impl AllocationRepository for InMemoryAllocations {
-    async fn add_batch(&self, batch: &Batch) -> Result<(), RepositoryError> {
+    async fn add_batch(&self, batch: &Batch) -> Result<(), AddBatchError> {
         let mut store = self.step().await;
         if store.batches.contains_key(&batch.reference) {
-            return Err(RepositoryError::DuplicateReference(batch.reference.clone()));
+            return Err(AddBatchError::DuplicateBatch(batch.reference.clone()));
         }
         store.batches.insert(batch.reference.clone(), batch.clone());
         Ok(())
     }
 
-    async fn batch(&self, reference: &str) -> Result<Option<Batch>, RepositoryError> {
+    async fn batch(&self, reference: &str) -> Result<Option<Batch>, StoreError> {
         Ok(self.step().await.batches.get(reference).cloned())
     }
 
@@ -118,7 +119,7 @@ impl AllocationRepository for InMemoryAllocations {
         sku: Option<&str>,
         after: Option<&str>,
         limit: usize,
-    ) -> Result<Vec<Batch>, RepositoryError> {
+    ) -> Result<Vec<Batch>, StoreError> {
         let store = self.step().await;
         let start = after.map_or(Bound::Unbounded, Bound::Excluded);
         Ok(store
@@ -131,7 +132,7 @@ impl AllocationRepository for InMemoryAllocations {
             .collect())
     }
 
-    async fn stock(&self, sku: &str, qty: u32) -> Result<Stock, RepositoryError> {
+    async fn stock(&self, sku: &str, qty: u32) -> Result<Stock, StoreError> {
         let store = self.step().await;
         let most = store
             .batches
@@ -146,7 +147,7 @@ impl AllocationRepository for InMemoryAllocations {
         &self,
         line: &OrderLine,
         requester: &Requester,
-    ) -> Result<Allocated, RepositoryError> {
+    ) -> Result<AllocateStep, StoreError> {
         let mut store = self.step().await;
         let owner = store
             .orders
@@ -154,13 +155,13 @@ impl AllocationRepository for InMemoryAllocations {
             .cloned()
             .unwrap_or_else(|| requester.account.clone());
         if !requester.may_manage(Some(&owner)) {
-            return Ok(Allocated::NotOwner);
+            return Ok(AllocateStep::NotOwner);
         }
         if let Some(existing) = store.lines.get(&key(&line.orderid, &line.sku)) {
-            return Ok(Allocated::AlreadyAcknowledged(existing.line.clone()));
+            return Ok(AllocateStep::AlreadyAcknowledged(existing.line.clone()));
         }
         let Some((batchref, batch_position)) = store.take_stock(line) else {
-            return Ok(Allocated::NoRoom);
+            return Ok(AllocateStep::NoRoom);
         };
         store.next_id += 1;
         let stored = StoredLine {
@@ -177,14 +178,10 @@ impl AllocationRepository for InMemoryAllocations {
         };
         store.lines.insert(key(&line.orderid, &line.sku), stored);
         store.orders.insert(line.orderid.clone(), owner);
-        Ok(Allocated::Taken(batchref))
+        Ok(AllocateStep::Taken(batchref))
     }
 
-    async fn line(
-        &self,
-        orderid: &str,
-        sku: &str,
-    ) -> Result<Option<AcknowledgedLine>, RepositoryError> {
+    async fn line(&self, orderid: &str, sku: &str) -> Result<Option<AcknowledgedLine>, StoreError> {
         let store = self.step().await;
         Ok(store.lines.get(&key(orderid, sku)).map(|s| s.line.clone()))
     }
@@ -193,7 +190,7 @@ impl AllocationRepository for InMemoryAllocations {
         &self,
         orderid: &str,
         limit: usize,
-    ) -> Result<Vec<AcknowledgedLine>, RepositoryError> {
+    ) -> Result<Vec<AcknowledgedLine>, StoreError> {
         let store = self.step().await;
         Ok(store
             .lines
@@ -208,7 +205,7 @@ impl AllocationRepository for InMemoryAllocations {
         &self,
         sku: &str,
         orderids: &[String],
-    ) -> Result<Vec<AcknowledgedLine>, RepositoryError> {
+    ) -> Result<Vec<AcknowledgedLine>, StoreError> {
         let store = self.step().await;
         Ok(orderids
             .iter()
@@ -222,7 +219,7 @@ impl AllocationRepository for InMemoryAllocations {
         orderid: &str,
         sku: &str,
         requester: &Requester,
-    ) -> Result<Option<AcknowledgedLine>, RepositoryError> {
+    ) -> Result<Option<AcknowledgedLine>, StoreError> {
         let mut store = self.step().await;
         let owned = store
             .lines
@@ -248,7 +245,7 @@ impl AllocationRepository for InMemoryAllocations {
         &self,
         reference: &str,
         qty: u32,
-    ) -> Result<Option<Batch>, RepositoryError> {
+    ) -> Result<Option<Batch>, StoreError> {
         let mut store = self.step().await;
         Ok(store.batches.get_mut(reference).map(|batch| {
             batch.change_purchased_quantity(qty);
@@ -260,7 +257,7 @@ impl AllocationRepository for InMemoryAllocations {
         &self,
         reference: &str,
         max_lines: usize,
-    ) -> Result<Vec<OrderLine>, RepositoryError> {
+    ) -> Result<Vec<OrderLine>, StoreError> {
         let mut store = self.step().await;
         let over_by = match store.batches.get(reference) {
             Some(batch) => batch.over_allocated_by(),
@@ -294,7 +291,7 @@ impl AllocationRepository for InMemoryAllocations {
         Ok(given_up)
     }
 
-    async fn over_allocated_batches(&self, limit: usize) -> Result<Vec<String>, RepositoryError> {
+    async fn over_allocated_batches(&self, limit: usize) -> Result<Vec<String>, StoreError> {
         let store = self.step().await;
         Ok(store
             .batches
@@ -310,7 +307,7 @@ impl AllocationRepository for InMemoryAllocations {
         sku: Option<&str>,
         after: Option<&str>,
         limit: usize,
-    ) -> Result<Vec<Backorder>, RepositoryError> {
+    ) -> Result<Vec<Backorder>, StoreError> {
         let store = self.step().await;
         let mut waiting: Vec<Backorder> = store
             .lines
@@ -328,7 +325,7 @@ impl AllocationRepository for InMemoryAllocations {
         Ok(waiting)
     }
 
-    async fn fill_backorder(&self, line: &OrderLine) -> Result<Filled, RepositoryError> {
+    async fn fill_backorder(&self, line: &OrderLine) -> Result<FillStep, StoreError> {
         let mut store = self.step().await;
         let k = key(&line.orderid, &line.sku);
         let waiting = store
@@ -336,18 +333,18 @@ impl AllocationRepository for InMemoryAllocations {
             .get(&k)
             .is_some_and(|s| s.line.status == LineStatus::Backordered);
         if !waiting {
-            return Ok(Filled::NotWaiting);
+            return Ok(FillStep::NotWaiting);
         }
         let stored_line = store.lines[&k].line.line.clone();
         let Some((batchref, batch_position)) = store.take_stock(&stored_line) else {
-            return Ok(Filled::NoRoom);
+            return Ok(FillStep::NoRoom);
         };
         let stored = store.lines.get_mut(&k).expect("checked above");
         stored.line.status = LineStatus::Allocated {
             batchref: batchref.clone(),
         };
         stored.batch_position = Some(batch_position);
-        Ok(Filled::Taken(batchref))
+        Ok(FillStep::Taken(batchref))
     }
 
     async fn batch_lines(
@@ -355,7 +352,7 @@ impl AllocationRepository for InMemoryAllocations {
         reference: &str,
         after: Option<u64>,
         limit: usize,
-    ) -> Result<Vec<BatchLine>, RepositoryError> {
+    ) -> Result<Vec<BatchLine>, StoreError> {
         let store = self.step().await;
         let mut lines: Vec<BatchLine> = store
             .lines

@@ -16,7 +16,6 @@ use poem_openapi::{Object, Union};
 
 use crate::domain::token::TokenRejection;
 use crate::services::ports::accounts::HashingError;
-use crate::services::ports::allocation::RepositoryError;
 use crate::services::ports::tokens::TokenIssueError;
 use crate::services::tokens::AuthError;
 use crate::services::{Fault, StoreError};
@@ -144,16 +143,6 @@ impl ResponseError for Failure {
 impl From<StoreError> for Failure {
     fn from(error: StoreError) -> Self {
         Self::Unavailable(Box::new(error))
-    }
-}
-
-impl From<RepositoryError> for Failure {
-    fn from(error: RepositoryError) -> Self {
-        match error {
-            RepositoryError::Unavailable(_) => Self::Unavailable(Box::new(error)),
-            // Only adding a batch can meet a duplicate, and it answers 409 itself.
-            RepositoryError::DuplicateReference(_) => Self::Internal(Box::new(error)),
-        }
     }
 }
 

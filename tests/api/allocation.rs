@@ -772,7 +772,7 @@ async fn an_uncontended_allocation_is_three_round_trips_and_no_transaction() {
         .unwrap();
     assert_eq!(
         allocated,
-        allocation::Allocation::Allocated(format!("{sku}-batch-0"))
+        allocation::Placement::Allocated(format!("{sku}-batch-0"))
     );
     let issued = commands.lock().unwrap().clone();
     let names: Vec<&str> = issued.iter().map(|(name, _)| name.as_str()).collect();
@@ -804,7 +804,7 @@ async fn an_uncontended_allocation_is_three_round_trips_and_no_transaction() {
     )
     .await
     .unwrap();
-    assert!(matches!(second, allocation::Allocation::Allocated(_)));
+    assert!(matches!(second, allocation::Placement::Allocated(_)));
     let names: Vec<String> = commands
         .lock()
         .unwrap()
@@ -894,7 +894,7 @@ async fn allocate_concurrently(
                 let line = OrderLine::new(format!("{prefix}-{buyer}-{round}"), sku, 1);
                 let allocated = allocation::allocate(&*repository, line, &someone()).await;
                 assert!(
-                    matches!(allocated, Ok(allocation::Allocation::Allocated(_))),
+                    matches!(allocated, Ok(allocation::Placement::Allocated(_))),
                     "{allocated:?}"
                 );
             }

@@ -13,7 +13,7 @@
 
 use allot::domain::allocation::{Batch, LineStatus, OrderLine, Requester};
 use allot::services::ports::allocation::{
-    Allocated, AllocationRepository, Filled, RepositoryError, Stock,
+    AddBatchError, AllocateStep, AllocationRepository, FillStep, Stock,
 };
 use chrono::NaiveDate;
 
@@ -85,7 +85,7 @@ async fn stored<R: AllocationRepository>(repo: &R, reference: &str) -> Batch {
 
 async fn taken<R: AllocationRepository>(repo: &R, line: &OrderLine) -> String {
     match repo.allocate(line, &owner()).await.expect("allocate") {
-        Allocated::Taken(batchref) => batchref,
+        AllocateStep::Taken(batchref) => batchref,
         other => panic!("{line:?} was not allocated: {other:?}"),
     }
 }
@@ -125,7 +125,7 @@ pub async fn add_refuses_a_duplicate_reference<R: AllocationRepository>(repo: &R
         ))
         .await
         .unwrap_err();
-    assert!(matches!(error, RepositoryError::DuplicateReference(r) if r == reference));
+    assert!(matches!(error, AddBatchError::DuplicateBatch(r) if r == reference));
     assert_eq!(stored(repo, &reference).await.purchased_quantity(), 5);
 }
 
@@ -195,7 +195,7 @@ pub async fn allocate_is_idempotent_per_order_line<R: AllocationRepository>(
     // Same order line again, even with another quantity: nothing changes.
     for again in [line.clone(), OrderLine::new(&orderid, &sku, 1)] {
         match repo.allocate(&again, &owner()).await.unwrap() {
-            Allocated::AlreadyAcknowledged(existing) => {
+            AllocateStep::AlreadyAcknowledged(existing) => {
                 assert_eq!(existing.line, line);
                 assert_eq!(
                     existing.status,
@@ -222,7 +222,7 @@ pub async fn allocate_reports_no_room_and_changes_nothing<R: AllocationRepositor
     let big = OrderLine::new(format!("{prefix}-room-o1"), &sku, 4);
     assert_eq!(
         repo.allocate(&big, &owner()).await.unwrap(),
-        Allocated::NoRoom
+        AllocateStep::NoRoom
     );
     let unknown = OrderLine::new(
         format!("{prefix}-room-o2"),
@@ -231,7 +231,7 @@ pub async fn allocate_reports_no_room_and_changes_nothing<R: AllocationRepositor
     );
     assert_eq!(
         repo.allocate(&unknown, &owner()).await.unwrap(),
-        Allocated::NoRoom
+        AllocateStep::NoRoom
     );
     assert_eq!(stored(repo, &reference).await.available_quantity(), 3);
     assert!(repo.line(&big.orderid, &sku).await.unwrap().is_none());
@@ -436,28 +436,28 @@ pub async fn backorders_wait_oldest_first_and_are_filled<R: AllocationRepository
 
     // A repeat of a waiting line changes nothing and says it waits.
     match repo.allocate(&lines[0], &owner()).await.unwrap() {
-        Allocated::AlreadyAcknowledged(l) => assert_eq!(l.status, LineStatus::Backordered),
+        AllocateStep::AlreadyAcknowledged(l) => assert_eq!(l.status, LineStatus::Backordered),
         other => panic!("a repeat of a backorder was {other:?}"),
     }
     assert_eq!(
         repo.fill_backorder(&lines[0]).await.unwrap(),
-        Filled::NoRoom
+        FillStep::NoRoom
     );
     repo.change_purchased_quantity(&reference, 4).await.unwrap();
     assert_eq!(
         repo.fill_backorder(&lines[0]).await.unwrap(),
-        Filled::Taken(reference.clone())
+        FillStep::Taken(reference.clone())
     );
     // Filled already: not again, though there is room.
     assert_eq!(
         repo.fill_backorder(&lines[0]).await.unwrap(),
-        Filled::NotWaiting
+        FillStep::NotWaiting
     );
     assert_eq!(stored(repo, &reference).await.available_quantity(), 2);
     repo.change_purchased_quantity(&reference, 3).await.unwrap();
     assert_eq!(
         repo.fill_backorder(&lines[1]).await.unwrap(),
-        Filled::NoRoom
+        FillStep::NoRoom
     );
     assert_eq!(stored(repo, &reference).await.available_quantity(), 1);
     // Removing a waiting line gives no stock back: it held none.
@@ -471,7 +471,7 @@ pub async fn backorders_wait_oldest_first_and_are_filled<R: AllocationRepository
     // Gone, so never filled; a store may find that out, or find no room, first.
     let cancelled = repo.fill_backorder(&lines[1]).await.unwrap();
     assert!(
-        matches!(cancelled, Filled::NotWaiting | Filled::NoRoom),
+        matches!(cancelled, FillStep::NotWaiting | FillStep::NoRoom),
         "{cancelled:?}"
     );
     let left = repo.backorders(Some(&sku), None, 10).await.unwrap();
@@ -534,11 +534,11 @@ pub async fn orders_belong_to_the_account_of_their_first_line<R: AllocationRepos
     let line = |sku: &str| OrderLine::new(&order, sku, 1);
     assert!(matches!(
         repo.allocate(&line(&skus[0]), &alice).await.unwrap(),
-        Allocated::Taken(_)
+        AllocateStep::Taken(_)
     ));
     assert_eq!(
         repo.allocate(&line(&skus[1]), &bob).await.unwrap(),
-        Allocated::NotOwner
+        AllocateStep::NotOwner
     );
     assert!(
         repo.remove_line(&order, &skus[0], &bob)
@@ -550,7 +550,7 @@ pub async fn orders_belong_to_the_account_of_their_first_line<R: AllocationRepos
     // An admin adds to the order; the line still belongs to its owner.
     assert!(matches!(
         repo.allocate(&line(&skus[1]), &admin).await.unwrap(),
-        Allocated::Taken(_)
+        AllocateStep::Taken(_)
     ));
     let lines = repo.lines_of_order(&order, 10).await.unwrap();
     assert_eq!(lines.len(), 2);
@@ -580,10 +580,10 @@ pub async fn orders_belong_to_the_account_of_their_first_line<R: AllocationRepos
         let outcomes = [a.unwrap(), b.unwrap()];
         let taken = outcomes
             .iter()
-            .filter(|o| matches!(o, Allocated::Taken(_)))
+            .filter(|o| matches!(o, AllocateStep::Taken(_)))
             .count();
         assert_eq!(taken, 1, "round {round}: {outcomes:?}");
-        assert!(outcomes.contains(&Allocated::NotOwner), "{outcomes:?}");
+        assert!(outcomes.contains(&AllocateStep::NotOwner), "{outcomes:?}");
         let owners: Vec<_> = repo
             .lines_of_order(&order, 10)
             .await

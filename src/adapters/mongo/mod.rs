@@ -1,76 +1,5 @@
 //! MongoDB: connecting, preparing collections, and the repositories.
 
-/// Runs `$attempt` (an expression using `$session`, a `ClientSession` in a
-/// transaction, evaluating to `mongodb::error::Result<Finish<T>>`) as one
-/// transaction in a session of `$instance` (an [`instances::Instance`], so
-/// that survivors can abort it should this process die): commits or aborts
-/// as it says, retries the whole attempt on transient errors (a WriteConflict with a concurrent
-/// transaction) for up to [`TRANSACTION_RETRY_FOR`], and the commit on an
-/// unknown commit result. Evaluates to `mongodb::error::Result<T>`.
-macro_rules! in_transaction {
-    ($instance:expr, $limit:expr, |$session:ident| $attempt:expr) => {
-        in_transaction!($instance, $limit, |$session| $attempt, on_retry = ())
-    };
-    ($instance:expr, $limit:expr, |$session:ident| $attempt:expr, on_retry = $on_retry:expr) => {{
-        use $crate::adapters::mongo::{Finish, commit, jitter};
-        let deadline = tokio::time::Instant::now() + $crate::adapters::mongo::TRANSACTION_RETRY_FOR;
-        let mut pause = std::time::Duration::from_millis(1);
-        // Each attempt, and each commit, waits at most `limit` for the
-        // database (also enforced on the server: maxTimeMS, maxCommitTimeMS).
-        let limit: std::time::Duration = $limit;
-        let timed_out = |operation| {
-            mongodb::error::Error::custom($crate::adapters::deadline::TimedOut { operation, limit })
-        };
-        loop {
-            let (mut $session, slot) = match $instance.transaction(limit).await {
-                Ok(session) => session,
-                Err(error) => break Err(error),
-            };
-            let outcome: Result<Finish<_>, mongodb::error::Error> =
-                match tokio::time::timeout(limit, async { $attempt }).await {
-                    Ok(outcome) => outcome,
-                    Err(_elapsed) => break Err(timed_out("a transaction")),
-                };
-            let retry = match outcome {
-                Ok(Finish::Commit(value)) => {
-                    match tokio::time::timeout(limit, commit(&mut $session)).await {
-                        Ok(Ok(())) => {
-                            slot.reuse($session);
-                            break Ok(value);
-                        }
-                        Ok(Err(error)) => error,
-                        Err(_elapsed) => break Err(timed_out("a commit")),
-                    }
-                }
-                Ok(Finish::Abort(value)) => {
-                    if let Ok(Ok(())) =
-                        tokio::time::timeout(limit, $session.abort_transaction()).await
-                    {
-                        slot.reuse($session);
-                    }
-                    break Ok(value);
-                }
-                Err(error) => {
-                    if let Ok(Ok(())) =
-                        tokio::time::timeout(limit, $session.abort_transaction()).await
-                    {
-                        slot.reuse($session);
-                    }
-                    error
-                }
-            };
-            if !retry.contains_label(mongodb::error::TRANSIENT_TRANSACTION_ERROR)
-                || tokio::time::Instant::now() + pause >= deadline
-            {
-                break Err(retry);
-            }
-            $on_retry;
-            tokio::time::sleep(jitter(pause)).await;
-            pause = (pause * 2).min(std::time::Duration::from_millis(100));
-        }
-    }};
-}
-
 pub mod allocations;
 pub mod instances;
 pub mod layout;
@@ -82,7 +11,7 @@ pub mod users;
 use std::time::Duration;
 
 use mongodb::bson::doc;
-use mongodb::error::UNKNOWN_TRANSACTION_COMMIT_RESULT;
+use mongodb::error::{TRANSIENT_TRANSACTION_ERROR, UNKNOWN_TRANSACTION_COMMIT_RESULT};
 use mongodb::options::{ClientOptions, IndexOptions};
 use mongodb::{Client, ClientSession, Database, IndexModel};
 use secrecy::ExposeSecret;
@@ -94,6 +23,83 @@ pub const TRANSACTION_RETRY_FOR: Duration = Duration::from_secs(10);
 pub enum Finish<T> {
     Commit(T),
     Abort(T),
+}
+
+/// Runs `attempt` (given a `ClientSession` in a transaction) as one
+/// transaction in a session of `instance` (so that survivors can abort it
+/// should this process die): commits or aborts as it says, retries the whole
+/// attempt on transient errors (a WriteConflict with a concurrent
+/// transaction) for up to [`TRANSACTION_RETRY_FOR`], calling `on_retry`
+/// before each retry, and the commit on an unknown commit result (see
+/// [`commit`]).
+///
+/// Each attempt, and each commit, waits at most `limit` for the database
+/// (also enforced on the server: maxTimeMS, maxCommitTimeMS); past it, the
+/// error is a [`TimedOut`](crate::adapters::deadline::TimedOut).
+///
+/// Where the future must be `Send` (every port method's), `attempt` owns what
+/// it captures (`async move`, with clones of `self` and of borrowed
+/// arguments): an async closure that captures a reference fails to compile
+/// there (E0477, rust-lang/rust#149407).
+pub async fn in_transaction<T>(
+    instance: &instances::Instance,
+    limit: Duration,
+    mut on_retry: impl FnMut(),
+    mut attempt: impl AsyncFnMut(&mut ClientSession) -> mongodb::error::Result<Finish<T>>,
+) -> mongodb::error::Result<T> {
+    let deadline = tokio::time::Instant::now() + TRANSACTION_RETRY_FOR;
+    let mut pause = Duration::from_millis(1);
+    let timed_out = |operation| {
+        mongodb::error::Error::custom(crate::adapters::deadline::TimedOut { operation, limit })
+    };
+    loop {
+        let (mut session, slot) = instance.transaction(limit).await?;
+        let outcome = match tokio::time::timeout(limit, attempt(&mut session)).await {
+            Ok(outcome) => outcome,
+            Err(_elapsed) => return Err(timed_out("a transaction")),
+        };
+        let retry = match outcome {
+            Ok(Finish::Commit(value)) => {
+                match tokio::time::timeout(limit, commit(&mut session)).await {
+                    Ok(Ok(())) => {
+                        slot.reuse(session);
+                        return Ok(value);
+                    }
+                    Ok(Err(error)) => error,
+                    Err(_elapsed) => return Err(timed_out("a commit")),
+                }
+            }
+            Ok(Finish::Abort(value)) => {
+                if abort(&mut session, limit).await {
+                    slot.reuse(session);
+                }
+                return Ok(value);
+            }
+            Err(error) => {
+                if abort(&mut session, limit).await {
+                    slot.reuse(session);
+                }
+                error
+            }
+        };
+        if !retry.contains_label(TRANSIENT_TRANSACTION_ERROR)
+            || tokio::time::Instant::now() + pause >= deadline
+        {
+            return Err(retry);
+        }
+        on_retry();
+        tokio::time::sleep(jitter(pause)).await;
+        pause = (pause * 2).min(Duration::from_millis(100));
+    }
+}
+
+/// Aborts the session's transaction within `limit`; whether it did (then the
+/// session may run another).
+async fn abort(session: &mut ClientSession, limit: Duration) -> bool {
+    matches!(
+        tokio::time::timeout(limit, session.abort_transaction()).await,
+        Ok(Ok(()))
+    )
 }
 
 /// Commits, retrying while the outcome is unknown (a commit is idempotent).

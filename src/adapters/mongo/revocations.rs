@@ -21,7 +21,7 @@ use mongodb::{ClientSession, Collection, Database, IndexModel};
 use serde::{Deserialize, Serialize};
 
 use super::instances::Instance;
-use super::is_duplicate_key;
+use super::{Finish, in_transaction, is_duplicate_key};
 use crate::services::StoreError;
 use crate::services::ports::tokens::{Revocation, RevocationStore};
 
@@ -166,16 +166,20 @@ impl MongoRevocations {
 
 impl RevocationStore for MongoRevocations {
     async fn revoke(&self, revocation: &Revocation) -> Result<bool, StoreError> {
-        let writer = &self.writer;
-        Ok(in_transaction!(&self.instance, self.max_time, |session| {
-            async {
-                Ok(match writer.insert(&mut session, revocation).await? {
+        let writer = self.writer.clone();
+        let revocation = revocation.clone();
+        let transaction = in_transaction(
+            &self.instance,
+            self.max_time,
+            || {},
+            async move |session| {
+                Ok(match writer.insert(session, &revocation).await? {
                     true => Finish::Commit(true),
                     false => Finish::Abort(false),
                 })
-            }
-            .await
-        })?)
+            },
+        );
+        Ok(transaction.await?)
     }
 
     async fn any_revoked(&self, ids: &[&str]) -> Result<bool, StoreError> {

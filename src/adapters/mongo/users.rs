@@ -7,8 +7,8 @@ use mongodb::{ClientSession, Collection, Database, IndexModel};
 use serde::{Deserialize, Serialize};
 
 use super::instances::Instance;
-use super::is_duplicate_key;
 use super::revocations::RevocationWriter;
+use super::{Finish, in_transaction, is_duplicate_key};
 use crate::domain::user::{PasswordHash, Role, User, Username};
 use crate::services::StoreError;
 use crate::services::ports::accounts::{AddUserError, UserRepository, Written};
@@ -235,28 +235,35 @@ impl UserRepository for MongoUsers {
         if !changed.account_id.starts_with("legacy:") {
             set.insert("account_id", &changed.account_id);
         }
-        Ok(in_transaction!(&self.instance, self.max_time, |session| {
-            async {
+        let this = self.clone();
+        let account_id = changed.account_id.clone();
+        let username = changed.username.as_str().to_owned();
+        let revocation = revocation.clone();
+        let transaction = in_transaction(
+            &self.instance,
+            self.max_time,
+            || {},
+            async move |session| {
                 if keep_an_admin
-                    && !self
-                        .another_admin(&mut session, &changed.account_id, changed.username.as_str())
+                    && !this
+                        .another_admin(&mut *session, &account_id, &username)
                         .await?
                 {
                     return Ok(Finish::Abort(Written::LastAdmin));
                 }
-                let updated = self
+                let updated = this
                     .collection
                     .update_one(filter.clone(), doc! { "$set": set.clone() })
-                    .session(&mut session)
+                    .session(&mut *session)
                     .await?;
                 if updated.matched_count == 0 {
                     return Ok(Finish::Abort(Written::Stale));
                 }
-                self.revocations.insert(&mut session, revocation).await?;
+                this.revocations.insert(&mut *session, &revocation).await?;
                 Ok(Finish::Commit(Written::Done))
-            }
-            .await
-        })?)
+            },
+        );
+        Ok(transaction.await?)
     }
 
     async fn delete(
@@ -268,27 +275,35 @@ impl UserRepository for MongoUsers {
     ) -> Result<Written, StoreError> {
         let username = account_id.strip_prefix("legacy:").unwrap_or_default();
         let filter = Self::filter(account_id, username, epoch);
-        Ok(in_transaction!(&self.instance, self.max_time, |session| {
-            async {
+        let this = self.clone();
+        let account_id = account_id.to_owned();
+        let username = username.to_owned();
+        let revocation = revocation.clone();
+        let transaction = in_transaction(
+            &self.instance,
+            self.max_time,
+            || {},
+            async move |session| {
+                let (account_id, username) = (account_id.as_str(), username.as_str());
                 if keep_an_admin
-                    && !self
-                        .another_admin(&mut session, account_id, username)
+                    && !this
+                        .another_admin(&mut *session, account_id, username)
                         .await?
                 {
                     return Ok(Finish::Abort(Written::LastAdmin));
                 }
-                let deleted = self
+                let deleted = this
                     .collection
                     .delete_one(filter.clone())
-                    .session(&mut session)
+                    .session(&mut *session)
                     .await?;
                 if deleted.deleted_count == 0 {
                     return Ok(Finish::Abort(Written::Stale));
                 }
-                self.revocations.insert(&mut session, revocation).await?;
+                this.revocations.insert(&mut *session, &revocation).await?;
                 Ok(Finish::Commit(Written::Done))
-            }
-            .await
-        })?)
+            },
+        );
+        Ok(transaction.await?)
     }
 }

@@ -20,7 +20,7 @@ use crate::domain::allocation::{AllocationError, OrderLine, Requester};
 use crate::domain::user::Role;
 use crate::metrics::{AllocationOutcome, metrics};
 use crate::services::allocation::{
-    self, AllocateError, Allocation, DeallocateError, OrderAllocationsError,
+    self, AllocateError, DeallocateError, OrderAllocationsError, Placement,
 };
 use crate::services::ports::allocation::Backorder;
 
@@ -123,10 +123,10 @@ fn requester(token: &AccessToken) -> Requester {
     }
 }
 
-fn count(result: &Result<Allocation, AllocateError>) {
+fn count(result: &Result<Placement, AllocateError>) {
     let outcome = match result {
-        Ok(Allocation::Allocated(_)) => AllocationOutcome::Allocated,
-        Ok(Allocation::Backordered) => AllocationOutcome::Backordered,
+        Ok(Placement::Allocated(_)) => AllocationOutcome::Allocated,
+        Ok(Placement::Backordered) => AllocationOutcome::Backordered,
         Err(AllocateError::Allocation(AllocationError::OutOfStock(_))) => {
             AllocationOutcome::OutOfStock
         }
@@ -165,10 +165,10 @@ impl AllocationsApi {
         let result = allocation::allocate(&state.allocations, line, &requester(&token)).await;
         count(&result);
         match result {
-            Ok(Allocation::Allocated(batchref)) => Ok(AllocateResponse::Created(Json(
+            Ok(Placement::Allocated(batchref)) => Ok(AllocateResponse::Created(Json(
                 AllocationResult::Allocated(Allocated { batchref }),
             ))),
-            Ok(Allocation::Backordered) => Ok(AllocateResponse::Accepted(Json(
+            Ok(Placement::Backordered) => Ok(AllocateResponse::Accepted(Json(
                 AllocationResult::Waiting(Waiting {
                     status: LineStatusBody::Backordered,
                 }),

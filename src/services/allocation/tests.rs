@@ -37,8 +37,8 @@ async fn available(repo: &InMemoryAllocations, reference: &str) -> i64 {
 
 async fn allocated(repo: &InMemoryAllocations, l: OrderLine) -> String {
     match allocate(repo, l, &admin()).await.unwrap() {
-        Allocation::Allocated(batchref) => batchref,
-        Allocation::Backordered => panic!("backordered"),
+        Placement::Allocated(batchref) => batchref,
+        Placement::Backordered => panic!("backordered"),
     }
 }
 
@@ -268,7 +268,7 @@ async fn new_stock_and_freed_stock_go_to_waiting_lines() {
         allocate(&repo, line("o2", "LAMP", 2), &admin())
             .await
             .unwrap(),
-        Allocation::Backordered
+        Placement::Backordered
     );
     deallocate(&repo, "o1", "LAMP", &admin()).await.unwrap();
     assert_eq!(status(&repo, "o2", "LAMP").await, at("b1"));

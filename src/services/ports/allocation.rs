@@ -4,18 +4,20 @@
 use std::future::Future;
 
 use crate::domain::allocation::{AcknowledgedLine, Batch, OrderLine, Requester};
+use crate::services::StoreError;
 
+/// Why a batch was not stored.
 #[derive(Debug, thiserror::Error)]
-pub enum RepositoryError {
-    #[error("a batch with reference {0} already exists")]
-    DuplicateReference(String),
-    #[error("the batch store is unavailable")]
-    Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
+pub enum AddBatchError {
+    #[error("Batch {0} already exists")]
+    DuplicateBatch(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 /// What an atomic allocation step did.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Allocated {
+pub enum AllocateStep {
     /// Took the line's quantity from this batch and recorded the line there.
     Taken(String),
     /// No batch of the sku has room; nothing changed.
@@ -28,7 +30,7 @@ pub enum Allocated {
 
 /// What an atomic step to allocate a waiting line did.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Filled {
+pub enum FillStep {
     /// The line now draws from this batch.
     Taken(String),
     /// No batch of the sku has room for it; nothing changed.
@@ -85,13 +87,13 @@ pub struct BatchLine {
 /// so that the use cases' futures are `Send` and can run on a multi-threaded
 /// runtime.
 pub trait AllocationRepository: Send + Sync {
-    /// Stores a new batch; Err(RepositoryError::DuplicateReference) if the reference exists.
-    fn add_batch(&self, batch: &Batch) -> impl Future<Output = Result<(), RepositoryError>> + Send;
+    /// Stores a new batch; [`AddBatchError::DuplicateBatch`] if the reference exists.
+    fn add_batch(&self, batch: &Batch) -> impl Future<Output = Result<(), AddBatchError>> + Send;
 
     fn batch(
         &self,
         reference: &str,
-    ) -> impl Future<Output = Result<Option<Batch>, RepositoryError>> + Send;
+    ) -> impl Future<Output = Result<Option<Batch>, StoreError>> + Send;
 
     /// A page of batches ordered by reference, optionally of one sku, strictly after `after`.
     fn batches(
@@ -99,14 +101,10 @@ pub trait AllocationRepository: Send + Sync {
         sku: Option<&str>,
         after: Option<&str>,
         limit: usize,
-    ) -> impl Future<Output = Result<Vec<Batch>, RepositoryError>> + Send;
+    ) -> impl Future<Output = Result<Vec<Batch>, StoreError>> + Send;
 
     /// Whether a batch of the sku has room for `qty` units.
-    fn stock(
-        &self,
-        sku: &str,
-        qty: u32,
-    ) -> impl Future<Output = Result<Stock, RepositoryError>> + Send;
+    fn stock(&self, sku: &str, qty: u32) -> impl Future<Output = Result<Stock, StoreError>> + Send;
 
     /// Takes the line's quantity from the preferred batch of its sku that has
     /// room (the order of [`crate::domain::allocation::choose_batch`]) and
@@ -117,32 +115,32 @@ pub trait AllocationRepository: Send + Sync {
     /// becomes the owner of an order that has none, even when another account
     /// races to allocate the first line of the same order (on another sku);
     /// a non-admin requester who does not own the order gets
-    /// [`Allocated::NotOwner`]. The line records the order's owner.
+    /// [`AllocateStep::NotOwner`]. The line records the order's owner.
     fn allocate(
         &self,
         line: &OrderLine,
         requester: &Requester,
-    ) -> impl Future<Output = Result<Allocated, RepositoryError>> + Send;
+    ) -> impl Future<Output = Result<AllocateStep, StoreError>> + Send;
 
     fn line(
         &self,
         orderid: &str,
         sku: &str,
-    ) -> impl Future<Output = Result<Option<AcknowledgedLine>, RepositoryError>> + Send;
+    ) -> impl Future<Output = Result<Option<AcknowledgedLine>, StoreError>> + Send;
 
     /// The lines of an order, allocated or backordered, at most `limit`.
     fn lines_of_order(
         &self,
         orderid: &str,
         limit: usize,
-    ) -> impl Future<Output = Result<Vec<AcknowledgedLine>, RepositoryError>> + Send;
+    ) -> impl Future<Output = Result<Vec<AcknowledgedLine>, StoreError>> + Send;
 
     /// The lines of one sku held by these orders (at most one each).
     fn lines_of_sku(
         &self,
         sku: &str,
         orderids: &[String],
-    ) -> impl Future<Output = Result<Vec<AcknowledgedLine>, RepositoryError>> + Send;
+    ) -> impl Future<Output = Result<Vec<AcknowledgedLine>, StoreError>> + Send;
 
     /// Forgets the line and, if it was allocated, gives its stock back to its
     /// batch. None if there was no such line, or none the requester may manage.
@@ -151,7 +149,7 @@ pub trait AllocationRepository: Send + Sync {
         orderid: &str,
         sku: &str,
         requester: &Requester,
-    ) -> impl Future<Output = Result<Option<AcknowledgedLine>, RepositoryError>> + Send;
+    ) -> impl Future<Output = Result<Option<AcknowledgedLine>, StoreError>> + Send;
 
     /// Sets the batch's purchased quantity (see
     /// [`Batch::change_purchased_quantity`]); the batch as changed, or None if
@@ -160,7 +158,7 @@ pub trait AllocationRepository: Send + Sync {
         &self,
         reference: &str,
         qty: u32,
-    ) -> impl Future<Output = Result<Option<Batch>, RepositoryError>> + Send;
+    ) -> impl Future<Output = Result<Option<Batch>, StoreError>> + Send;
 
     /// If the batch holds more than it has, backorders its most recent lines
     /// (at most `max_lines`, chosen by
@@ -170,13 +168,13 @@ pub trait AllocationRepository: Send + Sync {
         &self,
         reference: &str,
         max_lines: usize,
-    ) -> impl Future<Output = Result<Vec<OrderLine>, RepositoryError>> + Send;
+    ) -> impl Future<Output = Result<Vec<OrderLine>, StoreError>> + Send;
 
     /// References of batches that hold more than they have, at most `limit`.
     fn over_allocated_batches(
         &self,
         limit: usize,
-    ) -> impl Future<Output = Result<Vec<String>, RepositoryError>> + Send;
+    ) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
 
     /// Waiting lines, oldest first, optionally of one sku, strictly after
     /// position `after`.
@@ -185,13 +183,13 @@ pub trait AllocationRepository: Send + Sync {
         sku: Option<&str>,
         after: Option<&str>,
         limit: usize,
-    ) -> impl Future<Output = Result<Vec<Backorder>, RepositoryError>> + Send;
+    ) -> impl Future<Output = Result<Vec<Backorder>, StoreError>> + Send;
 
     /// Allocates a waiting line like [`AllocationRepository::allocate`] would.
     fn fill_backorder(
         &self,
         line: &OrderLine,
-    ) -> impl Future<Output = Result<Filled, RepositoryError>> + Send;
+    ) -> impl Future<Output = Result<FillStep, StoreError>> + Send;
 
     /// The lines drawing from a batch, oldest first, strictly after position `after`.
     fn batch_lines(
@@ -199,5 +197,5 @@ pub trait AllocationRepository: Send + Sync {
         reference: &str,
         after: Option<u64>,
         limit: usize,
-    ) -> impl Future<Output = Result<Vec<BatchLine>, RepositoryError>> + Send;
+    ) -> impl Future<Output = Result<Vec<BatchLine>, StoreError>> + Send;
 }

@@ -8,7 +8,7 @@ use mongodb::options::IndexOptions;
 use serde::{Deserialize, Serialize};
 
 use crate::domain::allocation::{AcknowledgedLine, Batch, LineStatus, OrderLine};
-use crate::services::ports::allocation::RepositoryError;
+use crate::services::StoreError;
 
 pub const BATCHES: &str = "batches";
 pub const ORDER_LINES: &str = "order_lines";
@@ -64,11 +64,11 @@ pub(super) fn to_bson_date(date: NaiveDate) -> bson::DateTime {
     bson::DateTime::from_chrono(date.and_time(chrono::NaiveTime::MIN).and_utc())
 }
 
-pub(super) fn corrupt(what: &str, id: &str) -> RepositoryError {
-    RepositoryError::Unavailable(format!("{id} is stored with an invalid {what}").into())
+pub(super) fn corrupt(what: &str, id: &str) -> StoreError {
+    StoreError(format!("{id} is stored with an invalid {what}").into())
 }
 
-pub(super) fn quantity(value: i64, what: &str, id: &str) -> Result<u32, RepositoryError> {
+pub(super) fn quantity(value: i64, what: &str, id: &str) -> Result<u32, StoreError> {
     u32::try_from(value).map_err(|_| corrupt(what, id))
 }
 
@@ -84,7 +84,7 @@ impl BatchDocument {
         }
     }
 
-    pub(super) fn into_batch(self) -> Result<Batch, RepositoryError> {
+    pub(super) fn into_batch(self) -> Result<Batch, StoreError> {
         let purchased = quantity(
             self.purchased_quantity,
             "purchased_quantity",
@@ -122,7 +122,7 @@ impl LineDocument {
         }
     }
 
-    pub(super) fn into_line(self) -> Result<AcknowledgedLine, RepositoryError> {
+    pub(super) fn into_line(self) -> Result<AcknowledgedLine, StoreError> {
         let id = || format!("order line {}/{}", self.orderid, self.sku);
         let qty = quantity(self.qty, "qty", &id())?;
         let status = match (self.status.as_str(), self.batchref) {

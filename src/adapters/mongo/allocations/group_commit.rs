@@ -34,9 +34,10 @@ use mongodb::options::ReturnDocument;
 use tokio::sync::{Semaphore, oneshot};
 
 use super::documents::{BATCHES, LineDocument, corrupt};
-use super::{MongoAllocations, intent_field, unavailable};
+use super::{MongoAllocations, intent_field};
 use crate::domain::allocation::{OrderLine, Requester};
-use crate::services::ports::allocation::{Allocated, AllocationRepository, RepositoryError};
+use crate::services::StoreError;
+use crate::services::ports::allocation::{AllocateStep, AllocationRepository};
 
 /// Most lines in one group.
 const GROUP_LIMIT: usize = 256;
@@ -55,7 +56,7 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-type Reply = oneshot::Sender<Result<Allocated, RepositoryError>>;
+type Reply = oneshot::Sender<Result<AllocateStep, StoreError>>;
 
 struct Request {
     line: OrderLine,
@@ -232,14 +233,14 @@ impl MongoAllocations {
         &self,
         line: &OrderLine,
         requester: &Requester,
-    ) -> Result<Allocated, RepositoryError> {
+    ) -> Result<AllocateStep, StoreError> {
         let (reply, mut answer) = oneshot::channel();
         lock(&self.intake.queue).push_back(Request {
             line: line.clone(),
             requester: requester.clone(),
             reply,
         });
-        let dropped = || RepositoryError::Unavailable("the allocation group was dropped".into());
+        let dropped = || StoreError("the allocation group was dropped".into());
         let answered = tokio::time::timeout(self.max_time, async {
             loop {
                 tokio::select! {
@@ -284,12 +285,12 @@ impl MongoAllocations {
         }
     }
 
-    async fn allocate_group(&self, group: &[Request]) -> Vec<Result<Allocated, RepositoryError>> {
+    async fn allocate_group(&self, group: &[Request]) -> Vec<Result<AllocateStep, StoreError>> {
         let owners = match self.claim_orders(group).await {
             Ok(owners) => owners,
             Err(error) => return failed_for_all(group.len(), &error),
         };
-        let mut outcomes: Vec<Option<Result<Allocated, RepositoryError>>> =
+        let mut outcomes: Vec<Option<Result<AllocateStep, StoreError>>> =
             (0..group.len()).map(|_| None).collect();
         let mut by_sku: HashMap<&str, Vec<Taking<'_>>> = HashMap::new();
         for (index, (request, owner)) in group.iter().zip(owners).enumerate() {
@@ -300,7 +301,7 @@ impl MongoAllocations {
                     line: &request.line,
                     owner,
                 }),
-                None => outcomes[index] = Some(Ok(Allocated::NotOwner)),
+                None => outcomes[index] = Some(Ok(AllocateStep::NotOwner)),
             }
         }
         let ids: Vec<ObjectId> = by_sku.values().flatten().map(|t| t.id).collect();
@@ -314,7 +315,9 @@ impl MongoAllocations {
                     for (taking, stock) in lines.iter().zip(taken) {
                         match stock {
                             Stock::Taken { batchref, seq } => stored.push((taking, batchref, seq)),
-                            Stock::NoRoom => outcomes[taking.index] = Some(Ok(Allocated::NoRoom)),
+                            Stock::NoRoom => {
+                                outcomes[taking.index] = Some(Ok(AllocateStep::NoRoom))
+                            }
                         }
                     }
                 }
@@ -335,7 +338,7 @@ impl MongoAllocations {
         let unplaced: Vec<usize> = outcomes
             .iter()
             .enumerate()
-            .filter(|(_, outcome)| matches!(outcome, Some(Ok(Allocated::NoRoom))))
+            .filter(|(_, outcome)| matches!(outcome, Some(Ok(AllocateStep::NoRoom))))
             .map(|(index, _)| index)
             .collect();
         let existing = join_all(unplaced.iter().map(|&index| {
@@ -345,8 +348,8 @@ impl MongoAllocations {
         .await;
         for (index, existing) in unplaced.into_iter().zip(existing) {
             outcomes[index] = Some(match existing {
-                Ok(Some(existing)) => Ok(Allocated::AlreadyAcknowledged(existing)),
-                Ok(None) => Ok(Allocated::NoRoom),
+                Ok(Some(existing)) => Ok(AllocateStep::AlreadyAcknowledged(existing)),
+                Ok(None) => Ok(AllocateStep::NoRoom),
                 Err(error) => Err(error),
             });
         }
@@ -360,10 +363,7 @@ impl MongoAllocations {
     /// the order is new, in one `insert` of `orders` (a duplicate key means it
     /// exists: then one `find` reads its owner); None where the requester may
     /// not add to it.
-    async fn claim_orders(
-        &self,
-        group: &[Request],
-    ) -> Result<Vec<Option<String>>, RepositoryError> {
+    async fn claim_orders(&self, group: &[Request]) -> Result<Vec<Option<String>>, StoreError> {
         let mut known: HashMap<String, String> = {
             let owners = lock(&self.intake.owners);
             group
@@ -402,7 +402,7 @@ impl MongoAllocations {
                             .filter_map(|e| claims.get(e.index).map(|(orderid, _)| *orderid))
                             .collect();
                     }
-                    _ => return Err(unavailable(error)),
+                    _ => return Err(StoreError::from(error)),
                 },
             }
             for (orderid, account) in &claims {
@@ -417,10 +417,9 @@ impl MongoAllocations {
                     .orders
                     .find(doc! { "_id": { "$in": &taken_by_another } })
                     .max_time(self.max_time)
-                    .await
-                    .map_err(unavailable)?;
-                while cursor.advance().await.map_err(unavailable)? {
-                    let order = cursor.deserialize_current().map_err(unavailable)?;
+                    .await?;
+                while cursor.advance().await? {
+                    let order = cursor.deserialize_current()?;
                     if let (Ok(id), Ok(owner)) = (order.get_str("_id"), order.get_str("owner")) {
                         known.insert(id.to_owned(), owner.to_owned());
                     }
@@ -452,7 +451,7 @@ impl MongoAllocations {
     async fn take_stock_of_group(
         &self,
         by_sku: &HashMap<&str, Vec<Taking<'_>>>,
-    ) -> Vec<Result<Vec<Stock>, RepositoryError>> {
+    ) -> Vec<Result<Vec<Stock>, StoreError>> {
         if by_sku.len() < 2 || !self.sorted_updates().await {
             let each = by_sku
                 .iter()
@@ -504,7 +503,7 @@ impl MongoAllocations {
     async fn take_stock_in_one_update(
         &self,
         by_sku: &HashMap<&str, Vec<Taking<'_>>>,
-    ) -> Result<Vec<Vec<Option<Stock>>>, RepositoryError> {
+    ) -> Result<Vec<Vec<Option<Stock>>>, StoreError> {
         let mut statements = Vec::with_capacity(by_sku.len());
         let mut piggybacks = Vec::with_capacity(by_sku.len());
         for (sku, lines) in by_sku {
@@ -528,8 +527,7 @@ impl MongoAllocations {
                 "ordered": false,
                 "maxTimeMS": max_time_ms,
             })
-            .await
-            .map_err(unavailable)?;
+            .await?;
         let applied = match reply.get("nModified") {
             Some(Bson::Int32(n)) => i64::from(*n),
             Some(Bson::Int64(n)) => *n,
@@ -554,11 +552,9 @@ impl MongoAllocations {
             .find(doc! { "sku": { "$in": skus }, "$or": holding })
             .projection(projection)
             .max_time(self.max_time)
-            .await
-            .map_err(unavailable)?
+            .await?
             .try_collect()
-            .await
-            .map_err(unavailable)?;
+            .await?;
         let mut taken = Vec::with_capacity(by_sku.len());
         for ((sku, lines), piggyback) in by_sku.iter().zip(piggybacks) {
             let id = lines[0].id.to_hex();
@@ -596,7 +592,7 @@ impl MongoAllocations {
         &self,
         by_sku: &HashMap<&str, Vec<Taking<'_>>>,
         taken: &mut [Vec<Option<Stock>>],
-    ) -> Result<(), RepositoryError> {
+    ) -> Result<(), StoreError> {
         let missed: Vec<ObjectId> = by_sku
             .values()
             .zip(taken.iter())
@@ -607,11 +603,9 @@ impl MongoAllocations {
             .lines
             .find(doc! { "_id": { "$in": missed } })
             .max_time(self.max_time)
-            .await
-            .map_err(unavailable)?
+            .await?
             .try_collect()
-            .await
-            .map_err(unavailable)?;
+            .await?;
         for (lines, stock) in by_sku.values().zip(taken.iter_mut()) {
             for (line, stock) in lines.iter().zip(stock.iter_mut()) {
                 let document = stored.iter().find(|document| document.id == line.id);
@@ -637,7 +631,7 @@ impl MongoAllocations {
         &self,
         sku: &str,
         lines: &[Taking<'_>],
-    ) -> Result<Vec<Stock>, RepositoryError> {
+    ) -> Result<Vec<Stock>, StoreError> {
         match self.take_stock(sku, lines).await? {
             Some((batchref, last_seq)) => {
                 let first = last_seq - lines.len() as i64 + 1;
@@ -653,7 +647,7 @@ impl MongoAllocations {
         &self,
         sku: &str,
         lines: &[Taking<'_>],
-    ) -> Result<Vec<Stock>, RepositoryError> {
+    ) -> Result<Vec<Stock>, StoreError> {
         if lines.len() == 1 {
             return Ok(vec![Stock::NoRoom]);
         }
@@ -678,7 +672,7 @@ impl MongoAllocations {
         &self,
         sku: &str,
         lines: &[Taking<'_>],
-    ) -> Result<Option<(String, i64)>, RepositoryError> {
+    ) -> Result<Option<(String, i64)>, StoreError> {
         let (filter, pipeline, piggyback) = self.stock_step(sku, lines);
         let taken = self
             .batches
@@ -688,8 +682,7 @@ impl MongoAllocations {
             .sort(doc! { "eta": 1, "_id": 1 })
             .projection(doc! { "allocation_seq": 1 })
             .return_document(ReturnDocument::After)
-            .await
-            .map_err(unavailable)?;
+            .await?;
         let Some(batch) = taken else {
             return Ok(None);
         };
@@ -772,7 +765,7 @@ impl MongoAllocations {
     async fn store_lines<'a>(
         &self,
         stored: &'a [(&'a Taking<'a>, String, i64)],
-    ) -> Vec<(&'a Taking<'a>, Result<Allocated, RepositoryError>)> {
+    ) -> Vec<(&'a Taking<'a>, Result<AllocateStep, StoreError>)> {
         if stored.is_empty() {
             return Vec::new();
         }
@@ -804,7 +797,7 @@ impl MongoAllocations {
                 // Their intents stay in the batches; the recovery pass
                 // stores the lines (or gives the stock back). The client
                 // may ask again.
-                let error = unavailable(error);
+                let error = StoreError::from(error);
                 return stored
                     .iter()
                     .map(|(taking, ..)| (*taking, Err(copy_error(&error))))
@@ -812,7 +805,7 @@ impl MongoAllocations {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
-        let mut outcomes: Vec<(&Taking<'_>, Result<Allocated, RepositoryError>)> = Vec::new();
+        let mut outcomes: Vec<(&Taking<'_>, Result<AllocateStep, StoreError>)> = Vec::new();
         let dup_ids: Vec<ObjectId> = duplicates.iter().map(|&i| stored[i].0.id).collect();
         let ours = match self.stored_ids(&dup_ids).await {
             Ok(ours) => ours,
@@ -829,14 +822,14 @@ impl MongoAllocations {
                 repeats.push((*taking, batchref.as_str()));
             } else {
                 self.confirm(&taking.line.sku, batchref, taking.id);
-                outcomes.push((*taking, Ok(Allocated::Taken(batchref.clone()))));
+                outcomes.push((*taking, Ok(AllocateStep::Taken(batchref.clone()))));
             }
         }
         let answers = join_all(repeats.iter().map(|(taking, batchref)| async move {
             self.give_back(batchref, taking.id, i64::from(taking.line.qty))
                 .await?;
             match self.line(&taking.line.orderid, &taking.line.sku).await? {
-                Some(existing) => Ok(Allocated::AlreadyAcknowledged(existing)),
+                Some(existing) => Ok(AllocateStep::AlreadyAcknowledged(existing)),
                 // Deallocated in the meantime: the client may try again.
                 None => Err(unavailable_msg("the order line changed meanwhile")),
             }
@@ -859,7 +852,7 @@ impl MongoAllocations {
     pub(super) async fn stored_ids(
         &self,
         ids: &[ObjectId],
-    ) -> Result<HashSet<ObjectId>, RepositoryError> {
+    ) -> Result<HashSet<ObjectId>, StoreError> {
         if ids.is_empty() {
             return Ok(HashSet::new());
         }
@@ -869,11 +862,10 @@ impl MongoAllocations {
             .find(doc! { "_id": { "$in": ids } })
             .projection(doc! { "_id": 1 })
             .max_time(self.max_time)
-            .await
-            .map_err(unavailable)?;
+            .await?;
         let mut found = HashSet::new();
-        while cursor.advance().await.map_err(unavailable)? {
-            let document = cursor.deserialize_current().map_err(unavailable)?;
+        while cursor.advance().await? {
+            let document = cursor.deserialize_current()?;
             if let Ok(id) = document.get_object_id("_id") {
                 found.insert(id);
             }
@@ -889,7 +881,7 @@ impl MongoAllocations {
         batchref: &str,
         id: ObjectId,
         qty: i64,
-    ) -> Result<bool, RepositoryError> {
+    ) -> Result<bool, StoreError> {
         let field = intent_field(&id);
         let updated = self
             .batches
@@ -900,8 +892,7 @@ impl MongoAllocations {
                     "$unset": { &field: "" },
                 },
             )
-            .await
-            .map_err(unavailable)?;
+            .await?;
         Ok(updated.modified_count == 1)
     }
 
@@ -909,7 +900,7 @@ impl MongoAllocations {
     /// with a statement per batch. Run every heartbeat, for intents older
     /// than [`FLUSH_AFTER`]; under load most are
     /// removed in passing by the next stock step.
-    pub async fn flush_confirmed(&self) -> Result<usize, RepositoryError> {
+    pub async fn flush_confirmed(&self) -> Result<usize, StoreError> {
         let by_batch = self.intake.take_confirmed();
         if by_batch.is_empty() {
             return Ok(0);
@@ -944,14 +935,14 @@ impl MongoAllocations {
             .await;
         if let Err(error) = sent {
             self.intake.restore_confirmed(by_batch);
-            return Err(unavailable(error));
+            return Err(StoreError::from(error));
         }
         Ok(count)
     }
 }
 
-fn timed_out(limit: Duration) -> RepositoryError {
-    RepositoryError::Unavailable(Box::new(crate::adapters::deadline::TimedOut {
+fn timed_out(limit: Duration) -> StoreError {
+    StoreError(Box::new(crate::adapters::deadline::TimedOut {
         operation: "an allocation",
         limit,
     }))
@@ -961,19 +952,16 @@ fn max_time_ms(limit: Duration) -> i64 {
     i64::try_from(limit.as_millis()).unwrap_or(i64::MAX)
 }
 
-fn unavailable_msg(message: &str) -> RepositoryError {
-    RepositoryError::Unavailable(message.to_owned().into())
+fn unavailable_msg(message: &str) -> StoreError {
+    StoreError(message.to_owned().into())
 }
 
 /// The same failure again, for each request of a group it struck.
-fn copy_error(error: &RepositoryError) -> RepositoryError {
-    match error {
-        RepositoryError::Unavailable(source) => unavailable_msg(&format!("{error}: {source}")),
-        other => unavailable_msg(&other.to_string()),
-    }
+fn copy_error(error: &StoreError) -> StoreError {
+    unavailable_msg(&format!("{error}: {}", error.0))
 }
 
-fn failed_for_all(n: usize, error: &RepositoryError) -> Vec<Result<Allocated, RepositoryError>> {
+fn failed_for_all(n: usize, error: &StoreError) -> Vec<Result<AllocateStep, StoreError>> {
     (0..n).map(|_| Err(copy_error(error))).collect()
 }
 
@@ -984,10 +972,7 @@ mod tests {
     fn request(
         orderid: &str,
         sku: &str,
-    ) -> (
-        Request,
-        oneshot::Receiver<Result<Allocated, RepositoryError>>,
-    ) {
+    ) -> (Request, oneshot::Receiver<Result<AllocateStep, StoreError>>) {
         let (reply, answer) = oneshot::channel();
         let request = Request {
             line: OrderLine::new(orderid, sku, 1),

@@ -24,10 +24,11 @@ use futures_util::TryStreamExt;
 use mongodb::bson::{Document, doc, oid::ObjectId};
 
 use super::documents::{LineDocument, PENDING_INTENTS};
-use super::{MongoAllocations, intent_field, unavailable};
+use super::{MongoAllocations, intent_field};
+use crate::adapters::mongo::Finish;
 use crate::adapters::mongo::is_duplicate_key;
 use crate::domain::allocation::OrderLine;
-use crate::services::ports::allocation::RepositoryError;
+use crate::services::StoreError;
 
 /// Batches with intents looked at per pass.
 const BATCHES_PER_PASS: i64 = 100;
@@ -43,6 +44,7 @@ fn older_than(id: &ObjectId, age: Duration) -> bool {
 }
 
 /// An intent to finish.
+#[derive(Clone)]
 struct Intent {
     batch: String,
     id: ObjectId,
@@ -63,7 +65,7 @@ pub struct Resumed {
 impl MongoAllocations {
     /// Finishes the intents of instances without a lease, and this
     /// instance's own that no group of it is working on.
-    pub async fn resume_interrupted(&self) -> Result<Resumed, RepositoryError> {
+    pub async fn resume_interrupted(&self) -> Result<Resumed, StoreError> {
         let live = self.instance.live();
         let batches: Vec<Document> = self
             .batches
@@ -73,11 +75,9 @@ impl MongoAllocations {
             .projection(doc! { "sku": 1, "pending": 1 })
             .limit(BATCHES_PER_PASS)
             .max_time(self.max_time)
-            .await
-            .map_err(unavailable)?
+            .await?
             .try_collect()
-            .await
-            .map_err(unavailable)?;
+            .await?;
         let mut intents = Vec::new();
         for batch in &batches {
             let (Ok(reference), Ok(sku)) = (batch.get_str("_id"), batch.get_str("sku")) else {
@@ -92,8 +92,7 @@ impl MongoAllocations {
                         doc! { "_id": reference, "pending": {} },
                         doc! { "$unset": { "pending": "" } },
                     )
-                    .await
-                    .map_err(unavailable)?;
+                    .await?;
                 continue;
             }
             for (id, intent) in pending {
@@ -130,8 +129,7 @@ impl MongoAllocations {
         for (batch, fields) in done {
             self.batches
                 .update_one(doc! { "_id": batch }, doc! { "$unset": fields })
-                .await
-                .map_err(unavailable)?;
+                .await?;
         }
         let mut resumed = Resumed::default();
         for intent in unstored {
@@ -151,15 +149,18 @@ impl MongoAllocations {
     /// Stores the intent's line and removes the intent, in one transaction
     /// that applies only while the intent is there. False when it was gone,
     /// or when the (order, sku) holds a line already.
-    async fn store_for_intent(&self, intent: &Intent) -> Result<bool, RepositoryError> {
-        transaction!(self, |session| async {
-            let claimed = self
+    async fn store_for_intent(&self, intent: &Intent) -> Result<bool, StoreError> {
+        let this = self.clone();
+        let intent = intent.clone();
+        self.transaction(async move |session| {
+            let intent = &intent;
+            let claimed = this
                 .batches
                 .update_one(
                     doc! { "_id": &intent.batch, intent_field(&intent.id): { "$exists": true } },
                     doc! { "$unset": { intent_field(&intent.id): "" } },
                 )
-                .session(&mut session)
+                .session(&mut *session)
                 .await?;
             if claimed.modified_count == 0 {
                 return Ok(Finish::Abort(false));
@@ -171,13 +172,13 @@ impl MongoAllocations {
                 intent.seq,
                 &intent.owner,
             );
-            match self.lines.insert_one(line).session(&mut session).await {
+            match this.lines.insert_one(line).session(&mut *session).await {
                 Ok(_) => Ok(Finish::Commit(true)),
                 Err(error) if is_duplicate_key(&error) => Ok(Finish::Abort(false)),
                 Err(error) => Err(error),
             }
-        }
-        .await)
+        })
+        .await
     }
 }
 

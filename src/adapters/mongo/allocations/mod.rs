@@ -13,7 +13,7 @@
 //! this instance's lease, which survivors kill should this process die
 //! ([`super::instances`]). A transaction that meets a concurrent write
 //! (WriteConflict, labelled `TransientTransactionError`) is retried whole
-//! until [`TRANSACTION_RETRY_FOR`] has passed.
+//! until [`TRANSACTION_RETRY_FOR`](super::TRANSACTION_RETRY_FOR) has passed.
 
 use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
@@ -30,15 +30,13 @@ use self::documents::{ALLOCATED, BACKORDERED, BatchDocument, LineDocument, corru
 pub use self::documents::{BATCHES, ORDER_LINES, ORDERS, indexes};
 use self::group_commit::Intake;
 use super::instances::Instance;
-use super::is_duplicate_key;
+use super::{Finish, in_transaction, is_duplicate_key};
 use crate::domain::allocation::{AcknowledgedLine, Batch, OrderLine, Requester, lines_to_give_up};
+use crate::metrics::{AllocationOutcome, metrics};
+use crate::services::StoreError;
 use crate::services::ports::allocation::{
-    Allocated, AllocationRepository, Backorder, BatchLine, Filled, RepositoryError, Stock,
+    AddBatchError, AllocateStep, AllocationRepository, Backorder, BatchLine, FillStep, Stock,
 };
-
-pub(super) fn unavailable(error: MongoError) -> RepositoryError {
-    RepositoryError::Unavailable(Box::new(error))
-}
 
 /// How many allocation groups of a process are at the database at once. One:
 /// the requests that arrive meanwhile make the next group, so groups grow
@@ -66,22 +64,6 @@ pub struct MongoAllocations {
     hasher: RandomState,
     /// Sent with queries as `maxTimeMS`, and as the commit's limit.
     max_time: Duration,
-}
-
-/// Runs `$attempt` as one transaction (see [`super::in_transaction`]),
-/// answering [`RepositoryError::Unavailable`] when it cannot.
-macro_rules! transaction {
-    ($repo:expr, |$session:ident| $attempt:expr) => {
-        in_transaction!(
-            &$repo.instance,
-            $repo.max_time,
-            |$session| $attempt,
-            on_retry = {
-                crate::metrics::metrics().allocation(crate::metrics::AllocationOutcome::Contention)
-            }
-        )
-        .map_err(unavailable)
-    };
 }
 
 mod documents;
@@ -118,6 +100,16 @@ impl MongoAllocations {
     pub fn with_operation_timeout(mut self, limit: Duration) -> Self {
         self.max_time = limit;
         self
+    }
+
+    /// Runs `attempt` as one transaction (see [`in_transaction`]) in a
+    /// session of this instance, counting each retry as contention.
+    async fn transaction<T>(
+        &self,
+        attempt: impl AsyncFnMut(&mut ClientSession) -> Result<Finish<T>, MongoError>,
+    ) -> Result<T, StoreError> {
+        let contention = || metrics().allocation(AllocationOutcome::Contention);
+        Ok(in_transaction(&self.instance, self.max_time, contention, attempt).await?)
     }
 
     fn sku_lock(&self, sku: &str) -> &Mutex<()> {
@@ -172,7 +164,7 @@ async fn find_many<T>(
     filter: Document,
     sort: Document,
     limit_to: usize,
-) -> Result<Vec<T>, RepositoryError>
+) -> Result<Vec<T>, StoreError>
 where
     T: serde::de::DeserializeOwned + Send + Sync,
 {
@@ -181,11 +173,10 @@ where
         .max_time(max_time)
         .sort(sort)
         .limit(limit(limit_to))
-        .await
-        .map_err(unavailable)?
+        .await?
         .try_collect()
         .await
-        .map_err(unavailable)
+        .map_err(StoreError::from)
 }
 
 /// A page of a listing in `_id` order, optionally of one sku, strictly after `after`.
@@ -196,7 +187,7 @@ async fn find_page<T>(
     sku: Option<&str>,
     after: Option<Bson>,
     limit_to: usize,
-) -> Result<Vec<T>, RepositoryError>
+) -> Result<Vec<T>, StoreError>
 where
     T: serde::de::DeserializeOwned + Send + Sync,
 {
@@ -210,22 +201,21 @@ where
 }
 
 impl AllocationRepository for MongoAllocations {
-    async fn add_batch(&self, batch: &Batch) -> Result<(), RepositoryError> {
+    async fn add_batch(&self, batch: &Batch) -> Result<(), AddBatchError> {
         match self.batches.insert_one(BatchDocument::new(batch)).await {
             Ok(_) => Ok(()),
             Err(error) if is_duplicate_key(&error) => {
-                Err(RepositoryError::DuplicateReference(batch.reference.clone()))
+                Err(AddBatchError::DuplicateBatch(batch.reference.clone()))
             }
-            Err(error) => Err(unavailable(error)),
+            Err(error) => Err(StoreError::from(error).into()),
         }
     }
 
-    async fn batch(&self, reference: &str) -> Result<Option<Batch>, RepositoryError> {
+    async fn batch(&self, reference: &str) -> Result<Option<Batch>, StoreError> {
         self.batches
             .find_one(doc! { "_id": reference })
             .max_time(self.max_time)
-            .await
-            .map_err(unavailable)?
+            .await?
             .map(BatchDocument::into_batch)
             .transpose()
     }
@@ -235,7 +225,7 @@ impl AllocationRepository for MongoAllocations {
         sku: Option<&str>,
         after: Option<&str>,
         limit_to: usize,
-    ) -> Result<Vec<Batch>, RepositoryError> {
+    ) -> Result<Vec<Batch>, StoreError> {
         if limit_to == 0 {
             return Ok(Vec::new());
         }
@@ -248,7 +238,7 @@ impl AllocationRepository for MongoAllocations {
             .collect()
     }
 
-    async fn stock(&self, sku: &str, qty: u32) -> Result<Stock, RepositoryError> {
+    async fn stock(&self, sku: &str, qty: u32) -> Result<Stock, StoreError> {
         let roomiest = self
             .batches
             .clone_with_type::<Document>()
@@ -256,8 +246,7 @@ impl AllocationRepository for MongoAllocations {
             .sort(doc! { "available_quantity": -1 })
             .max_time(self.max_time)
             .projection(doc! { "_id": 0, "available_quantity": 1 })
-            .await
-            .map_err(unavailable)?;
+            .await?;
         let most = roomiest.map(|batch| batch.get_i64("available_quantity").unwrap_or(0));
         Ok(Stock::of(most, qty))
     }
@@ -266,20 +255,15 @@ impl AllocationRepository for MongoAllocations {
         &self,
         line: &OrderLine,
         requester: &Requester,
-    ) -> Result<Allocated, RepositoryError> {
+    ) -> Result<AllocateStep, StoreError> {
         self.allocate_in_group(line, requester).await
     }
 
-    async fn line(
-        &self,
-        orderid: &str,
-        sku: &str,
-    ) -> Result<Option<AcknowledgedLine>, RepositoryError> {
+    async fn line(&self, orderid: &str, sku: &str) -> Result<Option<AcknowledgedLine>, StoreError> {
         self.lines
             .find_one(doc! { "orderid": orderid, "sku": sku })
             .max_time(self.max_time)
-            .await
-            .map_err(unavailable)?
+            .await?
             .map(LineDocument::into_line)
             .transpose()
     }
@@ -288,7 +272,7 @@ impl AllocationRepository for MongoAllocations {
         &self,
         orderid: &str,
         limit_to: usize,
-    ) -> Result<Vec<AcknowledgedLine>, RepositoryError> {
+    ) -> Result<Vec<AcknowledgedLine>, StoreError> {
         let documents: Vec<LineDocument> = find_many(
             &self.lines,
             self.max_time,
@@ -304,7 +288,7 @@ impl AllocationRepository for MongoAllocations {
         &self,
         sku: &str,
         orderids: &[String],
-    ) -> Result<Vec<AcknowledgedLine>, RepositoryError> {
+    ) -> Result<Vec<AcknowledgedLine>, StoreError> {
         let filter = doc! { "orderid": { "$in": orderids }, "sku": sku };
         let documents =
             find_many(&self.lines, self.max_time, filter, doc! {}, orderids.len()).await?;
@@ -316,39 +300,41 @@ impl AllocationRepository for MongoAllocations {
         orderid: &str,
         sku: &str,
         requester: &Requester,
-    ) -> Result<Option<AcknowledgedLine>, RepositoryError> {
+    ) -> Result<Option<AcknowledgedLine>, StoreError> {
         let mut filter = doc! { "orderid": orderid, "sku": sku };
         if !requester.admin {
             filter.insert("owner", &requester.account);
         }
         let _turn = self.sku_lock(sku).lock().await;
-        let removed = transaction!(self, |session| async {
-            let Some(removed) = self
-                .lines
-                .find_one_and_delete(filter.clone())
-                .max_time(self.max_time)
-                .session(&mut session)
-                .await?
-            else {
-                return Ok(Finish::Abort(None));
-            };
-            if let Some(batchref) = &removed.batchref {
-                // With the line goes its intent, if still there: nobody may
-                // store the line again.
-                self.batches
-                    .update_one(
-                        doc! { "_id": batchref },
-                        doc! {
-                            "$inc": { "available_quantity": removed.qty },
-                            "$unset": { intent_field(&removed.id): "" },
-                        },
-                    )
-                    .session(&mut session)
-                    .await?;
-            }
-            Ok(Finish::Commit(Some(removed)))
-        }
-        .await)?;
+        let this = self.clone();
+        let removed = self
+            .transaction(async move |session| {
+                let Some(removed) = this
+                    .lines
+                    .find_one_and_delete(filter.clone())
+                    .max_time(this.max_time)
+                    .session(&mut *session)
+                    .await?
+                else {
+                    return Ok(Finish::Abort(None));
+                };
+                if let Some(batchref) = &removed.batchref {
+                    // With the line goes its intent, if still there: nobody may
+                    // store the line again.
+                    this.batches
+                        .update_one(
+                            doc! { "_id": batchref },
+                            doc! {
+                                "$inc": { "available_quantity": removed.qty },
+                                "$unset": { intent_field(&removed.id): "" },
+                            },
+                        )
+                        .session(&mut *session)
+                        .await?;
+                }
+                Ok(Finish::Commit(Some(removed)))
+            })
+            .await?;
         removed.map(LineDocument::into_line).transpose()
     }
 
@@ -356,38 +342,42 @@ impl AllocationRepository for MongoAllocations {
         &self,
         reference: &str,
         qty: u32,
-    ) -> Result<Option<Batch>, RepositoryError> {
+    ) -> Result<Option<Batch>, StoreError> {
         let Some(sku) = self.batch(reference).await?.map(|b| b.sku) else {
             return Ok(None);
         };
         let _turn = self.sku_lock(&sku).lock().await;
-        let changed = transaction!(self, |session| async {
-            let Some(stored) = self
-                .batches
-                .find_one(doc! { "_id": reference })
-                .max_time(self.max_time)
-                .session(&mut session)
-                .await?
-            else {
-                return Ok(Finish::Abort(None));
-            };
-            let delta = i64::from(qty) - stored.purchased_quantity;
-            let changed = self
-                .batches
-                .find_one_and_update(
-                    doc! { "_id": reference },
-                    doc! {
-                        "$set": { "purchased_quantity": i64::from(qty) },
-                        "$inc": { "available_quantity": delta },
-                    },
-                )
-                .max_time(self.max_time)
-                .return_document(ReturnDocument::After)
-                .session(&mut session)
-                .await?;
-            Ok(Finish::Commit(changed))
-        }
-        .await)?;
+        let this = self.clone();
+        let reference = reference.to_owned();
+        let changed = self
+            .transaction(async move |session| {
+                let reference = reference.as_str();
+                let Some(stored) = this
+                    .batches
+                    .find_one(doc! { "_id": reference })
+                    .max_time(this.max_time)
+                    .session(&mut *session)
+                    .await?
+                else {
+                    return Ok(Finish::Abort(None));
+                };
+                let delta = i64::from(qty) - stored.purchased_quantity;
+                let changed = this
+                    .batches
+                    .find_one_and_update(
+                        doc! { "_id": reference },
+                        doc! {
+                            "$set": { "purchased_quantity": i64::from(qty) },
+                            "$inc": { "available_quantity": delta },
+                        },
+                    )
+                    .max_time(this.max_time)
+                    .return_document(ReturnDocument::After)
+                    .session(&mut *session)
+                    .await?;
+                Ok(Finish::Commit(changed))
+            })
+            .await?;
         changed.map(BatchDocument::into_batch).transpose()
     }
 
@@ -395,17 +385,20 @@ impl AllocationRepository for MongoAllocations {
         &self,
         reference: &str,
         max_lines: usize,
-    ) -> Result<Vec<OrderLine>, RepositoryError> {
+    ) -> Result<Vec<OrderLine>, StoreError> {
         let Some(sku) = self.batch(reference).await?.map(|b| b.sku) else {
             return Ok(Vec::new());
         };
         let _turn = self.sku_lock(&sku).lock().await;
-        transaction!(self, |session| async {
-            let over_by = match self
+        let this = self.clone();
+        let reference = reference.to_owned();
+        self.transaction(async move |session| {
+            let reference = reference.as_str();
+            let over_by = match this
                 .batches
                 .find_one(doc! { "_id": reference })
-                .max_time(self.max_time)
-                .session(&mut session)
+                .max_time(this.max_time)
+                .session(&mut *session)
                 .await?
             {
                 Some(batch) => batch.available_quantity.min(0).unsigned_abs(),
@@ -414,15 +407,15 @@ impl AllocationRepository for MongoAllocations {
             if over_by == 0 {
                 return Ok(Finish::Abort(Vec::new()));
             }
-            let recent: Vec<LineDocument> = self
+            let recent: Vec<LineDocument> = this
                 .lines
                 .find(doc! { "batchref": reference, "status": ALLOCATED })
-                .max_time(self.max_time)
+                .max_time(this.max_time)
                 .sort(doc! { "batchref": 1, "batch_seq": -1 })
                 .limit(limit(max_lines))
-                .session(&mut session)
+                .session(&mut *session)
                 .await?
-                .stream(&mut session)
+                .stream(&mut *session)
                 .try_collect()
                 .await?;
             let quantities: Vec<u32> = recent
@@ -434,19 +427,19 @@ impl AllocationRepository for MongoAllocations {
                 return Ok(Finish::Abort(Vec::new()));
             }
             let ids: Vec<ObjectId> = given_up.iter().map(|line| line.id).collect();
-            self.lines
+            this.lines
                 .update_many(
                     doc! { "_id": { "$in": &ids } },
                     doc! { "$set": { "status": BACKORDERED, "batchref": null, "batch_seq": null } },
                 )
-                .session(&mut session)
+                .session(&mut *session)
                 .await?;
             let freed: i64 = given_up.iter().map(|line| line.qty).sum();
             let intents: Document = ids
                 .iter()
                 .map(|id| (intent_field(id), Bson::from("")))
                 .collect();
-            self.batches
+            this.batches
                 .update_one(
                     doc! { "_id": reference },
                     doc! {
@@ -454,7 +447,7 @@ impl AllocationRepository for MongoAllocations {
                         "$unset": intents,
                     },
                 )
-                .session(&mut session)
+                .session(&mut *session)
                 .await?;
             Ok(Finish::Commit(
                 given_up
@@ -466,14 +459,11 @@ impl AllocationRepository for MongoAllocations {
                     })
                     .collect(),
             ))
-        }
-        .await)
+        })
+        .await
     }
 
-    async fn over_allocated_batches(
-        &self,
-        limit_to: usize,
-    ) -> Result<Vec<String>, RepositoryError> {
+    async fn over_allocated_batches(&self, limit_to: usize) -> Result<Vec<String>, StoreError> {
         let filter = doc! { "available_quantity": { "$lt": 0 } };
         let batches = find_many(&self.batches, self.max_time, filter, doc! {}, limit_to).await?;
         Ok(batches.into_iter().map(|batch| batch.reference).collect())
@@ -484,7 +474,7 @@ impl AllocationRepository for MongoAllocations {
         sku: Option<&str>,
         after: Option<&str>,
         limit_to: usize,
-    ) -> Result<Vec<Backorder>, RepositoryError> {
+    ) -> Result<Vec<Backorder>, StoreError> {
         let filter = doc! { "status": BACKORDERED };
         // A position that is no ObjectId was not made here: start over.
         let after = after.and_then(|after| ObjectId::parse_str(after).ok().map(Bson::from));
@@ -502,29 +492,30 @@ impl AllocationRepository for MongoAllocations {
             .collect()
     }
 
-    async fn fill_backorder(&self, line: &OrderLine) -> Result<Filled, RepositoryError> {
+    async fn fill_backorder(&self, line: &OrderLine) -> Result<FillStep, StoreError> {
         let _turn = self.sku_lock(&line.sku).lock().await;
-        transaction!(self, |session| {
-            async {
-            let Some((batchref, seq)) = self.take_stock_in(&mut session, line).await? else {
-                return Ok(Finish::Abort(Filled::NoRoom));
+        let this = self.clone();
+        let line = line.clone();
+        self.transaction(async move |session| {
+            let line = &line;
+            let Some((batchref, seq)) = this.take_stock_in(&mut *session, line).await? else {
+                return Ok(Finish::Abort(FillStep::NoRoom));
             };
-            let updated = self
+            let updated = this
                 .lines
                 .update_one(
                     doc! { "orderid": &line.orderid, "sku": &line.sku, "status": BACKORDERED },
                     doc! { "$set": { "status": ALLOCATED, "batchref": &batchref, "batch_seq": seq } },
                 )
-                .session(&mut session)
+                .session(&mut *session)
                 .await?;
             if updated.modified_count == 0 {
                 // Filled or cancelled meanwhile: the abort gives the stock back.
-                return Ok(Finish::Abort(Filled::NotWaiting));
+                return Ok(Finish::Abort(FillStep::NotWaiting));
             }
-            Ok(Finish::Commit(Filled::Taken(batchref)))
-        }
-        .await
+            Ok(Finish::Commit(FillStep::Taken(batchref)))
         })
+        .await
     }
 
     async fn batch_lines(
@@ -532,7 +523,7 @@ impl AllocationRepository for MongoAllocations {
         reference: &str,
         after: Option<u64>,
         limit_to: usize,
-    ) -> Result<Vec<BatchLine>, RepositoryError> {
+    ) -> Result<Vec<BatchLine>, StoreError> {
         let mut filter = doc! { "batchref": reference, "status": ALLOCATED };
         if let Some(after) = after {
             filter.insert(

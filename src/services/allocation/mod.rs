@@ -1,4 +1,5 @@
-//! Allocation use cases, over the port `ports::allocation::AllocationRepository`.
+//! Allocation use cases, over the port `ports::allocation::AllocationRepository`;
+//! their errors are in [`errors`].
 //!
 //! Several processes may serve requests against the same store, so no use case
 //! trusts what it read: stock is only ever taken or given back by an atomic
@@ -10,8 +11,14 @@ use std::collections::BTreeSet;
 
 use chrono::NaiveDate;
 
+mod errors;
+
+pub use self::errors::{
+    AddBatchError, AllocateError, BatchError, DeallocateError, OrderAllocationsError,
+};
+use super::StoreError;
 use super::ports::allocation::{
-    Allocated, AllocationRepository, Backorder, BatchLine, Filled, RepositoryError, Stock,
+    AllocateStep, AllocationRepository, Backorder, BatchLine, FillStep, Stock,
 };
 use crate::domain::allocation::{
     AcknowledgedLine, AllocationError, Batch, LineStatus, OrderLine, Requester,
@@ -30,53 +37,9 @@ pub const FILL_LIMIT: usize = 200;
 /// How many of an order's lines [`allocations_for_order`] returns at most.
 pub const ORDER_LINES_LIMIT: usize = 1000;
 
-#[derive(Debug, thiserror::Error)]
-pub enum AddBatchError {
-    #[error("Batch {0} already exists")]
-    DuplicateBatch(String),
-    #[error(transparent)]
-    Store(RepositoryError),
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum AllocateError {
-    #[error(transparent)]
-    Allocation(#[from] AllocationError),
-    /// Another account's order: answered as if it did not exist, so that its
-    /// id is not confirmed.
-    #[error("Order {0} not found")]
-    OrderNotFound(String),
-    #[error(transparent)]
-    Store(#[from] RepositoryError),
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum DeallocateError {
-    #[error("Order line {orderid} for sku {sku} is not allocated")]
-    NotAllocated { orderid: String, sku: String },
-    #[error(transparent)]
-    Store(#[from] RepositoryError),
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum BatchError {
-    #[error("Batch {0} not found")]
-    BatchNotFound(String),
-    #[error(transparent)]
-    Store(#[from] RepositoryError),
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum OrderAllocationsError {
-    #[error("Order {0} has no allocations")]
-    NoAllocations(String),
-    #[error(transparent)]
-    Store(#[from] RepositoryError),
-}
-
 /// Where an allocation request left its line.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Allocation {
+pub enum Placement {
     /// The line draws from this batch.
     Allocated(String),
     /// The line was acknowledged before and now waits for stock.
@@ -116,30 +79,18 @@ pub async fn add_batch<R: AllocationRepository>(
     eta: Option<NaiveDate>,
 ) -> Result<Batch, AddBatchError> {
     let batch = Batch::new(reference, sku, purchased_quantity, eta);
-    match repo.add_batch(&batch).await {
-        Ok(()) => {}
-        Err(RepositoryError::DuplicateReference(reference)) => {
-            return Err(AddBatchError::DuplicateBatch(reference));
-        }
-        Err(error) => return Err(AddBatchError::Store(error)),
-    }
-    let filled = fill_backorders(repo, sku)
-        .await
-        .map_err(AddBatchError::Store)?;
+    repo.add_batch(&batch).await?;
+    let filled = fill_backorders(repo, sku).await?;
     if filled.is_empty() {
         return Ok(batch);
     }
-    Ok(repo
-        .batch(reference)
-        .await
-        .map_err(AddBatchError::Store)?
-        .unwrap_or(batch))
+    Ok(repo.batch(reference).await?.unwrap_or(batch))
 }
 
 /// Allocates `line` to the preferred batch with room for it.
 ///
 /// Idempotent: if the order's line for this sku was acknowledged before, its
-/// batch is returned (or [`Allocation::Backordered`]) and nothing is written,
+/// batch is returned (or [`Placement::Backordered`]) and nothing is written,
 /// even if the quantity asked now differs (change a line by deallocating
 /// first). A new line that finds no room is refused (`Out of stock`); only
 /// lines the system acknowledged ever become backorders.
@@ -147,20 +98,20 @@ pub async fn allocate<R: AllocationRepository>(
     repo: &R,
     line: OrderLine,
     requester: &Requester,
-) -> Result<Allocation, AllocateError> {
+) -> Result<Placement, AllocateError> {
     match repo.allocate(&line, requester).await? {
-        Allocated::Taken(batchref) => Ok(Allocation::Allocated(batchref)),
-        Allocated::NotOwner => Err(not_yours(repo, line).await?),
-        Allocated::AlreadyAcknowledged(existing)
+        AllocateStep::Taken(batchref) => Ok(Placement::Allocated(batchref)),
+        AllocateStep::NotOwner => Err(not_yours(repo, line).await?),
+        AllocateStep::AlreadyAcknowledged(existing)
             if !requester.may_manage(existing.owner.as_deref()) =>
         {
             Err(not_yours(repo, line).await?)
         }
-        Allocated::AlreadyAcknowledged(existing) => Ok(match existing.status {
-            LineStatus::Allocated { batchref } => Allocation::Allocated(batchref),
-            LineStatus::Backordered => Allocation::Backordered,
+        AllocateStep::AlreadyAcknowledged(existing) => Ok(match existing.status {
+            LineStatus::Allocated { batchref } => Placement::Allocated(batchref),
+            LineStatus::Backordered => Placement::Backordered,
         }),
-        Allocated::NoRoom => match repo.stock(&line.sku, line.qty).await? {
+        AllocateStep::NoRoom => match repo.stock(&line.sku, line.qty).await? {
             Stock::NoSuchSku => Err(AllocationError::InvalidSku(line.sku).into()),
             // Enough: stock came back since the step found none.
             Stock::Short | Stock::Enough => Err(AllocationError::OutOfStock(line.sku).into()),
@@ -174,7 +125,7 @@ pub async fn allocate<R: AllocationRepository>(
 async fn not_yours<R: AllocationRepository>(
     repo: &R,
     line: OrderLine,
-) -> Result<AllocateError, RepositoryError> {
+) -> Result<AllocateError, StoreError> {
     Ok(match repo.stock(&line.sku, line.qty).await? {
         Stock::NoSuchSku => AllocationError::InvalidSku(line.sku).into(),
         Stock::Short => AllocationError::OutOfStock(line.sku).into(),
@@ -253,7 +204,7 @@ pub async fn change_batch_quantity<R: AllocationRepository>(
 async fn give_up_all<R: AllocationRepository>(
     repo: &R,
     reference: &str,
-) -> Result<Vec<OrderLine>, RepositoryError> {
+) -> Result<Vec<OrderLine>, StoreError> {
     let mut displaced = Vec::new();
     loop {
         let step = repo.give_up_recent_lines(reference, GIVE_UP_STEP).await?;
@@ -270,7 +221,7 @@ async fn give_up_all<R: AllocationRepository>(
 pub async fn fill_backorders<R: AllocationRepository>(
     repo: &R,
     sku: &str,
-) -> Result<Vec<(OrderLine, String)>, RepositoryError> {
+) -> Result<Vec<(OrderLine, String)>, StoreError> {
     const PAGE: usize = 50;
     let mut filled = Vec::new();
     let mut after = None;
@@ -283,9 +234,9 @@ pub async fn fill_backorders<R: AllocationRepository>(
         let full_page = page.len() == PAGE;
         for waiting in page {
             match repo.fill_backorder(&waiting.line.line).await? {
-                Filled::Taken(batchref) => filled.push((waiting.line.line, batchref)),
-                Filled::NotWaiting => {}
-                Filled::NoRoom => return Ok(filled),
+                FillStep::Taken(batchref) => filled.push((waiting.line.line, batchref)),
+                FillStep::NotWaiting => {}
+                FillStep::NoRoom => return Ok(filled),
             }
         }
         if !full_page {
@@ -307,7 +258,7 @@ pub async fn fill_backorders<R: AllocationRepository>(
 pub async fn recover<R: AllocationRepository>(
     repo: &R,
     resume_after: Option<&str>,
-) -> Result<Recovery, RepositoryError> {
+) -> Result<Recovery, StoreError> {
     const PAGE: usize = 100;
     let mut recovery = Recovery::default();
     for reference in repo.over_allocated_batches(PAGE).await? {
@@ -340,7 +291,7 @@ pub async fn list_batches<R: AllocationRepository>(
     sku: Option<&str>,
     after: Option<&str>,
     limit: usize,
-) -> Result<Vec<Batch>, RepositoryError> {
+) -> Result<Vec<Batch>, StoreError> {
     repo.batches(sku, after, limit).await
 }
 
@@ -364,7 +315,7 @@ pub async fn list_backorders<R: AllocationRepository>(
     sku: Option<&str>,
     after: Option<&str>,
     limit: usize,
-) -> Result<Vec<Backorder>, RepositoryError> {
+) -> Result<Vec<Backorder>, StoreError> {
     repo.backorders(sku, after, limit).await
 }
 

@@ -1,0 +1,46 @@
+//! What the allocation use cases answer besides their outcomes: each
+//! use case's own refusals, and [`StoreError`] (the database failed),
+//! converted by `?` through `#[from]`.
+
+use crate::domain::allocation::AllocationError;
+use crate::services::StoreError;
+
+/// Adding a batch can meet a duplicate reference, which the store reports
+/// (the port's error is the use case's).
+pub use crate::services::ports::allocation::AddBatchError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AllocateError {
+    #[error(transparent)]
+    Allocation(#[from] AllocationError),
+    /// Another account's order: answered as if it did not exist, so that its
+    /// id is not confirmed.
+    #[error("Order {0} not found")]
+    OrderNotFound(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeallocateError {
+    #[error("Order line {orderid} for sku {sku} is not allocated")]
+    NotAllocated { orderid: String, sku: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BatchError {
+    #[error("Batch {0} not found")]
+    BatchNotFound(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OrderAllocationsError {
+    #[error("Order {0} has no allocations")]
+    NoAllocations(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
