@@ -60,7 +60,10 @@ pub enum AllocationOutcome {
 pub enum LoginOutcome {
     Ok,
     BadCredentials,
-    /// Refused for too many recent failures (see the login throttle).
+    /// The password was right, but the account is disabled.
+    Disabled,
+    /// Refused for too many recent failures (see the login throttle), or
+    /// for too many passwords being hashed at once.
     Throttled,
     Unavailable,
 }
@@ -157,7 +160,7 @@ impl Metrics {
         for outcome in ["allocated", "backordered", "out_of_stock", "contention"] {
             let _ = allocations.get_or_create(&OutcomeLabels { outcome });
         }
-        for outcome in ["ok", "bad_credentials", "throttled"] {
+        for outcome in ["ok", "bad_credentials", "disabled", "throttled"] {
             let _ = logins.get_or_create(&OutcomeLabels { outcome });
         }
         Self {
@@ -251,6 +254,7 @@ impl Metrics {
         let outcome = match outcome {
             LoginOutcome::Ok => "ok",
             LoginOutcome::BadCredentials => "bad_credentials",
+            LoginOutcome::Disabled => "disabled",
             LoginOutcome::Throttled => "throttled",
             LoginOutcome::Unavailable => "unavailable",
         };

@@ -123,22 +123,6 @@ fn requester(token: &AccessToken) -> Requester {
     }
 }
 
-fn count(result: &Result<Placement, AllocateError>) {
-    let outcome = match result {
-        Ok(Placement::Allocated(_)) => AllocationOutcome::Allocated,
-        Ok(Placement::Backordered) => AllocationOutcome::Backordered,
-        Err(AllocateError::Allocation(AllocationError::OutOfStock(_))) => {
-            AllocationOutcome::OutOfStock
-        }
-        Err(AllocateError::Allocation(AllocationError::InvalidSku(_))) => {
-            AllocationOutcome::InvalidSku
-        }
-        Err(AllocateError::Store(_)) => AllocationOutcome::Unavailable,
-        Err(AllocateError::OrderNotFound(_)) => return,
-    };
-    metrics().allocation(outcome);
-}
-
 #[OpenApi(tag = "ApiTags::Allocations")]
 impl AllocationsApi {
     /// Allocate an order line
@@ -163,25 +147,44 @@ impl AllocationsApi {
         let JsonBody(request) = body;
         let line = OrderLine::new(request.orderid, request.sku, request.qty.0);
         let result = allocation::allocate(&state.allocations, line, &requester(&token)).await;
-        count(&result);
-        match result {
-            Ok(Placement::Allocated(batchref)) => Ok(AllocateResponse::Created(Json(
-                AllocationResult::Allocated(Allocated { batchref }),
-            ))),
-            Ok(Placement::Backordered) => Ok(AllocateResponse::Accepted(Json(
-                AllocationResult::Waiting(Waiting {
-                    status: LineStatusBody::Backordered,
-                }),
-            ))),
+        // One match gives the answer and what the metrics count of it (a 400
+        // is one of two outcomes, which its body alone tells apart).
+        let (answer, outcome) = match result {
+            Ok(Placement::Allocated(batchref)) => (
+                Ok(AllocateResponse::Created(Json(
+                    AllocationResult::Allocated(Allocated { batchref }),
+                ))),
+                Some(AllocationOutcome::Allocated),
+            ),
+            Ok(Placement::Backordered) => (
+                Ok(AllocateResponse::Accepted(Json(AllocationResult::Waiting(
+                    Waiting {
+                        status: LineStatusBody::Backordered,
+                    },
+                )))),
+                Some(AllocationOutcome::Backordered),
+            ),
             Err(AllocateError::Allocation(error)) => {
-                Ok(AllocateResponse::BadRequest(message(error)))
+                let outcome = match error {
+                    AllocationError::OutOfStock(_) => AllocationOutcome::OutOfStock,
+                    AllocationError::InvalidSku(_) => AllocationOutcome::InvalidSku,
+                };
+                (
+                    Ok(AllocateResponse::BadRequest(message(error))),
+                    Some(outcome),
+                )
             }
             Err(error @ AllocateError::OrderNotFound(_)) => {
-                Ok(AllocateResponse::NotFound(message(error)))
+                (Ok(AllocateResponse::NotFound(message(error))), None)
             }
-            Err(AllocateError::Store(error)) => Err(error.into()),
+            Err(AllocateError::Store(error)) => {
+                (Err(error.into()), Some(AllocationOutcome::Unavailable))
+            }
+        };
+        if let Some(outcome) = outcome {
+            metrics().allocation(outcome);
         }
-        .into()
+        answer.into()
     }
 
     /// Deallocate an order line

@@ -98,15 +98,7 @@ impl UsersApi {
             &body.password,
         )
         .await;
-        metrics().login(match &result {
-            Ok(_) => LoginOutcome::Ok,
-            Err(LoginError::BadCredentials) => LoginOutcome::BadCredentials,
-            Err(
-                LoginError::Throttled(_) | LoginError::Fault(Fault::Hashing(HashingError::Busy)),
-            ) => LoginOutcome::Throttled,
-            Err(_) => LoginOutcome::Unavailable,
-        });
-        match result {
+        let answer = match result {
             Ok((_, tokens)) => Ok(LoginResponse::Ok(Json(tokens.into()))),
             Err(error @ LoginError::BadCredentials) => Ok(LoginResponse::BadCredentials(
                 msg(error),
@@ -121,8 +113,12 @@ impl UsersApi {
                 Ok(LoginResponse::TooManyRequests(msg(error), 1))
             }
             Err(LoginError::Fault(fault)) => Err(fault.into()),
-        }
-        .into()
+        };
+        metrics().login(match &answer {
+            Ok(response) => response.outcome(),
+            Err(_) => LoginOutcome::Unavailable,
+        });
+        answer.into()
     }
 
     /// Refresh tokens

@@ -9,6 +9,7 @@ use crate::api::error::{ApiError, message, msg};
 use crate::api::fields::UsernameField;
 use crate::api::reply::{ErrorExamples, example};
 use crate::domain::user::User;
+use crate::metrics::LoginOutcome;
 use crate::services::tokens::TokenPair;
 use crate::services::users::{AccountError, LoginError, ProfileError, RegistrationError};
 
@@ -202,6 +203,18 @@ pub enum LoginResponse {
         #[oai(header = "Retry-After")]
         u64,
     ),
+}
+
+impl LoginResponse {
+    /// What the metrics count of this answer.
+    pub fn outcome(&self) -> LoginOutcome {
+        match self {
+            Self::Ok(_) => LoginOutcome::Ok,
+            Self::BadCredentials(..) => LoginOutcome::BadCredentials,
+            Self::Disabled(_) => LoginOutcome::Disabled,
+            Self::TooManyRequests(..) => LoginOutcome::Throttled,
+        }
+    }
 }
 
 impl ErrorExamples for LoginResponse {
