@@ -466,6 +466,7 @@ impl MongoAllocations {
             .iter()
             .zip(taken)
             .map(|((sku, lines), taken)| async move {
+                let taken = taken?;
                 let missed: Vec<Taking<'_>> = lines
                     .iter()
                     .zip(&taken)
@@ -499,11 +500,12 @@ impl MongoAllocations {
     /// [`Self::take_stock`] on the preferred batch with room (`sort`), then
     /// one `find` of the batches holding each sku's first intent. Per sku and
     /// line: where its stock was taken, or None where no batch had room for
-    /// all the sku's lines (to try line by line).
+    /// all the sku's lines (to try line by line); per sku, the error of a
+    /// statement that failed.
     async fn take_stock_in_one_update(
         &self,
         by_sku: &HashMap<&str, Vec<Taking<'_>>>,
-    ) -> Result<Vec<Vec<Option<Stock>>>, StoreError> {
+    ) -> Result<Vec<Result<Vec<Option<Stock>>, StoreError>>, StoreError> {
         let mut statements = Vec::with_capacity(by_sku.len());
         let mut piggybacks = Vec::with_capacity(by_sku.len());
         for (sku, lines) in by_sku {
@@ -517,8 +519,6 @@ impl MongoAllocations {
             piggybacks.push(piggyback);
         }
         let max_time_ms = i64::try_from(self.max_time.as_millis()).unwrap_or(i64::MAX);
-        // Statements that failed (reported in `writeErrors`) left no intent:
-        // the `find` below treats them as finding no room.
         let reply = self
             .database
             .run_command(doc! {
@@ -533,6 +533,21 @@ impl MongoAllocations {
             Some(Bson::Int64(n)) => *n,
             _ => i64::MAX,
         };
+        // Statements that failed left no intent, and did not find "no room".
+        let mut failed: HashMap<usize, String> = HashMap::new();
+        for error in reply.get_array("writeErrors").into_iter().flatten() {
+            let Some(error) = error.as_document() else {
+                continue;
+            };
+            let index = error
+                .get_i32("index")
+                .ok()
+                .and_then(|i| usize::try_from(i).ok());
+            let message = error.get_str("errmsg").unwrap_or("a statement failed");
+            if let Some(index) = index {
+                failed.insert(index, message.to_owned());
+            }
+        }
         let firsts: Vec<String> = by_sku
             .values()
             .map(|lines| intent_field(&lines[0].id))
@@ -556,13 +571,17 @@ impl MongoAllocations {
             .try_collect()
             .await?;
         let mut taken = Vec::with_capacity(by_sku.len());
-        for ((sku, lines), piggyback) in by_sku.iter().zip(piggybacks) {
+        for (index, ((sku, lines), piggyback)) in by_sku.iter().zip(piggybacks).enumerate() {
+            if let Some(message) = failed.remove(&index) {
+                taken.push(Err(StoreError(message.into())));
+                continue;
+            }
             let id = lines[0].id.to_hex();
             let held = found.iter().find_map(|batch| {
                 let intent = batch.get_document("pending").ok()?.get_document(&id).ok()?;
                 Some((batch.get_str("_id").ok()?, intent.get_i64("s").ok()?))
             });
-            taken.push(match held {
+            taken.push(Ok(match held {
                 Some((reference, first)) => {
                     self.forget_piggybacked(sku, reference, &piggyback);
                     positions(reference, first, lines.len())
@@ -571,10 +590,11 @@ impl MongoAllocations {
                         .collect()
                 }
                 None => vec![None; lines.len()],
-            });
+            }));
         }
         let held = taken
             .iter()
+            .flatten()
             .filter(|stock| stock.iter().any(Option::is_some))
             .count();
         if applied > held as i64 {
@@ -591,11 +611,12 @@ impl MongoAllocations {
     async fn stored_by_recovery(
         &self,
         by_sku: &HashMap<&str, Vec<Taking<'_>>>,
-        taken: &mut [Vec<Option<Stock>>],
+        taken: &mut [Result<Vec<Option<Stock>>, StoreError>],
     ) -> Result<(), StoreError> {
         let missed: Vec<ObjectId> = by_sku
             .values()
             .zip(taken.iter())
+            .filter_map(|(lines, stock)| Some((lines, stock.as_ref().ok()?)))
             .filter(|(_, stock)| stock.iter().all(Option::is_none))
             .flat_map(|(lines, _)| lines.iter().map(|line| line.id))
             .collect();
@@ -607,6 +628,9 @@ impl MongoAllocations {
             .try_collect()
             .await?;
         for (lines, stock) in by_sku.values().zip(taken.iter_mut()) {
+            let Ok(stock) = stock else {
+                continue;
+            };
             for (line, stock) in lines.iter().zip(stock.iter_mut()) {
                 let document = stored.iter().find(|document| document.id == line.id);
                 if let Some(LineDocument {
