@@ -941,7 +941,7 @@ async fn the_mongodb_repository_passes_the_repository_contract() {
         .unwrap();
     let instance = Instance::new(&database, std::time::Duration::from_secs(1));
     let repository = MongoAllocations::new(&database, &instance);
-    crate::contract::run_all(&repository, &random_name("contract")).await;
+    allot::testing::contract::run_all(&repository, &random_name("contract")).await;
 }
 
 /// This module's tests, in the order the harness lists them.
