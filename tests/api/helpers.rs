@@ -140,7 +140,275 @@ impl TestApp {
     }
 }
 
+/// The API's endpoints, one helper each (see also [`Caller`] for the ones that
+/// take a token).
+impl TestApp {
+    /// Any request, with an optional bearer token and JSON body: the status
+    /// and the JSON body (`null` for an empty 204).
+    pub async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
+        let mut request = self.http.request(method, self.url(path));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        json(request.send().await.expect("request sent")).await
+    }
+
+    /// Requests made with `access` as the bearer token.
+    pub fn with_token(&self, access: &str) -> Caller<'_> {
+        Caller {
+            app: self,
+            token: access.to_owned(),
+        }
+    }
+
+    /// A fresh admin ([`TestApp::new_admin`]), ready to send requests.
+    pub async fn as_admin(&self) -> Caller<'_> {
+        let tokens = self.new_admin().await;
+        self.with_token(&tokens.access)
+    }
+
+    /// A fresh user ([`TestApp::new_user`]), ready to send requests.
+    pub async fn as_user(&self) -> Caller<'_> {
+        let tokens = self.new_user().await;
+        self.with_token(&tokens.access)
+    }
+
+    /// Registers a fresh user: its username and token pair.
+    pub async fn registered(&self) -> (String, Tokens) {
+        let username = random_name("user");
+        let (status, body) = self.register(&username, PASSWORD).await;
+        assert_eq!(status, 201, "{body}");
+        (username, Tokens::from(&body))
+    }
+
+    /// `POST /users/refresh` with a refresh token.
+    pub async fn refresh(&self, refresh: &str) -> (u16, serde_json::Value) {
+        let body = serde_json::json!({});
+        json(self.post_json("/users/refresh", Some(refresh), &body).await).await
+    }
+
+    /// `POST /users/logout` with an access or refresh token.
+    pub async fn logout(&self, token: &str) -> (u16, serde_json::Value) {
+        let body = serde_json::json!({});
+        json(self.post_json("/users/logout", Some(token), &body).await).await
+    }
+
+    /// A login from `client` (sent as `X-Forwarded-For`), with the raw response.
+    pub async fn login_from(
+        &self,
+        client: &str,
+        username: &str,
+        password: &str,
+    ) -> reqwest::Response {
+        self.http
+            .post(self.url("/users/login"))
+            .header("X-Forwarded-For", client)
+            .json(&serde_json::json!({"username": username, "password": password}))
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    /// A second instance on this one's database.
+    pub async fn second_instance(&self) -> TestApp {
+        let database = self.database.name().to_owned();
+        spawn_app_with(|settings| settings.mongo.database = database).await
+    }
+}
+
+/// Requests to one app with one bearer token: one helper per endpoint.
+/// Each answers the status and the JSON body.
+#[derive(Clone)]
+pub struct Caller<'a> {
+    pub app: &'a TestApp,
+    pub token: String,
+}
+
+impl Caller<'_> {
+    pub async fn get(&self, path: &str) -> (u16, serde_json::Value) {
+        let (app, token) = (self.app, Some(self.token.as_str()));
+        app.send(reqwest::Method::GET, path, token, None).await
+    }
+
+    pub async fn post(&self, path: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
+        let (app, token) = (self.app, Some(self.token.as_str()));
+        app.send(reqwest::Method::POST, path, token, Some(body))
+            .await
+    }
+
+    pub async fn patch(&self, path: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
+        let (app, token) = (self.app, Some(self.token.as_str()));
+        app.send(reqwest::Method::PATCH, path, token, Some(body))
+            .await
+    }
+
+    pub async fn delete(&self, path: &str) -> (u16, serde_json::Value) {
+        let (app, token) = (self.app, Some(self.token.as_str()));
+        app.send(reqwest::Method::DELETE, path, token, None).await
+    }
+
+    /// `POST /batches`.
+    pub async fn add_batch(
+        &self,
+        reference: &str,
+        sku: &str,
+        qty: u32,
+        eta: Option<&str>,
+    ) -> (u16, serde_json::Value) {
+        let batch = serde_json::json!(
+            {"reference": reference, "sku": sku, "purchased_quantity": qty, "eta": eta}
+        );
+        self.post("/batches", &batch).await
+    }
+
+    /// `GET /batches/{reference}`.
+    pub async fn get_batch(&self, reference: &str) -> (u16, serde_json::Value) {
+        self.get(&format!("/batches/{reference}")).await
+    }
+
+    /// `PATCH /batches/{reference}` with a new purchased quantity.
+    pub async fn change_quantity(&self, reference: &str, qty: u32) -> (u16, serde_json::Value) {
+        let change = serde_json::json!({"purchased_quantity": qty});
+        self.patch(&format!("/batches/{reference}"), &change).await
+    }
+
+    /// `POST /allocate`.
+    pub async fn allocate(&self, orderid: &str, sku: &str, qty: u32) -> (u16, serde_json::Value) {
+        self.post("/allocate", &line(orderid, sku, qty)).await
+    }
+
+    /// `POST /deallocate`.
+    pub async fn deallocate(&self, orderid: &str, sku: &str) -> (u16, serde_json::Value) {
+        let line = serde_json::json!({"orderid": orderid, "sku": sku});
+        self.post("/deallocate", &line).await
+    }
+
+    /// `GET /allocations/{orderid}`.
+    pub async fn allocations(&self, orderid: &str) -> (u16, serde_json::Value) {
+        self.get(&format!("/allocations/{orderid}")).await
+    }
+
+    /// `GET /users/me`: the caller's username.
+    pub async fn username(&self) -> String {
+        let (status, me) = self.get("/users/me").await;
+        assert_eq!(status, 200, "{me}");
+        me["username"].as_str().expect("a username").to_owned()
+    }
+
+    /// `PATCH /users/{username}`.
+    pub async fn change_user(
+        &self,
+        username: &str,
+        change: &serde_json::Value,
+    ) -> (u16, serde_json::Value) {
+        self.patch(&format!("/users/{username}"), change).await
+    }
+
+    /// `DELETE /users/{username}`.
+    pub async fn delete_user(&self, username: &str) -> (u16, serde_json::Value) {
+        self.delete(&format!("/users/{username}")).await
+    }
+
+    /// `POST /users` (an admin creating an account).
+    pub async fn create_user(&self, username: &str, roles: &[&str]) -> (u16, serde_json::Value) {
+        let account =
+            serde_json::json!({"username": username, "password": PASSWORD, "roles": roles});
+        self.post("/users", &account).await
+    }
+}
+
+/// An order line's JSON body.
+pub fn line(orderid: &str, sku: &str, qty: u32) -> serde_json::Value {
+    serde_json::json!({"orderid": orderid, "sku": sku, "qty": qty})
+}
+
 pub const PASSWORD: &str = "correct horse battery";
+
+/// An app with an admin's and a user's token, for the allocation stories.
+pub struct Shop {
+    pub app: TestApp,
+    pub admin: String,
+    pub user: String,
+}
+
+impl Shop {
+    pub async fn open() -> Self {
+        Self::on(spawn_app().await).await
+    }
+
+    pub async fn on(app: TestApp) -> Self {
+        let admin = app.new_admin().await.access;
+        let user = app.new_user().await.access;
+        Self { app, admin, user }
+    }
+
+    pub fn as_admin(&self) -> Caller<'_> {
+        self.app.with_token(&self.admin)
+    }
+
+    pub fn as_user(&self) -> Caller<'_> {
+        self.app.with_token(&self.user)
+    }
+
+    /// Adds each `(reference, sku, qty, eta)` as the admin, expecting 201.
+    pub async fn add_stock(&self, batches: &[(&str, &str, u32, Option<&str>)]) {
+        for (reference, sku, qty, eta) in batches {
+            let (status, reply) = self.as_admin().add_batch(reference, sku, *qty, *eta).await;
+            assert_eq!(status, 201, "{reply}");
+        }
+    }
+
+    pub async fn post(
+        &self,
+        path: &str,
+        token: &str,
+        body: &serde_json::Value,
+    ) -> (u16, serde_json::Value) {
+        self.app.with_token(token).post(path, body).await
+    }
+
+    /// GET as the user.
+    pub async fn get(&self, path: &str) -> (u16, serde_json::Value) {
+        self.as_user().get(path).await
+    }
+
+    /// `POST /allocate` as the user.
+    pub async fn allocate(&self, orderid: &str, sku: &str, qty: u32) -> (u16, serde_json::Value) {
+        self.as_user().allocate(orderid, sku, qty).await
+    }
+
+    /// `PATCH /batches/{reference}` as the admin.
+    pub async fn patch_quantity(&self, reference: &str, qty: u32) -> (u16, serde_json::Value) {
+        self.as_admin().change_quantity(reference, qty).await
+    }
+
+    pub async fn get_as_admin(&self, path: &str) -> (u16, serde_json::Value) {
+        self.as_admin().get(path).await
+    }
+
+    /// The status of the order's first line.
+    pub async fn line_status(&self, orderid: &str) -> serde_json::Value {
+        self.get(&format!("/allocations/{orderid}")).await.1[0]["status"].clone()
+    }
+
+    pub async fn batch_count(&self) -> u64 {
+        self.app
+            .database
+            .collection::<mongodb::bson::Document>("batches")
+            .count_documents(mongodb::bson::doc! {})
+            .await
+            .unwrap()
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct Tokens {
@@ -190,7 +458,8 @@ pub fn random_name(kind: &str) -> String {
     )
 }
 
-/// Status and JSON body of a response.
+/// Status and JSON body of a response (`null` for an empty 204); panics on
+/// any other body that is not JSON.
 pub async fn json(response: reqwest::Response) -> (u16, serde_json::Value) {
     let status = response.status().as_u16();
     let content_type = response
@@ -200,6 +469,9 @@ pub async fn json(response: reqwest::Response) -> (u16, serde_json::Value) {
         .unwrap_or_default()
         .to_owned();
     let text = response.text().await.expect("a response body");
+    if status == 204 && text.is_empty() {
+        return (status, serde_json::Value::Null);
+    }
     let body = serde_json::from_str(&text).unwrap_or_else(|_| {
         panic!("expected a JSON body, got {status} {content_type:?}: {text:?}")
     });
