@@ -8,7 +8,7 @@ use mongodb::bson::{Document, doc};
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    PASSWORD, TestApp, Tokens, json, msg, random_name, secret_as, spawn_app, spawn_app_with,
+    Caller, PASSWORD, TestApp, Tokens, json, msg, random_name, secret_as, spawn_app, spawn_app_with,
 };
 
 /// Waits up to a second for `access` to be refused as revoked by `app`.
@@ -127,20 +127,9 @@ fn usernames(page: &Value) -> Vec<String> {
         .collect()
 }
 
-/// Point 2: admins list, read, change and delete accounts; every change
-/// revokes the account's tokens (a demoted admin keeps no admin token); a
-/// disabled account's login is 403 only after the password was checked.
-async fn admins_manage_accounts_and_every_change_revokes() {
-    let first = spawn_app().await;
-    let second = first.second_instance().await;
-    let admin = first.as_admin().await;
-    let (name_a, _) = first.registered().await;
-    let (name_b, user_b) = first.registered().await;
-
-    // Only admins.
-    assert_eq!(first.with_token(&user_b.access).get("/users").await.0, 403);
-
-    // Pages by username.
+/// `GET /users` pages by username, two at a time, showing no secret: here
+/// the admin and the two users `a` and `b`.
+async fn users_are_listed_in_pages(admin: &Caller<'_>, a: &String, b: &String) {
     let (status, page) = admin.get("/users?limit=2").await;
     assert_eq!(status, 200, "{page}");
     never_a_secret(&page);
@@ -150,13 +139,25 @@ async fn admins_manage_accounts_and_every_change_revokes() {
     assert_eq!(names.len(), 3);
     assert!(names.is_sorted(), "{names:?}");
     names.sort();
-    assert!(names.contains(&name_a) && names.contains(&name_b));
+    assert!(names.contains(a) && names.contains(b));
     assert_eq!(rest["next_cursor"], Value::Null);
     let user = &page["users"][0];
     for field in ["username", "roles", "created_at", "disabled"] {
         assert!(user.get(field).is_some(), "{user}");
     }
+}
 
+/// Point 2: admins list, read, change and delete accounts; every change
+/// revokes the account's tokens (a demoted admin keeps no admin token); a
+/// disabled account's login is 403 only after the password was checked.
+async fn admins_manage_accounts_and_every_change_revokes() {
+    let first = spawn_app().await;
+    let second = first.second_instance().await;
+    let admin = first.as_admin().await;
+    let (name_a, _) = first.registered().await;
+    let (name_b, user_b) = first.registered().await;
+    assert_eq!(first.with_token(&user_b.access).get("/users").await.0, 403);
+    users_are_listed_in_pages(&admin, &name_a, &name_b).await;
     let (status, profile) = admin
         .get(&format!("/users/{}", name_b.to_uppercase()))
         .await;
@@ -165,51 +166,29 @@ async fn admins_manage_accounts_and_every_change_revokes() {
     assert_eq!(admin.get("/users/nobody-here").await.0, 404);
 
     // Promote B: B's old tokens are revoked; a new login carries admin.
-    let (status, body) = admin
-        .change_user(&name_b, &json!({"roles": ["user", "admin"]}))
-        .await;
+    let (status, body) = admin.set_roles(&name_b, &["user", "admin"]).await;
     assert_eq!(status, 200, "{body}");
     never_a_secret(&body);
     refused_within_a_second(&second, &user_b.access).await;
-    let b_admin = Tokens::from(&second.login(&name_b, PASSWORD).await.1);
-    assert_eq!(
-        second.with_token(&b_admin.access).get("/users").await.0,
-        200
-    );
+    let b_admin = second.logged_in(&name_b).await;
+    assert_eq!(b_admin.get("/users").await.0, 200);
 
     // Demote B again: its admin token is refused on the other instance within a second.
-    assert_eq!(
-        admin
-            .change_user(&name_b, &json!({"roles": ["user"]}))
-            .await
-            .0,
-        200
-    );
-    refused_within_a_second(&second, &b_admin.access).await;
-    assert_eq!(
-        second.with_token(&b_admin.access).get("/users").await.0,
-        401
-    );
+    assert_eq!(admin.set_roles(&name_b, &["user"]).await.0, 200);
+    refused_within_a_second(&second, &b_admin.token).await;
+    assert_eq!(b_admin.get("/users").await.0, 401);
 
     // Disable: the right password gets 403, a wrong one still 401.
     let before = Tokens::from(&first.login(&name_b, PASSWORD).await.1);
-    let (status, body) = admin.change_user(&name_b, &json!({"disabled": true})).await;
+    let (status, body) = admin.set_disabled(&name_b, true).await;
     assert_eq!((status, &body["disabled"]), (200, &json!(true)));
     refused_within_a_second(&second, &before.access).await;
-    let refusals = [
-        (403, msg("Account disabled")),
-        (401, msg("Bad username or password")),
-    ];
-    assert_eq!(second.login(&name_b, PASSWORD).await, refusals[0]);
-    assert_eq!(second.login(&name_b, "wrong password").await, refusals[1]);
+    let disabled = (403, msg("Account disabled"));
+    assert_eq!(second.login(&name_b, PASSWORD).await, disabled);
+    let wrong = (401, msg("Bad username or password"));
+    assert_eq!(second.login(&name_b, "wrong password").await, wrong);
     assert_eq!(second.refresh(&before.refresh).await.0, 401);
-    assert_eq!(
-        admin
-            .change_user(&name_b, &json!({"disabled": false}))
-            .await
-            .0,
-        200
-    );
+    assert_eq!(admin.set_disabled(&name_b, false).await.0, 200);
     assert_eq!(second.login(&name_b, PASSWORD).await.0, 200);
 
     // Bad changes change nothing.
@@ -232,10 +211,10 @@ async fn admins_manage_accounts_and_every_change_revokes() {
     );
 
     // Delete: 204, then 404; its tokens are refused; the name is free.
-    let a = Tokens::from(&first.login(&name_a, PASSWORD).await.1);
+    let a = first.logged_in(&name_a).await;
     assert_eq!(admin.delete_user(&name_a).await.0, 204);
     assert_eq!(admin.delete_user(&name_a).await.0, 404);
-    refused_within_a_second(&second, &a.access).await;
+    refused_within_a_second(&second, &a.token).await;
     assert_eq!(second.register(&name_a, PASSWORD).await.0, 201);
 }
 

@@ -182,6 +182,13 @@ impl TestApp {
         self.with_token(&tokens.access)
     }
 
+    /// Logs `username` in with [`PASSWORD`] (the login's status unchecked),
+    /// ready to send requests with the access token.
+    pub async fn logged_in(&self, username: &str) -> Caller<'_> {
+        let (_, body) = self.login(username, PASSWORD).await;
+        self.with_token(&Tokens::from(&body).access)
+    }
+
     /// Registers a fresh user: its username and token pair.
     pub async fn registered(&self) -> (String, Tokens) {
         let username = random_name("user");
@@ -311,6 +318,18 @@ impl Caller<'_> {
         change: &serde_json::Value,
     ) -> (u16, serde_json::Value) {
         self.patch(&format!("/users/{username}"), change).await
+    }
+
+    /// `PATCH /users/{username}` with new roles.
+    pub async fn set_roles(&self, username: &str, roles: &[&str]) -> (u16, serde_json::Value) {
+        let change = serde_json::json!({"roles": roles});
+        self.change_user(username, &change).await
+    }
+
+    /// `PATCH /users/{username}` disabling or enabling the account.
+    pub async fn set_disabled(&self, username: &str, disabled: bool) -> (u16, serde_json::Value) {
+        let change = serde_json::json!({"disabled": disabled});
+        self.change_user(username, &change).await
     }
 
     /// `DELETE /users/{username}`.
