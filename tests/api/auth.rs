@@ -4,10 +4,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::helpers::{
-    PASSWORD, Tokens, allot_command, json, msg, random_name, secret, spawn_app, spawn_app_with,
-};
-use crate::session::session;
+use crate::helpers::{PASSWORD, Tokens, json, msg, random_name, secret, spawn_app, spawn_app_with};
 
 /// A token signed with the testing secret, with the given claims changed.
 fn forged(changes: serde_json::Value, header: jsonwebtoken::Header) -> String {
@@ -431,16 +428,7 @@ async fn a_revocation_reaches_another_instance_within_a_second() {
 
 async fn create_admin_creates_or_promotes_and_login_carries_the_role() {
     let app = spawn_app().await;
-    let run = |username: &str| {
-        allot_command()
-            .args(["users", "create-admin", "--username", username])
-            .env("ALLOT_ENV", "testing")
-            .env("ALLOT__MONGO__URI", &session().mongo_uri)
-            .env("ALLOT__MONGO__DATABASE", app.database.name())
-            .env("ALLOT_ADMIN_PASSWORD", PASSWORD)
-            .output()
-            .unwrap()
-    };
+    let run = |username: &str| app.create_admin_command(username).output().unwrap();
     let fresh = random_name("admin");
     let output = run(&fresh);
     assert!(

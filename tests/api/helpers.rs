@@ -232,6 +232,87 @@ impl TestApp {
     }
 }
 
+/// The CLI and the generated Rust client, on this app.
+impl TestApp {
+    /// `allot users create-admin --username <username>` on this app's
+    /// database, with [`PASSWORD`]; not started yet.
+    pub fn create_admin_command(&self, username: &str) -> std::process::Command {
+        let mut command = allot_command();
+        command
+            .args(["users", "create-admin", "--username", username])
+            .env("ALLOT_ENV", "testing")
+            .env("ALLOT__MONGO__URI", &session().mongo_uri)
+            .env("ALLOT__MONGO__DATABASE", self.database.name())
+            .env("ALLOT_ADMIN_PASSWORD", PASSWORD);
+        command
+    }
+
+    /// The generated Rust client (`clients/rust`), sending `token` as the
+    /// bearer token when there is one.
+    pub fn generated_client(&self, token: Option<&str>) -> allot_client::Client {
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(token) = token {
+            let value = format!("Bearer {token}").parse().expect("a header value");
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+        }
+        let http = reqwest::Client::builder()
+            .default_headers(headers)
+            .build()
+            .expect("an HTTP client");
+        allot_client::Client::new_with_client(&self.address, http)
+    }
+}
+
+/// Request bodies and error answers of the generated Rust client.
+pub mod generated {
+    use allot_client::Error;
+    use allot_client::types;
+
+    /// A username with [`PASSWORD`](super::PASSWORD).
+    pub fn credentials(username: &str) -> types::Credentials {
+        types::Credentials {
+            username: username.parse().expect("a valid username"),
+            password: super::PASSWORD.parse().expect("a valid password"),
+        }
+    }
+
+    pub fn new_batch(
+        reference: &str,
+        sku: &str,
+        quantity: u32,
+        eta: Option<chrono::NaiveDate>,
+    ) -> types::NewBatch {
+        types::NewBatch {
+            reference: reference.parse().expect("a valid reference"),
+            sku: sku.parse().expect("a valid sku"),
+            purchased_quantity: quantity.try_into().expect("a positive quantity"),
+            eta,
+        }
+    }
+
+    pub fn line(orderid: &str, sku: &str, qty: u32) -> types::OrderLineRequest {
+        types::OrderLineRequest {
+            orderid: orderid.parse().expect("a valid order id"),
+            sku: sku.parse().expect("a valid sku"),
+            qty: qty.try_into().expect("a positive quantity"),
+        }
+    }
+
+    /// The status and text of a documented error answer.
+    pub fn refusal<T: std::fmt::Debug>(result: Result<T, Error<types::Error>>) -> (u16, String) {
+        match result.expect_err("an error answer") {
+            Error::ErrorResponse(answer) => {
+                let status = answer.status().as_u16();
+                match answer.into_inner() {
+                    types::Error::ErrorBody(body) => (status, body.message),
+                    types::Error::AuthErrorBody(body) => (status, body.msg),
+                }
+            }
+            other => panic!("expected a documented error answer, got {other:?}"),
+        }
+    }
+}
+
 /// Requests to one app with one bearer token: one helper per endpoint.
 /// Each answers the status and the JSON body.
 #[derive(Clone)]
