@@ -13,7 +13,7 @@ use mongodb::event::command::CommandEvent;
 use mongodb::options::ClientOptions;
 use serde_json::{Value, json};
 
-use crate::helpers::{Shop, TestApp, json, random_name, spawn_app, spawn_app_with};
+use crate::helpers::{Shop, TestApp, json, random_name, spawn_app};
 use crate::session::session;
 
 async fn test_happy_path_returns_201_and_allocated_batch() {
@@ -459,8 +459,7 @@ async fn bad_input_gets_400_naming_the_field_and_changes_nothing() {
 
 async fn concurrent_allocations_never_oversell_across_two_instances() {
     let first = spawn_app().await;
-    let database = first.database.name().to_owned();
-    let second = spawn_app_with(|settings| settings.mongo.database = database).await;
+    let second = first.second_instance().await;
     let shop = Shop::on(first).await;
     let sku = random_name("sku");
     let stock = [

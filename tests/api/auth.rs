@@ -4,7 +4,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::helpers::{PASSWORD, Tokens, json, msg, random_name, secret, spawn_app, spawn_app_with};
+use crate::helpers::{
+    PASSWORD, Tokens, json, msg, random_name, revoked_within_a_second, secret, spawn_app,
+    spawn_app_with,
+};
 
 /// A token signed with the testing secret, with the given claims changed.
 fn forged(changes: serde_json::Value, header: jsonwebtoken::Header) -> String {
@@ -396,34 +399,19 @@ async fn hello_stays_prompt_while_logins_are_hashing() {
 
 async fn a_revocation_reaches_another_instance_within_a_second() {
     let first = spawn_app().await;
-    let database = first.database.name().to_owned();
-    let second = spawn_app_with(|settings| settings.mongo.database = database).await;
+    let second = first.second_instance().await;
     let tokens = first.new_user().await;
     let bearer = format!("Bearer {}", tokens.access);
     assert_eq!(secret(&second, Some(&bearer)).await.0, 200);
 
-    json(
-        first
-            .post_json("/users/logout", Some(&tokens.access), &json!({}))
-            .await,
-    )
-    .await;
+    first.logout(&tokens.access).await;
     let revoked_at = Instant::now();
     assert_eq!(
         secret(&first, Some(&bearer)).await.0,
         401,
         "at once where it was revoked"
     );
-    loop {
-        if secret(&second, Some(&bearer)).await == (401, msg("Token has been revoked")) {
-            break;
-        }
-        assert!(
-            revoked_at.elapsed() < Duration::from_secs(1),
-            "the other instance still accepts it"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    revoked_within_a_second(&second, &tokens.access, revoked_at).await;
 }
 
 async fn create_admin_creates_or_promotes_and_login_carries_the_role() {

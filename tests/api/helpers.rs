@@ -551,6 +551,23 @@ pub async fn secret_as(app: &TestApp, access: &str) -> (u16, serde_json::Value) 
     secret(app, Some(&format!("Bearer {access}"))).await
 }
 
+/// Waits until `app` refuses `access` as revoked, failing once a second has
+/// passed since `since` (the revocation).
+pub async fn revoked_within_a_second(app: &TestApp, access: &str, since: std::time::Instant) {
+    use std::time::Duration;
+    loop {
+        if secret_as(app, access).await == (401, msg("Token has been revoked")) {
+            return;
+        }
+        assert!(
+            since.elapsed() < Duration::from_secs(1),
+            "the token is still accepted {:?} after its revocation",
+            since.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 pub fn random_name(kind: &str) -> String {
     format!(
         "{kind}-{}",
