@@ -233,194 +233,95 @@ async fn a_generated_typescript_client_drives_a_whole_story() {
 /// The same story through the Rust client that progenitor generates from the
 /// committed spec when `clients/rust` builds (a dev-dependency of this crate).
 async fn a_generated_rust_client_drives_a_whole_story() {
-    use crate::helpers::generated::{credentials, line, new_batch, refusal};
-    use allot_client::types::{AllocationResult, LineStatusBody, QuantityUpdate};
+    use crate::helpers::generated::refusal;
+    use allot_client::types::{AllocationResult, LineStatusBody};
 
     let app = spawn_app().await;
-    let anonymous = app.generated_client(None);
+    let anonymous = app.rust_client(None);
     let alice = random_name("alice");
-    let registered = anonymous
-        .register(&credentials(&alice))
-        .await
-        .expect("registered");
-    assert_eq!(
-        (registered.status().as_u16(), registered.token_type.as_str()),
-        (201, "bearer")
-    );
-    let tokens = anonymous
-        .login(&credentials(&alice))
-        .await
-        .expect("logged in")
-        .into_inner();
-    let user = app.generated_client(Some(&tokens.access_token));
-    let profile = user.me().await.expect("a profile").into_inner();
+    let registered = anonymous.register(&alice).await;
+    let token_type = registered.token_type.as_str();
+    assert_eq!((registered.status().as_u16(), token_type), (201, "bearer"));
+    let tokens = anonymous.login(&alice).await;
+    let user = app.rust_client(Some(&tokens.access_token));
+    let profile = user.me().await.expect("a profile");
+    let user_role = vec!["user".to_owned()];
     assert_eq!(
         (profile.username.as_str(), profile.roles),
-        (alice.as_str(), vec!["user".to_owned()])
+        (alice.as_str(), user_role)
     );
 
     let admin_name = random_name("admin");
-    let created = run(
-        "allot users create-admin",
-        app.create_admin_command(&admin_name),
-    )
-    .await;
+    let command = app.create_admin_command(&admin_name);
+    let created = run("allot users create-admin", command).await;
     assert!(
         created.contains(&format!("created admin {admin_name}")),
         "{created}"
     );
-    let admin_tokens = anonymous
-        .login(&credentials(&admin_name))
-        .await
-        .expect("logged in");
-    let admin = app.generated_client(Some(&admin_tokens.access_token));
-    assert!(
-        admin
-            .me()
-            .await
-            .expect("a profile")
-            .roles
-            .contains(&"admin".to_owned())
-    );
+    let admin = app.rust_client(Some(&anonymous.login(&admin_name).await.access_token));
+    let admin_roles = admin.me().await.expect("a profile").roles;
+    assert!(admin_roles.contains(&"admin".to_owned()));
 
     let sku = random_name("LAMP").to_uppercase();
     let (in_stock, shipment) = (random_name("batch"), random_name("batch"));
     let arrival = chrono::Utc::now().date_naive() + chrono::Days::new(14);
-    let added = admin
-        .add_batch(&new_batch(&in_stock, &sku, 10, None))
-        .await
-        .expect("added");
+    let added = admin.add_batch(&in_stock, &sku, 10, None).await;
+    let added = added.expect("added");
     assert_eq!((added.available_quantity, added.eta), (10, None));
-    let added = admin
-        .add_batch(&new_batch(&shipment, &sku, 5, Some(arrival)))
-        .await
-        .expect("added");
-    assert_eq!(added.eta, Some(arrival));
-    let refused = user
-        .add_batch(&new_batch(&random_name("batch"), &sku, 1, None))
-        .await;
+    let added = admin.add_batch(&shipment, &sku, 5, Some(arrival)).await;
+    assert_eq!(added.expect("added").eta, Some(arrival));
+    let refused = user.add_batch(&random_name("batch"), &sku, 1, None).await;
     assert_eq!(refusal(refused), (403, "Admin role required".to_owned()));
 
     let order = random_name("order");
-    let allocated = user
-        .allocate(&line(&order, &sku, 8))
-        .await
-        .expect("allocated");
+    let allocated = user.allocate(&order, &sku, 8).await.expect("allocated");
     assert_eq!(allocated.status(), 201);
-    assert!(
-        matches!(allocated.into_inner(), AllocationResult::Allocated(a) if a.batchref == in_stock)
-    );
-    let allocated = user
-        .allocate(&line(&random_name("order"), &sku, 4))
-        .await
-        .expect("allocated");
-    assert!(
-        matches!(allocated.into_inner(), AllocationResult::Allocated(a) if a.batchref == shipment)
-    );
+    let allocated = allocated.into_inner();
+    assert!(matches!(allocated, AllocationResult::Allocated(a) if a.batchref == in_stock));
+    let allocated = user.allocate(&random_name("order"), &sku, 4).await;
+    let allocated = allocated.expect("allocated").into_inner();
+    assert!(matches!(allocated, AllocationResult::Allocated(a) if a.batchref == shipment));
 
-    let orderid = order.parse().expect("a valid order id");
-    let lines = user
-        .order_allocations(&orderid)
-        .await
-        .expect("lines")
-        .into_inner();
+    let lines = user.lines(&order).await;
     assert_eq!(lines.len(), 1);
-    assert_eq!(
-        (lines[0].batchref.as_deref(), lines[0].qty),
-        (Some(in_stock.as_str()), 8)
-    );
-    let batch = user
-        .get_batch(&in_stock.parse().unwrap())
-        .await
-        .expect("a batch");
+    let line = (lines[0].batchref.as_deref(), lines[0].qty);
+    assert_eq!(line, (Some(in_stock.as_str()), 8));
+    let batch = user.batch(&in_stock).await;
     assert_eq!((batch.available_quantity, batch.allocated_quantity), (2, 8));
-    let drawing = admin
-        .batch_allocations(&in_stock.parse().unwrap(), None, None)
-        .await;
-    let orders: Vec<_> = drawing.expect("its lines").into_inner().allocations;
-    assert_eq!(
-        orders
-            .into_iter()
-            .map(|line| line.orderid)
-            .collect::<Vec<_>>(),
-        [order.as_str()]
-    );
-    let (sku_filter, limit) = (
-        sku.parse().expect("a valid sku"),
-        Some(1.try_into().unwrap()),
-    );
-    let first = user
-        .list_batches(None, limit, Some(&sku_filter))
-        .await
-        .expect("a page");
-    let cursor = first
-        .next_cursor
-        .clone()
-        .expect("a second page")
-        .parse()
-        .unwrap();
-    let second = user
-        .list_batches(Some(&cursor), limit, Some(&sku_filter))
-        .await;
+    assert_eq!(admin.drawing(&in_stock).await, [order.as_str()]);
+    let first = user.batch_page(None, &sku).await;
+    let cursor = first.next_cursor.clone().expect("a second page");
+    let second = user.batch_page(Some(&cursor), &sku).await;
     let mut references = [in_stock.clone(), shipment.clone()];
     references.sort();
-    let paged: Vec<_> = [first.into_inner(), second.expect("a page").into_inner()]
+    let paged: Vec<_> = [first, second]
         .into_iter()
         .flat_map(|page| page.batches.into_iter().map(|batch| batch.reference))
         .collect();
     assert_eq!(paged, references);
 
-    let out_of_stock = user.allocate(&line(&random_name("order"), &sku, 50)).await;
+    let out_of_stock = user.allocate(&random_name("order"), &sku, 50).await;
     assert_eq!(
         refusal(out_of_stock),
         (400, format!("Out of stock for sku {sku}"))
     );
 
-    let lost = QuantityUpdate {
-        purchased_quantity: 0,
-    };
-    let change = admin
-        .change_batch_quantity(&in_stock.parse().unwrap(), &lost)
-        .await;
-    let backordered = change.expect("changed").into_inner().backordered;
-    assert_eq!(
-        backordered
-            .into_iter()
-            .map(|l| l.orderid)
-            .collect::<Vec<_>>(),
-        [order.as_str()]
-    );
-    let lines = user
-        .order_allocations(&orderid)
-        .await
-        .expect("lines")
-        .into_inner();
-    assert_eq!(
-        (lines[0].status, lines[0].batchref.as_deref()),
-        (LineStatusBody::Backordered, None)
-    );
+    assert_eq!(admin.change_quantity(&in_stock, 0).await, [order.as_str()]);
+    let line = &user.lines(&order).await[0];
+    let backordered = (LineStatusBody::Backordered, None);
+    assert_eq!((line.status, line.batchref.as_deref()), backordered);
     let restock = random_name("batch");
-    admin
-        .add_batch(&new_batch(&restock, &sku, 10, Some(arrival)))
-        .await
-        .expect("added");
-    let lines = user
-        .order_allocations(&orderid)
-        .await
-        .expect("lines")
-        .into_inner();
+    let added = admin.add_batch(&restock, &sku, 10, Some(arrival)).await;
+    added.expect("added");
+    let line = &user.lines(&order).await[0];
     let restocked = (LineStatusBody::Allocated, Some(restock.as_str()));
-    assert_eq!((lines[0].status, lines[0].batchref.as_deref()), restocked);
+    assert_eq!((line.status, line.batchref.as_deref()), restocked);
 
-    let renewed = app
-        .generated_client(Some(&tokens.refresh_token))
-        .refresh()
-        .await
-        .expect("refreshed");
-    let fresh = app.generated_client(Some(&renewed.access_token));
+    let renewed = app.rust_client(Some(&tokens.refresh_token)).refresh().await;
+    let fresh = app.rust_client(Some(&renewed.access_token));
     assert_eq!(fresh.me().await.expect("a profile").username, alice);
-    let ending = app.generated_client(Some(&renewed.refresh_token));
-    assert_eq!(ending.logout().await.expect("logged out").revoked, "login");
+    let ending = app.rust_client(Some(&renewed.refresh_token));
+    assert_eq!(ending.logout().await.revoked, "login");
     let after = fresh.me().await;
     assert_eq!(refusal(after), (401, "Token has been revoked".to_owned()));
 }

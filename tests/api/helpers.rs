@@ -249,7 +249,7 @@ impl TestApp {
 
     /// The generated Rust client (`clients/rust`), sending `token` as the
     /// bearer token when there is one.
-    pub fn generated_client(&self, token: Option<&str>) -> allot_client::Client {
+    pub fn rust_client(&self, token: Option<&str>) -> generated::RustClient {
         let mut headers = reqwest::header::HeaderMap::new();
         if let Some(token) = token {
             let value = format!("Bearer {token}").parse().expect("a header value");
@@ -259,47 +259,141 @@ impl TestApp {
             .default_headers(headers)
             .build()
             .expect("an HTTP client");
-        allot_client::Client::new_with_client(&self.address, http)
+        generated::RustClient(allot_client::Client::new_with_client(&self.address, http))
     }
 }
 
-/// Request bodies and error answers of the generated Rust client.
+/// The generated Rust client, one helper per operation the story uses: the
+/// requests are the generated ones; the helpers only build their bodies and
+/// unwrap their answers.
 pub mod generated {
-    use allot_client::Error;
-    use allot_client::types;
+    use allot_client::types::{self, AllocationResult};
+    use allot_client::{Error, ResponseValue};
+    use chrono::NaiveDate;
+
+    /// An error answer of the generated client.
+    pub type Refused = Error<types::Error>;
+
+    pub struct RustClient(pub allot_client::Client);
 
     /// A username with [`PASSWORD`](super::PASSWORD).
-    pub fn credentials(username: &str) -> types::Credentials {
+    fn credentials(username: &str) -> types::Credentials {
         types::Credentials {
             username: username.parse().expect("a valid username"),
             password: super::PASSWORD.parse().expect("a valid password"),
         }
     }
 
-    pub fn new_batch(
-        reference: &str,
-        sku: &str,
-        quantity: u32,
-        eta: Option<chrono::NaiveDate>,
-    ) -> types::NewBatch {
-        types::NewBatch {
-            reference: reference.parse().expect("a valid reference"),
-            sku: sku.parse().expect("a valid sku"),
-            purchased_quantity: quantity.try_into().expect("a positive quantity"),
-            eta,
+    impl RustClient {
+        pub async fn register(&self, username: &str) -> ResponseValue<types::TokenPairBody> {
+            self.0
+                .register(&credentials(username))
+                .await
+                .expect("registered")
         }
-    }
 
-    pub fn line(orderid: &str, sku: &str, qty: u32) -> types::OrderLineRequest {
-        types::OrderLineRequest {
-            orderid: orderid.parse().expect("a valid order id"),
-            sku: sku.parse().expect("a valid sku"),
-            qty: qty.try_into().expect("a positive quantity"),
+        pub async fn login(&self, username: &str) -> types::TokenPairBody {
+            let tokens = self.0.login(&credentials(username)).await;
+            tokens.expect("logged in").into_inner()
+        }
+
+        pub async fn me(&self) -> Result<types::Profile, Refused> {
+            self.0.me().await.map(ResponseValue::into_inner)
+        }
+
+        pub async fn add_batch(
+            &self,
+            reference: &str,
+            sku: &str,
+            quantity: u32,
+            eta: Option<NaiveDate>,
+        ) -> Result<types::BatchBody, Refused> {
+            let batch = types::NewBatch {
+                reference: reference.parse().expect("a valid reference"),
+                sku: sku.parse().expect("a valid sku"),
+                purchased_quantity: quantity.try_into().expect("a positive quantity"),
+                eta,
+            };
+            self.0
+                .add_batch(&batch)
+                .await
+                .map(ResponseValue::into_inner)
+        }
+
+        pub async fn allocate(
+            &self,
+            orderid: &str,
+            sku: &str,
+            qty: u32,
+        ) -> Result<ResponseValue<AllocationResult>, Refused> {
+            let line = types::OrderLineRequest {
+                orderid: orderid.parse().expect("a valid order id"),
+                sku: sku.parse().expect("a valid sku"),
+                qty: qty.try_into().expect("a positive quantity"),
+            };
+            self.0.allocate(&line).await
+        }
+
+        /// The order's lines.
+        pub async fn lines(&self, orderid: &str) -> Vec<types::OrderAllocation> {
+            let orderid = orderid.parse().expect("a valid order id");
+            let lines = self.0.order_allocations(&orderid).await;
+            lines.expect("lines").into_inner()
+        }
+
+        pub async fn batch(&self, reference: &str) -> types::BatchBody {
+            let reference = reference.parse().expect("a valid reference");
+            self.0
+                .get_batch(&reference)
+                .await
+                .expect("a batch")
+                .into_inner()
+        }
+
+        /// The order ids of the batch's lines.
+        pub async fn drawing(&self, reference: &str) -> Vec<String> {
+            let reference = reference.parse().expect("a valid reference");
+            let lines = self.0.batch_allocations(&reference, None, None).await;
+            let lines = lines.expect("its lines").into_inner().allocations;
+            lines.into_iter().map(|line| line.orderid).collect()
+        }
+
+        /// A page of one batch of `sku`, after `cursor`.
+        pub async fn batch_page(&self, cursor: Option<&str>, sku: &str) -> types::BatchPage {
+            let cursor = cursor.map(|cursor| cursor.parse().expect("a valid cursor"));
+            let (sku, limit) = (
+                sku.parse().expect("a valid sku"),
+                Some(1.try_into().unwrap()),
+            );
+            let page = self
+                .0
+                .list_batches(cursor.as_ref(), limit, Some(&sku))
+                .await;
+            page.expect("a page").into_inner()
+        }
+
+        /// Changes the batch's quantity: the order ids it backordered.
+        pub async fn change_quantity(&self, reference: &str, quantity: u32) -> Vec<String> {
+            let reference = reference.parse().expect("a valid reference");
+            let update = types::QuantityUpdate {
+                purchased_quantity: quantity,
+            };
+            let change = self.0.change_batch_quantity(&reference, &update).await;
+            let backordered = change.expect("changed").into_inner().backordered;
+            backordered.into_iter().map(|line| line.orderid).collect()
+        }
+
+        pub async fn refresh(&self) -> types::TokenPairBody {
+            self.0.refresh().await.expect("refreshed").into_inner()
+        }
+
+        pub async fn logout(&self) -> types::LogoutBody {
+            self.0.logout().await.expect("logged out").into_inner()
         }
     }
 
     /// The status and text of a documented error answer.
-    pub fn refusal<T: std::fmt::Debug>(result: Result<T, Error<types::Error>>) -> (u16, String) {
+    pub fn refusal<T: std::fmt::Debug>(result: Result<T, Refused>) -> (u16, String) {
         match result.expect_err("an error answer") {
             Error::ErrorResponse(answer) => {
                 let status = answer.status().as_u16();
