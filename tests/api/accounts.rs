@@ -429,43 +429,23 @@ async fn failed_logins_are_throttled_per_username_and_address_on_every_instance(
     assert_eq!(response.status(), 200);
 
     // After the wait, one more failure doubles it.
+    let status = async |app: &TestApp, password: &str| {
+        let response = app.login_from(attacker, &username, password).await;
+        response.status()
+    };
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    assert_eq!(
-        first
-            .login_from(attacker, &username, "wrong password")
-            .await
-            .status(),
-        401
-    );
+    assert_eq!(status(&first, "wrong password").await, 401);
     let response = first.login_from(attacker, &username, PASSWORD).await;
     assert_eq!(response.status(), 429);
     assert_eq!(header(&response, "retry-after").as_deref(), Some("2"));
     // Once the wait is over, the right password works and resets the count.
     tokio::time::sleep(Duration::from_millis(2100)).await;
-    assert_eq!(
-        second
-            .login_from(attacker, &username, PASSWORD)
-            .await
-            .status(),
-        200
-    );
+    assert_eq!(status(&second, PASSWORD).await, 200);
     for _ in 0..4 {
-        assert_eq!(
-            first
-                .login_from(attacker, &username, "wrong password")
-                .await
-                .status(),
-            401
-        );
+        assert_eq!(status(&first, "wrong password").await, 401);
     }
-    assert_eq!(
-        first
-            .login_from(attacker, &username, PASSWORD)
-            .await
-            .status(),
-        200,
-        "four failures after the reset are below the limit"
-    );
+    let below = "four failures after the reset are below the limit";
+    assert_eq!(status(&first, PASSWORD).await, 200, "{below}");
     // The counts live in MongoDB, with a TTL.
     let indexes = first
         .database

@@ -131,8 +131,7 @@ async fn adding_stock_needs_an_admin_and_a_unique_reference() {
 
 async fn batches_are_listed_in_pages_and_read_one_by_one() {
     let shop = Shop::open().await;
-    let sku = random_name("sku");
-    let prefix = random_name("page");
+    let (sku, prefix) = (random_name("sku"), random_name("page"));
     let references: Vec<String> = (0..5).map(|n| format!("{prefix}-{n}")).collect();
     for reference in &references {
         shop.add_stock(&[(reference, &sku, 3, Some("2030-06-01"))])
@@ -140,7 +139,8 @@ async fn batches_are_listed_in_pages_and_read_one_by_one() {
     }
     shop.add_stock(&[(&random_name("elsewhere"), &random_name("sku"), 1, None)])
         .await;
-    let (status, first) = shop.get(&format!("/batches?sku={sku}&limit=2")).await;
+    let page = format!("/batches?sku={sku}&limit=2");
+    let (status, first) = shop.get(&page).await;
     assert_eq!(status, 200, "{first}");
     let seen: Vec<&str> = first["batches"]
         .as_array()
@@ -150,30 +150,21 @@ async fn batches_are_listed_in_pages_and_read_one_by_one() {
         .collect();
     assert_eq!(seen, [&references[0], &references[1]]);
     assert_eq!(first["batches"][0]["eta"], "2030-06-01");
-    let cursor = first["next_cursor"].as_str().unwrap();
-    let (_, second) = shop
-        .get(&format!("/batches?sku={sku}&limit=2&cursor={cursor}"))
-        .await;
-    let (_, last) = shop
-        .get(&format!(
-            "/batches?sku={sku}&limit=2&cursor={}",
-            second["next_cursor"].as_str().unwrap()
-        ))
-        .await;
+    let after = |page: &Value| page["next_cursor"].as_str().unwrap().to_owned();
+    let (_, second) = shop.get(&format!("{page}&cursor={}", after(&first))).await;
+    let (_, last) = shop.get(&format!("{page}&cursor={}", after(&second))).await;
     assert_eq!(last["batches"].as_array().unwrap().len(), 1);
     assert!(last.get("next_cursor").is_none(), "{last}");
 
     shop.allocate("order-x", &sku, 2).await;
-    let (status, batch) = shop.get(&format!("/batches/{}", references[0])).await;
+    let (status, batch) = shop.as_user().get_batch(&references[0]).await;
     assert_eq!(status, 200);
     assert!(
         batch.get("allocations").is_none(),
         "no unbounded list: {batch}"
     );
-    assert_eq!(
-        (&batch["allocated_quantity"], &batch["available_quantity"]),
-        (&json!(2), &json!(1))
-    );
+    let quantities = (&batch["allocated_quantity"], &batch["available_quantity"]);
+    assert_eq!(quantities, (&json!(2), &json!(1)));
     let lines_path = format!("/batches/{}/allocations", references[0]);
     assert_eq!(shop.get(&lines_path).await.0, 403, "admins only");
     shop.allocate("order-y", &sku, 1).await;
@@ -183,10 +174,8 @@ async fn batches_are_listed_in_pages_and_read_one_by_one() {
         page["allocations"],
         json!([{"orderid": "order-x", "qty": 2}])
     );
-    let cursor = page["next_cursor"].as_str().unwrap();
-    let (_, rest) = shop
-        .get_as_admin(&format!("{lines_path}?limit=1&cursor={cursor}"))
-        .await;
+    let next = format!("{lines_path}?limit=1&cursor={}", after(&page));
+    let (_, rest) = shop.get_as_admin(&next).await;
     assert_eq!(
         rest["allocations"],
         json!([{"orderid": "order-y", "qty": 1}])
@@ -195,13 +184,8 @@ async fn batches_are_listed_in_pages_and_read_one_by_one() {
     let (status, _) = shop.get_as_admin(&format!("{lines_path}?cursor=abc")).await;
     assert_eq!(status, 400);
     let missing = random_name("missing");
-    assert_eq!(
-        shop.get(&format!("/batches/{missing}")).await,
-        (
-            404,
-            json!({"message": format!("Batch {missing} not found")})
-        )
-    );
+    let not_found = json!({"message": format!("Batch {missing} not found")});
+    assert_eq!(shop.as_user().get_batch(&missing).await, (404, not_found));
     let (status, _) = shop.get("/batches?limit=0").await;
     assert_eq!(status, 400);
 }
