@@ -114,7 +114,7 @@ fn usernames(page: &Value) -> Vec<String> {
 
 /// `GET /users` pages by username, two at a time, showing no secret: here
 /// the admin and the two users `a` and `b`.
-async fn users_are_listed_in_pages(admin: &Caller<'_>, a: &String, b: &String) {
+async fn users_are_listed_in_pages(admin: &Caller, a: &String, b: &String) {
     let (status, page) = admin.get("/users?limit=2").await;
     assert_eq!(status, 200, "{page}");
     never_a_secret(&page);

@@ -131,7 +131,7 @@ async fn concurrent_wrong_current_passwords_check_five() {
 }
 
 /// Adds a batch of 10 units of `sku` as `admin`.
-async fn stock(admin: &Caller<'_>, reference: &str, sku: &str) {
+async fn stock(admin: &Caller, reference: &str, sku: &str) {
     assert_eq!(admin.add_batch(reference, sku, 10, None).await.0, 201);
 }
 

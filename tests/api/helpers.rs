@@ -143,48 +143,26 @@ impl TestApp {
 /// The API's endpoints, one helper each (see also [`Caller`] for the ones that
 /// take a token).
 impl TestApp {
-    /// Any request, with an optional bearer token and JSON body: the status
-    /// and the JSON body (`null` for an empty 204).
-    pub async fn send(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        token: Option<&str>,
-        body: Option<&serde_json::Value>,
-    ) -> (u16, serde_json::Value) {
-        let mut request = self.http.request(method, self.url(path));
-        if let Some(token) = token {
-            request = request.bearer_auth(token);
-        }
-        if let Some(body) = body {
-            request = request.json(body);
-        }
-        json(request.send().await.expect("request sent")).await
-    }
-
     /// Requests made with `access` as the bearer token.
-    pub fn with_token(&self, access: &str) -> Caller<'_> {
-        Caller {
-            app: self,
-            token: access.to_owned(),
-        }
+    pub fn with_token(&self, access: &str) -> Caller {
+        Caller::new(&self.http, &self.address, access)
     }
 
     /// A fresh admin ([`TestApp::new_admin`]), ready to send requests.
-    pub async fn as_admin(&self) -> Caller<'_> {
+    pub async fn as_admin(&self) -> Caller {
         let tokens = self.new_admin().await;
         self.with_token(&tokens.access)
     }
 
     /// A fresh user ([`TestApp::new_user`]), ready to send requests.
-    pub async fn as_user(&self) -> Caller<'_> {
+    pub async fn as_user(&self) -> Caller {
         let tokens = self.new_user().await;
         self.with_token(&tokens.access)
     }
 
     /// Logs `username` in with [`PASSWORD`] (the login's status unchecked),
     /// ready to send requests with the access token.
-    pub async fn logged_in(&self, username: &str) -> Caller<'_> {
+    pub async fn logged_in(&self, username: &str) -> Caller {
         let (_, body) = self.login(username, PASSWORD).await;
         self.with_token(&Tokens::from(&body).access)
     }
@@ -407,35 +385,69 @@ pub mod generated {
     }
 }
 
-/// Requests to one app with one bearer token: one helper per endpoint.
-/// Each answers the status and the JSON body.
+/// Any request, with an optional bearer token and JSON body: the status and
+/// the JSON body (`null` for an empty 204).
+async fn send(
+    http: &reqwest::Client,
+    method: reqwest::Method,
+    url: &str,
+    token: Option<&str>,
+    body: Option<&serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    let mut request = http.request(method, url);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    if let Some(body) = body {
+        request = request.json(body);
+    }
+    json(request.send().await.expect("request sent")).await
+}
+
+/// Requests to one app (a [`TestApp`], or an allot process at `address`)
+/// with one bearer token: one helper per endpoint. Each answers the status
+/// and the JSON body.
 #[derive(Clone)]
-pub struct Caller<'a> {
-    pub app: &'a TestApp,
+pub struct Caller {
+    http: reqwest::Client,
+    address: String,
     pub token: String,
 }
 
-impl Caller<'_> {
+impl Caller {
+    /// Requests to the app at `address` (`http://host:port`) with `token`.
+    pub fn new(http: &reqwest::Client, address: &str, token: &str) -> Self {
+        Self {
+            http: http.clone(),
+            address: address.to_owned(),
+            token: token.to_owned(),
+        }
+    }
+
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
+        let url = format!("{}{path}", self.address);
+        send(&self.http, method, &url, Some(&self.token), body).await
+    }
+
     pub async fn get(&self, path: &str) -> (u16, serde_json::Value) {
-        let (app, token) = (self.app, Some(self.token.as_str()));
-        app.send(reqwest::Method::GET, path, token, None).await
+        self.send(reqwest::Method::GET, path, None).await
     }
 
     pub async fn post(&self, path: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
-        let (app, token) = (self.app, Some(self.token.as_str()));
-        app.send(reqwest::Method::POST, path, token, Some(body))
-            .await
+        self.send(reqwest::Method::POST, path, Some(body)).await
     }
 
     pub async fn patch(&self, path: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
-        let (app, token) = (self.app, Some(self.token.as_str()));
-        app.send(reqwest::Method::PATCH, path, token, Some(body))
-            .await
+        self.send(reqwest::Method::PATCH, path, Some(body)).await
     }
 
     pub async fn delete(&self, path: &str) -> (u16, serde_json::Value) {
-        let (app, token) = (self.app, Some(self.token.as_str()));
-        app.send(reqwest::Method::DELETE, path, token, None).await
+        self.send(reqwest::Method::DELETE, path, None).await
     }
 
     /// `POST /batches`.
@@ -545,11 +557,11 @@ impl Shop {
         Self { app, admin, user }
     }
 
-    pub fn as_admin(&self) -> Caller<'_> {
+    pub fn as_admin(&self) -> Caller {
         self.app.with_token(&self.admin)
     }
 
-    pub fn as_user(&self) -> Caller<'_> {
+    pub fn as_user(&self) -> Caller {
         self.app.with_token(&self.user)
     }
 
