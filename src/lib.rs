@@ -1,6 +1,3 @@
-// Lets code shared with the integration tests (tests/contract) name this crate `allot` here too.
-extern crate self as allot;
-
 pub mod adapters;
 pub mod api;
 pub mod config;
@@ -10,3 +7,5 @@ pub mod server;
 pub mod services;
 pub mod startup;
 pub mod telemetry;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;

@@ -2,7 +2,6 @@
 //! JWT signing and Argon2 password hashing.
 
 pub mod deadline;
-pub mod memory;
 pub mod mongo;
 pub mod passwords;
 pub mod tokens;

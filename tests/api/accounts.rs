@@ -8,108 +8,25 @@ use mongodb::bson::{Document, doc};
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    PASSWORD, TestApp, Tokens, json, msg, random_name, secret_as, spawn_app, spawn_app_with,
+    Caller, PASSWORD, TestApp, Tokens, json, msg, random_name, revoked_within_a_second, secret_as,
+    spawn_app, spawn_app_with,
 };
-
-/// A second instance on the first one's database.
-async fn second_instance(first: &TestApp) -> TestApp {
-    let database = first.database.name().to_owned();
-    spawn_app_with(|settings| settings.mongo.database = database).await
-}
-
-/// Waits up to a second for `access` to be refused as revoked by `app`.
-async fn refused_within_a_second(app: &TestApp, access: &str) {
-    let started = Instant::now();
-    loop {
-        if secret_as(app, access).await == (401, msg("Token has been revoked")) {
-            return;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(1),
-            "the other instance still accepts the token after {:?}",
-            started.elapsed()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-async fn send(
-    app: &TestApp,
-    method: reqwest::Method,
-    path: &str,
-    token: Option<&str>,
-    body: Option<&Value>,
-) -> (u16, Value) {
-    let mut request = app.http.request(method, app.url(path));
-    if let Some(token) = token {
-        request = request.bearer_auth(token);
-    }
-    if let Some(body) = body {
-        request = request.json(body);
-    }
-    let response = request.send().await.expect("request sent");
-    let status = response.status().as_u16();
-    let text = response.text().await.expect("a body");
-    let body = if text.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_str(&text).unwrap_or_else(|_| panic!("JSON expected: {status} {text}"))
-    };
-    (status, body)
-}
-
-async fn refresh(app: &TestApp, refresh: &str) -> (u16, Value) {
-    json(
-        app.post_json("/users/refresh", Some(refresh), &json!({}))
-            .await,
-    )
-    .await
-}
-
-/// A login from `client` (sent as `X-Forwarded-For`), with the raw response.
-async fn login_from(
-    app: &TestApp,
-    client: &str,
-    username: &str,
-    password: &str,
-) -> reqwest::Response {
-    app.http
-        .post(app.url("/users/login"))
-        .header("X-Forwarded-For", client)
-        .json(&json!({"username": username, "password": password}))
-        .send()
-        .await
-        .expect("request sent")
-}
-
-async fn registered(app: &TestApp) -> (String, Tokens) {
-    let username = random_name("user");
-    let (status, body) = app.register(&username, PASSWORD).await;
-    assert_eq!(status, 201, "{body}");
-    (username, Tokens::from(&body))
-}
 
 /// Point 1: a password change revokes every token of every login, here at
 /// once and on another instance within a second; a wrong current password
 /// changes nothing; the new password works at once (same second included).
 async fn a_password_change_ends_every_login_everywhere() {
     let first = spawn_app().await;
-    let second = second_instance(&first).await;
-    let (username, registration) = registered(&first).await;
+    let second = first.second_instance().await;
+    let (username, registration) = first.registered().await;
     let (_, body) = first.login(&username, PASSWORD).await;
     let other_login = Tokens::from(&body);
     assert_eq!(secret_as(&second, &other_login.access).await.0, 200);
 
     let path = "/users/me/password";
+    let me = first.with_token(&registration.access);
     let wrong = json!({"current_password": "not the password", "new_password": "a brand new one"});
-    let (status, body) = send(
-        &first,
-        reqwest::Method::PATCH,
-        path,
-        Some(&registration.access),
-        Some(&wrong),
-    )
-    .await;
+    let (status, body) = me.patch(path, &wrong).await;
     assert_eq!(status, 403, "{body}");
     assert_eq!(
         first.login(&username, PASSWORD).await.0,
@@ -118,14 +35,7 @@ async fn a_password_change_ends_every_login_everywhere() {
     );
 
     let change = json!({"current_password": PASSWORD, "new_password": "a brand new one"});
-    let (status, body) = send(
-        &first,
-        reqwest::Method::PATCH,
-        path,
-        Some(&registration.access),
-        Some(&change),
-    )
-    .await;
+    let (status, body) = me.patch(path, &change).await;
     assert_eq!(status, 200, "{body}");
     let fresh = Tokens::from(&body);
     for old in [&registration.access, &other_login.access] {
@@ -135,10 +45,10 @@ async fn a_password_change_ends_every_login_everywhere() {
             "at once here"
         );
     }
-    refused_within_a_second(&second, &registration.access).await;
-    refused_within_a_second(&second, &other_login.access).await;
+    revoked_within_a_second(&second, &registration.access, Instant::now()).await;
+    revoked_within_a_second(&second, &other_login.access, Instant::now()).await;
     assert_eq!(
-        refresh(&second, &other_login.refresh).await.0,
+        second.refresh(&other_login.refresh).await.0,
         401,
         "old refresh tokens too"
     );
@@ -149,79 +59,39 @@ async fn a_password_change_ends_every_login_everywhere() {
     let (status, body) = second.login(&username, "a brand new one").await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(secret_as(&second, &Tokens::from(&body).access).await.0, 200);
-    assert_eq!(refresh(&first, &fresh.refresh).await.0, 200);
+    assert_eq!(first.refresh(&fresh.refresh).await.0, 200);
 }
 
 /// Point 1: deleting one's account revokes its tokens everywhere and frees the
 /// username; the new account of that name inherits neither tokens nor orders.
 async fn deleting_my_account_revokes_it_and_frees_the_username() {
     let first = spawn_app().await;
-    let second = second_instance(&first).await;
-    let admin = first.new_admin().await;
+    let second = first.second_instance().await;
+    let admin = first.as_admin().await;
     let sku = random_name("sku");
-    let batch = json!({"reference": random_name("batch"), "sku": sku, "purchased_quantity": 10, "eta": null});
-    assert_eq!(
-        json(
-            first
-                .post_json("/batches", Some(&admin.access), &batch)
-                .await
-        )
-        .await
-        .0,
-        201
-    );
-    let (username, tokens) = registered(&first).await;
+    let (status, _) = admin.add_batch(&random_name("batch"), &sku, 10, None).await;
+    assert_eq!(status, 201);
+    let (username, tokens) = first.registered().await;
     let order = random_name("order");
-    let line = json!({"orderid": order, "sku": sku, "qty": 1});
-    assert_eq!(
-        json(
-            first
-                .post_json("/allocate", Some(&tokens.access), &line)
-                .await
-        )
-        .await
-        .0,
-        201
-    );
+    let me = first.with_token(&tokens.access);
+    assert_eq!(me.allocate(&order, &sku, 1).await.0, 201);
     assert_eq!(secret_as(&second, &tokens.access).await.0, 200);
 
-    let (status, _) = send(
-        &first,
-        reqwest::Method::DELETE,
-        "/users/me",
-        Some(&tokens.access),
-        None,
-    )
-    .await;
-    assert_eq!(status, 204);
+    assert_eq!(me.delete("/users/me").await.0, 204);
     assert_eq!(
         secret_as(&first, &tokens.access).await,
         (401, msg("Token has been revoked"))
     );
-    refused_within_a_second(&second, &tokens.access).await;
+    revoked_within_a_second(&second, &tokens.access, Instant::now()).await;
     assert_eq!(first.login(&username, PASSWORD).await.0, 401);
 
     let (status, body) = second.register(&username, "another password").await;
     assert_eq!(status, 201, "the username is free again: {body}");
     let newcomer = Tokens::from(&body);
     assert_eq!(secret_as(&first, &newcomer.access).await.0, 200);
-    let (status, _) = send(
-        &first,
-        reqwest::Method::GET,
-        &format!("/allocations/{order}"),
-        Some(&newcomer.access),
-        None,
-    )
-    .await;
+    let (status, _) = first.with_token(&newcomer.access).allocations(&order).await;
     assert_eq!(status, 404, "the old account's order is not the newcomer's");
-    let (status, _) = send(
-        &first,
-        reqwest::Method::GET,
-        &format!("/allocations/{order}"),
-        Some(&admin.access),
-        None,
-    )
-    .await;
+    let (status, _) = admin.allocations(&order).await;
     assert_eq!(status, 200, "admins still see it");
 }
 
@@ -233,217 +103,92 @@ fn never_a_secret(body: &Value) {
     );
 }
 
-/// Point 2: admins list, read, change and delete accounts; every change
-/// revokes the account's tokens (a demoted admin keeps no admin token); a
-/// disabled account's login is 403 only after the password was checked.
-async fn admins_manage_accounts_and_every_change_revokes() {
-    let first = spawn_app().await;
-    let second = second_instance(&first).await;
-    let admin = first.new_admin().await;
-    let (name_a, _) = registered(&first).await;
-    let (name_b, user_b) = registered(&first).await;
+/// The usernames of a listing page.
+fn usernames(page: &Value) -> Vec<String> {
+    let users = page["users"].as_array().expect("a page of users");
+    users
+        .iter()
+        .map(|u| u["username"].as_str().unwrap().to_owned())
+        .collect()
+}
 
-    // Only admins.
-    let (status, _) = send(
-        &first,
-        reqwest::Method::GET,
-        "/users",
-        Some(&user_b.access),
-        None,
-    )
-    .await;
-    assert_eq!(status, 403);
-
-    // Pages by username.
-    let (status, page) = send(
-        &first,
-        reqwest::Method::GET,
-        "/users?limit=2",
-        Some(&admin.access),
-        None,
-    )
-    .await;
+/// `GET /users` pages by username, two at a time, showing no secret: here
+/// the admin and the two users `a` and `b`.
+async fn users_are_listed_in_pages(admin: &Caller, a: &String, b: &String) {
+    let (status, page) = admin.get("/users?limit=2").await;
     assert_eq!(status, 200, "{page}");
     never_a_secret(&page);
-    let cursor = page["next_cursor"]
-        .as_str()
-        .expect("a next page")
-        .to_owned();
-    let (_, rest) = send(
-        &first,
-        reqwest::Method::GET,
-        &format!("/users?limit=2&cursor={cursor}"),
-        Some(&admin.access),
-        None,
-    )
-    .await;
-    let mut names: Vec<String> = page["users"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .chain(rest["users"].as_array().unwrap())
-        .map(|u| u["username"].as_str().unwrap().to_owned())
-        .collect();
+    let cursor = page["next_cursor"].as_str().expect("a next page");
+    let (_, rest) = admin.get(&format!("/users?limit=2&cursor={cursor}")).await;
+    let mut names = [usernames(&page), usernames(&rest)].concat();
     assert_eq!(names.len(), 3);
-    let sorted = {
-        let mut n = names.clone();
-        n.sort();
-        n
-    };
-    assert_eq!(names, sorted);
+    assert!(names.is_sorted(), "{names:?}");
     names.sort();
-    assert!(names.contains(&name_a) && names.contains(&name_b));
+    assert!(names.contains(a) && names.contains(b));
     assert_eq!(rest["next_cursor"], Value::Null);
     let user = &page["users"][0];
     for field in ["username", "roles", "created_at", "disabled"] {
         assert!(user.get(field).is_some(), "{user}");
     }
+}
 
-    let (status, profile) = send(
-        &first,
-        reqwest::Method::GET,
-        &format!("/users/{}", name_b.to_uppercase()),
-        Some(&admin.access),
-        None,
-    )
-    .await;
+/// Point 2: admins list, read, change and delete accounts; every change
+/// revokes the account's tokens (a demoted admin keeps no admin token); a
+/// disabled account's login is 403 only after the password was checked.
+async fn admins_manage_accounts_and_every_change_revokes() {
+    let first = spawn_app().await;
+    let second = first.second_instance().await;
+    let admin = first.as_admin().await;
+    let (name_a, _) = first.registered().await;
+    let (name_b, user_b) = first.registered().await;
+    assert_eq!(first.with_token(&user_b.access).get("/users").await.0, 403);
+    users_are_listed_in_pages(&admin, &name_a, &name_b).await;
+    let (status, profile) = admin
+        .get(&format!("/users/{}", name_b.to_uppercase()))
+        .await;
     assert_eq!((status, &profile["username"]), (200, &json!(name_b)));
     never_a_secret(&profile);
-    assert_eq!(
-        send(
-            &first,
-            reqwest::Method::GET,
-            "/users/nobody-here",
-            Some(&admin.access),
-            None
-        )
-        .await
-        .0,
-        404
-    );
+    assert_eq!(admin.get("/users/nobody-here").await.0, 404);
 
     // Promote B: B's old tokens are revoked; a new login carries admin.
-    let path_b = format!("/users/{name_b}");
-    let (status, body) = send(
-        &first,
-        reqwest::Method::PATCH,
-        &path_b,
-        Some(&admin.access),
-        Some(&json!({"roles": ["user", "admin"]})),
-    )
-    .await;
+    let (status, body) = admin.set_roles(&name_b, &["user", "admin"]).await;
     assert_eq!(status, 200, "{body}");
     never_a_secret(&body);
-    refused_within_a_second(&second, &user_b.access).await;
-    let (_, body) = second.login(&name_b, PASSWORD).await;
-    let b_admin = Tokens::from(&body);
-    assert_eq!(
-        send(
-            &second,
-            reqwest::Method::GET,
-            "/users",
-            Some(&b_admin.access),
-            None
-        )
-        .await
-        .0,
-        200
-    );
+    revoked_within_a_second(&second, &user_b.access, Instant::now()).await;
+    let b_admin = second.logged_in(&name_b).await;
+    assert_eq!(b_admin.get("/users").await.0, 200);
 
     // Demote B again: its admin token is refused on the other instance within a second.
-    let (status, _) = send(
-        &first,
-        reqwest::Method::PATCH,
-        &path_b,
-        Some(&admin.access),
-        Some(&json!({"roles": ["user"]})),
-    )
-    .await;
-    assert_eq!(status, 200);
-    refused_within_a_second(&second, &b_admin.access).await;
-    let (status, _) = send(
-        &second,
-        reqwest::Method::GET,
-        "/users",
-        Some(&b_admin.access),
-        None,
-    )
-    .await;
-    assert_eq!(status, 401);
+    assert_eq!(admin.set_roles(&name_b, &["user"]).await.0, 200);
+    revoked_within_a_second(&second, &b_admin.token, Instant::now()).await;
+    assert_eq!(b_admin.get("/users").await.0, 401);
 
     // Disable: the right password gets 403, a wrong one still 401.
-    let (_, body) = first.login(&name_b, PASSWORD).await;
-    let before = Tokens::from(&body);
-    let (status, body) = send(
-        &first,
-        reqwest::Method::PATCH,
-        &path_b,
-        Some(&admin.access),
-        Some(&json!({"disabled": true})),
-    )
-    .await;
+    let before = Tokens::from(&first.login(&name_b, PASSWORD).await.1);
+    let (status, body) = admin.set_disabled(&name_b, true).await;
     assert_eq!((status, &body["disabled"]), (200, &json!(true)));
-    refused_within_a_second(&second, &before.access).await;
-    assert_eq!(
-        second.login(&name_b, PASSWORD).await,
-        (403, msg("Account disabled"))
-    );
-    assert_eq!(
-        second.login(&name_b, "wrong password").await,
-        (401, msg("Bad username or password"))
-    );
-    assert_eq!(refresh(&second, &before.refresh).await.0, 401);
-    let (status, _) = send(
-        &first,
-        reqwest::Method::PATCH,
-        &path_b,
-        Some(&admin.access),
-        Some(&json!({"disabled": false})),
-    )
-    .await;
-    assert_eq!(status, 200);
+    revoked_within_a_second(&second, &before.access, Instant::now()).await;
+    let disabled = (403, msg("Account disabled"));
+    assert_eq!(second.login(&name_b, PASSWORD).await, disabled);
+    let wrong = (401, msg("Bad username or password"));
+    assert_eq!(second.login(&name_b, "wrong password").await, wrong);
+    assert_eq!(second.refresh(&before.refresh).await.0, 401);
+    assert_eq!(admin.set_disabled(&name_b, false).await.0, 200);
     assert_eq!(second.login(&name_b, PASSWORD).await.0, 200);
 
     // Bad changes change nothing.
-    let (status, _) = send(
-        &first,
-        reqwest::Method::PATCH,
-        &path_b,
-        Some(&admin.access),
-        Some(&json!({"roles": []})),
-    )
-    .await;
-    assert_eq!(status, 400);
-    let (status, _) = send(
-        &first,
-        reqwest::Method::PATCH,
-        &path_b,
-        Some(&admin.access),
-        Some(&json!({"roles": ["root"]})),
-    )
-    .await;
-    assert_eq!(status, 400);
-    let null = json!({"disabled": null});
-    let (status, _) = send(
-        &first,
-        reqwest::Method::PATCH,
-        &path_b,
-        Some(&admin.access),
-        Some(&null),
-    )
-    .await;
-    assert_eq!(status, 400);
+    for bad in [
+        json!({"roles": []}),
+        json!({"roles": ["root"]}),
+        json!({"disabled": null}),
+    ] {
+        assert_eq!(admin.change_user(&name_b, &bad).await.0, 400, "{bad}");
+    }
 
     // Names of paths under /users/ cannot be taken, so every account can be
     // addressed as /users/{username}.
     assert_eq!(second.register("Login", PASSWORD).await.0, 400);
-    let reserved = json!({"username": "refresh", "password": PASSWORD, "roles": ["user"]});
-    let (status, body) = json(
-        first
-            .post_json("/users", Some(&admin.access), &reserved)
-            .await,
-    )
-    .await;
+    let (status, body) = admin.create_user("refresh", &["user"]).await;
     assert_eq!(status, 400, "{body}");
     assert!(
         body["message"].as_str().unwrap().contains("reserved"),
@@ -451,157 +196,52 @@ async fn admins_manage_accounts_and_every_change_revokes() {
     );
 
     // Delete: 204, then 404; its tokens are refused; the name is free.
-    let (_, body) = first.login(&name_a, PASSWORD).await;
-    let a = Tokens::from(&body);
-    let path_a = format!("/users/{name_a}");
-    assert_eq!(
-        send(
-            &first,
-            reqwest::Method::DELETE,
-            &path_a,
-            Some(&admin.access),
-            None
-        )
-        .await
-        .0,
-        204
-    );
-    assert_eq!(
-        send(
-            &first,
-            reqwest::Method::DELETE,
-            &path_a,
-            Some(&admin.access),
-            None
-        )
-        .await
-        .0,
-        404
-    );
-    refused_within_a_second(&second, &a.access).await;
+    let a = first.logged_in(&name_a).await;
+    assert_eq!(admin.delete_user(&name_a).await.0, 204);
+    assert_eq!(admin.delete_user(&name_a).await.0, 404);
+    revoked_within_a_second(&second, &a.token, Instant::now()).await;
     assert_eq!(second.register(&name_a, PASSWORD).await.0, 201);
-}
-
-async fn username_of(app: &TestApp, tokens: &Tokens) -> String {
-    let (_, me) = send(
-        app,
-        reqwest::Method::GET,
-        "/users/me",
-        Some(&tokens.access),
-        None,
-    )
-    .await;
-    me["username"].as_str().unwrap().to_owned()
 }
 
 /// Point 2: admins cannot disable, delete or demote themselves, nor remove the
 /// last admin, also when two admins try to remove each other at once.
 async fn admins_cannot_remove_themselves_or_the_last_admin() {
     let first = spawn_app().await;
-    let second = second_instance(&first).await;
-    let admin = first.new_admin().await;
-    let (_, me) = send(
-        &first,
-        reqwest::Method::GET,
-        "/users/me",
-        Some(&admin.access),
-        None,
-    )
-    .await;
-    let own = format!("/users/{}", me["username"].as_str().unwrap());
+    let second = first.second_instance().await;
+    let admin = first.as_admin().await;
+    let own = admin.username().await;
     for change in [json!({"disabled": true}), json!({"roles": ["user"]})] {
-        let (status, body) = send(
-            &first,
-            reqwest::Method::PATCH,
-            &own,
-            Some(&admin.access),
-            Some(&change),
-        )
-        .await;
+        let (status, body) = admin.change_user(&own, &change).await;
         assert_eq!(status, 409, "{body}");
         assert!(
             body["message"].as_str().unwrap().contains("themselves"),
             "{body}"
         );
     }
-    assert_eq!(
-        send(
-            &first,
-            reqwest::Method::DELETE,
-            &own,
-            Some(&admin.access),
-            None
-        )
-        .await
-        .0,
-        409
-    );
-    assert_eq!(
-        send(
-            &first,
-            reqwest::Method::DELETE,
-            "/users/me",
-            Some(&admin.access),
-            None
-        )
-        .await
-        .0,
-        409
-    );
-    assert_eq!(
-        secret_as(&first, &admin.access).await.0,
-        200,
-        "nothing was revoked"
-    );
+    assert_eq!(admin.delete_user(&own).await.0, 409);
+    assert_eq!(admin.delete("/users/me").await.0, 409);
+    let (status, _) = secret_as(&first, &admin.token).await;
+    assert_eq!(status, 200, "nothing was revoked");
 
     // Two admins, each demoting the other at the same time on two instances:
     // one admin must remain.
+    let demote = json!({"roles": ["user"]});
     for _ in 0..3 {
-        let x = first.new_admin().await;
-        let y = first.new_admin().await;
-        let (nx, ny) = (username_of(&first, &x).await, username_of(&first, &y).await);
+        let x = first.as_admin().await;
+        let y = second.with_token(&first.new_admin().await.access);
+        let (nx, ny) = (x.username().await, y.username().await);
         // Leave x and y as the only admins.
-        let (_, page) = send(
-            &first,
-            reqwest::Method::GET,
-            "/users?limit=200",
-            Some(&x.access),
-            None,
-        )
-        .await;
+        let (_, page) = x.get("/users?limit=200").await;
         for user in page["users"].as_array().unwrap() {
             let username = user["username"].as_str().unwrap();
             let is_admin = user["roles"].as_array().unwrap().contains(&json!("admin"));
             if is_admin && username != nx && username != ny {
-                let (status, body) = send(
-                    &first,
-                    reqwest::Method::PATCH,
-                    &format!("/users/{username}"),
-                    Some(&x.access),
-                    Some(&json!({"roles": ["user"]})),
-                )
-                .await;
+                let (status, body) = x.change_user(username, &demote).await;
                 assert_eq!(status, 200, "{body}");
             }
         }
-        let demote = json!({"roles": ["user"]});
-        let (px, py) = (format!("/users/{ny}"), format!("/users/{nx}"));
-        let ((sx, bx), (sy, by)) = tokio::join!(
-            send(
-                &first,
-                reqwest::Method::PATCH,
-                &px,
-                Some(&x.access),
-                Some(&demote)
-            ),
-            send(
-                &second,
-                reqwest::Method::PATCH,
-                &py,
-                Some(&y.access),
-                Some(&demote)
-            )
-        );
+        let ((sx, bx), (sy, by)) =
+            tokio::join!(x.change_user(&ny, &demote), y.change_user(&nx, &demote));
         let statuses = [sx, sy];
         assert!(
             statuses.contains(&409) || statuses.contains(&401),
@@ -625,7 +265,7 @@ async fn admins_cannot_remove_themselves_or_the_last_admin() {
 /// the other instance: the sync asks by sequence number, not by time.
 async fn a_revocation_made_visible_late_still_reaches_every_instance() {
     let first = spawn_app().await;
-    let second = second_instance(&first).await;
+    let second = first.second_instance().await;
     let late = first.new_user().await;
     let prompt = first.new_user().await;
     assert_eq!(secret_as(&second, &late.access).await.0, 200);
@@ -675,26 +315,11 @@ async fn a_revocation_made_visible_late_still_reaches_every_instance() {
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
     // Meanwhile another revocation is made (it waits behind the open one).
-    let (status, _) = json(
-        first
-            .post_json("/users/logout", Some(&prompt.access), &json!({}))
-            .await,
-    )
-    .await;
-    assert_eq!(status, 200);
+    assert_eq!(first.logout(&prompt.access).await.0, 200);
     let committed = writer.await.unwrap();
     // Within a second of its commit, the late one is refused too.
-    loop {
-        if secret_as(&second, &late.access).await == (401, msg("Token has been revoked")) {
-            break;
-        }
-        assert!(
-            committed.elapsed() < Duration::from_secs(1),
-            "the late revocation was missed"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    refused_within_a_second(&second, &prompt.access).await;
+    revoked_within_a_second(&second, &late.access, committed).await;
+    revoked_within_a_second(&second, &prompt.access, Instant::now()).await;
 }
 
 /// Point 5: a refresh retried (the reply was lost) gets the very same pair,
@@ -702,36 +327,36 @@ async fn a_revocation_made_visible_late_still_reaches_every_instance() {
 /// was used — still revokes the whole login.
 async fn a_retried_refresh_is_no_reuse_but_a_real_reuse_is_caught() {
     let first = spawn_app().await;
-    let second = second_instance(&first).await;
+    let second = first.second_instance().await;
     let login = first.new_user().await;
 
     // The same refresh token on both instances at once: same answer, twice.
     let (a, b) = tokio::join!(
-        refresh(&first, &login.refresh),
-        refresh(&second, &login.refresh)
+        first.refresh(&login.refresh),
+        second.refresh(&login.refresh)
     );
     assert_eq!(a.0, 200, "{}", a.1);
     assert_eq!(b.0, 200, "{}", b.1);
     assert_eq!(a.1, b.1, "a retry gets the identical pair");
     // And once more, later (within the grace period).
-    let (status, again) = refresh(&second, &login.refresh).await;
+    let (status, again) = second.refresh(&login.refresh).await;
     assert_eq!((status, &again), (200, &a.1));
     let successor = Tokens::from(&a.1);
     assert_eq!(secret_as(&second, &successor.access).await.0, 200);
 
     // The successor is used: the original is now a real reuse.
-    let (status, body) = refresh(&second, &successor.refresh).await;
+    let (status, body) = second.refresh(&successor.refresh).await;
     assert_eq!(status, 200, "{body}");
     let third = Tokens::from(&body);
-    let (status, body) = refresh(&first, &login.refresh).await;
+    let (status, body) = first.refresh(&login.refresh).await;
     assert_eq!((status, body), (401, msg("Token has been revoked")));
     // The whole login is revoked, on both instances.
     assert_eq!(
         secret_as(&first, &third.access).await,
         (401, msg("Token has been revoked"))
     );
-    refused_within_a_second(&second, &third.access).await;
-    assert_eq!(refresh(&second, &third.refresh).await.0, 401);
+    revoked_within_a_second(&second, &third.access, Instant::now()).await;
+    assert_eq!(second.refresh(&third.refresh).await.0, 401);
 }
 
 /// Point 5: past the grace period, presenting a used refresh token is a reuse
@@ -739,12 +364,12 @@ async fn a_retried_refresh_is_no_reuse_but_a_real_reuse_is_caught() {
 async fn a_used_refresh_token_after_the_grace_period_is_a_reuse() {
     let app = spawn_app_with(|settings| settings.auth.refresh_retry_grace_secs = 1).await;
     let login = app.new_user().await;
-    let (status, body) = refresh(&app, &login.refresh).await;
+    let (status, body) = app.refresh(&login.refresh).await;
     assert_eq!(status, 200, "{body}");
     let successor = Tokens::from(&body);
     tokio::time::sleep(Duration::from_millis(1300)).await;
     assert_eq!(
-        refresh(&app, &login.refresh).await,
+        app.refresh(&login.refresh).await,
         (401, msg("Token has been revoked"))
     );
     assert_eq!(secret_as(&app, &successor.access).await.0, 401);
@@ -777,10 +402,12 @@ async fn failed_logins_are_throttled_per_username_and_address_on_every_instance(
         settings.http.trusted_proxies = vec!["127.0.0.1".parse().unwrap()];
     })
     .await;
-    let (username, _) = registered(&first).await;
+    let (username, _) = first.registered().await;
     let attacker = "198.51.100.7";
     for n in 1..=5 {
-        let response = login_from(&first, attacker, &username, "wrong password").await;
+        let response = first
+            .login_from(attacker, &username, "wrong password")
+            .await;
         assert_eq!(response.status(), 401, "failure {n}");
         assert_eq!(
             header(&response, "www-authenticate").as_deref(),
@@ -788,7 +415,7 @@ async fn failed_logins_are_throttled_per_username_and_address_on_every_instance(
         );
         assert_eq!(json(response).await.1, msg("Bad username or password"));
     }
-    let response = login_from(&second, attacker, &username, PASSWORD).await;
+    let response = second.login_from(attacker, &username, PASSWORD).await;
     assert_eq!(
         response.status(),
         429,
@@ -798,43 +425,27 @@ async fn failed_logins_are_throttled_per_username_and_address_on_every_instance(
     assert_eq!(wait, 1, "the testing lockout is 1 s");
     assert!(json(response).await.1["msg"].is_string());
     // The owner, elsewhere, is not locked out.
-    let response = login_from(&second, "203.0.113.9", &username, PASSWORD).await;
+    let response = second.login_from("203.0.113.9", &username, PASSWORD).await;
     assert_eq!(response.status(), 200);
 
     // After the wait, one more failure doubles it.
+    let status = async |app: &TestApp, password: &str| {
+        let response = app.login_from(attacker, &username, password).await;
+        response.status()
+    };
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    assert_eq!(
-        login_from(&first, attacker, &username, "wrong password")
-            .await
-            .status(),
-        401
-    );
-    let response = login_from(&first, attacker, &username, PASSWORD).await;
+    assert_eq!(status(&first, "wrong password").await, 401);
+    let response = first.login_from(attacker, &username, PASSWORD).await;
     assert_eq!(response.status(), 429);
     assert_eq!(header(&response, "retry-after").as_deref(), Some("2"));
     // Once the wait is over, the right password works and resets the count.
     tokio::time::sleep(Duration::from_millis(2100)).await;
-    assert_eq!(
-        login_from(&second, attacker, &username, PASSWORD)
-            .await
-            .status(),
-        200
-    );
+    assert_eq!(status(&second, PASSWORD).await, 200);
     for _ in 0..4 {
-        assert_eq!(
-            login_from(&first, attacker, &username, "wrong password")
-                .await
-                .status(),
-            401
-        );
+        assert_eq!(status(&first, "wrong password").await, 401);
     }
-    assert_eq!(
-        login_from(&first, attacker, &username, PASSWORD)
-            .await
-            .status(),
-        200,
-        "four failures after the reset are below the limit"
-    );
+    let below = "four failures after the reset are below the limit";
+    assert_eq!(status(&first, PASSWORD).await, 200, "{below}");
     // The counts live in MongoDB, with a TTL.
     let indexes = first
         .database
@@ -856,13 +467,15 @@ async fn an_address_with_many_failures_is_throttled_for_every_username() {
         settings.auth.login_throttle.address_failures = 6;
     })
     .await;
-    let (victim, _) = registered(&app).await;
+    let (victim, _) = app.registered().await;
     let sprayer = "198.51.100.66";
     for n in 0..6 {
-        let response = login_from(&app, sprayer, &format!("guess-{n}"), "wrong password").await;
+        let response = app
+            .login_from(sprayer, &format!("guess-{n}"), "wrong password")
+            .await;
         assert_eq!(response.status(), 401);
     }
-    let response = login_from(&app, sprayer, &victim, PASSWORD).await;
+    let response = app.login_from(sprayer, &victim, PASSWORD).await;
     assert_eq!(response.status(), 429);
     let wait: u64 = header(&response, "retry-after").unwrap().parse().unwrap();
     assert!(
@@ -870,7 +483,7 @@ async fn an_address_with_many_failures_is_throttled_for_every_username() {
         "the rest of the 15 minutes: {wait}"
     );
     assert_eq!(
-        login_from(&app, "198.51.100.67", &victim, PASSWORD)
+        app.login_from("198.51.100.67", &victim, PASSWORD)
             .await
             .status(),
         200
@@ -881,17 +494,17 @@ async fn an_address_with_many_failures_is_throttled_for_every_username() {
 /// else the client is the TCP peer, so a forged header escapes nothing.
 async fn a_forged_forwarded_header_does_not_escape_throttling() {
     let app = spawn_app().await; // no trusted proxies
-    let (username, _) = registered(&app).await;
+    let (username, _) = app.registered().await;
     for n in 0..5 {
         let forged = format!("198.51.100.{n}");
         assert_eq!(
-            login_from(&app, &forged, &username, "wrong password")
+            app.login_from(&forged, &username, "wrong password")
                 .await
                 .status(),
             401
         );
     }
-    let response = login_from(&app, "203.0.113.200", &username, PASSWORD).await;
+    let response = app.login_from("203.0.113.200", &username, PASSWORD).await;
     assert_eq!(response.status(), 429, "all five came from 127.0.0.1");
 }
 
@@ -912,7 +525,7 @@ async fn a_full_hashing_queue_answers_429_at_once() {
         let username = random_name("nobody");
         async move {
             let started = Instant::now();
-            let response = login_from(app, &client, &username, "wrong password").await;
+            let response = app.login_from(&client, &username, "wrong password").await;
             let retry = header(&response, "retry-after");
             (response.status().as_u16(), retry, started.elapsed())
         }
@@ -964,25 +577,22 @@ async fn closed_registration_leaves_account_creation_to_admins() {
     // An admin made through an instance with open registration on the same
     // database (as the CLI would make one).
     let admin = {
-        let open =
-            spawn_app_with(|settings| settings.mongo.database = app.database.name().to_owned())
-                .await;
+        let open = app.second_instance().await;
         let tokens = open.new_admin().await;
         drop(open);
         tokens
     };
-    let new = json!({"username": username, "password": PASSWORD, "roles": ["user"]});
-    let (status, body) = json(app.post_json("/users", Some(&admin.access), &new).await).await;
+    let admin = app.with_token(&admin.access);
+    let (status, body) = admin.create_user(&username, &["user"]).await;
     assert_eq!(status, 201, "{body}");
     assert_eq!(body["roles"], json!(["user"]));
     never_a_secret(&body);
     assert_eq!(app.login(&username, PASSWORD).await.0, 200);
-    let (status, _) = json(app.post_json("/users", Some(&admin.access), &new).await).await;
-    assert_eq!(status, 409);
+    assert_eq!(admin.create_user(&username, &["user"]).await.0, 409);
     let (_, body) = app.login(&username, PASSWORD).await;
     let user = Tokens::from(&body);
-    let other = json!({"username": random_name("x"), "password": PASSWORD, "roles": ["admin"]});
-    let (status, _) = json(app.post_json("/users", Some(&user.access), &other).await).await;
+    let user = app.with_token(&user.access);
+    let (status, _) = user.create_user(&random_name("x"), &["admin"]).await;
     assert_eq!(status, 403, "only admins");
 }
 
@@ -991,53 +601,22 @@ async fn closed_registration_leaves_account_creation_to_admins() {
 /// manage every order; batch reads show non-admins no order ids.
 async fn orders_belong_to_the_account_that_started_them() {
     let app = spawn_app().await;
-    let admin = app.new_admin().await;
-    let (owner, intruder) = (app.new_user().await, app.new_user().await);
+    let admin = app.as_admin().await;
+    let (owner, intruder) = (app.as_user().await, app.as_user().await);
     let (sku, other_sku, reference) =
         (random_name("sku"), random_name("sku"), random_name("batch"));
     for (reference, sku) in [
         (reference.clone(), &sku),
         (random_name("batch"), &other_sku),
     ] {
-        let batch =
-            json!({"reference": reference, "sku": sku, "purchased_quantity": 10, "eta": null});
-        assert_eq!(
-            json(app.post_json("/batches", Some(&admin.access), &batch).await)
-                .await
-                .0,
-            201
-        );
+        assert_eq!(admin.add_batch(&reference, sku, 10, None).await.0, 201);
     }
     let order = random_name("order");
-    let line = |sku: &str| json!({"orderid": order, "sku": sku, "qty": 2});
-    assert_eq!(
-        json(
-            app.post_json("/allocate", Some(&owner.access), &line(&sku))
-                .await
-        )
-        .await
-        .0,
-        201
-    );
+    assert_eq!(owner.allocate(&order, &sku, 2).await.0, 201);
 
-    let path = format!("/allocations/{order}");
-    let (status, body) = send(
-        &app,
-        reqwest::Method::GET,
-        &path,
-        Some(&intruder.access),
-        None,
-    )
-    .await;
+    let (status, body) = intruder.allocations(&order).await;
     assert_eq!(status, 404, "{body}");
-    let (_, unknown) = send(
-        &app,
-        reqwest::Method::GET,
-        "/allocations/no-such-order",
-        Some(&intruder.access),
-        None,
-    )
-    .await;
+    let (_, unknown) = intruder.allocations("no-such-order").await;
     assert_eq!(
         body["message"].as_str().unwrap().replace(&order, "X"),
         unknown["message"]
@@ -1046,112 +625,44 @@ async fn orders_belong_to_the_account_that_started_them() {
             .replace("no-such-order", "X"),
         "the same as an unknown order"
     );
-    let (status, _) = json(
-        app.post_json(
-            "/deallocate",
-            Some(&intruder.access),
-            &json!({"orderid": order, "sku": sku}),
-        )
-        .await,
-    )
-    .await;
-    assert_eq!(status, 404);
-    let (status, body) = json(
-        app.post_json("/allocate", Some(&intruder.access), &line(&other_sku))
-            .await,
-    )
-    .await;
+    assert_eq!(intruder.deallocate(&order, &sku).await.0, 404);
+    let (status, body) = intruder.allocate(&order, &other_sku, 2).await;
     assert_eq!(status, 404, "{body}");
-    let (status, body) = json(
-        app.post_json("/allocate", Some(&intruder.access), &line(&sku))
-            .await,
-    )
-    .await;
+    let (status, body) = intruder.allocate(&order, &sku, 2).await;
     assert_eq!(
         status, 404,
         "not even the repeat of an existing line: {body}"
     );
 
     // Batch reads: quantities for everyone, order ids for admins only.
-    let (status, batch) = send(
-        &app,
-        reqwest::Method::GET,
-        &format!("/batches/{reference}"),
-        Some(&intruder.access),
-        None,
-    )
-    .await;
+    let (status, batch) = intruder.get_batch(&reference).await;
     assert_eq!((status, &batch["allocated_quantity"]), (200, &json!(2)));
     assert!(!batch.to_string().contains(&order));
-    let (status, page) = send(
-        &app,
-        reqwest::Method::GET,
-        &format!("/batches?sku={sku}"),
-        Some(&intruder.access),
-        None,
-    )
-    .await;
+    let (status, page) = intruder.get(&format!("/batches?sku={sku}")).await;
     assert_eq!(status, 200);
     assert!(!page.to_string().contains(&order));
     let listing = format!("/batches/{reference}/allocations");
-    assert_eq!(
-        send(
-            &app,
-            reqwest::Method::GET,
-            &listing,
-            Some(&intruder.access),
-            None
-        )
-        .await
-        .0,
-        403
-    );
+    assert_eq!(intruder.get(&listing).await.0, 403);
 
     // The owner and admins.
-    let (status, lines) = send(&app, reqwest::Method::GET, &path, Some(&owner.access), None).await;
+    let (status, lines) = owner.allocations(&order).await;
     assert_eq!((status, lines.as_array().unwrap().len()), (200, 1));
-    assert_eq!(
-        json(
-            app.post_json("/allocate", Some(&admin.access), &line(&other_sku))
-                .await
-        )
-        .await
-        .0,
-        201
-    );
-    let (_, lines) = send(&app, reqwest::Method::GET, &path, Some(&owner.access), None).await;
+    assert_eq!(admin.allocate(&order, &other_sku, 2).await.0, 201);
+    let (_, lines) = owner.allocations(&order).await;
     assert_eq!(
         lines.as_array().unwrap().len(),
         2,
         "a line an admin added belongs to the owner's order"
     );
-    let (status, _) = json(
-        app.post_json(
-            "/deallocate",
-            Some(&admin.access),
-            &json!({"orderid": order, "sku": sku}),
-        )
-        .await,
-    )
-    .await;
-    assert_eq!(status, 200);
-    let (status, _) = json(
-        app.post_json(
-            "/deallocate",
-            Some(&owner.access),
-            &json!({"orderid": order, "sku": other_sku}),
-        )
-        .await,
-    )
-    .await;
-    assert_eq!(status, 200);
+    assert_eq!(admin.deallocate(&order, &sku).await.0, 200);
+    assert_eq!(owner.deallocate(&order, &other_sku).await.0, 200);
 }
 
 /// Point 9: a failed login's 401 carries `WWW-Authenticate: Bearer` and the
 /// seed's body, for an unknown user too.
 async fn a_failed_login_401_carries_www_authenticate() {
     let app = spawn_app().await;
-    let (username, _) = registered(&app).await;
+    let (username, _) = app.registered().await;
     for name in [username.as_str(), "nobody-at-all"] {
         let response = app
             .post_json(

@@ -13,90 +13,8 @@ use mongodb::event::command::CommandEvent;
 use mongodb::options::ClientOptions;
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, json, random_name, spawn_app, spawn_app_with};
+use crate::helpers::{Shop, TestApp, json, random_name, spawn_app};
 use crate::session::session;
-
-/// An app with an admin and a user token, and helpers for stock.
-struct Shop {
-    app: TestApp,
-    admin: String,
-    user: String,
-}
-
-impl Shop {
-    async fn open() -> Self {
-        Self::on(spawn_app().await).await
-    }
-
-    async fn on(app: TestApp) -> Self {
-        let admin = app.new_admin().await.access;
-        let user = app.new_user().await.access;
-        Self { app, admin, user }
-    }
-
-    async fn add_stock(&self, batches: &[(&str, &str, u32, Option<&str>)]) {
-        for (reference, sku, qty, eta) in batches {
-            let body =
-                json!({"reference": reference, "sku": sku, "purchased_quantity": qty, "eta": eta});
-            let (status, reply) = self.post("/batches", &self.admin, &body).await;
-            assert_eq!(status, 201, "{reply}");
-        }
-    }
-
-    async fn post(&self, path: &str, token: &str, body: &Value) -> (u16, Value) {
-        json(self.app.post_json(path, Some(token), body).await).await
-    }
-
-    async fn get(&self, path: &str) -> (u16, Value) {
-        json(
-            self.app
-                .get_authorized(path, &format!("Bearer {}", self.user))
-                .await,
-        )
-        .await
-    }
-
-    async fn allocate(&self, orderid: &str, sku: &str, qty: u32) -> (u16, Value) {
-        let line = json!({"orderid": orderid, "sku": sku, "qty": qty});
-        self.post("/allocate", &self.user, &line).await
-    }
-
-    async fn patch_quantity(&self, reference: &str, qty: u32) -> (u16, Value) {
-        let response = self
-            .app
-            .http
-            .patch(self.app.url(&format!("/batches/{reference}")))
-            .bearer_auth(&self.admin)
-            .json(&json!({"purchased_quantity": qty}))
-            .send()
-            .await
-            .unwrap();
-        json(response).await
-    }
-
-    async fn get_as_admin(&self, path: &str) -> (u16, Value) {
-        json(
-            self.app
-                .get_authorized(path, &format!("Bearer {}", self.admin))
-                .await,
-        )
-        .await
-    }
-
-    /// The status of the order's first line.
-    async fn line_status(&self, orderid: &str) -> Value {
-        self.get(&format!("/allocations/{orderid}")).await.1[0]["status"].clone()
-    }
-
-    async fn batch_count(&self) -> u64 {
-        self.app
-            .database
-            .collection::<Document>("batches")
-            .count_documents(doc! {})
-            .await
-            .unwrap()
-    }
-}
 
 async fn test_happy_path_returns_201_and_allocated_batch() {
     let shop = Shop::open().await;
@@ -213,8 +131,7 @@ async fn adding_stock_needs_an_admin_and_a_unique_reference() {
 
 async fn batches_are_listed_in_pages_and_read_one_by_one() {
     let shop = Shop::open().await;
-    let sku = random_name("sku");
-    let prefix = random_name("page");
+    let (sku, prefix) = (random_name("sku"), random_name("page"));
     let references: Vec<String> = (0..5).map(|n| format!("{prefix}-{n}")).collect();
     for reference in &references {
         shop.add_stock(&[(reference, &sku, 3, Some("2030-06-01"))])
@@ -222,7 +139,8 @@ async fn batches_are_listed_in_pages_and_read_one_by_one() {
     }
     shop.add_stock(&[(&random_name("elsewhere"), &random_name("sku"), 1, None)])
         .await;
-    let (status, first) = shop.get(&format!("/batches?sku={sku}&limit=2")).await;
+    let page = format!("/batches?sku={sku}&limit=2");
+    let (status, first) = shop.get(&page).await;
     assert_eq!(status, 200, "{first}");
     let seen: Vec<&str> = first["batches"]
         .as_array()
@@ -232,30 +150,21 @@ async fn batches_are_listed_in_pages_and_read_one_by_one() {
         .collect();
     assert_eq!(seen, [&references[0], &references[1]]);
     assert_eq!(first["batches"][0]["eta"], "2030-06-01");
-    let cursor = first["next_cursor"].as_str().unwrap();
-    let (_, second) = shop
-        .get(&format!("/batches?sku={sku}&limit=2&cursor={cursor}"))
-        .await;
-    let (_, last) = shop
-        .get(&format!(
-            "/batches?sku={sku}&limit=2&cursor={}",
-            second["next_cursor"].as_str().unwrap()
-        ))
-        .await;
+    let after = |page: &Value| page["next_cursor"].as_str().unwrap().to_owned();
+    let (_, second) = shop.get(&format!("{page}&cursor={}", after(&first))).await;
+    let (_, last) = shop.get(&format!("{page}&cursor={}", after(&second))).await;
     assert_eq!(last["batches"].as_array().unwrap().len(), 1);
     assert!(last.get("next_cursor").is_none(), "{last}");
 
     shop.allocate("order-x", &sku, 2).await;
-    let (status, batch) = shop.get(&format!("/batches/{}", references[0])).await;
+    let (status, batch) = shop.as_user().get_batch(&references[0]).await;
     assert_eq!(status, 200);
     assert!(
         batch.get("allocations").is_none(),
         "no unbounded list: {batch}"
     );
-    assert_eq!(
-        (&batch["allocated_quantity"], &batch["available_quantity"]),
-        (&json!(2), &json!(1))
-    );
+    let quantities = (&batch["allocated_quantity"], &batch["available_quantity"]);
+    assert_eq!(quantities, (&json!(2), &json!(1)));
     let lines_path = format!("/batches/{}/allocations", references[0]);
     assert_eq!(shop.get(&lines_path).await.0, 403, "admins only");
     shop.allocate("order-y", &sku, 1).await;
@@ -265,10 +174,8 @@ async fn batches_are_listed_in_pages_and_read_one_by_one() {
         page["allocations"],
         json!([{"orderid": "order-x", "qty": 2}])
     );
-    let cursor = page["next_cursor"].as_str().unwrap();
-    let (_, rest) = shop
-        .get_as_admin(&format!("{lines_path}?limit=1&cursor={cursor}"))
-        .await;
+    let next = format!("{lines_path}?limit=1&cursor={}", after(&page));
+    let (_, rest) = shop.get_as_admin(&next).await;
     assert_eq!(
         rest["allocations"],
         json!([{"orderid": "order-y", "qty": 1}])
@@ -277,13 +184,8 @@ async fn batches_are_listed_in_pages_and_read_one_by_one() {
     let (status, _) = shop.get_as_admin(&format!("{lines_path}?cursor=abc")).await;
     assert_eq!(status, 400);
     let missing = random_name("missing");
-    assert_eq!(
-        shop.get(&format!("/batches/{missing}")).await,
-        (
-            404,
-            json!({"message": format!("Batch {missing} not found")})
-        )
-    );
+    let not_found = json!({"message": format!("Batch {missing} not found")});
+    assert_eq!(shop.as_user().get_batch(&missing).await, (404, not_found));
     let (status, _) = shop.get("/batches?limit=0").await;
     assert_eq!(status, 400);
 }
@@ -541,8 +443,7 @@ async fn bad_input_gets_400_naming_the_field_and_changes_nothing() {
 
 async fn concurrent_allocations_never_oversell_across_two_instances() {
     let first = spawn_app().await;
-    let database = first.database.name().to_owned();
-    let second = spawn_app_with(|settings| settings.mongo.database = database).await;
+    let second = first.second_instance().await;
     let shop = Shop::on(first).await;
     let sku = random_name("sku");
     let stock = [
@@ -941,7 +842,7 @@ async fn the_mongodb_repository_passes_the_repository_contract() {
         .unwrap();
     let instance = Instance::new(&database, std::time::Duration::from_secs(1));
     let repository = MongoAllocations::new(&database, &instance);
-    crate::contract::run_all(&repository, &random_name("contract")).await;
+    allot::testing::contract::run_all(&repository, &random_name("contract")).await;
 }
 
 /// This module's tests, in the order the harness lists them.

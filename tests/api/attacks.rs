@@ -6,7 +6,7 @@ use futures_util::future::join_all;
 use mongodb::bson::{Document, doc};
 use serde_json::{Value, json};
 
-use crate::helpers::{PASSWORD, TestApp, json, random_name, spawn_app, spawn_app_with};
+use crate::helpers::{Caller, PASSWORD, TestApp, random_name, spawn_app, spawn_app_with};
 
 const ATTACKER: &str = "198.51.100.23";
 
@@ -50,24 +50,6 @@ async fn burst(
             async move { request.send().await.expect("sent").status().as_u16() }
         });
     join_all(sent).await
-}
-
-async fn post(app: &TestApp, path: &str, token: &str, body: Value) -> (u16, Value) {
-    json(app.post_json(path, Some(token), &body).await).await
-}
-
-async fn get(app: &TestApp, path: &str, token: &str) -> (u16, Value) {
-    json(app.get_authorized(path, &format!("Bearer {token}")).await).await
-}
-
-/// Adds a batch of 10 units of `sku`.
-async fn stock(app: &TestApp, admin: &str, reference: &str, sku: &str) {
-    let batch = json!({"reference": reference, "sku": sku, "purchased_quantity": 10});
-    assert_eq!(post(app, "/batches", admin, batch).await.0, 201);
-}
-
-fn line(orderid: &str, sku: &str, qty: u32) -> Value {
-    json!({"orderid": orderid, "sku": sku, "qty": qty})
 }
 
 fn count(statuses: &[u16], status: u16) -> usize {
@@ -148,40 +130,39 @@ async fn concurrent_wrong_current_passwords_check_five() {
     assert_eq!(apps.1.login(&username, PASSWORD).await.0, 200);
 }
 
+/// Adds a batch of 10 units of `sku` as `admin`.
+async fn stock(admin: &Caller, reference: &str, sku: &str) {
+    assert_eq!(admin.add_batch(reference, sku, 10, None).await.0, 201);
+}
+
 /// Another account's order gets what an order id nobody holds gets, for an
 /// unknown sku and for too large a quantity; a line that would be allocated
 /// is the one answer that differs (201 against 404), as a taken username
 /// does at registration.
 async fn another_accounts_order_answers_as_an_order_nobody_holds() {
     let app = spawn_app().await;
-    let admin = app.new_admin().await.access;
-    let (owner, prober) = (app.new_user().await.access, app.new_user().await.access);
+    let admin = app.as_admin().await;
+    let (owner, prober) = (app.as_user().await, app.as_user().await);
     let sku = random_name("sku");
-    stock(&app, &admin, &random_name("batch"), &sku).await;
+    stock(&admin, &random_name("batch"), &sku).await;
     let taken = random_name("order");
-    let allocate = |token, body| post(&app, "/allocate", token, body);
-    assert_eq!(allocate(&owner, line(&taken, &sku, 1)).await.0, 201);
+    assert_eq!(owner.allocate(&taken, &sku, 1).await.0, 201);
     let unknown_sku = random_name("nosku");
     for (case, sku, qty) in [("unknown sku", &unknown_sku, 1), ("out of stock", &sku, 50)] {
         let nobodys = random_name("order");
-        let (status, body) = allocate(&prober, line(&taken, sku, qty)).await;
-        let (fresh_status, fresh_body) = allocate(&prober, line(&nobodys, sku, qty)).await;
+        let (status, body) = prober.allocate(&taken, sku, qty).await;
+        let (fresh_status, fresh_body) = prober.allocate(&nobodys, sku, qty).await;
         assert_eq!((status, &body), (fresh_status, &fresh_body), "{case}");
         assert_eq!(status, 400, "{case}: {body}");
     }
-    let (status, body) = allocate(&prober, line(&taken, &sku, 1)).await;
+    let (status, body) = prober.allocate(&taken, &sku, 1).await;
     assert_eq!(
         (status, body),
         (404, json!({"message": format!("Order {taken} not found")}))
     );
-    assert_eq!(
-        allocate(&prober, line(&random_name("order"), &sku, 1))
-            .await
-            .0,
-        201
-    );
+    assert_eq!(prober.allocate(&random_name("order"), &sku, 1).await.0, 201);
     // The owner's order holds only the owner's line.
-    let (_, lines) = get(&app, &format!("/allocations/{taken}"), &owner).await;
+    let (_, lines) = owner.allocations(&taken).await;
     assert_eq!(lines.as_array().map(Vec::len), Some(1), "{lines}");
 }
 
@@ -190,13 +171,12 @@ async fn another_accounts_order_answers_as_an_order_nobody_holds() {
 /// another order.
 async fn look_alike_ids_are_refused_and_case_makes_another_id() {
     let app = spawn_app().await;
-    let admin = app.new_admin().await.access;
-    let user = app.new_user().await.access;
+    let admin = app.as_admin().await;
+    let user = app.as_user().await;
     let sku = random_name("sku");
-    stock(&app, &admin, &random_name("batch"), &sku).await;
+    stock(&admin, &random_name("batch"), &sku).await;
     let order = random_name("order");
-    let allocate = |orderid: &str| post(&app, "/allocate", &user, line(orderid, &sku, 1));
-    assert_eq!(allocate(&order).await.0, 201);
+    assert_eq!(user.allocate(&order, &sku, 1).await.0, 201);
     for look_alike in [
         format!("{order}\u{200b}"),
         order.replace('-', "\u{2010}"),
@@ -205,7 +185,7 @@ async fn look_alike_ids_are_refused_and_case_makes_another_id() {
         format!("{order}\0"),
         format!("{order} "),
     ] {
-        let (status, body) = allocate(&look_alike).await;
+        let (status, body) = user.allocate(&look_alike, &sku, 1).await;
         assert_eq!(status, 400, "{look_alike:?}: {body}");
         assert!(
             body["message"].as_str().unwrap().contains("orderid"),
@@ -213,13 +193,13 @@ async fn look_alike_ids_are_refused_and_case_makes_another_id() {
         );
     }
     let weird_batch = json!({"reference": "b\u{0391}tch", "sku": sku, "purchased_quantity": 1});
-    let (status, body) = post(&app, "/batches", &admin, weird_batch).await;
+    let (status, body) = admin.post("/batches", &weird_batch).await;
     assert_eq!(status, 400, "{body}");
     let lines = app.database.collection::<Document>("order_lines");
     let stored = lines.count_documents(doc! { "sku": &sku }).await.unwrap();
     assert_eq!(stored, 1, "only the first order's line");
     assert_eq!(
-        allocate(&order.to_uppercase()).await.0,
+        user.allocate(&order.to_uppercase(), &sku, 1).await.0,
         201,
         "another order"
     );
@@ -230,24 +210,19 @@ async fn look_alike_ids_are_refused_and_case_makes_another_id() {
 /// filter, another kind) or forged, it gets 400.
 async fn a_cursor_resumes_only_its_own_listing() {
     let app = spawn_app().await;
-    let admin = app.new_admin().await.access;
-    let user = app.new_user().await.access;
+    let admin = app.as_admin().await;
+    let user = app.as_user().await;
     let sku = random_name("sku");
     let (first, second) = (random_name("batch-a"), random_name("batch-b"));
     for reference in [&first, &second] {
-        stock(&app, &admin, reference, &sku).await;
+        stock(&admin, reference, &sku).await;
     }
     let orders: Vec<String> = (0..3).map(|_| random_name("order")).collect();
     for orderid in &orders {
-        assert_eq!(
-            post(&app, "/allocate", &user, line(orderid, &sku, 1))
-                .await
-                .0,
-            201
-        );
+        assert_eq!(user.allocate(orderid, &sku, 1).await.0, 201);
     }
-    let (app, admin) = (&app, &admin);
-    let get = |path: String| async move { get(app, &path, admin).await };
+    let admin = &admin;
+    let get = |path: String| async move { admin.get(&path).await };
     let lines = format!("/batches/{first}/allocations");
     let (status, page) = get(format!("{lines}?limit=1")).await;
     assert_eq!(
@@ -256,8 +231,7 @@ async fn a_cursor_resumes_only_its_own_listing() {
     );
     let cursor = page["next_cursor"].as_str().unwrap().to_owned();
     // The line before the cursor goes: the next page still starts after it.
-    let gone = json!({"orderid": orders[0], "sku": sku});
-    assert_eq!(post(app, "/deallocate", &user, gone).await.0, 200);
+    assert_eq!(user.deallocate(&orders[0], &sku).await.0, 200);
     let (_, next) = get(format!("{lines}?limit=1&cursor={cursor}")).await;
     assert_eq!(
         next["allocations"][0]["orderid"],

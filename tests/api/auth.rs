@@ -5,9 +5,9 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use crate::helpers::{
-    PASSWORD, Tokens, allot_command, json, msg, random_name, secret, spawn_app, spawn_app_with,
+    PASSWORD, Tokens, json, msg, random_name, revoked_within_a_second, secret, spawn_app,
+    spawn_app_with,
 };
-use crate::session::session;
 
 /// A token signed with the testing secret, with the given claims changed.
 fn forged(changes: serde_json::Value, header: jsonwebtoken::Header) -> String {
@@ -399,48 +399,24 @@ async fn hello_stays_prompt_while_logins_are_hashing() {
 
 async fn a_revocation_reaches_another_instance_within_a_second() {
     let first = spawn_app().await;
-    let database = first.database.name().to_owned();
-    let second = spawn_app_with(|settings| settings.mongo.database = database).await;
+    let second = first.second_instance().await;
     let tokens = first.new_user().await;
     let bearer = format!("Bearer {}", tokens.access);
     assert_eq!(secret(&second, Some(&bearer)).await.0, 200);
 
-    json(
-        first
-            .post_json("/users/logout", Some(&tokens.access), &json!({}))
-            .await,
-    )
-    .await;
+    first.logout(&tokens.access).await;
     let revoked_at = Instant::now();
     assert_eq!(
         secret(&first, Some(&bearer)).await.0,
         401,
         "at once where it was revoked"
     );
-    loop {
-        if secret(&second, Some(&bearer)).await == (401, msg("Token has been revoked")) {
-            break;
-        }
-        assert!(
-            revoked_at.elapsed() < Duration::from_secs(1),
-            "the other instance still accepts it"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    revoked_within_a_second(&second, &tokens.access, revoked_at).await;
 }
 
 async fn create_admin_creates_or_promotes_and_login_carries_the_role() {
     let app = spawn_app().await;
-    let run = |username: &str| {
-        allot_command()
-            .args(["users", "create-admin", "--username", username])
-            .env("ALLOT_ENV", "testing")
-            .env("ALLOT__MONGO__URI", &session().mongo_uri)
-            .env("ALLOT__MONGO__DATABASE", app.database.name())
-            .env("ALLOT_ADMIN_PASSWORD", PASSWORD)
-            .output()
-            .unwrap()
-    };
+    let run = |username: &str| app.create_admin_command(username).output().unwrap();
     let fresh = random_name("admin");
     let output = run(&fresh);
     assert!(

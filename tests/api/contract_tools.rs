@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-use crate::helpers::{PASSWORD, TestApp, allot_command, random_name, spawn_app};
+use crate::helpers::{PASSWORD, TestApp, random_name, spawn_app};
 use crate::session::session;
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
@@ -233,242 +233,97 @@ async fn a_generated_typescript_client_drives_a_whole_story() {
 /// The same story through the Rust client that progenitor generates from the
 /// committed spec when `clients/rust` builds (a dev-dependency of this crate).
 async fn a_generated_rust_client_drives_a_whole_story() {
-    use allot_client::types::{self, AllocationResult, LineStatusBody};
-    use allot_client::{Client, Error};
+    use crate::helpers::generated::refusal;
+    use allot_client::types::{AllocationResult, LineStatusBody};
 
     let app = spawn_app().await;
-    let anonymous = Client::new(&app.address);
-    let as_bearer = |token: &str| {
-        let mut headers = reqwest::header::HeaderMap::new();
-        let value = format!("Bearer {token}").parse().expect("a header value");
-        headers.insert(reqwest::header::AUTHORIZATION, value);
-        let http = reqwest::Client::builder()
-            .default_headers(headers)
-            .build()
-            .expect("an HTTP client");
-        Client::new_with_client(&app.address, http)
-    };
-    let credentials = |username: &str| types::Credentials {
-        username: username.parse().expect("a valid username"),
-        password: PASSWORD.parse().expect("a valid password"),
-    };
-    // The text of a documented error answer, with its status.
-    let refusal = |error: Error<types::Error>| match error {
-        Error::ErrorResponse(answer) => {
-            let status = answer.status().as_u16();
-            match answer.into_inner() {
-                types::Error::ErrorBody(body) => (status, body.message),
-                types::Error::AuthErrorBody(body) => (status, body.msg),
-            }
-        }
-        other => panic!("expected a documented error answer, got {other:?}"),
-    };
-
+    let anonymous = app.rust_client(None);
     let alice = random_name("alice");
-    let registered = anonymous
-        .register(&credentials(&alice))
-        .await
-        .expect("registered");
-    assert_eq!(registered.status(), 201);
-    assert_eq!(registered.token_type, "bearer");
-    let tokens = anonymous
-        .login(&credentials(&alice))
-        .await
-        .expect("logged in")
-        .into_inner();
-    let user = as_bearer(&tokens.access_token);
-    let profile = user.me().await.expect("a profile").into_inner();
+    let registered = anonymous.register(&alice).await;
+    let token_type = registered.token_type.as_str();
+    assert_eq!((registered.status().as_u16(), token_type), (201, "bearer"));
+    let tokens = anonymous.login(&alice).await;
+    let user = app.rust_client(Some(&tokens.access_token));
+    let profile = user.me().await.expect("a profile");
+    let user_role = vec!["user".to_owned()];
     assert_eq!(
         (profile.username.as_str(), profile.roles),
-        (alice.as_str(), vec!["user".to_owned()])
+        (alice.as_str(), user_role)
     );
 
     let admin_name = random_name("admin");
-    let mut create_admin = allot_command();
-    create_admin
-        .args(["users", "create-admin", "--username", &admin_name])
-        .env("ALLOT_ENV", "testing")
-        .env("ALLOT__MONGO__URI", &session().mongo_uri)
-        .env("ALLOT__MONGO__DATABASE", app.database.name())
-        .env("ALLOT_ADMIN_PASSWORD", PASSWORD);
-    let created = run("allot users create-admin", create_admin).await;
+    let command = app.create_admin_command(&admin_name);
+    let created = run("allot users create-admin", command).await;
     assert!(
         created.contains(&format!("created admin {admin_name}")),
         "{created}"
     );
-    let admin_tokens = anonymous
-        .login(&credentials(&admin_name))
-        .await
-        .expect("logged in");
-    let admin = as_bearer(&admin_tokens.access_token);
-    assert!(
-        admin
-            .me()
-            .await
-            .expect("a profile")
-            .roles
-            .contains(&"admin".to_owned())
-    );
+    let admin = app.rust_client(Some(&anonymous.login(&admin_name).await.access_token));
+    let admin_roles = admin.me().await.expect("a profile").roles;
+    assert!(admin_roles.contains(&"admin".to_owned()));
 
     let sku = random_name("LAMP").to_uppercase();
     let (in_stock, shipment) = (random_name("batch"), random_name("batch"));
     let arrival = chrono::Utc::now().date_naive() + chrono::Days::new(14);
-    let new_batch = |reference: &str, quantity: u32, eta| types::NewBatch {
-        reference: reference.parse().expect("a valid reference"),
-        sku: sku.parse().expect("a valid sku"),
-        purchased_quantity: quantity.try_into().expect("a positive quantity"),
-        eta,
-    };
-    let added = admin
-        .add_batch(&new_batch(&in_stock, 10, None))
-        .await
-        .expect("added");
+    let added = admin.add_batch(&in_stock, &sku, 10, None).await;
+    let added = added.expect("added");
     assert_eq!((added.available_quantity, added.eta), (10, None));
-    let added = admin
-        .add_batch(&new_batch(&shipment, 5, Some(arrival)))
-        .await
-        .expect("added");
-    assert_eq!(added.eta, Some(arrival));
-    let refused = user
-        .add_batch(&new_batch(&random_name("batch"), 1, None))
-        .await;
-    assert_eq!(
-        refusal(refused.expect_err("403")),
-        (403, "Admin role required".to_owned())
-    );
+    let added = admin.add_batch(&shipment, &sku, 5, Some(arrival)).await;
+    assert_eq!(added.expect("added").eta, Some(arrival));
+    let refused = user.add_batch(&random_name("batch"), &sku, 1, None).await;
+    assert_eq!(refusal(refused), (403, "Admin role required".to_owned()));
 
     let order = random_name("order");
-    let line = |orderid: &str, qty: u32| types::OrderLineRequest {
-        orderid: orderid.parse().expect("a valid order id"),
-        sku: sku.parse().expect("a valid sku"),
-        qty: qty.try_into().expect("a positive quantity"),
-    };
-    let allocated = user.allocate(&line(&order, 8)).await.expect("allocated");
+    let allocated = user.allocate(&order, &sku, 8).await.expect("allocated");
     assert_eq!(allocated.status(), 201);
-    assert!(
-        matches!(allocated.into_inner(), AllocationResult::Allocated(a) if a.batchref == in_stock)
-    );
-    let allocated = user
-        .allocate(&line(&random_name("order"), 4))
-        .await
-        .expect("allocated");
-    assert!(
-        matches!(allocated.into_inner(), AllocationResult::Allocated(a) if a.batchref == shipment)
-    );
+    let allocated = allocated.into_inner();
+    assert!(matches!(allocated, AllocationResult::Allocated(a) if a.batchref == in_stock));
+    let allocated = user.allocate(&random_name("order"), &sku, 4).await;
+    let allocated = allocated.expect("allocated").into_inner();
+    assert!(matches!(allocated, AllocationResult::Allocated(a) if a.batchref == shipment));
 
-    let orderid = order.parse().expect("a valid order id");
-    let lines = user
-        .order_allocations(&orderid)
-        .await
-        .expect("lines")
-        .into_inner();
+    let lines = user.lines(&order).await;
     assert_eq!(lines.len(), 1);
-    assert_eq!(
-        (lines[0].batchref.as_deref(), lines[0].qty),
-        (Some(in_stock.as_str()), 8)
-    );
-    let batch = user
-        .get_batch(&in_stock.parse().unwrap())
-        .await
-        .expect("a batch");
+    let line = (lines[0].batchref.as_deref(), lines[0].qty);
+    assert_eq!(line, (Some(in_stock.as_str()), 8));
+    let batch = user.batch(&in_stock).await;
     assert_eq!((batch.available_quantity, batch.allocated_quantity), (2, 8));
-    let drawing = admin
-        .batch_allocations(&in_stock.parse().unwrap(), None, None)
-        .await;
-    let orders: Vec<_> = drawing.expect("its lines").into_inner().allocations;
-    assert_eq!(
-        orders
-            .into_iter()
-            .map(|line| line.orderid)
-            .collect::<Vec<_>>(),
-        [order.as_str()]
-    );
-    let sku_filter = sku.parse().expect("a valid sku");
-    let limit = Some(1.try_into().unwrap());
-    let first = user
-        .list_batches(None, limit, Some(&sku_filter))
-        .await
-        .expect("a page");
-    let cursor = first
-        .next_cursor
-        .clone()
-        .expect("a second page")
-        .parse()
-        .unwrap();
-    let second = user
-        .list_batches(Some(&cursor), limit, Some(&sku_filter))
-        .await;
+    assert_eq!(admin.drawing(&in_stock).await, [order.as_str()]);
+    let first = user.batch_page(None, &sku).await;
+    let cursor = first.next_cursor.clone().expect("a second page");
+    let second = user.batch_page(Some(&cursor), &sku).await;
     let mut references = [in_stock.clone(), shipment.clone()];
     references.sort();
-    let paged: Vec<_> = [first.into_inner(), second.expect("a page").into_inner()]
+    let paged: Vec<_> = [first, second]
         .into_iter()
         .flat_map(|page| page.batches.into_iter().map(|batch| batch.reference))
         .collect();
     assert_eq!(paged, references);
 
-    let out_of_stock = user.allocate(&line(&random_name("order"), 50)).await;
+    let out_of_stock = user.allocate(&random_name("order"), &sku, 50).await;
     assert_eq!(
-        refusal(out_of_stock.expect_err("400")),
+        refusal(out_of_stock),
         (400, format!("Out of stock for sku {sku}"))
     );
 
-    let lost = types::QuantityUpdate {
-        purchased_quantity: 0,
-    };
-    let change = admin
-        .change_batch_quantity(&in_stock.parse().unwrap(), &lost)
-        .await;
-    let backordered = change.expect("changed").into_inner().backordered;
-    assert_eq!(
-        backordered
-            .into_iter()
-            .map(|l| l.orderid)
-            .collect::<Vec<_>>(),
-        [order.as_str()]
-    );
-    let lines = user
-        .order_allocations(&orderid)
-        .await
-        .expect("lines")
-        .into_inner();
-    assert_eq!(
-        (lines[0].status, lines[0].batchref.as_deref()),
-        (LineStatusBody::Backordered, None)
-    );
+    assert_eq!(admin.change_quantity(&in_stock, 0).await, [order.as_str()]);
+    let line = &user.lines(&order).await[0];
+    let backordered = (LineStatusBody::Backordered, None);
+    assert_eq!((line.status, line.batchref.as_deref()), backordered);
     let restock = random_name("batch");
-    admin
-        .add_batch(&new_batch(&restock, 10, Some(arrival)))
-        .await
-        .expect("added");
-    let lines = user
-        .order_allocations(&orderid)
-        .await
-        .expect("lines")
-        .into_inner();
-    assert_eq!(
-        (lines[0].status, lines[0].batchref.as_deref()),
-        (LineStatusBody::Allocated, Some(restock.as_str()))
-    );
+    let added = admin.add_batch(&restock, &sku, 10, Some(arrival)).await;
+    added.expect("added");
+    let line = &user.lines(&order).await[0];
+    let restocked = (LineStatusBody::Allocated, Some(restock.as_str()));
+    assert_eq!((line.status, line.batchref.as_deref()), restocked);
 
-    let renewed = as_bearer(&tokens.refresh_token)
-        .refresh()
-        .await
-        .expect("refreshed");
-    let me = as_bearer(&renewed.access_token)
-        .me()
-        .await
-        .expect("a profile");
-    assert_eq!(me.username, alice);
-    let logged_out = as_bearer(&renewed.refresh_token)
-        .logout()
-        .await
-        .expect("logged out");
-    assert_eq!(logged_out.revoked, "login");
-    let after = as_bearer(&renewed.access_token).me().await;
-    assert_eq!(
-        refusal(after.expect_err("401")),
-        (401, "Token has been revoked".to_owned())
-    );
+    let renewed = app.rust_client(Some(&tokens.refresh_token)).refresh().await;
+    let fresh = app.rust_client(Some(&renewed.access_token));
+    assert_eq!(fresh.me().await.expect("a profile").username, alice);
+    let ending = app.rust_client(Some(&renewed.refresh_token));
+    assert_eq!(ending.logout().await.revoked, "login");
+    let after = fresh.me().await;
+    assert_eq!(refusal(after), (401, "Token has been revoked".to_owned()));
 }
 
 /// This module's tests, in the order the harness lists them.

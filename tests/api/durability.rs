@@ -12,7 +12,7 @@ use mongodb::{Database, IndexModel};
 use serde_json::{Value, json};
 
 use crate::allocation::assert_counters_agree;
-use crate::helpers::{allot_command, json, random_name, spawn_app_with};
+use crate::helpers::{Caller, allot_command, random_name, spawn_app_with};
 use crate::session::session;
 
 /// `allot serve` (testing configuration) as a child process on `database`,
@@ -56,6 +56,11 @@ impl Process {
             url: format!("http://127.0.0.1:{port}"),
             http: reqwest::Client::new(),
         }
+    }
+
+    /// Requests to this process with `token`.
+    fn caller(&self, token: &str) -> Caller {
+        Caller::new(&self.http, &self.url, token)
     }
 
     fn kill(&mut self) {
@@ -114,17 +119,6 @@ async fn with_lines(database: &Database, reference: &str, sku: &str, lines: usiz
         .await
         .unwrap();
     orders
-}
-
-async fn add_batch(http: &reqwest::Client, url: &str, token: &str, body: Value) {
-    let response = http
-        .post(format!("{url}/batches"))
-        .bearer_auth(token)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 201);
 }
 
 /// What a killed shrink left behind, read from the database.
@@ -221,20 +215,13 @@ async fn kill_a_shrink(point: KillWhen) -> bool {
     let mut allot = Process::start(&database_name);
     let sku = random_name("sku");
     let (main, spare) = (random_name("main"), random_name("spare"));
-    add_batch(
-        &allot.http,
-        &allot.url,
-        &token,
-        json!({"reference": main, "sku": sku, "purchased_quantity": 200, "eta": null}),
-    )
-    .await;
-    add_batch(
-        &allot.http,
-        &allot.url,
-        &token,
-        json!({"reference": spare, "sku": sku, "purchased_quantity": 50, "eta": "2031-01-01"}),
-    )
-    .await;
+    let (status, body) = allot.caller(&token).add_batch(&main, &sku, 200, None).await;
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = allot
+        .caller(&token)
+        .add_batch(&spare, &sku, 50, Some("2031-01-01"))
+        .await;
+    assert_eq!(status, 201, "{body}");
     let mut acknowledged = with_lines(&database, &main, &sku, 200).await;
 
     let shrink = allot
@@ -325,13 +312,8 @@ async fn the_recovery_pass_finishes_a_shrink_a_crash_left_half_done() {
     let allot = Process::start(&database_name);
     let sku = random_name("sku");
     let batch = random_name("batch");
-    add_batch(
-        &allot.http,
-        &allot.url,
-        &token,
-        json!({"reference": batch, "sku": sku, "purchased_quantity": 30, "eta": null}),
-    )
-    .await;
+    let (status, body) = allot.caller(&token).add_batch(&batch, &sku, 30, None).await;
+    assert_eq!(status, 201, "{body}");
     with_lines(&database, &batch, &sku, 30).await;
     // The state a crash right after saving the smaller quantity leaves: the
     // batch holds 30 units' worth of lines but has 12.
@@ -358,16 +340,8 @@ async fn the_recovery_pass_finishes_a_shrink_a_crash_left_half_done() {
             .all(|orderid| orderid.as_bytes()[orderid.len() - 2] >= b'1'),
         "the most recent went: {waiting:?}"
     );
-    let (status, body) = json(
-        allot
-            .http
-            .get(format!("{}/backorders?sku={sku}&limit=1", allot.url))
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let backorders = format!("/backorders?sku={sku}&limit=1");
+    let (status, body) = allot.caller(&token).get(&backorders).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(
         body["backorders"][0]["orderid"],
@@ -384,33 +358,19 @@ async fn two_hundred_buyers_of_one_sku_across_two_instances_all_get_201() {
     let second = Process::start(&database_name);
     let sku = random_name("sku");
     let batch = random_name("hot");
-    add_batch(
-        &first.http,
-        &first.url,
-        &token,
-        json!({"reference": batch, "sku": sku, "purchased_quantity": 200, "eta": null}),
-    )
-    .await;
+    let (status, body) = first
+        .caller(&token)
+        .add_batch(&batch, &sku, 200, None)
+        .await;
+    assert_eq!(status, 201, "{body}");
     let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(200));
     let buyers: Vec<_> = (0..200)
         .map(|n| {
-            let url = format!(
-                "{}/allocate",
-                if n % 2 == 0 { &first.url } else { &second.url }
-            );
-            let (http, token, barrier) = (first.http.clone(), token.clone(), barrier.clone());
-            let line = json!({"orderid": format!("buyer-{n}"), "sku": sku, "qty": 1});
+            let buyer = if n % 2 == 0 { &first } else { &second }.caller(&token);
+            let (barrier, sku) = (barrier.clone(), sku.clone());
             tokio::spawn(async move {
                 barrier.wait().await;
-                json(
-                    http.post(url)
-                        .bearer_auth(token)
-                        .json(&line)
-                        .send()
-                        .await
-                        .unwrap(),
-                )
-                .await
+                buyer.allocate(&format!("buyer-{n}"), &sku, 1).await
             })
         })
         .collect();
@@ -537,13 +497,11 @@ async fn an_instance_killed_at_ten_random_moments_stalls_no_other() {
     let survivor = Process::start(&database_name);
     let (hot, calm) = (random_name("hot"), random_name("calm"));
     for sku in [&hot, &calm] {
-        add_batch(
-            &survivor.http,
-            &survivor.url,
-            &token,
-            json!({"reference": sku, "sku": sku, "purchased_quantity": 1_000_000, "eta": null}),
-        )
-        .await;
+        let (status, body) = survivor
+            .caller(&token)
+            .add_batch(sku, sku, 1_000_000, None)
+            .await;
+        assert_eq!(status, 201, "{body}");
     }
     let ledger = SharedLedger::default();
     let stop_all = std::sync::Arc::new(AtomicBool::new(false));
@@ -744,36 +702,20 @@ async fn data_in_the_old_layout_is_refused_until_migrated() {
 
     let app = Process::start(&database_name);
     let token = admin_token(&database_name).await;
-    let get = |path: String| {
-        let request = app
-            .http
-            .get(format!("{}{path}", app.url))
-            .bearer_auth(&token);
-        async move { json(request.send().await.unwrap()).await }
-    };
+    let reader = app.caller(&token);
     assert_eq!(
-        get("/allocations/o1".to_owned()).await,
+        reader.allocations("o1").await,
         (
             200,
             json!([{"sku": sku, "qty": 4, "batchref": full, "status": "allocated"}])
         )
     );
-    let (_, lines) = get(format!("/batches/{full}/allocations")).await;
+    let (_, lines) = reader.get(&format!("/batches/{full}/allocations")).await;
     assert_eq!(
         lines["allocations"],
         json!([{"orderid": "o1", "qty": 4}, {"orderid": "o2", "qty": 2}])
     );
-    let (status, _) = json(
-        app.http
-            .post(format!("{}/allocate", app.url))
-            .bearer_auth(&token)
-            .json(&json!({"orderid": "o3", "sku": sku, "qty": 4}))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
-    assert_eq!(status, 201);
+    assert_eq!(reader.allocate("o3", &sku, 4).await.0, 201);
     assert_counters_agree(&database, &sku).await;
     let total: Vec<Document> = database
         .collection::<Document>("order_lines")

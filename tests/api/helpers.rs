@@ -140,7 +140,481 @@ impl TestApp {
     }
 }
 
+/// The API's endpoints, one helper each (see also [`Caller`] for the ones that
+/// take a token).
+impl TestApp {
+    /// Requests made with `access` as the bearer token.
+    pub fn with_token(&self, access: &str) -> Caller {
+        Caller::new(&self.http, &self.address, access)
+    }
+
+    /// A fresh admin ([`TestApp::new_admin`]), ready to send requests.
+    pub async fn as_admin(&self) -> Caller {
+        let tokens = self.new_admin().await;
+        self.with_token(&tokens.access)
+    }
+
+    /// A fresh user ([`TestApp::new_user`]), ready to send requests.
+    pub async fn as_user(&self) -> Caller {
+        let tokens = self.new_user().await;
+        self.with_token(&tokens.access)
+    }
+
+    /// Logs `username` in with [`PASSWORD`] (the login's status unchecked),
+    /// ready to send requests with the access token.
+    pub async fn logged_in(&self, username: &str) -> Caller {
+        let (_, body) = self.login(username, PASSWORD).await;
+        self.with_token(&Tokens::from(&body).access)
+    }
+
+    /// Registers a fresh user: its username and token pair.
+    pub async fn registered(&self) -> (String, Tokens) {
+        let username = random_name("user");
+        let (status, body) = self.register(&username, PASSWORD).await;
+        assert_eq!(status, 201, "{body}");
+        (username, Tokens::from(&body))
+    }
+
+    /// `POST /users/refresh` with a refresh token.
+    pub async fn refresh(&self, refresh: &str) -> (u16, serde_json::Value) {
+        let body = serde_json::json!({});
+        json(self.post_json("/users/refresh", Some(refresh), &body).await).await
+    }
+
+    /// `POST /users/logout` with an access or refresh token.
+    pub async fn logout(&self, token: &str) -> (u16, serde_json::Value) {
+        let body = serde_json::json!({});
+        json(self.post_json("/users/logout", Some(token), &body).await).await
+    }
+
+    /// A login from `client` (sent as `X-Forwarded-For`), with the raw response.
+    pub async fn login_from(
+        &self,
+        client: &str,
+        username: &str,
+        password: &str,
+    ) -> reqwest::Response {
+        self.http
+            .post(self.url("/users/login"))
+            .header("X-Forwarded-For", client)
+            .json(&serde_json::json!({"username": username, "password": password}))
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    /// A second instance on this one's database.
+    pub async fn second_instance(&self) -> TestApp {
+        let database = self.database.name().to_owned();
+        spawn_app_with(|settings| settings.mongo.database = database).await
+    }
+}
+
+/// The CLI and the generated Rust client, on this app.
+impl TestApp {
+    /// `allot users create-admin --username <username>` on this app's
+    /// database, with [`PASSWORD`]; not started yet.
+    pub fn create_admin_command(&self, username: &str) -> std::process::Command {
+        let mut command = allot_command();
+        command
+            .args(["users", "create-admin", "--username", username])
+            .env("ALLOT_ENV", "testing")
+            .env("ALLOT__MONGO__URI", &session().mongo_uri)
+            .env("ALLOT__MONGO__DATABASE", self.database.name())
+            .env("ALLOT_ADMIN_PASSWORD", PASSWORD);
+        command
+    }
+
+    /// The generated Rust client (`clients/rust`), sending `token` as the
+    /// bearer token when there is one.
+    pub fn rust_client(&self, token: Option<&str>) -> generated::RustClient {
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(token) = token {
+            let value = format!("Bearer {token}").parse().expect("a header value");
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+        }
+        let http = reqwest::Client::builder()
+            .default_headers(headers)
+            .build()
+            .expect("an HTTP client");
+        generated::RustClient(allot_client::Client::new_with_client(&self.address, http))
+    }
+}
+
+/// The generated Rust client, one helper per operation the story uses: the
+/// requests are the generated ones; the helpers only build their bodies and
+/// unwrap their answers.
+pub mod generated {
+    use allot_client::types::{self, AllocationResult};
+    use allot_client::{Error, ResponseValue};
+    use chrono::NaiveDate;
+
+    /// An error answer of the generated client.
+    pub type Refused = Error<types::Error>;
+
+    pub struct RustClient(pub allot_client::Client);
+
+    /// A username with [`PASSWORD`](super::PASSWORD).
+    fn credentials(username: &str) -> types::Credentials {
+        types::Credentials {
+            username: username.parse().expect("a valid username"),
+            password: super::PASSWORD.parse().expect("a valid password"),
+        }
+    }
+
+    impl RustClient {
+        pub async fn register(&self, username: &str) -> ResponseValue<types::TokenPairBody> {
+            self.0
+                .register(&credentials(username))
+                .await
+                .expect("registered")
+        }
+
+        pub async fn login(&self, username: &str) -> types::TokenPairBody {
+            let tokens = self.0.login(&credentials(username)).await;
+            tokens.expect("logged in").into_inner()
+        }
+
+        pub async fn me(&self) -> Result<types::Profile, Refused> {
+            self.0.me().await.map(ResponseValue::into_inner)
+        }
+
+        pub async fn add_batch(
+            &self,
+            reference: &str,
+            sku: &str,
+            quantity: u32,
+            eta: Option<NaiveDate>,
+        ) -> Result<types::BatchBody, Refused> {
+            let batch = types::NewBatch {
+                reference: reference.parse().expect("a valid reference"),
+                sku: sku.parse().expect("a valid sku"),
+                purchased_quantity: quantity.try_into().expect("a positive quantity"),
+                eta,
+            };
+            self.0
+                .add_batch(&batch)
+                .await
+                .map(ResponseValue::into_inner)
+        }
+
+        pub async fn allocate(
+            &self,
+            orderid: &str,
+            sku: &str,
+            qty: u32,
+        ) -> Result<ResponseValue<AllocationResult>, Refused> {
+            let line = types::OrderLineRequest {
+                orderid: orderid.parse().expect("a valid order id"),
+                sku: sku.parse().expect("a valid sku"),
+                qty: qty.try_into().expect("a positive quantity"),
+            };
+            self.0.allocate(&line).await
+        }
+
+        /// The order's lines.
+        pub async fn lines(&self, orderid: &str) -> Vec<types::OrderAllocation> {
+            let orderid = orderid.parse().expect("a valid order id");
+            let lines = self.0.order_allocations(&orderid).await;
+            lines.expect("lines").into_inner()
+        }
+
+        pub async fn batch(&self, reference: &str) -> types::BatchBody {
+            let reference = reference.parse().expect("a valid reference");
+            self.0
+                .get_batch(&reference)
+                .await
+                .expect("a batch")
+                .into_inner()
+        }
+
+        /// The order ids of the batch's lines.
+        pub async fn drawing(&self, reference: &str) -> Vec<String> {
+            let reference = reference.parse().expect("a valid reference");
+            let lines = self.0.batch_allocations(&reference, None, None).await;
+            let lines = lines.expect("its lines").into_inner().allocations;
+            lines.into_iter().map(|line| line.orderid).collect()
+        }
+
+        /// A page of one batch of `sku`, after `cursor`.
+        pub async fn batch_page(&self, cursor: Option<&str>, sku: &str) -> types::BatchPage {
+            let cursor = cursor.map(|cursor| cursor.parse().expect("a valid cursor"));
+            let (sku, limit) = (
+                sku.parse().expect("a valid sku"),
+                Some(1.try_into().unwrap()),
+            );
+            let page = self
+                .0
+                .list_batches(cursor.as_ref(), limit, Some(&sku))
+                .await;
+            page.expect("a page").into_inner()
+        }
+
+        /// Changes the batch's quantity: the order ids it backordered.
+        pub async fn change_quantity(&self, reference: &str, quantity: u32) -> Vec<String> {
+            let reference = reference.parse().expect("a valid reference");
+            let update = types::QuantityUpdate {
+                purchased_quantity: quantity,
+            };
+            let change = self.0.change_batch_quantity(&reference, &update).await;
+            let backordered = change.expect("changed").into_inner().backordered;
+            backordered.into_iter().map(|line| line.orderid).collect()
+        }
+
+        pub async fn refresh(&self) -> types::TokenPairBody {
+            self.0.refresh().await.expect("refreshed").into_inner()
+        }
+
+        pub async fn logout(&self) -> types::LogoutBody {
+            self.0.logout().await.expect("logged out").into_inner()
+        }
+    }
+
+    /// The status and text of a documented error answer.
+    pub fn refusal<T: std::fmt::Debug>(result: Result<T, Refused>) -> (u16, String) {
+        match result.expect_err("an error answer") {
+            Error::ErrorResponse(answer) => {
+                let status = answer.status().as_u16();
+                match answer.into_inner() {
+                    types::Error::ErrorBody(body) => (status, body.message),
+                    types::Error::AuthErrorBody(body) => (status, body.msg),
+                }
+            }
+            other => panic!("expected a documented error answer, got {other:?}"),
+        }
+    }
+}
+
+/// Any request, with an optional bearer token and JSON body: the status and
+/// the JSON body (`null` for an empty 204).
+async fn send(
+    http: &reqwest::Client,
+    method: reqwest::Method,
+    url: &str,
+    token: Option<&str>,
+    body: Option<&serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    let mut request = http.request(method, url);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    if let Some(body) = body {
+        request = request.json(body);
+    }
+    json(request.send().await.expect("request sent")).await
+}
+
+/// Requests to one app (a [`TestApp`], or an allot process at `address`)
+/// with one bearer token: one helper per endpoint. Each answers the status
+/// and the JSON body.
+#[derive(Clone)]
+pub struct Caller {
+    http: reqwest::Client,
+    address: String,
+    pub token: String,
+}
+
+impl Caller {
+    /// Requests to the app at `address` (`http://host:port`) with `token`.
+    pub fn new(http: &reqwest::Client, address: &str, token: &str) -> Self {
+        Self {
+            http: http.clone(),
+            address: address.to_owned(),
+            token: token.to_owned(),
+        }
+    }
+
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
+        let url = format!("{}{path}", self.address);
+        send(&self.http, method, &url, Some(&self.token), body).await
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, serde_json::Value) {
+        self.send(reqwest::Method::GET, path, None).await
+    }
+
+    pub async fn post(&self, path: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
+        self.send(reqwest::Method::POST, path, Some(body)).await
+    }
+
+    pub async fn patch(&self, path: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
+        self.send(reqwest::Method::PATCH, path, Some(body)).await
+    }
+
+    pub async fn delete(&self, path: &str) -> (u16, serde_json::Value) {
+        self.send(reqwest::Method::DELETE, path, None).await
+    }
+
+    /// `POST /batches`.
+    pub async fn add_batch(
+        &self,
+        reference: &str,
+        sku: &str,
+        qty: u32,
+        eta: Option<&str>,
+    ) -> (u16, serde_json::Value) {
+        let batch = serde_json::json!(
+            {"reference": reference, "sku": sku, "purchased_quantity": qty, "eta": eta}
+        );
+        self.post("/batches", &batch).await
+    }
+
+    /// `GET /batches/{reference}`.
+    pub async fn get_batch(&self, reference: &str) -> (u16, serde_json::Value) {
+        self.get(&format!("/batches/{reference}")).await
+    }
+
+    /// `PATCH /batches/{reference}` with a new purchased quantity.
+    pub async fn change_quantity(&self, reference: &str, qty: u32) -> (u16, serde_json::Value) {
+        let change = serde_json::json!({"purchased_quantity": qty});
+        self.patch(&format!("/batches/{reference}"), &change).await
+    }
+
+    /// `POST /allocate`.
+    pub async fn allocate(&self, orderid: &str, sku: &str, qty: u32) -> (u16, serde_json::Value) {
+        self.post("/allocate", &line(orderid, sku, qty)).await
+    }
+
+    /// `POST /deallocate`.
+    pub async fn deallocate(&self, orderid: &str, sku: &str) -> (u16, serde_json::Value) {
+        let line = serde_json::json!({"orderid": orderid, "sku": sku});
+        self.post("/deallocate", &line).await
+    }
+
+    /// `GET /allocations/{orderid}`.
+    pub async fn allocations(&self, orderid: &str) -> (u16, serde_json::Value) {
+        self.get(&format!("/allocations/{orderid}")).await
+    }
+
+    /// `GET /users/me`: the caller's username.
+    pub async fn username(&self) -> String {
+        let (status, me) = self.get("/users/me").await;
+        assert_eq!(status, 200, "{me}");
+        me["username"].as_str().expect("a username").to_owned()
+    }
+
+    /// `PATCH /users/{username}`.
+    pub async fn change_user(
+        &self,
+        username: &str,
+        change: &serde_json::Value,
+    ) -> (u16, serde_json::Value) {
+        self.patch(&format!("/users/{username}"), change).await
+    }
+
+    /// `PATCH /users/{username}` with new roles.
+    pub async fn set_roles(&self, username: &str, roles: &[&str]) -> (u16, serde_json::Value) {
+        let change = serde_json::json!({"roles": roles});
+        self.change_user(username, &change).await
+    }
+
+    /// `PATCH /users/{username}` disabling or enabling the account.
+    pub async fn set_disabled(&self, username: &str, disabled: bool) -> (u16, serde_json::Value) {
+        let change = serde_json::json!({"disabled": disabled});
+        self.change_user(username, &change).await
+    }
+
+    /// `DELETE /users/{username}`.
+    pub async fn delete_user(&self, username: &str) -> (u16, serde_json::Value) {
+        self.delete(&format!("/users/{username}")).await
+    }
+
+    /// `POST /users` (an admin creating an account).
+    pub async fn create_user(&self, username: &str, roles: &[&str]) -> (u16, serde_json::Value) {
+        let account =
+            serde_json::json!({"username": username, "password": PASSWORD, "roles": roles});
+        self.post("/users", &account).await
+    }
+}
+
+/// An order line's JSON body.
+pub fn line(orderid: &str, sku: &str, qty: u32) -> serde_json::Value {
+    serde_json::json!({"orderid": orderid, "sku": sku, "qty": qty})
+}
+
 pub const PASSWORD: &str = "correct horse battery";
+
+/// An app with an admin's and a user's token, for the allocation stories.
+pub struct Shop {
+    pub app: TestApp,
+    pub admin: String,
+    pub user: String,
+}
+
+impl Shop {
+    pub async fn open() -> Self {
+        Self::on(spawn_app().await).await
+    }
+
+    pub async fn on(app: TestApp) -> Self {
+        let admin = app.new_admin().await.access;
+        let user = app.new_user().await.access;
+        Self { app, admin, user }
+    }
+
+    pub fn as_admin(&self) -> Caller {
+        self.app.with_token(&self.admin)
+    }
+
+    pub fn as_user(&self) -> Caller {
+        self.app.with_token(&self.user)
+    }
+
+    /// Adds each `(reference, sku, qty, eta)` as the admin, expecting 201.
+    pub async fn add_stock(&self, batches: &[(&str, &str, u32, Option<&str>)]) {
+        for (reference, sku, qty, eta) in batches {
+            let (status, reply) = self.as_admin().add_batch(reference, sku, *qty, *eta).await;
+            assert_eq!(status, 201, "{reply}");
+        }
+    }
+
+    pub async fn post(
+        &self,
+        path: &str,
+        token: &str,
+        body: &serde_json::Value,
+    ) -> (u16, serde_json::Value) {
+        self.app.with_token(token).post(path, body).await
+    }
+
+    /// GET as the user.
+    pub async fn get(&self, path: &str) -> (u16, serde_json::Value) {
+        self.as_user().get(path).await
+    }
+
+    /// `POST /allocate` as the user.
+    pub async fn allocate(&self, orderid: &str, sku: &str, qty: u32) -> (u16, serde_json::Value) {
+        self.as_user().allocate(orderid, sku, qty).await
+    }
+
+    /// `PATCH /batches/{reference}` as the admin.
+    pub async fn patch_quantity(&self, reference: &str, qty: u32) -> (u16, serde_json::Value) {
+        self.as_admin().change_quantity(reference, qty).await
+    }
+
+    pub async fn get_as_admin(&self, path: &str) -> (u16, serde_json::Value) {
+        self.as_admin().get(path).await
+    }
+
+    /// The status of the order's first line.
+    pub async fn line_status(&self, orderid: &str) -> serde_json::Value {
+        self.get(&format!("/allocations/{orderid}")).await.1[0]["status"].clone()
+    }
+
+    pub async fn batch_count(&self) -> u64 {
+        self.app
+            .database
+            .collection::<mongodb::bson::Document>("batches")
+            .count_documents(mongodb::bson::doc! {})
+            .await
+            .unwrap()
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct Tokens {
@@ -183,6 +657,23 @@ pub async fn secret_as(app: &TestApp, access: &str) -> (u16, serde_json::Value) 
     secret(app, Some(&format!("Bearer {access}"))).await
 }
 
+/// Waits until `app` refuses `access` as revoked, failing once a second has
+/// passed since `since` (the revocation).
+pub async fn revoked_within_a_second(app: &TestApp, access: &str, since: std::time::Instant) {
+    use std::time::Duration;
+    loop {
+        if secret_as(app, access).await == (401, msg("Token has been revoked")) {
+            return;
+        }
+        assert!(
+            since.elapsed() < Duration::from_secs(1),
+            "the token is still accepted {:?} after its revocation",
+            since.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 pub fn random_name(kind: &str) -> String {
     format!(
         "{kind}-{}",
@@ -190,7 +681,8 @@ pub fn random_name(kind: &str) -> String {
     )
 }
 
-/// Status and JSON body of a response.
+/// Status and JSON body of a response (`null` for an empty 204); panics on
+/// any other body that is not JSON.
 pub async fn json(response: reqwest::Response) -> (u16, serde_json::Value) {
     let status = response.status().as_u16();
     let content_type = response
@@ -200,6 +692,9 @@ pub async fn json(response: reqwest::Response) -> (u16, serde_json::Value) {
         .unwrap_or_default()
         .to_owned();
     let text = response.text().await.expect("a response body");
+    if status == 204 && text.is_empty() {
+        return (status, serde_json::Value::Null);
+    }
     let body = serde_json::from_str(&text).unwrap_or_else(|_| {
         panic!("expected a JSON body, got {status} {content_type:?}: {text:?}")
     });

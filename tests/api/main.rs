@@ -2,9 +2,6 @@
 //! MongoDB server, runs every test against it in parallel, then drops every
 //! database it created and checks that none is left — also when tests fail.
 
-#[path = "../contract/allocation_repository.rs"]
-mod contract;
-
 use libtest_mimic::{Arguments, Trial};
 
 /// Modules of `tests/api/` that hold the harness, not tests.

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use super::*;
-use crate::adapters::memory::InMemoryAllocations;
+use crate::testing::memory::InMemoryAllocations;
 
 fn admin() -> Requester {
     Requester {

@@ -374,12 +374,9 @@ impl AllocationRepository for InMemoryAllocations {
 }
 
 #[cfg(test)]
-#[path = "../../tests/contract/allocation_repository.rs"]
-mod contract;
-
-#[cfg(test)]
 mod tests {
-    use super::{InMemoryAllocations, contract};
+    use super::InMemoryAllocations;
+    use crate::testing::contract;
 
     /// One `#[tokio::test]` per contract check, each over a fresh repository.
     macro_rules! contract_tests {

@@ -8,11 +8,12 @@
 //! one another followed by `-` (`a` and `a-list` would collide). A failed check
 //! panics.
 //!
-//! This file names the crate only as `allot::` because it is compiled both
-//! inside the crate and as part of an integration-test binary.
+//! It runs in memory in this crate's unit tests (`testing::memory`) and on
+//! MongoDB in `tests/api` (`allocation::the_mongodb_repository_passes_the_repository_contract`),
+//! which reaches it as `allot::testing::contract` through the `testing` feature.
 
-use allot::domain::allocation::{Batch, LineStatus, OrderLine, Requester};
-use allot::services::ports::allocation::{
+use crate::domain::allocation::{Batch, LineStatus, OrderLine, Requester};
+use crate::services::ports::allocation::{
     AddBatchError, AllocateStep, AllocationRepository, FillStep, Stock,
 };
 use chrono::NaiveDate;
