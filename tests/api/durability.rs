@@ -2,78 +2,28 @@
 //! middle of a shrink, recovery at start-up, a hot sku, and the migration of
 //! data written by allot 0.1.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use futures_util::TryStreamExt;
 use mongodb::bson::{Document, doc};
 use mongodb::{Database, IndexModel};
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::allocation::assert_counters_agree;
-use crate::helpers::{Caller, allot_command, random_name, spawn_app_with};
+use crate::helpers::{AllotProcess, allot_command, random_name, spawn_app_with};
 use crate::session::session;
 
-/// `allot serve` (testing configuration) as a child process on `database`,
-/// once it listens; its log is drained in the background so it never blocks.
-struct Process {
-    child: Child,
-    url: String,
-    http: reqwest::Client,
-}
-
-impl Process {
-    fn start(database: &str) -> Self {
-        let mut child = allot_command()
-            .env("ALLOT_ENV", "testing")
-            .env("ALLOT__LOG__LEVEL", "info")
-            .env("ALLOT__LOG__FORMAT", "json")
-            .env("ALLOT__MONGO__URI", &session().mongo_uri)
-            .env("ALLOT__MONGO__DATABASE", database)
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut log = BufReader::new(child.stderr.take().unwrap());
-        let mut line = String::new();
-        let port = loop {
-            line.clear();
-            assert!(
-                log.read_line(&mut line).unwrap() > 0,
-                "allot exited before listening"
-            );
-            let Ok(entry) = serde_json::from_str::<Value>(&line) else {
-                continue;
-            };
-            if let Some(docs) = entry["fields"]["docs"].as_str().or(entry["docs"].as_str()) {
-                let port = docs.trim_end_matches("/docs").rsplit(':').next().unwrap();
-                break port.parse::<u16>().unwrap();
-            }
-        };
-        std::thread::spawn(move || std::io::copy(&mut log, &mut std::io::sink()));
-        Self {
-            child,
-            url: format!("http://127.0.0.1:{port}"),
-            http: reqwest::Client::new(),
-        }
-    }
-
-    /// Requests to this process with `token`.
-    fn caller(&self, token: &str) -> Caller {
-        Caller::new(&self.http, &self.url, token)
-    }
-
-    fn kill(&mut self) {
-        self.child.kill().unwrap(); // SIGKILL
-        self.child.wait().unwrap();
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// `allot serve` (testing configuration, JSON logs) as a child process on
+/// `database`, once it listens.
+fn serve_on(database: &str) -> AllotProcess {
+    let mut command = allot_command();
+    command
+        .env("ALLOT_ENV", "testing")
+        .env("ALLOT__LOG__LEVEL", "info")
+        .env("ALLOT__LOG__FORMAT", "json")
+        .env("ALLOT__MONGO__URI", &session().mongo_uri)
+        .env("ALLOT__MONGO__DATABASE", database);
+    AllotProcess::start(&mut command)
 }
 
 /// An admin token the child processes accept: minted by an in-process app on
@@ -211,8 +161,8 @@ async fn kill_a_shrink(point: KillWhen) -> bool {
     let database_name = session().new_database_name();
     let database = session().client().database(&database_name);
     let token = admin_token(&database_name).await;
-    let _survivor = Process::start(&database_name);
-    let mut allot = Process::start(&database_name);
+    let _survivor = serve_on(&database_name);
+    let mut allot = serve_on(&database_name);
     let sku = random_name("sku");
     let (main, spare) = (random_name("main"), random_name("spare"));
     let (status, body) = allot.caller(&token).add_batch(&main, &sku, 200, None).await;
@@ -309,7 +259,7 @@ async fn the_recovery_pass_finishes_a_shrink_a_crash_left_half_done() {
     let database_name = session().new_database_name();
     let database = session().client().database(&database_name);
     let token = admin_token(&database_name).await;
-    let allot = Process::start(&database_name);
+    let allot = serve_on(&database_name);
     let sku = random_name("sku");
     let batch = random_name("batch");
     let (status, body) = allot.caller(&token).add_batch(&batch, &sku, 30, None).await;
@@ -354,8 +304,8 @@ async fn two_hundred_buyers_of_one_sku_across_two_instances_all_get_201() {
     let database_name = session().new_database_name();
     let database = session().client().database(&database_name);
     let token = admin_token(&database_name).await;
-    let first = Process::start(&database_name);
-    let second = Process::start(&database_name);
+    let first = serve_on(&database_name);
+    let second = serve_on(&database_name);
     let sku = random_name("sku");
     let batch = random_name("hot");
     let (status, body) = first
@@ -494,7 +444,7 @@ async fn an_instance_killed_at_ten_random_moments_stalls_no_other() {
     let database_name = session().new_database_name();
     let database = session().client().database(&database_name);
     let token = admin_token(&database_name).await;
-    let survivor = Process::start(&database_name);
+    let survivor = serve_on(&database_name);
     let (hot, calm) = (random_name("hot"), random_name("calm"));
     for sku in [&hot, &calm] {
         let (status, body) = survivor
@@ -524,7 +474,7 @@ async fn an_instance_killed_at_ten_random_moments_stalls_no_other() {
         .subsec_nanos() as u64;
     let mut kills = Vec::new();
     for round in 0..10 {
-        let mut victim = Process::start(&database_name);
+        let mut victim = serve_on(&database_name);
         let stop = std::sync::Arc::new(AtomicBool::new(false));
         let shoppers: Vec<_> = (0..4)
             .map(|n| {
@@ -700,7 +650,7 @@ async fn data_in_the_old_layout_is_refused_until_migrated() {
         .unwrap();
     assert!(!stored.contains_key("allocations"), "{stored}");
 
-    let app = Process::start(&database_name);
+    let app = serve_on(&database_name);
     let token = admin_token(&database_name).await;
     let reader = app.caller(&token);
     assert_eq!(

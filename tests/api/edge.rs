@@ -2,77 +2,15 @@
 //! time and number, JSON for every error, and what operators and browsers
 //! expect (request ids, metrics, CORS, security headers).
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::helpers::{allot_command, json, spawn_app_with};
+use crate::helpers::{AllotProcess, allot_command, json, spawn_app_with};
 use crate::session::session;
-
-/// `allot serve` (testing configuration) as a child process, once it
-/// listens; its log lines are collected in the background.
-pub struct ServeProcess {
-    pub child: Child,
-    pub url: String,
-    pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
-}
-
-impl ServeProcess {
-    pub fn start(command: &mut std::process::Command) -> Self {
-        let mut child = command.stderr(Stdio::piped()).spawn().unwrap();
-        let mut reader = BufReader::new(child.stderr.take().unwrap());
-        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let mut line = String::new();
-        let port = loop {
-            line.clear();
-            assert!(
-                reader.read_line(&mut line).unwrap() > 0,
-                "allot exited before listening: {:?}",
-                log.lock().unwrap()
-            );
-            log.lock().unwrap().push(line.clone());
-            if let Some(docs) = line.split("/docs").next()
-                && line.contains("listening")
-                && let Some(port) = docs.rsplit(':').next()
-                && let Ok(port) = port.parse::<u16>()
-            {
-                break port;
-            }
-        };
-        let lines = log.clone();
-        std::thread::spawn(move || {
-            for line in reader.lines() {
-                let Ok(line) = line else { break };
-                lines.lock().unwrap().push(line);
-            }
-        });
-        Self {
-            child,
-            url: format!("http://127.0.0.1:{port}"),
-            log,
-        }
-    }
-
-    /// Peak resident memory (VmHWM), in KiB.
-    pub fn peak_rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
-        status
-            .lines()
-            .find_map(|line| line.strip_prefix("VmHWM:"))
-            .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("VmHWM in /proc/<pid>/status")
-    }
-}
-
-impl Drop for ServeProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn testing_process() -> std::process::Command {
     let mut command = allot_command();
@@ -120,7 +58,7 @@ fn curl_upload(url: &str, protocol: &str, size: usize) -> (String, String, Strin
 }
 
 async fn a_40_mb_body_gets_413_json_over_h2c_and_chunked_with_bounded_memory() {
-    let app = ServeProcess::start(&mut testing_process());
+    let app = AllotProcess::start(&mut testing_process());
     let url = format!("{}/users/login", app.url);
     let started_kib = app.peak_rss_kib();
     for protocol in ["--http2-prior-knowledge", "--http1.1"] {
@@ -481,7 +419,7 @@ async fn allot_serves_from_an_empty_directory_in_development() {
         // Isolation only: a free port, and a database the session drops.
         .env("ALLOT__HTTP__PORT", "0")
         .env("ALLOT__MONGO__DATABASE", session().new_database_name());
-    let app = ServeProcess::start(&mut command);
+    let app = AllotProcess::start(&mut command);
     let log = app.log.lock().unwrap().join("");
     assert!(log.contains("development"), "{log}");
     let response = reqwest::get(format!("{}/tests/hello", app.url))

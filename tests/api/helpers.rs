@@ -1,5 +1,6 @@
 //! Spawning the real app on a random port with its own database, and talking to it.
 
+use std::io::BufRead;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -762,4 +763,82 @@ pub fn allot_command() -> std::process::Command {
         }
     }
     command
+}
+
+/// `allot serve` (testing configuration) as a child process, once it
+/// listens; its log lines are collected in the background.
+pub struct AllotProcess {
+    pub child: std::process::Child,
+    pub url: String,
+    pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    pub http: reqwest::Client,
+}
+
+impl AllotProcess {
+    pub fn start(command: &mut std::process::Command) -> Self {
+        let mut child = command
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut reader = std::io::BufReader::new(child.stderr.take().unwrap());
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut line = String::new();
+        let port = loop {
+            line.clear();
+            assert!(
+                reader.read_line(&mut line).unwrap() > 0,
+                "allot exited before listening: {:?}",
+                log.lock().unwrap()
+            );
+            log.lock().unwrap().push(line.clone());
+            if let Some(docs) = line.split("/docs").next()
+                && line.contains("listening")
+                && let Some(port) = docs.rsplit(':').next()
+                && let Ok(port) = port.parse::<u16>()
+            {
+                break port;
+            }
+        };
+        let lines = log.clone();
+        std::thread::spawn(move || {
+            for line in reader.lines() {
+                let Ok(line) = line else { break };
+                lines.lock().unwrap().push(line);
+            }
+        });
+        Self {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            log,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// Requests to this process with `token`.
+    pub fn caller(&self, token: &str) -> Caller {
+        Caller::new(&self.http, &self.url, token)
+    }
+
+    /// SIGKILL, and waits for the process to be gone.
+    pub fn kill(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// Peak resident memory (VmHWM), in KiB.
+    pub fn peak_rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmHWM:"))
+            .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmHWM in /proc/<pid>/status")
+    }
+}
+
+impl Drop for AllotProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

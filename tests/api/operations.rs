@@ -1,8 +1,7 @@
 //! What operators and browsers get: metrics, request ids, CORS, security
 //! headers, `Allow` on 405, and the docs switch.
 
-use crate::edge::ServeProcess;
-use crate::helpers::{allot_command, json, spawn_app, spawn_app_with};
+use crate::helpers::{AllotProcess, allot_command, json, spawn_app, spawn_app_with};
 use crate::session::session;
 
 /// The value of the sample `name{labels}` in a Prometheus text exposition.
@@ -104,7 +103,7 @@ async fn request_ids_are_kept_or_made_and_appear_in_the_request_log_lines() {
         .env("ALLOT__LOG__FORMAT", "json")
         .env("ALLOT__MONGO__URI", &session().mongo_uri)
         .env("ALLOT__MONGO__DATABASE", session().new_database_name());
-    let app = ServeProcess::start(&mut command);
+    let app = AllotProcess::start(&mut command);
     let http = reqwest::Client::new();
     let sent = "client-chosen.id_42:a";
     let response = http
