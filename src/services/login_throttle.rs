@@ -7,7 +7,6 @@ use chrono::{DateTime, Utc};
 
 use super::StoreError;
 use super::ports::login_throttle::{Counted, Counter, LoginThrottle};
-use crate::domain::throttle::Failures;
 
 /// An attempt counted under both counters, whose password may be checked.
 #[derive(Debug, Clone, Copy)]
@@ -34,8 +33,8 @@ pub enum Checked {
 const RACES: usize = 3;
 
 /// Counts an attempt of `username` from `address` under both counters before
-/// its password is checked: `Err(wait)` if either refuses it (then neither
-/// counts it). However many attempts arrive at once, on however many
+/// its password is checked, the username's first: `Err(wait)` if either
+/// refuses it (then neither counts it). However many attempts arrive at once, on however many
 /// instances, no more passwords are checked than the policy admits.
 pub async fn reserve<L: LoginThrottle>(
     throttle: &L,
@@ -46,44 +45,35 @@ pub async fn reserve<L: LoginThrottle>(
     let by_username = Counter::Username { username, address };
     let by_address = Counter::Address(address);
     for _ in 0..RACES {
+        // The username first: a guess it refuses (the common refusal) costs
+        // the address counter nothing.
         let now = Utc::now();
-        let (username_admissible, address_admissible) = (
-            policy.username_admissible(now),
-            policy.address_admissible(now),
-        );
-        let (of_username, of_address) = tokio::join!(
-            throttle.count(by_username, &username_admissible, now),
-            throttle.count(by_address, &address_admissible, now),
-        );
-        let (of_username, of_address) = (of_username?, of_address?);
-        if let (Counted::In(username), Counted::In(address)) = (of_username, of_address) {
-            return Ok(Ok(Reservation { username, address }));
-        }
-        // One refused: the other gives its count back.
-        if let Counted::In(series) = of_username {
-            throttle.uncount(by_username, series).await?;
-        }
-        if let Counted::In(series) = of_address {
-            throttle.uncount(by_address, series).await?;
-        }
-        let waits = [
-            refused(of_username).and_then(|f| policy.username_retry_after(&f, now)),
-            refused(of_address).and_then(|f| policy.address_retry_after(&f, now)),
-        ];
-        if let Some(wait) = waits.into_iter().flatten().max() {
+        let username_admissible = policy.username_admissible(now);
+        let username = match throttle
+            .count(by_username, &username_admissible, now)
+            .await?
+        {
+            Counted::In(series) => series,
+            Counted::Refused(failures) => {
+                match failures.and_then(|f| policy.username_retry_after(&f, now)) {
+                    Some(wait) => return Ok(Err(wait.max(Duration::from_secs(1)))),
+                    // Nothing stored makes it wait: the series changed since
+                    // (a concurrent first failure, or a success).
+                    None => continue,
+                }
+            }
+        };
+        let address_admissible = policy.address_admissible(now);
+        let failures = match throttle.count(by_address, &address_admissible, now).await? {
+            Counted::In(address) => return Ok(Ok(Reservation { username, address })),
+            Counted::Refused(failures) => failures,
+        };
+        throttle.uncount(by_username, username).await?;
+        if let Some(wait) = failures.and_then(|f| policy.address_retry_after(&f, now)) {
             return Ok(Err(wait.max(Duration::from_secs(1))));
         }
-        // Refused, yet nothing stored makes it wait: the series changed
-        // between the two reads (a concurrent first failure, or a success).
     }
     Ok(Err(Duration::from_secs(1)))
-}
-
-fn refused(counted: Counted) -> Option<Failures> {
-    match counted {
-        Counted::Refused(failures) => failures,
-        Counted::In(_) => None,
-    }
 }
 
 impl Reservation {
