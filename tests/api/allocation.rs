@@ -640,6 +640,12 @@ async fn monitored_repository(
     )
 }
 
+/// The names of the commands recorded so far, in order.
+fn command_names(commands: &Mutex<Vec<(String, Document)>>) -> Vec<String> {
+    let commands = commands.lock().unwrap();
+    commands.iter().map(|(name, _)| name.clone()).collect()
+}
+
 fn someone() -> Requester {
     Requester {
         account: "someone".to_owned(),
@@ -706,12 +712,7 @@ async fn an_uncontended_allocation_is_three_round_trips_and_no_transaction() {
     .await
     .unwrap();
     assert!(matches!(second, allocation::Placement::Allocated(_)));
-    let names: Vec<String> = commands
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|(name, _)| name.clone())
-        .collect();
+    let names = command_names(&commands);
     assert_eq!(names, ["findAndModify", "insert"], "{names:?}");
 
     // The batch is picked by the sku's index in preference order: equality
@@ -804,12 +805,7 @@ async fn allocate_concurrently(
     for task in tasks {
         task.await.unwrap();
     }
-    let names: Vec<String> = commands
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|(name, _)| name.clone())
-        .collect();
+    let names = command_names(&commands);
     let allocations = buyers * rounds;
     let per_allocation = names.len() as f64 / allocations as f64;
     eprintln!(
