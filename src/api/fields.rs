@@ -7,6 +7,7 @@
 //! `Regex::new` inside `Pattern::check`); the schemas still state the patterns.
 
 use std::borrow::Cow;
+use std::str::FromStr;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -164,26 +165,28 @@ impl Cursor {
     }
 
     /// The position where a page of `listing` starts (after it): none
-    /// without a cursor; a 400 for another listing's cursor.
-    pub fn resume(cursor: Option<&Self>, listing: &str) -> Result<Option<String>, Failure> {
+    /// without a cursor; a 400 for another listing's cursor, or one whose
+    /// position is not a `P`.
+    pub fn resume<P: FromStr>(cursor: Option<&Self>, listing: &str) -> Result<Option<P>, Failure> {
         cursor.map(|cursor| cursor.position_in(listing)).transpose()
     }
 
     /// The position this cursor holds in `listing`; a 400 if it is another
     /// listing's.
-    fn position_in(&self, listing: &str) -> Result<String, Failure> {
+    fn position_in<P: FromStr>(&self, listing: &str) -> Result<P, Failure> {
         let decoded = URL_SAFE_NO_PAD
             .decode(&self.0)
             .ok()
             .and_then(|bytes| String::from_utf8(bytes).ok());
+        let forged = || {
+            Failure::BadRequest("Invalid cursor: pass a `next_cursor` as it was given".to_owned())
+        };
         match decoded.as_deref().and_then(|text| text.split_once('\n')) {
-            Some((of, position)) if of == listing => Ok(position.to_owned()),
+            Some((of, position)) if of == listing => position.parse().map_err(|_| forged()),
             Some(_) => Err(Failure::BadRequest(
                 "Invalid cursor: it belongs to another listing".to_owned(),
             )),
-            None => Err(Failure::BadRequest(
-                "Invalid cursor: pass a `next_cursor` as it was given".to_owned(),
-            )),
+            None => Err(forged()),
         }
     }
 }
@@ -418,13 +421,19 @@ mod tests {
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         );
-        assert_eq!(cursor.position_in("batches?sku=A").unwrap(), "batch-7");
+        assert_eq!(
+            cursor.position_in::<String>("batches?sku=A").unwrap(),
+            "batch-7"
+        );
+        assert!(cursor.position_in::<u64>("batches?sku=A").is_err());
         for other in ["batches?sku=B", "batches", "users"] {
-            assert!(cursor.position_in(other).is_err(), "{other}");
+            assert!(cursor.position_in::<String>(other).is_err(), "{other}");
         }
         for forged in ["2", "batch-7", "!!", "YWJj"] {
             assert!(
-                Cursor(forged.to_owned()).position_in("batches").is_err(),
+                Cursor(forged.to_owned())
+                    .position_in::<String>("batches")
+                    .is_err(),
                 "{forged}"
             );
         }
@@ -466,7 +475,7 @@ mod tests {
         let (page, next) = limit.page(vec![1, 2, 3], "numbers", i32::to_string);
         assert_eq!(page, [1, 2]);
         let next = Cursor(next.unwrap());
-        assert_eq!(next.position_in("numbers").unwrap(), "2");
+        assert_eq!(next.position_in::<u64>("numbers").unwrap(), 2);
         assert_eq!(
             limit.page(vec![1, 2], "numbers", i32::to_string),
             (vec![1, 2], None)

@@ -136,7 +136,7 @@ impl AccountsApi {
         cursor: Query<Option<Cursor>>,
     ) -> Reply<ListAccountsResponse, (Admin, Input, Database)> {
         const LISTING: &str = "users";
-        let after = match Cursor::resume(cursor.0.as_ref(), LISTING) {
+        let after = match Cursor::resume::<String>(cursor.0.as_ref(), LISTING) {
             Ok(after) => after,
             Err(failure) => return Err(failure).into(),
         };

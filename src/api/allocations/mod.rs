@@ -232,7 +232,7 @@ impl AllocationsApi {
     ) -> Reply<ListBackordersResponse, (Admin, Input, Database)> {
         let sku = sku.0.as_deref();
         let listing = Cursor::listing("backorders", sku);
-        let after = match Cursor::resume(cursor.0.as_ref(), &listing) {
+        let after = match Cursor::resume::<String>(cursor.0.as_ref(), &listing) {
             Ok(after) => after,
             Err(failure) => return Err(failure).into(),
         };

@@ -175,7 +175,7 @@ impl BatchesApi {
     ) -> Reply<ListBatchesResponse, (Token, Input, Database)> {
         let sku = sku.0.as_deref();
         let listing = Cursor::listing("batches", sku);
-        let after = match Cursor::resume(cursor.0.as_ref(), &listing) {
+        let after = match Cursor::resume::<String>(cursor.0.as_ref(), &listing) {
             Ok(after) => after,
             Err(failure) => return Err(failure).into(),
         };
@@ -237,12 +237,8 @@ impl BatchesApi {
     ) -> Reply<BatchAllocationsResponse, (Admin, Input, Database)> {
         let listing = format!("batches/{}/allocations", reference.0.0);
         let after = match Cursor::resume(cursor.0.as_ref(), &listing) {
-            Ok(after) => after.map(|position| position.parse::<u64>()),
-            Err(failure) => return Err(failure).into(),
-        };
-        let after = match after.transpose() {
             Ok(after) => after,
-            Err(_) => return Err(Failure::BadRequest("Invalid cursor".to_owned())).into(),
+            Err(failure) => return Err(failure).into(),
         };
         let lines = allocation::batch_lines(&state.allocations, &reference.0, after, limit.probe());
         match lines.await {
