@@ -16,8 +16,8 @@ use super::json_body::JsonBody;
 use super::reply::{Admin, Body, Database, ErrorExamples, Input, Reply, Token, example};
 use super::{ApiTags, AppState};
 use crate::domain::allocation::Batch;
-use crate::services::allocation::{self, AddBatchError, BatchError};
-use crate::services::ports::allocation::BatchLine;
+use crate::services::allocation::{self, BatchError};
+use crate::services::ports::allocation::{AddBatchError, BatchLine};
 
 #[derive(Default)]
 pub struct BatchesApi;

@@ -1,13 +1,11 @@
 //! What the allocation use cases answer besides their outcomes: each
 //! use case's own refusals, and [`StoreError`] (the database failed),
-//! converted by `?` through `#[from]`.
+//! converted by `?` through `#[from]`. Adding a batch answers the port's own
+//! `ports::allocation::AddBatchError` (a duplicate reference is the store's
+//! to report).
 
 use crate::domain::allocation::AllocationError;
 use crate::services::StoreError;
-
-/// Adding a batch can meet a duplicate reference, which the store reports
-/// (the port's error is the use case's).
-pub use crate::services::ports::allocation::AddBatchError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AllocateError {

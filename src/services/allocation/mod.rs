@@ -13,12 +13,10 @@ use chrono::NaiveDate;
 
 mod errors;
 
-pub use self::errors::{
-    AddBatchError, AllocateError, BatchError, DeallocateError, OrderAllocationsError,
-};
+pub use self::errors::{AllocateError, BatchError, DeallocateError, OrderAllocationsError};
 use super::StoreError;
 use super::ports::allocation::{
-    AllocateStep, AllocationRepository, Backorder, BatchLine, FillStep, Stock,
+    AddBatchError, AllocateStep, AllocationRepository, Backorder, BatchLine, FillStep, Stock,
 };
 use crate::domain::allocation::{
     AcknowledgedLine, AllocationError, Batch, LineStatus, OrderLine, Requester,
