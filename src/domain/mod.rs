@@ -2,6 +2,7 @@
 //! adapters or the API.
 
 pub mod allocation;
+pub mod events;
 pub mod throttle;
 pub mod token;
 pub mod user;

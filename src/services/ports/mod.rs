@@ -5,5 +5,6 @@
 
 pub mod accounts;
 pub mod allocation;
+pub mod events;
 pub mod login_throttle;
 pub mod tokens;
