@@ -78,6 +78,7 @@ pub struct Metrics {
     db_timeouts: Counter,
     allocations: Family<OutcomeLabels, Counter>,
     logins: Family<OutcomeLabels, Counter>,
+    events_recorded: Counter,
 }
 
 /// 0.5 ms to ~16 s, doubling.
@@ -156,6 +157,12 @@ impl Metrics {
         );
         let logins = Family::<OutcomeLabels, Counter>::default();
         registry.register("logins", "Logins by outcome", logins.clone());
+        let events_recorded = Counter::default();
+        registry.register(
+            "events_recorded",
+            "Events this instance's relay recorded in the feed",
+            events_recorded.clone(),
+        );
         // Every outcome is listed from the start, at 0, so rates work at once.
         for outcome in ["allocated", "backordered", "out_of_stock", "contention"] {
             let _ = allocations.get_or_create(&OutcomeLabels { outcome });
@@ -173,6 +180,7 @@ impl Metrics {
             db_timeouts,
             allocations,
             logins,
+            events_recorded,
         }
     }
 
@@ -259,6 +267,10 @@ impl Metrics {
             LoginOutcome::Unavailable => "unavailable",
         };
         self.logins.get_or_create(&OutcomeLabels { outcome }).inc();
+    }
+
+    pub fn events_recorded(&self, count: u64) {
+        self.events_recorded.inc_by(count);
     }
 
     /// The text exposition of every metric ([`CONTENT_TYPE`]).

@@ -10,6 +10,8 @@ use poem::{Endpoint, EndpointExt, IntoEndpoint, Response, Route};
 
 use crate::adapters::deadline::Deadline;
 use crate::adapters::mongo::allocations::{MongoAllocations, Resumed};
+use crate::adapters::mongo::events::MongoEventLog;
+use crate::adapters::mongo::events::relay::Relay;
 use crate::adapters::mongo::instances::Instance;
 use crate::adapters::mongo::login_failures::MongoLoginFailures;
 use crate::adapters::mongo::revocations::MongoRevocations;
@@ -52,6 +54,7 @@ pub struct Application {
     revocation_sync: RevocationSync,
     recovery: RecoveryLoop,
     lease: LeaseKeeper,
+    relay: Relay,
 }
 
 /// A tick every `every`, the first at once; a late tick delays the next
@@ -216,12 +219,20 @@ impl Application {
             operation_timeout,
         );
         let recover_now = Arc::new(Notify::new());
+        let relay = Relay::new(
+            &database,
+            &instance,
+            settings.events.retention(),
+            Duration::from_millis(settings.events.relay_interval_ms),
+            operation_timeout,
+        );
         let state = AppState::new(Components {
             users: Deadline::new(
                 MongoUsers::new(&database, &instance).with_operation_timeout(operation_timeout),
                 operation_timeout,
             ),
             allocations: allocations.clone(),
+            events: MongoEventLog::new(&database, operation_timeout),
             passwords: Argon2Hasher::new(&settings.auth)?,
             password_policy: settings.auth.password_policy(),
             tokens: JwtTokens::new(&settings.auth),
@@ -254,6 +265,7 @@ impl Application {
                 every: Duration::from_millis(settings.allocation.recovery_interval_ms.max(10)),
                 now: recover_now.clone(),
             },
+            relay,
             lease: LeaseKeeper {
                 instance,
                 allocations,
@@ -276,6 +288,7 @@ impl Application {
         let sync = tokio::spawn(self.revocation_sync.run());
         let recovery = tokio::spawn(self.recovery.run());
         let lease = tokio::spawn(self.lease.run());
+        let relay = tokio::spawn(self.relay.run());
         let served = server::serve(
             self.listener,
             self.app,
@@ -287,6 +300,7 @@ impl Application {
         sync.abort();
         recovery.abort();
         lease.abort();
+        relay.abort();
         served
     }
 }

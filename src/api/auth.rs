@@ -103,6 +103,19 @@ fn check_admin(state: &AppState, token: &str) -> Result<Claims, TokenRejection> 
 }
 bearer_extractor!(AdminToken, check_admin);
 
+/// A valid access token of a user with the `admin` or the `events` role.
+pub struct EventsToken(pub Claims);
+
+fn check_events(state: &AppState, token: &str) -> Result<Claims, TokenRejection> {
+    let claims = check_access(state, token)?;
+    if claims.has_role(Role::Admin) || claims.has_role(Role::Events) {
+        Ok(claims)
+    } else {
+        Err(TokenRejection::EventsRoleRequired)
+    }
+}
+bearer_extractor!(EventsToken, check_events);
+
 /// A validly signed refresh token. Whether it was revoked or already used is
 /// decided by the refresh use case itself, which must see reuse to act on it.
 pub struct RefreshToken(pub Claims);

@@ -7,6 +7,7 @@ pub mod auth;
 pub mod batches;
 pub mod client;
 pub mod error;
+pub mod events;
 pub mod fields;
 pub mod health;
 pub mod json_body;
@@ -25,6 +26,7 @@ use poem_openapi::{OpenApiService, Tags};
 
 use crate::adapters::deadline::Deadline;
 use crate::adapters::mongo::allocations::MongoAllocations;
+use crate::adapters::mongo::events::MongoEventLog;
 use crate::adapters::mongo::login_failures::MongoLoginFailures;
 use crate::adapters::mongo::revocations::MongoRevocations;
 use crate::adapters::mongo::rotations::MongoRotations;
@@ -70,6 +72,7 @@ pub struct Components {
     pub trusted_proxies: Vec<std::net::IpAddr>,
     pub registration: Registration,
     pub allocations: Deadline<MongoAllocations>,
+    pub events: MongoEventLog,
 }
 
 #[derive(Tags)]
@@ -87,6 +90,8 @@ pub enum ApiTags {
     Batches,
     /// Allocating customer order lines to batches.
     Allocations,
+    /// The feed of what happened to stock and order lines (`admin` or `events` role).
+    Events,
 }
 
 /// The whole API, described for the OpenAPI document.
@@ -97,6 +102,7 @@ pub type Api = (
     accounts::AccountsApi,
     batches::BatchesApi,
     allocations::AllocationsApi,
+    events::EventsApi,
 );
 
 const DESCRIPTION: &str = "\

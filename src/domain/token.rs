@@ -71,6 +71,8 @@ pub enum TokenRejection {
     RefreshTokenRequired,
     #[error("Admin role required")]
     AdminRequired,
+    #[error("Admin or events role required")]
+    EventsRoleRequired,
     #[error("Invalid token: {0}")]
     Malformed(&'static str),
 }

@@ -33,6 +33,7 @@ mod cli;
 mod contract_tools;
 mod durability;
 mod edge;
+mod events;
 mod foundation;
 mod operations;
 
@@ -60,6 +61,7 @@ test_modules!(
     contract_tools,
     durability,
     edge,
+    events,
     foundation,
     operations,
 );

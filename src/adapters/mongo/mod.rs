@@ -1,6 +1,7 @@
 //! MongoDB: connecting, preparing collections, and the repositories.
 
 pub mod allocations;
+pub mod events;
 pub mod instances;
 pub mod layout;
 pub mod login_failures;
@@ -200,6 +201,7 @@ pub fn required_indexes() -> impl Iterator<Item = (&'static str, Vec<IndexModel>
     .into_iter()
     .chain(revocations::indexes())
     .chain(allocations::indexes())
+    .chain(events::indexes())
 }
 
 /// Whether the server can run multi-document transactions: a replica-set
@@ -257,7 +259,11 @@ pub async fn prepare(settings: &MongoSettings, database: &Database) -> Result<()
             }
             Ok(true) => {
                 layout::check(database).await?;
-                return ensure_indexes(database)
+                let prepared = async {
+                    ensure_indexes(database).await?;
+                    events::prepare(database).await
+                };
+                return prepared
                     .await
                     .map_err(|source| MongoError::Unreachable {
                         uri: settings.redacted_uri(),
