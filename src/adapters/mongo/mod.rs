@@ -16,6 +16,8 @@ use mongodb::options::{ClientOptions, IndexOptions};
 use mongodb::{Client, ClientSession, Database, IndexModel};
 use secrecy::ExposeSecret;
 
+use crate::services::ports::health::Readiness;
+
 /// How long a step retries transactions that lost to a concurrent one.
 pub const TRANSACTION_RETRY_FOR: Duration = Duration::from_secs(10);
 
@@ -187,6 +189,13 @@ pub async fn client(settings: &MongoSettings) -> Result<Client, MongoError> {
 /// Round-trips a `ping` to the server.
 pub async fn ping(database: &Database) -> mongodb::error::Result<()> {
     database.run_command(doc! { "ping": 1 }).await.map(drop)
+}
+
+/// `/ready` pings the database the repositories use.
+impl Readiness for Database {
+    async fn ping(&self) -> Result<(), crate::services::StoreError> {
+        Ok(ping(self).await?)
+    }
 }
 
 /// Each collection with the indexes it needs, declared next to the code that
