@@ -23,6 +23,7 @@ use crate::config::Settings;
 use crate::server::{self, ConnectionLimits};
 use crate::services::StoreError;
 use crate::services::allocation;
+use crate::services::login_throttle::Throttle;
 use crate::services::ports::accounts::HashingError;
 use crate::services::tokens::RevocationList;
 
@@ -245,10 +246,10 @@ impl Application {
             revocations: revocations.clone(),
             rotations: Deadline::new(MongoRotations::new(&database), operation_timeout),
             refresh_retry_grace: Duration::from_secs(settings.auth.refresh_retry_grace_secs),
-            login_failures: Deadline::new(
+            login_throttle: Throttle::new(Deadline::new(
                 MongoLoginFailures::new(&database, settings.auth.login_throttle.policy()),
                 operation_timeout,
-            ),
+            )),
             trusted_proxies: settings.http.trusted_proxies.clone(),
             registration: settings.auth.registration,
             database,

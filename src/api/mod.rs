@@ -25,6 +25,7 @@ use poem_openapi::{OpenApiService, Tags};
 
 use crate::config::Registration;
 use crate::domain::user::PasswordPolicy;
+use crate::services::login_throttle::Throttle;
 use crate::services::ports::accounts::{PasswordHasher, UserRepository};
 use crate::services::ports::allocation::AllocationRepository;
 use crate::services::ports::health::Readiness;
@@ -89,7 +90,7 @@ pub struct Components<A: Adapters> {
     pub revocations: Arc<RevocationList>,
     pub rotations: A::Rotations,
     pub refresh_retry_grace: Duration,
-    pub login_failures: A::LoginFailures,
+    pub login_throttle: Throttle<A::LoginFailures>,
     pub trusted_proxies: Vec<std::net::IpAddr>,
     pub registration: Registration,
     pub allocations: A::Allocations,
