@@ -73,16 +73,18 @@ impl<L: LoginThrottle> Throttle<L> {
         }
     }
 
-    /// Counts an attempt of `username` from `address` under both counters before
-    /// its password is checked, the username's first: `Err(wait)` if either
-    /// refuses it (then neither counts it). However many attempts arrive at once, on however many
-    /// instances, no more passwords are checked than the policy admits.
+    /// Counts an attempt of `username` from `address` under both counters
+    /// before its password is checked, the username's first: `Err(wait)` if
+    /// either refuses it (then neither counts it). However many attempts
+    /// arrive at once, on however many instances, no more passwords are
+    /// checked than the policy admits.
     ///
     /// While this instance has [`USERNAME_FAILURES`] attempts of the same
     /// (username, address) in flight, another is refused at once, with no
     /// database step: each of those is counted, or is being counted, as a
     /// failure, so the counters would refuse it too. A flood of one login
-    /// costs the database at most that many steps at a time per instance.
+    /// keeps at most that many of its attempts at the database at a time
+    /// per instance.
     pub async fn reserve(
         &self,
         username: &str,
