@@ -20,11 +20,12 @@ use crate::adapters::mongo::users::MongoUsers;
 use crate::adapters::mongo::{self, MongoError};
 use crate::adapters::passwords::Argon2Hasher;
 use crate::adapters::tokens::JwtTokens;
-use crate::api::{self, AppState, Components, middleware};
+use crate::api::{self, Adapters, AppState, Components, middleware};
 use crate::config::Settings;
 use crate::server::{self, ConnectionLimits};
 use crate::services::StoreError;
 use crate::services::allocation;
+use crate::services::login_throttle::Throttle;
 use crate::services::ports::accounts::HashingError;
 use crate::services::tokens::RevocationList;
 
@@ -42,6 +43,23 @@ pub enum StartupError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// The adapters allot runs on: MongoDB for every store, each step under a
+/// time limit ([`Deadline`]), Argon2 for passwords, JWT for tokens. The
+/// handlers are compiled for these; `api` itself names only the ports.
+pub struct Production;
+
+impl Adapters for Production {
+    type Users = Deadline<MongoUsers>;
+    type Passwords = Argon2Hasher;
+    type Tokens = JwtTokens;
+    type Revocations = Deadline<MongoRevocations>;
+    type Rotations = Deadline<MongoRotations>;
+    type LoginFailures = Deadline<MongoLoginFailures>;
+    type Allocations = Deadline<MongoAllocations>;
+    type Events = MongoEventLog;
+    type Database = mongodb::Database;
 }
 
 /// A built application: connected, indexed and bound, not yet serving.
@@ -226,7 +244,7 @@ impl Application {
             Duration::from_millis(settings.events.relay_interval_ms),
             operation_timeout,
         );
-        let state = AppState::new(Components {
+        let state = AppState::<Production>::new(Components {
             users: Deadline::new(
                 MongoUsers::new(&database, &instance).with_operation_timeout(operation_timeout),
                 operation_timeout,
@@ -240,10 +258,10 @@ impl Application {
             revocations: revocations.clone(),
             rotations: Deadline::new(MongoRotations::new(&database), operation_timeout),
             refresh_retry_grace: Duration::from_secs(settings.auth.refresh_retry_grace_secs),
-            login_failures: Deadline::new(
+            login_throttle: Throttle::new(Deadline::new(
                 MongoLoginFailures::new(&database, settings.auth.login_throttle.policy()),
                 operation_timeout,
-            ),
+            )),
             trusted_proxies: settings.http.trusted_proxies.clone(),
             registration: settings.auth.registration,
             database,
@@ -309,16 +327,16 @@ const METRICS_PATH: &str = "/metrics";
 
 /// The full route table with its middleware, outermost last, as the server
 /// calls it.
-pub fn routes(state: AppState, settings: &Settings) -> server::App {
+pub fn routes<A: Adapters>(state: AppState<A>, settings: &Settings) -> server::App {
     let (http, log, metrics) = (&settings.http, &settings.log, &settings.metrics);
-    let api = api::service();
+    let api = api::service::<A>();
     let spec = api.spec();
     let allowed = Arc::new(middleware::AllowedMethods::from_spec(
         &serde_json::from_str(&spec).unwrap_or_default(),
     ));
     let mut operator = Route::new();
     if http.docs_enabled {
-        operator = api::spec::routes(operator, &spec);
+        operator = api::spec::routes::<A>(operator, &spec);
     }
     if metrics.enabled {
         operator = operator.at(
@@ -360,15 +378,15 @@ pub fn routes(state: AppState, settings: &Settings) -> server::App {
 /// every other path straight to the API, which answers 404 for those it does
 /// not know. (A `Route` with the API nested at `/` did the same, but rewrote
 /// every request's URI and matched its path twice.)
-struct Routes {
-    state: AppState,
+struct Routes<A: Adapters> {
+    state: AppState<A>,
     docs: bool,
     metrics: bool,
     operator: Route,
     api: poem::endpoint::BoxEndpoint<'static, Response>,
 }
 
-impl Endpoint for Routes {
+impl<A: Adapters> Endpoint for Routes<A> {
     type Output = Response;
 
     // Not an `async fn`: the request goes straight into the API's own (boxed)

@@ -44,7 +44,8 @@ async fn a_story_is_told_by_the_feed_in_the_order_it_happened() {
     assert_eq!(shop.allocate("o2", "LAMP", 1).await.0, 400);
     assert_eq!(shop.patch_quantity("b1", 0).await.0, 200);
     assert_eq!(shop.line_status("o1").await, "backordered");
-    shop.add_stock(&[("b2", "LAMP", 20, Some("2031-01-01"))]).await;
+    shop.add_stock(&[("b2", "LAMP", 20, Some("2031-01-01"))])
+        .await;
     assert_eq!(admin.deallocate("o1", "LAMP").await.0, 200);
 
     let events = feed_until(&admin, 0, 10).await;
@@ -63,18 +64,26 @@ async fn a_story_is_told_by_the_feed_in_the_order_it_happened() {
             "line.deallocated",
         ]
     );
-    let positions: Vec<u64> = events.iter().map(|e| e["position"].as_u64().unwrap()).collect();
+    let positions: Vec<u64> = events
+        .iter()
+        .map(|e| e["position"].as_u64().unwrap())
+        .collect();
     assert_eq!(positions, (1..=10).collect::<Vec<_>>());
     assert_eq!(events[2]["data"]["batchref"], "b1");
     assert_eq!(events[3]["data"]["orderid"], "o2");
     assert_eq!(events[5]["data"]["from"], "b1");
     assert_eq!(events[8]["data"]["batchref"], "b2");
     // A filter by type keeps the positions; a reader from a later position sees the rest.
-    let (_, lines) = admin.get("/events?types=line.filled&types=line.deallocated").await;
+    let (_, lines) = admin
+        .get("/events?types=line.filled&types=line.deallocated")
+        .await;
     assert_eq!(lines["events"][0]["position"], 9);
     assert_eq!(lines["next_after"], 10);
     let (_, rest) = admin.get("/events?after=8").await;
-    assert_eq!(types(rest["events"].as_array().unwrap()), ["line.filled", "line.deallocated"]);
+    assert_eq!(
+        types(rest["events"].as_array().unwrap()),
+        ["line.filled", "line.deallocated"]
+    );
 }
 
 async fn the_feed_is_for_admins_and_the_events_role_only() {
@@ -83,7 +92,10 @@ async fn the_feed_is_for_admins_and_the_events_role_only() {
     assert_eq!(status, 403, "{body}");
     assert_eq!(body["msg"], "Admin or events role required");
     let username = random_name("warehouse");
-    assert_eq!(shop.as_admin().create_user(&username, &["events"]).await.0, 201);
+    assert_eq!(
+        shop.as_admin().create_user(&username, &["events"]).await.0,
+        201
+    );
     let warehouse = shop.app.logged_in(&username).await;
     let (status, body) = warehouse.get("/events?after=0").await;
     assert_eq!(status, 200, "{body}");
@@ -115,7 +127,9 @@ async fn a_waiting_reader_gets_the_next_event_as_it_is_recorded() {
     assert!(waited < Duration::from_secs(5), "waited {waited:?}");
     // Nothing new: an empty page once the wait is over.
     let after = page["next_after"].as_u64().unwrap() + 1;
-    let (status, page) = admin.get(&format!("/events?after={after}&wait_ms=200")).await;
+    let (status, page) = admin
+        .get(&format!("/events?after={after}&wait_ms=200"))
+        .await;
     assert_eq!((status, page["events"].as_array().unwrap().len()), (200, 0));
 }
 
@@ -139,7 +153,11 @@ async fn relays_killed_while_recording_lose_and_repeat_no_event() {
     let buyer = app.new_user().await.access;
     let mut instances = [serve_on(&name), serve_on(&name)];
     assert_eq!(
-        instances[0].caller(&admin).add_batch("b1", "CHAIR", 100_000, None).await.0,
+        instances[0]
+            .caller(&admin)
+            .add_batch("b1", "CHAIR", 100_000, None)
+            .await
+            .0,
         201
     );
     for round in 0..6 {
@@ -173,11 +191,16 @@ async fn relays_killed_while_recording_lose_and_repeat_no_event() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let (_, more) = reader.get(&format!("/events?after={}", events.len())).await;
     assert_eq!(more["events"], serde_json::json!([]), "events of no change");
-    let positions: Vec<u64> = events.iter().map(|e| e["position"].as_u64().unwrap()).collect();
+    let positions: Vec<u64> = events
+        .iter()
+        .map(|e| e["position"].as_u64().unwrap())
+        .collect();
     assert_eq!(positions, (1..=expected as u64).collect::<Vec<_>>());
     let mut allocated: HashMap<String, usize> = HashMap::new();
     for event in events.iter().filter(|e| e["type"] == "line.allocated") {
-        *allocated.entry(event["data"]["orderid"].as_str().unwrap().to_owned()).or_default() += 1;
+        *allocated
+            .entry(event["data"]["orderid"].as_str().unwrap().to_owned())
+            .or_default() += 1;
     }
     assert_eq!(allocated.len(), stored.len());
     for line in &stored {

@@ -17,6 +17,8 @@ use mongodb::options::{ClientOptions, IndexOptions};
 use mongodb::{Client, ClientSession, Database, IndexModel};
 use secrecy::ExposeSecret;
 
+use crate::services::ports::health::Readiness;
+
 /// How long a step retries transactions that lost to a concurrent one.
 pub const TRANSACTION_RETRY_FOR: Duration = Duration::from_secs(10);
 
@@ -190,6 +192,13 @@ pub async fn ping(database: &Database) -> mongodb::error::Result<()> {
     database.run_command(doc! { "ping": 1 }).await.map(drop)
 }
 
+/// `/ready` pings the database the repositories use.
+impl Readiness for Database {
+    async fn ping(&self) -> Result<(), crate::services::StoreError> {
+        Ok(ping(self).await?)
+    }
+}
+
 /// Each collection with the indexes it needs, declared next to the code that
 /// queries it.
 pub fn required_indexes() -> impl Iterator<Item = (&'static str, Vec<IndexModel>)> {
@@ -263,13 +272,11 @@ pub async fn prepare(settings: &MongoSettings, database: &Database) -> Result<()
                     ensure_indexes(database).await?;
                     events::prepare(database).await
                 };
-                return prepared
-                    .await
-                    .map_err(|source| MongoError::Unreachable {
-                        uri: settings.redacted_uri(),
-                        waited_secs: started.elapsed().as_secs(),
-                        source,
-                    });
+                return prepared.await.map_err(|source| MongoError::Unreachable {
+                    uri: settings.redacted_uri(),
+                    waited_secs: started.elapsed().as_secs(),
+                    source,
+                });
             }
             Err(source) if tokio::time::Instant::now() + delay >= deadline => {
                 return Err(MongoError::Unreachable {

@@ -3,6 +3,7 @@
 
 mod schemas;
 
+use std::marker::PhantomData;
 use std::time::Duration;
 
 use poem::web::Data;
@@ -14,13 +15,12 @@ pub use self::schemas::*;
 use super::auth::EventsToken;
 use super::error::{ApiError, Failure, msg};
 use super::reply::{Database, ErrorExamples, Input, Reply, Token};
-use super::{ApiTags, AppState};
+use super::{Adapters, ApiTags, AppState};
 use crate::domain::events::EventType;
 use crate::domain::token::TokenRejection;
 use crate::services::ports::events::EventLog;
 
-#[derive(Default)]
-pub struct EventsApi;
+pub struct EventsApi<A>(pub(super) PhantomData<fn() -> A>);
 
 #[derive(ApiResponse)]
 pub enum FeedResponse {
@@ -48,7 +48,7 @@ pub fn error_examples() -> Vec<(u16, &'static str, Json<ApiError>)> {
 const WAIT_STEP: Duration = Duration::from_millis(100);
 
 #[OpenApi(tag = "ApiTags::Events")]
-impl EventsApi {
+impl<A: Adapters> EventsApi<A> {
     /// Read the event feed
     ///
     /// Every change of allocation state, in the order it was committed: each
@@ -63,15 +63,18 @@ impl EventsApi {
     #[oai(path = "/events", method = "get", operation_id = "read_events")]
     async fn read_events(
         &self,
-        state: Data<&AppState>,
-        _reader: EventsToken,
+        state: Data<&AppState<A>>,
+        _reader: EventsToken<A>,
         /// The position of the last event the consumer has; 0 for the start.
         #[oai(default)]
         after: Query<u64>,
         /// Only events of these types (repeat the parameter for several).
         types: Query<Vec<EventTypeName>>,
         /// Events per page, 1 to 1000.
-        #[oai(default = "default_limit", validator(minimum(value = "1"), maximum(value = "1000")))]
+        #[oai(
+            default = "default_limit",
+            validator(minimum(value = "1"), maximum(value = "1000"))
+        )]
         limit: Query<u32>,
         /// When there is nothing after `after`, wait up to this many
         /// milliseconds (at most 30000) for an event.

@@ -127,28 +127,63 @@ impl From<Event> for EventBody {
         let kind = event.what.event_type().into();
         let mut data = EventData::default();
         match event.what {
-            Happened::LineAllocated { orderid, sku, qty, batchref }
-            | Happened::LineFilled { orderid, sku, qty, batchref } => {
+            Happened::LineAllocated {
+                orderid,
+                sku,
+                qty,
+                batchref,
+            }
+            | Happened::LineFilled {
+                orderid,
+                sku,
+                qty,
+                batchref,
+            } => {
                 (data.orderid, data.sku, data.qty) = (Some(orderid), Some(sku), Some(qty));
                 data.batchref = Some(batchref);
             }
-            Happened::LineBackordered { orderid, sku, qty, from } => {
+            Happened::LineBackordered {
+                orderid,
+                sku,
+                qty,
+                from,
+            } => {
                 (data.orderid, data.sku, data.qty) = (Some(orderid), Some(sku), Some(qty));
                 data.from = Some(from);
             }
-            Happened::LineMoved { orderid, sku, qty, from, to } => {
+            Happened::LineMoved {
+                orderid,
+                sku,
+                qty,
+                from,
+                to,
+            } => {
                 (data.orderid, data.sku, data.qty) = (Some(orderid), Some(sku), Some(qty));
                 (data.from, data.to) = (Some(from), Some(to));
             }
-            Happened::LineDeallocated { orderid, sku, qty, batchref } => {
+            Happened::LineDeallocated {
+                orderid,
+                sku,
+                qty,
+                batchref,
+            } => {
                 (data.orderid, data.sku, data.qty) = (Some(orderid), Some(sku), Some(qty));
                 data.batchref = batchref;
             }
-            Happened::BatchCreated { reference, sku, qty, eta } => {
+            Happened::BatchCreated {
+                reference,
+                sku,
+                qty,
+                eta,
+            } => {
                 (data.reference, data.sku, data.qty) = (Some(reference), Some(sku), Some(qty));
                 data.eta = eta;
             }
-            Happened::BatchQuantityChanged { reference, sku, qty } => {
+            Happened::BatchQuantityChanged {
+                reference,
+                sku,
+                qty,
+            } => {
                 (data.reference, data.sku, data.qty) = (Some(reference), Some(sku), Some(qty));
             }
             Happened::SkuOutOfStock { sku } | Happened::SkuBackInStock { sku } => {

@@ -108,8 +108,10 @@ pub trait AllocationRepository: Send + Sync {
 
     /// Records that a new line was refused for lack of stock, so that the
     /// event feed tells it (`allocation.refused`; nothing else changes).
-    fn record_refusal(&self, line: &OrderLine)
-    -> impl Future<Output = Result<(), StoreError>> + Send;
+    fn record_refusal(
+        &self,
+        line: &OrderLine,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Takes the line's quantity from the preferred batch of its sku that has
     /// room (the order of [`crate::domain::allocation::choose_batch`]) and

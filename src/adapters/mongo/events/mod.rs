@@ -117,7 +117,8 @@ fn to_document(event: &Event, retention: Duration) -> Result<Document, bson::ser
 }
 
 fn from_document(mut stored: Document) -> Result<Event, StoreError> {
-    let corrupt = |what: &str| StoreError(format!("an event is stored with an invalid {what}").into());
+    let corrupt =
+        |what: &str| StoreError(format!("an event is stored with an invalid {what}").into());
     let position = stored.get_i64("_id").map_err(|_| corrupt("_id"))?;
     let id = stored.get_str("id").map_err(|_| corrupt("id"))?.to_owned();
     let occurred_at = stored

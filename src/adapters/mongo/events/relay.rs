@@ -68,12 +68,26 @@ struct Following {
     last_recorded: tokio::time::Instant,
 }
 
-/// Whether each batch has room, and how many batches of each sku do.
+/// Whether each batch has room, and how many batches of each sku there are
+/// and have room.
 #[derive(Default)]
 struct Levels {
     batches: HashMap<String, Level>,
-    with_room: HashMap<String, u64>,
+    skus: HashMap<String, SkuLevel>,
     changed: BTreeMap<String, Level>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct SkuLevel {
+    batches: u64,
+    with_room: u64,
+}
+
+impl SkuLevel {
+    /// Whether the sku is in stock; None for a sku no batch has.
+    fn in_stock(self) -> Option<bool> {
+        (self.batches > 0).then_some(self.with_room > 0)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -304,35 +318,44 @@ impl Relay {
         let changed = changed.clone();
         let as_i64 = |p: u64| i64::try_from(p).unwrap_or(i64::MAX);
         let (from, to) = (as_i64(from), as_i64(to));
-        let moved = in_transaction(&self.instance, self.max_time, || {}, async move |session| {
-            if !stored.is_empty() {
-                events_collection
-                    .insert_many(stored.clone())
+        let moved = in_transaction(
+            &self.instance,
+            self.max_time,
+            || {},
+            async move |session| {
+                if !stored.is_empty() {
+                    events_collection
+                        .insert_many(stored.clone())
+                        .session(&mut *session)
+                        .await?;
+                }
+                for (reference, level) in &changed {
+                    levels
+                        .update_one(doc! { "_id": reference }, doc! { "$set": level.stored() })
+                        .upsert(true)
+                        .session(&mut *session)
+                        .await?;
+                }
+                let moved = relay
+                    .update_one(
+                        doc! { "_id": CHECKPOINT, "position": from },
+                        doc! { "$set": { "position": to, "token": token.clone() } },
+                    )
                     .session(&mut *session)
                     .await?;
-            }
-            for (reference, level) in &changed {
-                levels
-                    .update_one(doc! { "_id": reference }, doc! { "$set": level.stored() })
-                    .upsert(true)
-                    .session(&mut *session)
-                    .await?;
-            }
-            let moved = relay
-                .update_one(
-                    doc! { "_id": CHECKPOINT, "position": from },
-                    doc! { "$set": { "position": to, "token": token.clone() } },
-                )
-                .session(&mut *session)
-                .await?;
-            Ok(if moved.matched_count == 1 {
-                Finish::Commit(true)
-            } else {
-                Finish::Abort(false)
-            })
-        })
+                Ok(if moved.matched_count == 1 {
+                    Finish::Commit(true)
+                } else {
+                    Finish::Abort(false)
+                })
+            },
+        )
         .await?;
-        if moved { Ok(()) } else { Err(RelayError::Overtaken) }
+        if moved {
+            Ok(())
+        } else {
+            Err(RelayError::Overtaken)
+        }
     }
 
     /// The events of one committed write (or transaction): each change's,
@@ -343,7 +366,7 @@ impl Relay {
         levels: &mut Levels,
         happened: &mut Vec<(Happened, chrono::DateTime<chrono::Utc>)>,
     ) -> Result<(), RelayError> {
-        let mut had_room: BTreeMap<String, bool> = BTreeMap::new();
+        let mut had_room: BTreeMap<String, Option<bool>> = BTreeMap::new();
         let mut at = chrono::Utc::now();
         for change in group {
             at = occurred_at(change);
@@ -359,11 +382,16 @@ impl Relay {
                 _ => {}
             }
         }
+        // A sku's first batch puts it in stock, not back.
         for (sku, before) in had_room {
-            let now = levels.with_room.get(&sku).copied().unwrap_or(0) > 0;
+            let now = levels.sku(&sku).in_stock();
             match (before, now) {
-                (true, false) => happened.push((Happened::SkuOutOfStock { sku }, at)),
-                (false, true) => happened.push((Happened::SkuBackInStock { sku }, at)),
+                (Some(true), Some(false) | None) => {
+                    happened.push((Happened::SkuOutOfStock { sku }, at));
+                }
+                (Some(false), Some(true)) => {
+                    happened.push((Happened::SkuBackInStock { sku }, at));
+                }
                 _ => {}
             }
         }
@@ -376,7 +404,7 @@ impl Relay {
         &self,
         change: &Change,
         levels: &mut Levels,
-        had_room: &mut BTreeMap<String, bool>,
+        had_room: &mut BTreeMap<String, Option<bool>>,
     ) -> Result<Option<Happened>, RelayError> {
         let Some(reference) = change
             .document_key
@@ -396,16 +424,20 @@ impl Relay {
                 let what = batch_created(reference, batch);
                 self.load_sku(&level.sku, levels).await?;
                 // Known already when the first start recorded it.
-                (self.level(reference, levels, false).await?, Some(level), what)
+                (
+                    self.level(reference, levels, false).await?,
+                    Some(level),
+                    what,
+                )
             }
             OperationType::Update | OperationType::Replace => {
                 let Some(before) = self.level(reference, levels, true).await? else {
                     return Ok(None);
                 };
-                let fields = change
-                    .full_document
+                let fields = change.full_document.as_ref().or(change
+                    .update_description
                     .as_ref()
-                    .or(change.update_description.as_ref().map(|d| &d.updated_fields));
+                    .map(|d| &d.updated_fields));
                 let mut after = before.clone();
                 if let Some(fields) = fields {
                     if let Some(available) = number(fields, "available_quantity") {
@@ -415,13 +447,12 @@ impl Relay {
                         after.purchased = purchased;
                     }
                 }
-                let what = (after.purchased != before.purchased).then(|| {
-                    Happened::BatchQuantityChanged {
+                let what =
+                    (after.purchased != before.purchased).then(|| Happened::BatchQuantityChanged {
                         reference: reference.to_owned(),
                         sku: after.sku.clone(),
                         qty: u32::try_from(after.purchased).unwrap_or(0),
-                    }
-                });
+                    });
                 (Some(before), Some(after), what)
             }
             OperationType::Delete => (self.level(reference, levels, false).await?, None, None),
@@ -434,7 +465,7 @@ impl Relay {
             .unwrap_or_default();
         had_room
             .entry(sku.clone())
-            .or_insert_with(|| levels.with_room.get(&sku).copied().unwrap_or(0) > 0);
+            .or_insert_with(|| levels.sku(&sku).in_stock());
         levels.set(reference, before.as_ref(), after);
         Ok(what)
     }
@@ -472,30 +503,40 @@ impl Relay {
         Ok(level)
     }
 
+    /// Counts the sku's batches the first time (a sku with changes not yet
+    /// recorded is loaded already).
     async fn load_sku(&self, sku: &str, levels: &mut Levels) -> Result<(), RelayError> {
-        if !levels.with_room.contains_key(sku) {
-            let count = self
-                .levels
-                .count_documents(doc! { "sku": sku, "room": true })
-                .await?;
-            // Less this round's changes not yet recorded: none touch an
-            // unloaded sku.
-            levels.with_room.insert(sku.to_owned(), count);
+        if !levels.skus.contains_key(sku) {
+            let count = |filter| self.levels.count_documents(filter);
+            let level = SkuLevel {
+                batches: count(doc! { "sku": sku }).await?,
+                with_room: count(doc! { "sku": sku, "room": true }).await?,
+            };
+            levels.skus.insert(sku.to_owned(), level);
         }
         Ok(())
     }
 }
 
 impl Levels {
-    /// Records a batch's new level (None: deleted) and keeps its sku's count.
+    fn sku(&self, sku: &str) -> SkuLevel {
+        self.skus.get(sku).copied().unwrap_or_default()
+    }
+
+    /// Records a batch's new level (None: deleted) and keeps its sku's counts.
     fn set(&mut self, reference: &str, before: Option<&Level>, after: Option<Level>) {
         let had = before.is_some_and(|level| level.room);
         let has = after.as_ref().is_some_and(|level| level.room);
         if let Some(sku) = before.or(after.as_ref()).map(|level| level.sku.clone()) {
-            let count = self.with_room.entry(sku).or_insert(0);
+            let counts = self.skus.entry(sku).or_default();
+            match (before.is_some(), after.is_some()) {
+                (false, true) => counts.batches += 1,
+                (true, false) => counts.batches = counts.batches.saturating_sub(1),
+                _ => {}
+            }
             match (had, has) {
-                (false, true) => *count += 1,
-                (true, false) => *count = count.saturating_sub(1),
+                (false, true) => counts.with_room += 1,
+                (true, false) => counts.with_room = counts.with_room.saturating_sub(1),
                 _ => {}
             }
         }
@@ -735,7 +776,11 @@ mod tests {
         let after = before.updated(&pre, &fields, &[]).unwrap();
         assert_eq!(after.batchref, None);
         let unset = before
-            .updated(&pre, &doc! { "status": "backordered" }, &["batchref".into()])
+            .updated(
+                &pre,
+                &doc! { "status": "backordered" },
+                &["batchref".into()],
+            )
             .unwrap();
         assert_eq!(unset.batchref, None);
     }
@@ -748,13 +793,27 @@ mod tests {
             room,
             purchased: 10,
         };
-        levels.with_room.insert("LAMP".into(), 0);
+        assert_eq!(levels.sku("LAMP").in_stock(), None);
         levels.set("b1", None, Some(level(true)));
         levels.set("b2", None, Some(level(true)));
-        assert_eq!(levels.with_room["LAMP"], 2);
+        assert_eq!(
+            levels.sku("LAMP"),
+            SkuLevel {
+                batches: 2,
+                with_room: 2
+            }
+        );
         levels.set("b1", Some(&level(true)), Some(level(false)));
+        assert_eq!(levels.sku("LAMP").in_stock(), Some(true));
         levels.set("b2", Some(&level(true)), None);
-        assert_eq!(levels.with_room["LAMP"], 0);
+        assert_eq!(
+            levels.sku("LAMP"),
+            SkuLevel {
+                batches: 1,
+                with_room: 0
+            }
+        );
+        assert_eq!(levels.sku("LAMP").in_stock(), Some(false));
         // Unchanged levels are not written again.
         levels.changed.clear();
         levels.set("b1", Some(&level(false)), Some(level(false)));
