@@ -112,6 +112,8 @@ pub struct EventSettings {
     pub retention_days: u64,
     /// How long the relay waits for changes before recording what it has.
     pub relay_interval_ms: u64,
+    /// The longest a feed request waits for an event (`wait_ms` is cut to it).
+    pub long_poll_max_ms: u64,
 }
 
 impl EventSettings {
@@ -483,6 +485,12 @@ impl Settings {
                 self.events.relay_interval_ms,
                 10,
                 10_000,
+            ),
+            (
+                "events.long_poll_max_ms",
+                self.events.long_poll_max_ms,
+                0,
+                30_000,
             ),
         ];
         if let Err(error) = self

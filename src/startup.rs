@@ -251,6 +251,7 @@ impl Application {
             ),
             allocations: allocations.clone(),
             events: MongoEventLog::new(&database, operation_timeout),
+            longest_wait: Duration::from_millis(settings.events.long_poll_max_ms),
             passwords: Argon2Hasher::new(&settings.auth)?,
             password_policy: settings.auth.password_policy(),
             tokens: JwtTokens::new(&settings.auth),

@@ -98,6 +98,8 @@ pub struct Components<A: Adapters> {
     pub registration: Registration,
     pub allocations: A::Allocations,
     pub events: A::Events,
+    /// `events.long_poll_max_ms`.
+    pub longest_wait: Duration,
 }
 
 #[derive(Tags)]

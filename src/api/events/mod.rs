@@ -77,12 +77,14 @@ impl<A: Adapters> EventsApi<A> {
         )]
         limit: Query<u32>,
         /// When there is nothing after `after`, wait up to this many
-        /// milliseconds (at most 30000) for an event.
+        /// milliseconds for an event (at most 30000, and at most the
+        /// deployment's `events.long_poll_max_ms`).
         #[oai(default, validator(maximum(value = "30000")))]
         wait_ms: Query<u64>,
     ) -> Reply<FeedResponse, (Token, Input, Database)> {
         let types: Vec<EventType> = types.0.iter().copied().map(EventType::from).collect();
-        let until = tokio::time::Instant::now() + Duration::from_millis(wait_ms.0);
+        let wait = Duration::from_millis(wait_ms.0).min(state.longest_wait);
+        let until = tokio::time::Instant::now() + wait;
         let events = loop {
             let events = match state.events.read(after.0, &types, limit.0).await {
                 Ok(events) => events,
