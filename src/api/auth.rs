@@ -109,6 +109,23 @@ fn check_admin<A: Adapters>(state: &AppState<A>, token: &str) -> Result<Claims, 
 }
 bearer_extractor!(AdminToken, check_admin);
 
+/// A valid access token of an account that works with stock and orders: any
+/// but an account holding only the `events` role, which reads the feed alone.
+pub struct StockToken<A>(pub Claims, PhantomData<fn() -> A>);
+
+fn check_stock<A: Adapters>(state: &AppState<A>, token: &str) -> Result<Claims, TokenRejection> {
+    let claims = check_access(state, token)?;
+    let feed_only = claims.has_role(Role::Events)
+        && !claims.has_role(Role::User)
+        && !claims.has_role(Role::Admin);
+    if feed_only {
+        Err(TokenRejection::FeedOnly)
+    } else {
+        Ok(claims)
+    }
+}
+bearer_extractor!(StockToken, check_stock);
+
 /// A valid access token of a user with the `admin` or the `events` role.
 pub struct EventsToken<A>(pub Claims, PhantomData<fn() -> A>);
 

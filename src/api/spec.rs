@@ -16,7 +16,7 @@ use serde_json::{Map, Value};
 
 use super::Adapters;
 use super::error::{ApiError, BODY_TOO_LARGE, Failure, message, msg};
-use super::reply::{AdminRole, Body, Database, Hashing, Input, Shared, Token};
+use super::reply::{AdminRole, Body, Database, FeedOnly, Hashing, Input, Shared, Token};
 use crate::domain::token::TokenRejection;
 
 /// The examples of every operation's own error responses, written beside
@@ -34,8 +34,17 @@ fn own_examples() -> Vec<(u16, &'static str, Json<ApiError>)> {
 
 /// The example of a shared response (see `api::reply`), from what
 /// [`Failure`] answers; `operation` names the field a 400 is about.
-fn shared_example(operation: &Value, schemas: &Value, status: u16) -> Option<Json<ApiError>> {
+fn shared_example(
+    operation: &Value,
+    schemas: &Value,
+    status: u16,
+    description: &str,
+) -> Option<Json<ApiError>> {
+    let feed_only = FeedOnly::responses()
+        .iter()
+        .any(|r| r.description == description);
     Some(match status {
+        403 if feed_only => msg(TokenRejection::FeedOnly),
         400 => message(bad_request_example(operation, schemas)),
         401 => msg(TokenRejection::Expired),
         403 => msg(TokenRejection::AdminRequired),
@@ -84,11 +93,15 @@ fn with_examples(spec: &str) -> Value {
     let mut spec: Value = serde_json::from_str(spec).unwrap_or_default();
     let schemas = spec["components"]["schemas"].clone();
     let own = own_examples();
-    let shared: Vec<(u16, &str)> =
-        <((Token, AdminRole), Input, Body, (Database, Hashing))>::responses()
-            .into_iter()
-            .filter_map(|response| Some((response.status?, response.description)))
-            .collect();
+    let shared: Vec<(u16, &str)> = <(
+        (Token, AdminRole, FeedOnly),
+        Input,
+        Body,
+        (Database, Hashing),
+    )>::responses()
+    .into_iter()
+    .filter_map(|response| Some((response.status?, response.description)))
+    .collect();
     let operations = spec
         .get_mut("paths")
         .and_then(Value::as_object_mut)
@@ -108,7 +121,7 @@ fn with_examples(spec: &str) -> Value {
             let status: u16 = status.parse().unwrap_or_default();
             let description = response["description"].as_str().unwrap_or_default();
             let example = if shared.contains(&(status, description)) {
-                shared_example(&context, &schemas, status)
+                shared_example(&context, &schemas, status, description)
             } else {
                 own.iter()
                     .find(|(s, d, _)| *s == status && *d == description)

@@ -73,6 +73,8 @@ pub enum TokenRejection {
     AdminRequired,
     #[error("Admin or events role required")]
     EventsRoleRequired,
+    #[error("The events role reads only the event feed")]
+    FeedOnly,
     #[error("Invalid token: {0}")]
     Malformed(&'static str),
 }

@@ -99,6 +99,13 @@ async fn the_feed_is_for_admins_and_the_events_role_only() {
     let warehouse = shop.app.logged_in(&username).await;
     let (status, body) = warehouse.get("/events?after=0").await;
     assert_eq!(status, 200, "{body}");
+    // ... and nothing else of stock and orders.
+    let (status, body) = warehouse.allocate("o1", "LAMP", 1).await;
+    assert_eq!(
+        (status, &body["msg"]),
+        (403, &"The events role reads only the event feed".into())
+    );
+    assert_eq!(warehouse.get("/batches").await.0, 403);
     let (status, body) = warehouse.get("/events?limit=0").await;
     assert_eq!(status, 400, "{body}");
     let (status, body) = warehouse.get("/events?types=line.exploded").await;

@@ -12,11 +12,11 @@ use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, OpenApi};
 
 pub use self::schemas::*;
-use super::auth::{AccessToken, AdminToken};
+use super::auth::{AdminToken, StockToken};
 use super::error::{ApiError, Failure, message};
 use super::fields::{Cursor, Identifier, PageLimit};
 use super::json_body::JsonBody;
-use super::reply::{Admin, Body, Database, ErrorExamples, Input, Reply, Token, example};
+use super::reply::{Admin, Body, Database, ErrorExamples, Input, Reply, Stock, example};
 use super::{Adapters, ApiTags, AppState};
 use crate::domain::allocation::{AllocationError, OrderLine, Requester};
 use crate::domain::user::Role;
@@ -117,7 +117,7 @@ pub fn error_examples() -> Vec<(u16, &'static str, Json<ApiError>)> {
 
 /// The caller, as far as orders are concerned: its account and whether it
 /// is an admin (from the token: revoked at once when either changes).
-fn requester<A>(token: &AccessToken<A>) -> Requester {
+fn requester<A>(token: &StockToken<A>) -> Requester {
     Requester {
         account: token.0.uid.clone(),
         admin: token.0.has_role(Role::Admin),
@@ -142,9 +142,9 @@ impl<A: Adapters> AllocationsApi<A> {
     async fn allocate(
         &self,
         state: Data<&AppState<A>>,
-        token: AccessToken<A>,
+        token: StockToken<A>,
         body: JsonBody<OrderLineRequest>,
-    ) -> Reply<AllocateResponse, (Token, Input, Body, Database)> {
+    ) -> Reply<AllocateResponse, (Stock, Input, Body, Database)> {
         let JsonBody(request) = body;
         let line = OrderLine::new(request.orderid, request.sku, request.qty.0);
         let result = allocation::allocate(&state.allocations, line, &requester(&token)).await;
@@ -196,9 +196,9 @@ impl<A: Adapters> AllocationsApi<A> {
     async fn deallocate(
         &self,
         state: Data<&AppState<A>>,
-        token: AccessToken<A>,
+        token: StockToken<A>,
         body: JsonBody<OrderLineRef>,
-    ) -> Reply<DeallocateResponse, (Token, Input, Body, Database)> {
+    ) -> Reply<DeallocateResponse, (Stock, Input, Body, Database)> {
         let requester = requester(&token);
         let result =
             allocation::deallocate(&state.allocations, &body.orderid, &body.sku, &requester).await;
@@ -263,10 +263,10 @@ impl<A: Adapters> AllocationsApi<A> {
     async fn order_allocations(
         &self,
         state: Data<&AppState<A>>,
-        token: AccessToken<A>,
+        token: StockToken<A>,
         /// The customer order.
         orderid: Path<Identifier>,
-    ) -> Reply<OrderAllocationsResponse, (Token, Input, Database)> {
+    ) -> Reply<OrderAllocationsResponse, (Stock, Input, Database)> {
         let requester = requester(&token);
         let lines = allocation::allocations_for_order(&state.allocations, &orderid.0, &requester);
         match lines.await {

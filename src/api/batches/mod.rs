@@ -11,11 +11,11 @@ use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, OpenApi};
 
 pub use self::schemas::*;
-use super::auth::{AccessToken, AdminToken};
+use super::auth::{AdminToken, StockToken};
 use super::error::{ApiError, Failure, message};
 use super::fields::{Cursor, Identifier, PageLimit};
 use super::json_body::JsonBody;
-use super::reply::{Admin, Body, Database, ErrorExamples, Input, Reply, Token, example};
+use super::reply::{Admin, Body, Database, ErrorExamples, Input, Reply, Stock, example};
 use super::{Adapters, ApiTags, AppState};
 use crate::domain::allocation::Batch;
 use crate::services::allocation::{self, BatchError};
@@ -164,7 +164,7 @@ impl<A: Adapters> BatchesApi<A> {
     async fn list_batches(
         &self,
         state: Data<&AppState<A>>,
-        _token: AccessToken<A>,
+        _token: StockToken<A>,
         /// Only batches of this sku.
         sku: Query<Option<Identifier>>,
         /// Batches per page.
@@ -173,7 +173,7 @@ impl<A: Adapters> BatchesApi<A> {
         /// `next_cursor` of the previous page of this same listing (same
         /// filters); a cursor of another listing gets 400.
         cursor: Query<Option<Cursor>>,
-    ) -> Reply<ListBatchesResponse, (Token, Input, Database)> {
+    ) -> Reply<ListBatchesResponse, (Stock, Input, Database)> {
         let sku = sku.0.as_deref();
         let listing = Cursor::listing("batches", sku);
         let after = match Cursor::resume::<String>(cursor.0.as_ref(), &listing) {
@@ -203,10 +203,10 @@ impl<A: Adapters> BatchesApi<A> {
     async fn get_batch(
         &self,
         state: Data<&AppState<A>>,
-        _token: AccessToken<A>,
+        _token: StockToken<A>,
         /// The batch reference.
         reference: Path<Identifier>,
-    ) -> Reply<GetBatchResponse, (Token, Input, Database)> {
+    ) -> Reply<GetBatchResponse, (Stock, Input, Database)> {
         match allocation::get_batch(&state.allocations, &reference.0).await {
             Ok(batch) => Ok(GetBatchResponse::Ok(Json(BatchBody::from(&batch)))),
             Err(error) => batch_not_found(error, GetBatchResponse::NotFound),
