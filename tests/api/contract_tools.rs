@@ -279,6 +279,12 @@ async fn a_generated_rust_client_drives_a_whole_story() {
     assert_eq!(user.allocated_to(&order, &sku, 8).await, in_stock);
     let other_order = random_name("order");
     assert_eq!(user.allocated_to(&other_order, &sku, 4).await, shipment);
+    let feed = admin.allocations_in_feed(2).await;
+    let told = [
+        (order.clone(), in_stock.clone()),
+        (other_order, shipment.clone()),
+    ];
+    assert_eq!(feed, told);
     let line = user.line(&order).await;
     assert_eq!(line, (Allocated, Some(in_stock.clone()), 8));
     let batch = user.batch(&in_stock).await;

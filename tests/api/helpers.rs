@@ -323,6 +323,26 @@ pub mod generated {
             }
         }
 
+        /// The `line.allocated` events of the feed, as (orderid, batchref),
+        /// followed (long polling) until there are `count`.
+        pub async fn allocations_in_feed(&self, count: usize) -> Vec<(String, String)> {
+            let allocated = vec![types::EventTypeName::LineAllocated];
+            let (mut seen, mut after) = (Vec::new(), 0);
+            for _ in 0..40 {
+                let page = self
+                    .0
+                    .read_events(Some(after), None, Some(&allocated), Some(500));
+                let page = page.await.expect("a page of events").into_inner();
+                let lines = page.events.into_iter().map(|event| event.data);
+                seen.extend(lines.map(|data| (data.orderid.unwrap(), data.batchref.unwrap())));
+                after = page.next_after;
+                if seen.len() >= count {
+                    break;
+                }
+            }
+            seen
+        }
+
         /// The order's one line: its status, batch and quantity.
         pub async fn line(&self, orderid: &str) -> (types::LineStatusBody, Option<String>, u32) {
             let orderid = orderid.parse().expect("a valid order id");

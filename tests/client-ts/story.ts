@@ -122,6 +122,20 @@ deepStrictEqual(expectData(allocated), { batchref: inStock });
 allocated = await user.POST("/allocate", { body: { orderid: name("order"), sku, qty: 4 } });
 deepStrictEqual(expectData(allocated), { batchref: shipment });
 
+step("the admin follows the event feed: both allocations, in order");
+const seen: (string | undefined)[][] = [];
+for (let after = 0, tries = 0; seen.length < 2 && tries < 40; tries++) {
+  const page = expectData(
+    await admin.GET("/events", {
+      params: { query: { after, types: ["line.allocated"], wait_ms: 500 } },
+    }),
+  );
+  seen.push(...page.events.map((event) => [event.data.orderid, event.data.batchref]));
+  after = page.next_after;
+}
+deepStrictEqual(seen.map(([, batch]) => batch), [inStock, shipment]);
+strictEqual(seen[0][0], order);
+
 step(`read the allocations of ${order} and the stock`);
 let lines = expectData(
   await user.GET("/allocations/{orderid}", { params: { path: { orderid: order } } }),

@@ -30,6 +30,7 @@ from allot_client.api.batches import (  # noqa: E402
     list_batches,
 )
 from allot_client.api.accounts import create_user, list_users, update_user  # noqa: E402
+from allot_client.api.events import read_events  # noqa: E402
 from allot_client.api.users import (  # noqa: E402
     change_password,
     login,
@@ -49,6 +50,8 @@ from allot_client.models import (  # noqa: E402
     BatchPage,
     Credentials,
     ErrorBody,
+    EventPage,
+    EventTypeName,
     LineStatusBody,
     LogoutBody,
     NewAccount,
@@ -167,6 +170,22 @@ allocated = expect(
     Allocated,
 )
 assert allocated.batchref == shipment, allocated
+
+step("the admin follows the event feed: both allocations, in order")
+seen, after = [], 0
+for _ in range(40):
+    page = expect(
+        read_events.sync(
+            client=admin, after=after, types=[EventTypeName.LINE_ALLOCATED], wait_ms=500
+        ),
+        EventPage,
+    )
+    seen += [(event.data.orderid, event.data.batchref) for event in page.events]
+    after = page.next_after
+    if len(seen) >= 2:
+        break
+assert [batch for _, batch in seen] == [in_stock, shipment], seen
+assert seen[0][0] == order, seen
 
 step(f"read the allocations of {order} and the stock")
 lines = order_allocations.sync(client=user, orderid=order)

@@ -69,7 +69,7 @@ impl<A: Adapters> EventsApi<A> {
         #[oai(default)]
         after: Query<u64>,
         /// Only events of these types (repeat the parameter for several).
-        types: Query<Vec<EventTypeName>>,
+        types: Query<Option<Vec<EventTypeName>>>,
         /// Events per page, 1 to 1000.
         #[oai(
             default = "default_limit",
@@ -82,7 +82,7 @@ impl<A: Adapters> EventsApi<A> {
         #[oai(default, validator(maximum(value = "30000")))]
         wait_ms: Query<u64>,
     ) -> Reply<FeedResponse, (Token, Input, Database)> {
-        let types: Vec<EventType> = types.0.iter().copied().map(EventType::from).collect();
+        let types: Vec<EventType> = types.0.iter().flatten().map(|&t| t.into()).collect();
         let wait = Duration::from_millis(wait_ms.0).min(state.longest_wait);
         let until = tokio::time::Instant::now() + wait;
         let events = loop {

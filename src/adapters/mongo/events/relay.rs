@@ -14,10 +14,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use mongodb::bson::{self, Bson, Document, doc};
-use mongodb::change_stream::ChangeStream;
 use mongodb::change_stream::event::{ChangeStreamEvent, OperationType, ResumeToken};
-use mongodb::options::FullDocumentBeforeChangeType;
-use mongodb::{Collection, Database};
+use mongodb::{ClientSession, Collection, Database};
 
 use super::{CHECKPOINT, EVENT_NOTES, EVENT_RELAY, EVENTS, STOCK_LEVELS, to_document};
 use crate::adapters::mongo::allocations::{BATCHES, ORDER_LINES};
@@ -25,8 +23,12 @@ use crate::adapters::mongo::instances::Instance;
 use crate::adapters::mongo::{Finish, in_transaction, is_duplicate_key};
 use crate::domain::events::{Event, Happened};
 
-/// The most changes read before recording their events.
-const MOST_CHANGES: usize = 1000;
+/// The most changes read (one `getMore`) before recording their events.
+const MOST_CHANGES: usize = 500;
+
+/// How long an idle relay's `getMore` waits on the server for a change; it
+/// answers as soon as one is committed.
+const IDLE_WAIT_MS: i64 = 1000;
 
 /// The most batches whose stock level is kept in memory between rounds.
 const MOST_LEVELS_CACHED: usize = 100_000;
@@ -58,10 +60,11 @@ pub struct Relay {
     max_time: Duration,
 }
 
-/// Where the relay is: the open stream, the last recorded position, and what
-/// it knows of the stock levels (the recorded ones plus its own changes).
+/// Where the relay is: the open change stream, the last recorded position,
+/// and what it knows of the stock levels (the recorded ones plus its own
+/// changes).
 struct Following {
-    stream: ChangeStream<Change>,
+    stream: Stream,
     position: u64,
     levels: Levels,
     unread: Vec<Change>,
@@ -139,12 +142,13 @@ impl Relay {
                 },
             };
             match self.round(&mut now).await {
-                Ok(more) => {
+                // Changes came: let more gather (the next `getMore` returns
+                // them at once). None: the `getMore` itself waited.
+                Ok(Some(false)) => {
                     following = Some(now);
-                    if !more {
-                        tokio::time::sleep(self.every).await;
-                    }
+                    tokio::time::sleep(self.every).await;
                 }
+                Ok(_) => following = Some(now),
                 Err(error) => {
                     tracing::warn!(%error, "cannot record events; resuming from the checkpoint");
                     tokio::time::sleep(self.every).await;
@@ -160,17 +164,45 @@ impl Relay {
         live.iter().min().map(String::as_str) == Some(self.instance.id())
     }
 
-    fn watch(&self) -> mongodb::action::Watch<'_> {
+    /// Opens a change stream of the database after `token` (from now
+    /// without one): the driver's `aggregate` and `getMore`, by hand, so that
+    /// a round costs one `getMore` (the driver's stream cannot tell a drained
+    /// batch from an empty one without another).
+    async fn watch(&self, token: Option<&ResumeToken>) -> Result<Stream, RelayError> {
         let collections = [BATCHES, ORDER_LINES, EVENT_NOTES];
-        self.database
-            .watch()
-            .pipeline([doc! { "$match": {
-                "ns.coll": { "$in": collections.as_slice() },
-                "operationType": { "$in": ["insert", "update", "replace", "delete"] },
-            } }])
-            .full_document_before_change(FullDocumentBeforeChangeType::WhenAvailable)
-            .max_await_time(self.every)
-            .batch_size(MOST_CHANGES as u32)
+        let mut options = doc! { "fullDocumentBeforeChange": "whenAvailable" };
+        if let Some(token) = token {
+            let token = bson::to_bson(token).map_err(|_| RelayError::Corrupt("token"))?;
+            options.insert("resumeAfter", token);
+        }
+        let mut session = self.database.client().start_session().await?;
+        let opened = self
+            .database
+            .run_command(doc! {
+                "aggregate": 1,
+                "pipeline": [
+                    { "$changeStream": options },
+                    { "$match": {
+                        "ns.coll": { "$in": collections.as_slice() },
+                        "operationType": { "$in": ["insert", "update", "replace", "delete"] },
+                    } },
+                ],
+                "cursor": { "batchSize": 0 },
+            })
+            .session(&mut session)
+            .await?;
+        let cursor = opened
+            .get_document("cursor")
+            .map_err(|_| RelayError::Corrupt("cursor"))?;
+        Ok(Stream {
+            id: cursor
+                .get_i64("id")
+                .map_err(|_| RelayError::Corrupt("cursor"))?,
+            token: cursor
+                .get("postBatchResumeToken")
+                .and_then(|token| bson::from_bson(token.clone()).ok()),
+            session,
+        })
     }
 
     /// Resumes from the checkpoint, or starts the feed (the first time).
@@ -188,7 +220,7 @@ impl Relay {
                     .ok()
                     .and_then(|p| u64::try_from(p).ok())
                     .ok_or(RelayError::Corrupt("position"))?;
-                (self.watch().resume_after(token).await?, position)
+                (self.watch(Some(&token)).await?, position)
             }
             None => (self.start().await?, 0),
         };
@@ -204,10 +236,10 @@ impl Relay {
     /// The first start: follows changes from now, records the stock levels
     /// of the batches as they are (changes between the two are applied
     /// again, which levels allow), then the checkpoint.
-    async fn start(&self) -> Result<ChangeStream<Change>, RelayError> {
+    async fn start(&self) -> Result<Stream, RelayError> {
         use futures_util::TryStreamExt;
-        let stream = self.watch().await?;
-        let token = stream.resume_token().ok_or(RelayError::NoResumeToken)?;
+        let stream = self.watch(None).await?;
+        let token = stream.token.clone().ok_or(RelayError::NoResumeToken)?;
         let mut batches = self
             .batches
             .find(doc! {})
@@ -234,14 +266,10 @@ impl Relay {
     }
 
     /// Reads what changed since the last round and records its events;
-    /// whether more changes are waiting.
-    async fn round(&self, now: &mut Following) -> Result<bool, RelayError> {
-        while now.unread.len() < MOST_CHANGES {
-            match now.stream.next_if_any().await? {
-                Some(change) => now.unread.push(change),
-                None => break,
-            }
-        }
+    /// whether more changes are waiting (None: none came).
+    async fn round(&self, now: &mut Following) -> Result<Option<bool>, RelayError> {
+        let read = now.stream.next_batch(&self.database).await?;
+        now.unread.extend(read);
         let full = now.unread.len() >= MOST_CHANGES;
         // A transaction's changes share their cluster time and are visible
         // together; a full read may have cut the last one short.
@@ -254,7 +282,7 @@ impl Relay {
         };
         let changes: Vec<Change> = now.unread.drain(..complete).collect();
         let Some(token) = changes.last().map(|c| c.id.clone()) else {
-            return Ok(false);
+            return Ok(None);
         };
         let mut happened: Vec<(Happened, chrono::DateTime<chrono::Utc>)> = Vec::new();
         let mut start = 0;
@@ -272,7 +300,7 @@ impl Relay {
         if happened.is_empty() && now.levels.changed.is_empty() && idle_for < self.every * 50 {
             // Nothing to record: the checkpoint may stay behind (these
             // changes give no event when read again).
-            return Ok(full);
+            return Ok(Some(full));
         }
         let events: Vec<Event> = happened
             .into_iter()
@@ -294,7 +322,7 @@ impl Relay {
             now.levels = Levels::default();
         }
         crate::metrics::metrics().events_recorded(events.len() as u64);
-        Ok(full)
+        Ok(Some(full))
     }
 
     /// One transaction: the events, the stock levels, the checkpoint, if it
@@ -458,11 +486,9 @@ impl Relay {
             OperationType::Delete => (self.level(reference, levels, false).await?, None, None),
             _ => return Ok(None),
         };
-        let sku = before
-            .as_ref()
-            .or(after.as_ref())
-            .map(|level| level.sku.clone())
-            .unwrap_or_default();
+        let Some(sku) = before.as_ref().or(after.as_ref()).map(|l| l.sku.clone()) else {
+            return Ok(what);
+        };
         had_room
             .entry(sku.clone())
             .or_insert_with(|| levels.sku(&sku).in_stock());
@@ -488,6 +514,7 @@ impl Relay {
             .find_one(doc! { "_id": reference })
             .projection(projection)
             .await?;
+        let stored_level = stored.is_some();
         let level = match stored {
             Some(stored) => Level::restore(&stored),
             None if !or_batch => None,
@@ -498,7 +525,12 @@ impl Relay {
         };
         if let Some(level) = &level {
             self.load_sku(&level.sku, levels).await?;
-            levels.batches.insert(reference.to_owned(), level.clone());
+            if stored_level {
+                levels.batches.insert(reference.to_owned(), level.clone());
+            } else {
+                // Counted from now on, as the batch is (its earlier changes are past).
+                levels.set(reference, None, Some(level.clone()));
+            }
         }
         Ok(level)
     }
@@ -515,6 +547,40 @@ impl Relay {
             levels.skus.insert(sku.to_owned(), level);
         }
         Ok(())
+    }
+}
+
+/// An open change stream: its cursor, in the session that opened it.
+struct Stream {
+    id: i64,
+    /// Where the stream stands before its first change (at the first start).
+    token: Option<ResumeToken>,
+    session: ClientSession,
+}
+
+impl Stream {
+    /// One `getMore`: the changes committed since the last (at most
+    /// [`MOST_CHANGES`]), waiting up to [`IDLE_WAIT_MS`] for the first.
+    async fn next_batch(&mut self, database: &Database) -> Result<Vec<Change>, RelayError> {
+        let batch = database
+            .run_command(doc! {
+                "getMore": self.id,
+                "collection": "$cmd.aggregate",
+                "batchSize": MOST_CHANGES as i64,
+                "maxTimeMS": IDLE_WAIT_MS,
+            })
+            .session(&mut self.session)
+            .await?;
+        let changes = batch
+            .get_document("cursor")
+            .and_then(|cursor| cursor.get_array("nextBatch"))
+            .map_err(|_| RelayError::Corrupt("getMore reply"))?;
+        changes
+            .iter()
+            .map(|change| {
+                bson::from_bson(change.clone()).map_err(|_| RelayError::Corrupt("change"))
+            })
+            .collect()
     }
 }
 
