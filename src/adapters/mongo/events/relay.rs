@@ -186,6 +186,11 @@ impl Relay {
                         "ns.coll": { "$in": collections.as_slice() },
                         "operationType": { "$in": ["insert", "update", "replace", "delete"] },
                     } },
+                    // A batch's intents are most of its size and tell no event.
+                    { "$project": {
+                        "fullDocument.pending": 0,
+                        "fullDocumentBeforeChange.pending": 0,
+                    } },
                 ],
                 "cursor": { "batchSize": 0 },
             })
@@ -562,7 +567,7 @@ impl Stream {
     /// One `getMore`: the changes committed since the last (at most
     /// [`MOST_CHANGES`]), waiting up to [`IDLE_WAIT_MS`] for the first.
     async fn next_batch(&mut self, database: &Database) -> Result<Vec<Change>, RelayError> {
-        let batch = database
+        let mut batch = database
             .run_command(doc! {
                 "getMore": self.id,
                 "collection": "$cmd.aggregate",
@@ -571,15 +576,16 @@ impl Stream {
             })
             .session(&mut self.session)
             .await?;
-        let changes = batch
-            .get_document("cursor")
-            .and_then(|cursor| cursor.get_array("nextBatch"))
-            .map_err(|_| RelayError::Corrupt("getMore reply"))?;
+        let changes = match batch
+            .get_document_mut("cursor")
+            .map(|c| c.remove("nextBatch"))
+        {
+            Ok(Some(Bson::Array(changes))) => changes,
+            _ => return Err(RelayError::Corrupt("getMore reply")),
+        };
         changes
-            .iter()
-            .map(|change| {
-                bson::from_bson(change.clone()).map_err(|_| RelayError::Corrupt("change"))
-            })
+            .into_iter()
+            .map(|change| bson::from_bson(change).map_err(|_| RelayError::Corrupt("change")))
             .collect()
     }
 }
