@@ -15,16 +15,21 @@ use crate::adapters::mongo::login_failures::MongoLoginFailures;
 use crate::adapters::mongo::revocations::MongoRevocations;
 use crate::adapters::mongo::rotations::MongoRotations;
 use crate::adapters::mongo::users::MongoUsers;
+use crate::adapters::mongo::webhooks::MongoWebhooks;
 use crate::adapters::mongo::{self, MongoError};
+use crate::adapters::no_events::NoEvents;
 use crate::adapters::passwords::Argon2Hasher;
 use crate::adapters::tokens::JwtTokens;
+use crate::adapters::webhook_sender::{HttpSender, SenderError};
 use crate::api::{self, AppState, Components, middleware};
 use crate::config::Settings;
+use crate::metrics::WebhookMetrics;
 use crate::server::{self, ConnectionLimits};
 use crate::services::StoreError;
 use crate::services::allocation;
 use crate::services::ports::accounts::HashingError;
 use crate::services::tokens::RevocationList;
+use crate::services::webhooks::worker::{Worker, WorkerSettings};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
@@ -32,6 +37,8 @@ pub enum StartupError {
     Mongo(#[from] MongoError),
     #[error(transparent)]
     Hashing(#[from] HashingError),
+    #[error(transparent)]
+    Webhooks(#[from] SenderError),
     #[error("cannot load revoked tokens: {0}")]
     Revocations(#[from] StoreError),
     #[error("cannot listen on {address}: {source}")]
@@ -52,7 +59,11 @@ pub struct Application {
     revocation_sync: RevocationSync,
     recovery: RecoveryLoop,
     lease: LeaseKeeper,
+    webhooks: Arc<WebhookWorker>,
 }
+
+/// The webhook delivery worker as built here.
+type WebhookWorker = Worker<Deadline<MongoWebhooks>, NoEvents, HttpSender, WebhookMetrics>;
 
 /// A tick every `every`, the first at once; a late tick delays the next
 /// rather than bunching them.
@@ -216,6 +227,30 @@ impl Application {
             operation_timeout,
         );
         let recover_now = Arc::new(Notify::new());
+        let webhooks = Deadline::new(
+            MongoWebhooks::new(
+                &database,
+                Duration::from_secs(settings.webhooks.attempts_kept_days * 86_400),
+            ),
+            operation_timeout,
+        );
+        let webhook_sender = HttpSender::new(
+            settings.webhooks.policy(),
+            Duration::from_millis(settings.webhooks.delivery_timeout_ms),
+        )?;
+        let worker = Arc::new(Worker::new(
+            webhooks.clone(),
+            NoEvents,
+            webhook_sender.clone(),
+            WebhookMetrics,
+            WorkerSettings {
+                instance: instance.id().to_owned(),
+                lease: Duration::from_millis(settings.webhooks.lease_ms),
+                poll: Duration::from_millis(settings.webhooks.poll_interval_ms),
+                schedule: settings.webhooks.schedule(),
+                max_in_flight: settings.webhooks.max_in_flight,
+            },
+        ));
         let state = AppState::new(Components {
             users: Deadline::new(
                 MongoUsers::new(&database, &instance).with_operation_timeout(operation_timeout),
@@ -235,6 +270,10 @@ impl Application {
             ),
             trusted_proxies: settings.http.trusted_proxies.clone(),
             registration: settings.auth.registration,
+            webhooks,
+            webhook_sender,
+            webhook_policy: settings.webhooks.policy(),
+            events: NoEvents,
             database,
             ready_timeout: Duration::from_millis(settings.mongo.ready_timeout_ms),
         });
@@ -260,6 +299,7 @@ impl Application {
                 every: lease / 4,
                 recover_now,
             },
+            webhooks: worker,
         })
     }
 
@@ -276,6 +316,7 @@ impl Application {
         let sync = tokio::spawn(self.revocation_sync.run());
         let recovery = tokio::spawn(self.recovery.run());
         let lease = tokio::spawn(self.lease.run());
+        let webhooks = tokio::spawn(self.webhooks.run());
         let served = server::serve(
             self.listener,
             self.app,
@@ -287,6 +328,7 @@ impl Application {
         sync.abort();
         recovery.abort();
         lease.abort();
+        webhooks.abort();
         served
     }
 }

@@ -3,5 +3,7 @@
 
 pub mod deadline;
 pub mod mongo;
+pub mod no_events;
 pub mod passwords;
 pub mod tokens;
+pub mod webhook_sender;

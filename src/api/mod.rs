@@ -16,6 +16,7 @@ pub mod reply;
 pub mod spec;
 pub mod test_endpoints;
 pub mod users;
+pub mod webhooks;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,10 +30,14 @@ use crate::adapters::mongo::login_failures::MongoLoginFailures;
 use crate::adapters::mongo::revocations::MongoRevocations;
 use crate::adapters::mongo::rotations::MongoRotations;
 use crate::adapters::mongo::users::MongoUsers;
+use crate::adapters::mongo::webhooks::MongoWebhooks;
+use crate::adapters::no_events::NoEvents;
 use crate::adapters::passwords::Argon2Hasher;
 use crate::adapters::tokens::JwtTokens;
+use crate::adapters::webhook_sender::HttpSender;
 use crate::config::Registration;
 use crate::domain::user::PasswordPolicy;
+use crate::domain::webhooks::TargetPolicy;
 use crate::services::tokens::RevocationList;
 
 /// What the handlers share, attached to every request. One `Arc`, because
@@ -70,6 +75,11 @@ pub struct Components {
     pub trusted_proxies: Vec<std::net::IpAddr>,
     pub registration: Registration,
     pub allocations: Deadline<MongoAllocations>,
+    pub webhooks: Deadline<MongoWebhooks>,
+    pub webhook_sender: HttpSender,
+    pub webhook_policy: TargetPolicy,
+    /// The recorded events (the relay's log once merged).
+    pub events: NoEvents,
 }
 
 #[derive(Tags)]
@@ -87,6 +97,9 @@ pub enum ApiTags {
     Batches,
     /// Allocating customer order lines to batches.
     Allocations,
+    /// Subscriptions that POST events to your URL, signed the Standard
+    /// Webhooks way (the `admin` role).
+    Webhooks,
 }
 
 /// The whole API, described for the OpenAPI document.
@@ -97,6 +110,7 @@ pub type Api = (
     accounts::AccountsApi,
     batches::BatchesApi,
     allocations::AllocationsApi,
+    webhooks::WebhooksApi,
 );
 
 const DESCRIPTION: &str = "\

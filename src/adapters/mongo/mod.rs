@@ -7,6 +7,7 @@ pub mod login_failures;
 pub mod revocations;
 pub mod rotations;
 pub mod users;
+pub mod webhooks;
 
 use std::time::Duration;
 
@@ -200,6 +201,7 @@ pub fn required_indexes() -> impl Iterator<Item = (&'static str, Vec<IndexModel>
     .into_iter()
     .chain(revocations::indexes())
     .chain(allocations::indexes())
+    .chain(webhooks::indexes())
 }
 
 /// Whether the server can run multi-document transactions: a replica-set

@@ -8,3 +8,4 @@ pub mod allocation;
 pub mod events;
 pub mod login_throttle;
 pub mod tokens;
+pub mod webhooks;
