@@ -36,12 +36,21 @@ pub enum SenderError {
     Client(#[from] reqwest::Error),
 }
 
+/// Makes ring rustls's process-wide provider, if none is yet. reqwest is
+/// built without a provider of its own (its default would build aws-lc), so
+/// every reqwest client of the process (the tests' too, which share the
+/// crate's features) needs one installed before it is built.
+pub fn install_crypto_provider() {
+    let _already = rustls::crypto::ring::default_provider().install_default();
+}
+
 impl HttpSender {
     /// A sender whose every delivery ends within `timeout` (connecting included).
     pub fn new(policy: TargetPolicy, timeout: Duration) -> Result<Self, SenderError> {
         let roots = rustls::RootCertStore {
             roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
         };
+        install_crypto_provider();
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let tls = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()?
