@@ -155,6 +155,8 @@ async fn deliveries_are_signed_in_order_and_a_500_is_retried() {
             .unwrap()
             .ends_with('Z')
     );
+    let subscription = deliveries.delivered_up_to(&id, 3).await;
+    assert_eq!(subscription.retrying, None);
     let attempts = deliveries.store.attempts(&id, None, 10).await.unwrap();
     let outcomes: Vec<_> = attempts
         .iter()
