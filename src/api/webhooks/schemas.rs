@@ -146,8 +146,8 @@ pub struct NewWebhook {
     /// The kinds of event to deliver (at least one).
     #[oai(validator(min_items = 1, max_items = 10))]
     pub types: Vec<EventTypeName>,
-    /// What the subscription is for.
-    #[oai(validator(max_length = 500))]
+    /// What the subscription is for (null or absent: nothing).
+    #[oai(validator(max_length = 500), nullable)]
     #[serde(default)]
     pub description: Option<String>,
 }
@@ -162,7 +162,9 @@ impl Example for NewWebhook {
     }
 }
 
-/// What to change; absent fields stay as they are.
+/// What to change; absent fields stay as they are. `status`: `paused` stops
+/// deliveries; `active` resumes them (and re-enables a disabled
+/// subscription, starting with the event that failed).
 #[derive(Debug, Object, serde::Deserialize)]
 #[oai(example)]
 pub struct WebhookUpdate {
@@ -175,11 +177,9 @@ pub struct WebhookUpdate {
     #[serde(default)]
     pub types: MaybeUndefined<Vec<EventTypeName>>,
     /// A new description; null removes it.
-    #[oai(validator(max_length = 500))]
+    #[oai(validator(max_length = 500), nullable)]
     #[serde(default)]
     pub description: MaybeUndefined<String>,
-    /// `paused` stops deliveries; `active` resumes them (and re-enables a
-    /// disabled subscription, starting with the event that failed).
     #[serde(default)]
     pub status: MaybeUndefined<SettableStatus>,
 }
@@ -304,14 +304,13 @@ pub struct WebhookPage {
     pub next_cursor: Option<String>,
 }
 
-/// One attempt at delivering one event.
+/// One attempt at delivering one event (`type` is the event's kind).
 #[derive(Debug, Object)]
 pub struct DeliveryAttemptBody {
     /// The event's id: the delivery's `webhook-id`.
     pub event_id: String,
     /// The event's position.
     pub position: u64,
-    /// The event's kind.
     #[oai(rename = "type")]
     pub event_type: EventTypeName,
     /// 1 for the first attempt at the event (counted anew after a replay or
