@@ -355,3 +355,34 @@ impl crate::services::ports::webhooks::DeliveryObserver for WebhookMetrics {
         metrics().webhook_lag(subscription, None);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::services::ports::webhooks::DeliveryObserver;
+
+    #[test]
+    fn webhook_metrics_name_subscriptions_by_id_and_drop_the_lag_of_one_handed_over() {
+        let metrics = Metrics::new();
+        metrics.webhook_attempt("wh_1", true);
+        metrics.webhook_attempt("wh_1", false);
+        metrics.webhook_lag("wh_1", Some(7));
+        let text = metrics.render();
+        for line in [
+            "allot_webhook_deliveries_total{subscription=\"wh_1\"} 1",
+            "allot_webhook_delivery_failures_total{subscription=\"wh_1\"} 1",
+            "allot_webhook_lag_events{subscription=\"wh_1\"} 7",
+        ] {
+            assert!(text.contains(line), "{line} missing from {text}");
+        }
+        metrics.webhook_lag("wh_1", None);
+        assert!(!metrics.render().contains("allot_webhook_lag_events{"));
+        // The process-wide observer reports to the same families.
+        WebhookMetrics.attempted("wh_2", true);
+        assert!(metrics_text().contains("subscription=\"wh_2\""));
+    }
+
+    fn metrics_text() -> String {
+        super::metrics().render()
+    }
+}

@@ -240,7 +240,9 @@ async fn a_receiver_failing_every_retry_disables_its_subscription_until_replayed
     );
 
     // A replay from the first event re-enables it and delivers both, in order.
-    let replayed = webhooks::replay(&deliveries.store, &id, 1).await.unwrap();
+    let replayed = webhooks::replay(&deliveries.store, &deliveries.events, &id, 1)
+        .await
+        .unwrap();
     assert_eq!(replayed.status, Status::Active);
     receiver
         .wait_for(Duration::from_secs(5), |r| r.len() == 6)
@@ -405,6 +407,14 @@ async fn bad_webhook_input_is_refused_naming_the_field() {
     );
     let (status, reply) = admin.replay(&id, 0).await;
     assert_eq!(status, 400, "{reply}");
+    let (status, reply) = admin.replay(&id, 1_000_000).await;
+    assert_eq!(status, 400, "{reply}");
+    assert!(
+        reply["message"]
+            .as_str()
+            .unwrap()
+            .contains("past the latest event")
+    );
 }
 
 async fn internal_addresses_are_refused_at_creation_and_at_delivery() {

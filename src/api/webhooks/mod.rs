@@ -94,6 +94,10 @@ pub enum ReplayResponse {
     /// `from_position`: the events are delivered again, in order.
     #[oai(status = 200)]
     Ok(Json<WebhookBody>),
+    /// The body is malformed, or `from_position` is past the latest event
+    /// plus one.
+    #[oai(status = 400)]
+    BadRequest(Json<ApiError>),
     /// No subscription has this id.
     #[oai(status = 404)]
     NotFound(Json<ApiError>),
@@ -142,7 +146,11 @@ impl ErrorExamples for DeliveriesResponse {
 
 impl ErrorExamples for ReplayResponse {
     fn error_examples() -> Vec<(u16, Json<ApiError>)> {
-        vec![no_such_webhook()]
+        let past = WebhookError::PastTheEnd {
+            from: 2000,
+            latest: 1042,
+        };
+        vec![(400, message(past)), no_such_webhook()]
     }
 }
 
@@ -168,7 +176,7 @@ fn refusal<T>(
 ) -> Result<T, Failure> {
     match error {
         WebhookError::NotFound(_) => Ok(not_found(message(error))),
-        WebhookError::Target(_) => match bad_request {
+        WebhookError::Target(_) | WebhookError::PastTheEnd { .. } => match bad_request {
             Some(bad_request) => Ok(bad_request(message(error))),
             None => Err(Failure::BadRequest(error.to_string())),
         },
@@ -441,9 +449,14 @@ impl WebhooksApi {
         id: Path<String>,
         request: JsonBody<ReplayRequest>,
     ) -> Reply<ReplayResponse, (Admin, Input, Body, Database)> {
-        match webhooks::replay(&state.webhooks, &id.0, request.from_position).await {
+        let from = request.from_position;
+        match webhooks::replay(&state.webhooks, &state.events, &id.0, from).await {
             Ok(subscription) => Ok(ReplayResponse::Ok(shown(&subscription))),
-            Err(error) => refusal(error, None, ReplayResponse::NotFound),
+            Err(error) => refusal(
+                error,
+                Some(ReplayResponse::BadRequest),
+                ReplayResponse::NotFound,
+            ),
         }
         .into()
     }

@@ -23,6 +23,8 @@ pub enum WebhookError {
     NotFound(String),
     #[error("Invalid webhook: {0}")]
     Target(#[from] TargetError),
+    #[error("from_position {from} is past the latest event ({latest})")]
+    PastTheEnd { from: u64, latest: u64 },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -152,11 +154,20 @@ pub async fn delete<S: WebhookStore>(store: &S, id: &str) -> Result<(), WebhookE
 /// Delivers again every event of the subscription's types from
 /// `from_position` on (the events still kept), and re-enables the
 /// subscription if it was disabled or paused.
-pub async fn replay<S: WebhookStore>(
+pub async fn replay<S: WebhookStore, E: EventLog>(
     store: &S,
+    events: &E,
     id: &str,
     from_position: u64,
 ) -> Result<Subscription, WebhookError> {
+    // Past the end, the events up to the position would be passed over.
+    let latest = events.head().await?;
+    if from_position > latest.saturating_add(1) {
+        return Err(WebhookError::PastTheEnd {
+            from: from_position,
+            latest,
+        });
+    }
     store
         .rewind(id, from_position.saturating_sub(1))
         .await?

@@ -281,7 +281,9 @@ async fn a_receiver_failing_past_the_last_retry_disables_the_subscription_until_
     );
     assert_eq!(kit.sender.sent().len(), 3);
 
-    let replayed = replay(&kit.store, &subscription.id, 1).await.unwrap();
+    let replayed = replay(&kit.store, &kit.events, &subscription.id, 1)
+        .await
+        .unwrap();
     assert_eq!((replayed.status, replayed.cursor), (Status::Active, 0));
     kit.claim().await;
     assert_eq!(kit.drain(&subscription.id).await, Next::Idle);
@@ -302,13 +304,23 @@ async fn a_replay_delivers_again_from_a_position() {
     }
     kit.claim().await;
     kit.drain(&subscription.id).await;
-    replay(&kit.store, &subscription.id, 3).await.unwrap();
+    replay(&kit.store, &kit.events, &subscription.id, 3)
+        .await
+        .unwrap();
     kit.drain(&subscription.id).await;
     assert_eq!(kit.delivered_positions(), [1, 2, 3, 4, 3, 4]);
     assert!(matches!(
-        replay(&kit.store, "wh_000000000000000000000000", 1).await,
+        replay(&kit.store, &kit.events, "wh_000000000000000000000000", 1).await,
         Err(WebhookError::NotFound(_))
     ));
+    let past = replay(&kit.store, &kit.events, &subscription.id, 6).await;
+    assert_eq!(
+        past.unwrap_err().to_string(),
+        "from_position 6 is past the latest event (4)"
+    );
+    // Just past the latest is where a subscription waits for the next one.
+    let waiting = replay(&kit.store, &kit.events, &subscription.id, 5).await;
+    assert_eq!(waiting.unwrap().cursor, 4);
 }
 
 #[tokio::test]

@@ -25,7 +25,7 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::{AbortHandle, JoinSet};
 
 use super::random_bytes;
-use crate::domain::webhooks::{RetrySchedule, Retrying, Status, payload};
+use crate::domain::webhooks::{MAX_PAYLOAD_BYTES, RetrySchedule, Retrying, Status, payload};
 use crate::services::StoreError;
 use crate::services::ports::events::EventLog;
 use crate::services::ports::webhooks::{
@@ -141,7 +141,13 @@ where
             body,
         };
         let started = tokio::time::Instant::now();
-        let outcome = {
+        let outcome = if outgoing.body.len() > MAX_PAYLOAD_BYTES {
+            // Cannot happen with the events there are; failing (then
+            // disabling) shows it, where skipping would lose the event.
+            AttemptOutcome::Error(format!(
+                "the payload is over {MAX_PAYLOAD_BYTES} bytes; not sent"
+            ))
+        } else {
             let _slot = self.in_flight.acquire().await;
             self.sender.send(outgoing).await
         };
