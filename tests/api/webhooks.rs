@@ -3,9 +3,9 @@
 //!
 //! The delivery stories run the delivery worker itself over MongoDB (its
 //! store and leases), the real HTTP sender, and an in-memory event log, so
-//! they need no event source. The two `through_the_api` stories take their
-//! events from the API (`POST /batches` records `batch.created`): they need
-//! the relay of issue 18 parts 1–2.
+//! they need no event source. The stories `through_the_api` and the one
+//! killing an instance take their events from the API (`POST /batches`
+//! records `batch.created`): they need the relay of issue 18 parts 1–2.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,7 +20,8 @@ use allot::services::webhooks::{self, NewSubscription};
 use allot::testing::webhooks::{CountingObserver, InMemoryEventLog};
 use serde_json::json;
 
-use crate::helpers::{Answer, Receiver, random_name, spawn_app, spawn_app_with};
+use crate::durability::{admin_token, serve_on};
+use crate::helpers::{Answer, Received, Receiver, Shop, random_name, spawn_app, spawn_app_with};
 use crate::session::session;
 
 const OPEN: TargetPolicy = TargetPolicy {
@@ -529,6 +530,132 @@ async fn a_replay_through_the_api_delivers_the_events_again() {
     assert_eq!(received[3].id, received[1].id);
 }
 
+/// Needs the relay (issue 18 parts 1–2). The issue's story: a warehouse and a
+/// customer service, each with its own receiver and types.
+async fn a_warehouse_and_customer_service_follow_a_line_through_the_api() {
+    let shop = Shop::open().await;
+    let admin = shop.as_admin();
+    let (warehouse, service) = (Receiver::start().await, Receiver::start().await);
+    let (_, secret) = admin
+        .subscribe(&warehouse.url, &["line.allocated", "line.filled"])
+        .await;
+    warehouse.expect_secret(&secret);
+    let (_, secret) = admin
+        .subscribe(
+            &service.url,
+            &["line.backordered", "sku.out_of_stock", "sku.back_in_stock"],
+        )
+        .await;
+    service.expect_secret(&secret);
+    let (sku, first, second) = (
+        random_name("sku"),
+        random_name("batch"),
+        random_name("batch"),
+    );
+    let order = random_name("order");
+    shop.add_stock(&[(&first, &sku, 10, None)]).await;
+    assert_eq!(shop.allocate(&order, &sku, 10).await.0, 201);
+    let allocated = warehouse
+        .wait_for(Duration::from_secs(10), |r| !r.is_empty())
+        .await;
+    assert_eq!(allocated[0].body["type"], "line.allocated");
+    assert_eq!(
+        allocated[0].body["data"],
+        json!({"orderid": order, "sku": sku, "qty": 10, "batchref": first})
+    );
+
+    // The batch is lost: customer service hears of the backorder.
+    assert_eq!(shop.patch_quantity(&first, 0).await.0, 200);
+    let heard = |received: &[Received], kind: &str| received.iter().any(|r| r.body["type"] == kind);
+    let told = service
+        .wait_for(Duration::from_secs(10), |r| heard(r, "line.backordered"))
+        .await;
+    let backordered = told
+        .iter()
+        .find(|r| r.body["type"] == "line.backordered")
+        .unwrap();
+    assert_eq!(backordered.body["data"]["orderid"], order.as_str());
+
+    // Restocked: the warehouse picks the filled line, service hears it is back.
+    shop.add_stock(&[(&second, &sku, 10, None)]).await;
+    let picked = warehouse
+        .wait_for(Duration::from_secs(10), |r| heard(r, "line.filled"))
+        .await;
+    let filled = picked
+        .iter()
+        .find(|r| r.body["type"] == "line.filled")
+        .unwrap();
+    assert_eq!(filled.body["data"]["batchref"], second.as_str());
+    service
+        .wait_for(Duration::from_secs(10), |r| heard(r, "sku.back_in_stock"))
+        .await;
+    for receiver in [&warehouse, &service] {
+        let positions = receiver.positions();
+        assert!(positions.windows(2).all(|w| w[0] < w[1]), "{positions:?}");
+    }
+}
+
+/// Needs the relay (issue 18 parts 1–2). Two allot processes share a
+/// database; the one delivering is SIGKILLed while a delivery is under way.
+async fn the_delivering_instance_killed_mid_delivery_loses_no_event() {
+    let database = session().new_database_name();
+    let token = admin_token(&database).await;
+    let mut instances = [serve_on(&database), serve_on(&database)];
+    let receiver = Receiver::start().await;
+    receiver.answer(&[Answer::Hang]);
+    let admin = instances[0].caller(&token);
+    let (id, secret) = admin.subscribe(&receiver.url, &["batch.created"]).await;
+    receiver.expect_secret(&secret);
+    let sku = random_name("sku");
+    for _ in 0..5 {
+        let (status, reply) = admin.add_batch(&random_name("batch"), &sku, 1, None).await;
+        assert_eq!(status, 201, "{reply}");
+    }
+    receiver
+        .wait_for(Duration::from_secs(10), |r| !r.is_empty())
+        .await;
+    // The holder of the subscription's lease, by its instance's pid.
+    let db = session().client().database(&database);
+    let webhook = db
+        .collection::<mongodb::bson::Document>("webhooks")
+        .find_one(mongodb::bson::doc! { "_id": &id })
+        .await
+        .unwrap()
+        .unwrap();
+    let holder = webhook
+        .get_document("lease")
+        .unwrap()
+        .get_str("holder")
+        .unwrap();
+    let lease = db
+        .collection::<mongodb::bson::Document>("instances")
+        .find_one(mongodb::bson::doc! { "_id": holder })
+        .await
+        .unwrap()
+        .unwrap();
+    let pid = u32::try_from(lease.get_i64("pid").unwrap()).unwrap();
+    let holding = instances
+        .iter()
+        .position(|process| process.child.id() == pid)
+        .expect("the holder is one of the two");
+    instances[holding].kill();
+    let received = receiver
+        .wait_for(Duration::from_secs(20), |r| {
+            let mut positions: Vec<_> = r.iter().map(|r| r.body["position"].clone()).collect();
+            positions.dedup();
+            positions.len() == 5
+        })
+        .await;
+    // In order; a duplicate only of the same event, under the same id.
+    let mut seen: Vec<(u64, String)> = received
+        .iter()
+        .map(|r| (r.body["position"].as_u64().unwrap(), r.id.clone()))
+        .collect();
+    seen.dedup();
+    assert_eq!(seen.len(), 5, "{seen:?}");
+    assert!(seen.windows(2).all(|w| w[0].0 < w[1].0), "{seen:?}");
+}
+
 /// This module's tests, in the order the harness lists them.
 pub fn trials() -> Vec<libtest_mimic::Trial> {
     trials!(webhooks: [
@@ -541,5 +668,7 @@ pub fn trials() -> Vec<libtest_mimic::Trial> {
         a_second_instance_takes_over_the_deliveries_of_one_that_stopped,
         an_admin_subscribes_and_receives_batch_events_through_the_api,
         a_replay_through_the_api_delivers_the_events_again,
+        a_warehouse_and_customer_service_follow_a_line_through_the_api,
+        the_delivering_instance_killed_mid_delivery_loses_no_event,
     ])
 }
