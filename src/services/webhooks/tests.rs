@@ -88,10 +88,7 @@ impl Kit {
 
     /// Takes the leases, as the dispatcher does.
     async fn claim(&self) -> Vec<String> {
-        self.store
-            .claim(&self.worker.settings.instance, self.worker.settings.lease)
-            .await
-            .unwrap()
+        self.worker.claim().await.unwrap()
     }
 
     /// Steps the subscription until it has nothing due now.
@@ -414,15 +411,10 @@ async fn one_instance_delivers_a_subscription_and_another_takes_over_when_its_le
     assert_eq!(first.claim().await, std::slice::from_ref(&subscription.id));
     assert!(second.claim().await.is_empty());
     events.append("evt_1", batch("b1"));
-    // The second may try, but cannot record progress it does not own.
-    assert_eq!(
-        second
-            .worker
-            .step(&subscription.id, Utc::now())
-            .await
-            .unwrap(),
-        Next::Now
-    );
+    // The second holds no lease: it sends nothing.
+    let tried = second.worker.step(&subscription.id, Utc::now()).await;
+    assert!(matches!(tried.unwrap(), Next::At(_)));
+    assert!(second.sender.sent().is_empty());
     assert_eq!(
         store.get(&subscription.id).await.unwrap().unwrap().cursor,
         0

@@ -16,7 +16,7 @@
 //! lost its lease, or delivers a subscription an admin just changed, writes
 //! nothing: the event is delivered again, under the same `webhook-id`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -68,6 +68,11 @@ pub struct Worker<S, E, T, O> {
     pub settings: WorkerSettings,
     in_flight: Semaphore,
     head: watch::Sender<u64>,
+    /// The subscriptions of the last claim, and until when their leases
+    /// surely hold (counted from before it was asked for): no delivery is
+    /// started for another, or past then, so that a lease that may have
+    /// lapsed (renewals failing) is not delivered under.
+    held: std::sync::Mutex<(tokio::time::Instant, HashSet<String>)>,
 }
 
 impl<S, E, T, O> Worker<S, E, T, O>
@@ -81,12 +86,32 @@ where
         Self {
             in_flight: Semaphore::new(settings.max_in_flight.max(1)),
             head: watch::Sender::new(0),
+            held: std::sync::Mutex::new((tokio::time::Instant::now(), HashSet::new())),
             store,
             events,
             sender,
             observer,
             settings,
         }
+    }
+
+    /// Takes the leases of the subscriptions no live instance delivers, and
+    /// renews this instance's; the subscriptions it holds.
+    pub async fn claim(&self) -> Result<Vec<String>, StoreError> {
+        let asked = tokio::time::Instant::now();
+        let held = self
+            .store
+            .claim(&self.settings.instance, self.settings.lease)
+            .await?;
+        *self.held.lock().unwrap_or_else(|e| e.into_inner()) =
+            (asked + self.settings.lease, held.iter().cloned().collect());
+        Ok(held)
+    }
+
+    /// Whether this instance surely holds the subscription's lease.
+    fn holds_lease(&self, id: &str) -> bool {
+        let held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        tokio::time::Instant::now() < held.0 && held.1.contains(id)
     }
 
     /// One step of a subscription's delivery at `now`: delivers its next
@@ -131,6 +156,11 @@ where
             Some(retrying) if retrying.position == event.position => retrying.attempts + 1,
             _ => 1,
         };
+        if !self.holds_lease(id) {
+            // Renewals are failing: wait for the next one (or for another
+            // instance to take over).
+            return Ok(Next::At(now + self.settings.lease / 3));
+        }
         let body = payload(&event);
         let timestamp = now.timestamp();
         let outgoing = Outgoing {
@@ -283,11 +313,7 @@ where
                     self.observer.forget(&id);
                 }
             }
-            let held = match self
-                .store
-                .claim(&self.settings.instance, self.settings.lease)
-                .await
-            {
+            let held = match self.claim().await {
                 Ok(held) => held,
                 Err(error) => {
                     tracing::warn!(%error, "cannot renew webhook leases; will retry");
