@@ -324,6 +324,8 @@ async fn webhooks_are_managed_by_admins_and_the_secret_is_shown_once() {
         assert!(!shown.contains("secret"), "{shown}");
     }
     assert_eq!(listed["webhooks"][0]["id"], id);
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    assert!(!metrics.contains(&secret[6..]));
 
     let (status, paused) = admin
         .patch(
