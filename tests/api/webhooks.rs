@@ -496,8 +496,20 @@ async fn an_admin_subscribes_and_receives_batch_events_through_the_api() {
     assert_eq!(received[0].body["type"], "batch.created");
     assert_eq!(received[0].body["data"]["reference"], reference);
     let position = received[0].body["position"].as_u64().unwrap();
-    let (status, page) = admin.deliveries(&id).await;
-    assert_eq!(status, 200);
+    // The attempt is recorded once the receiver has answered.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let page = loop {
+        let (status, page) = admin.deliveries(&id).await;
+        assert_eq!(status, 200, "{page}");
+        if page["deliveries"].as_array().is_some_and(|d| !d.is_empty()) {
+            break page;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no attempt recorded"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     assert_eq!(page["deliveries"][0]["position"], position);
     assert_eq!(page["deliveries"][0]["status"], 204);
     assert_eq!(page["deliveries"][0]["event_id"], received[0].id.as_str());
