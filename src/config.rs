@@ -691,6 +691,22 @@ mod tests {
     }
 
     #[test]
+    fn webhooks_default_to_public_https_targets_and_the_standard_schedule() {
+        let production = Settings::load_from(&config_dir(), Environment::Production).unwrap();
+        assert!(!production.webhooks.allow_private_targets);
+        assert!(production.webhooks.require_https);
+        assert_eq!(
+            production.webhooks.schedule(),
+            crate::domain::webhooks::RetrySchedule::default()
+        );
+        let mut testing = Settings::load_from(&config_dir(), Environment::Testing).unwrap();
+        assert!(testing.webhooks.allow_private_targets);
+        testing.webhooks.retry_delays_secs = vec![5.0, 0.0];
+        let message = testing.check_ranges().unwrap_err().to_string();
+        assert!(message.contains("webhooks.retry_delays_secs"), "{message}");
+    }
+
+    #[test]
     fn passwords_in_mongo_uris_are_redacted() {
         assert_eq!(
             redact_uri("mongodb://alice:s3cret@db:27017/allot?authSource=admin"),
