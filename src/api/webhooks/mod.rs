@@ -13,7 +13,7 @@ use poem_openapi::{ApiResponse, OpenApi};
 pub use self::schemas::*;
 use super::auth::AdminToken;
 use super::error::{ApiError, Failure, message};
-use super::fields::{Cursor, PageLimit};
+use super::fields::{Cursor, Identifier, PageLimit};
 use super::json_body::JsonBody;
 use super::reply::{Admin, Body, Database, ErrorExamples, Input, Reply};
 use super::{ApiTags, AppState};
@@ -291,8 +291,7 @@ impl WebhooksApi {
         state: Data<&AppState>,
         _admin: AdminToken,
         /// The subscription's id.
-        #[oai(validator(max_length = 100))]
-        id: Path<String>,
+        id: Path<Identifier>,
     ) -> Reply<GetWebhookResponse, (Admin, Input, Database)> {
         match webhooks::get(&state.webhooks, &id.0).await {
             Ok(subscription) => Ok(GetWebhookResponse::Ok(shown(&subscription))),
@@ -317,8 +316,7 @@ impl WebhooksApi {
         state: Data<&AppState>,
         _admin: AdminToken,
         /// The subscription's id.
-        #[oai(validator(max_length = 100))]
-        id: Path<String>,
+        id: Path<Identifier>,
         body: JsonBody<WebhookUpdate>,
     ) -> Reply<UpdateWebhookResponse, (Admin, Input, Body, Database)> {
         let JsonBody(update) = body;
@@ -374,8 +372,7 @@ impl WebhooksApi {
         state: Data<&AppState>,
         _admin: AdminToken,
         /// The subscription's id.
-        #[oai(validator(max_length = 100))]
-        id: Path<String>,
+        id: Path<Identifier>,
     ) -> Reply<DeleteWebhookResponse, (Admin, Input, Database)> {
         match webhooks::delete(&state.webhooks, &id.0).await {
             Ok(()) => Ok(DeleteWebhookResponse::Deleted),
@@ -400,8 +397,7 @@ impl WebhooksApi {
         state: Data<&AppState>,
         _admin: AdminToken,
         /// The subscription's id.
-        #[oai(validator(max_length = 100))]
-        id: Path<String>,
+        id: Path<Identifier>,
         /// Attempts per page.
         #[oai(default)]
         limit: Query<PageLimit>,
@@ -409,7 +405,7 @@ impl WebhooksApi {
         /// another listing gets 400.
         cursor: Query<Option<Cursor>>,
     ) -> Reply<DeliveriesResponse, (Admin, Input, Database)> {
-        let listing = format!("webhooks/{}/deliveries", id.0);
+        let listing = format!("webhooks/{}/deliveries", id.0.0);
         let after = match Cursor::resume::<AttemptCursor>(cursor.0.as_ref(), &listing) {
             Ok(after) => after.map(|cursor| cursor.0),
             Err(failure) => return Err(failure).into(),
@@ -445,8 +441,7 @@ impl WebhooksApi {
         state: Data<&AppState>,
         _admin: AdminToken,
         /// The subscription's id.
-        #[oai(validator(max_length = 100))]
-        id: Path<String>,
+        id: Path<Identifier>,
         request: JsonBody<ReplayRequest>,
     ) -> Reply<ReplayResponse, (Admin, Input, Body, Database)> {
         let from = request.from_position;
