@@ -316,7 +316,7 @@ impl Application {
         let sync = tokio::spawn(self.revocation_sync.run());
         let recovery = tokio::spawn(self.recovery.run());
         let lease = tokio::spawn(self.lease.run());
-        let webhooks = tokio::spawn(self.webhooks.run());
+        let webhooks = tokio::spawn(Arc::clone(&self.webhooks).run());
         let served = server::serve(
             self.listener,
             self.app,
@@ -329,6 +329,11 @@ impl Application {
         recovery.abort();
         lease.abort();
         webhooks.abort();
+        // Its tasks stopped with it; the others take its subscriptions now.
+        let _ = webhooks.await;
+        if let Err(error) = self.webhooks.release_all().await {
+            tracing::warn!(%error, "cannot hand webhook subscriptions over; they will lapse");
+        }
         served
     }
 }

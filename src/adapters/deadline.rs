@@ -387,6 +387,11 @@ impl<R: WebhookStore> WebhookStore for Deadline<R> {
         self.run("release_webhook", work, store).await
     }
 
+    async fn release_all(&self, instance: &str) -> Result<(), StoreError> {
+        let work = self.inner.release_all(instance);
+        self.run("release_webhooks", work, store).await
+    }
+
     async fn record_attempt(&self, attempt: &Attempt) -> Result<(), StoreError> {
         let work = self.inner.record_attempt(attempt);
         self.run("record_webhook_attempt", work, store).await

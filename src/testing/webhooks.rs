@@ -187,6 +187,13 @@ impl WebhookStore for InMemoryWebhooks {
         Ok(())
     }
 
+    async fn release_all(&self, instance: &str) -> Result<(), StoreError> {
+        lock(&self.0)
+            .leases
+            .retain(|_, lease| lease.holder != instance);
+        Ok(())
+    }
+
     async fn record_attempt(&self, attempt: &Attempt) -> Result<(), StoreError> {
         let mut stored = lock(&self.0);
         stored.sequence += 1;

@@ -350,6 +350,16 @@ impl WebhookStore for MongoWebhooks {
         Ok(())
     }
 
+    async fn release_all(&self, instance: &str) -> Result<(), StoreError> {
+        self.webhooks
+            .update_many(
+                doc! { "lease.holder": instance },
+                doc! { "$set": { "lease": Bson::Null } },
+            )
+            .await?;
+        Ok(())
+    }
+
     async fn record_attempt(&self, attempt: &Attempt) -> Result<(), StoreError> {
         let mut document = doc! {
             "subscription": &attempt.subscription,

@@ -150,6 +150,9 @@ pub trait WebhookStore: Send + Sync + 'static {
         instance: &str,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
+    /// Gives up every lease `instance` holds (it is stopping).
+    fn release_all(&self, instance: &str) -> impl Future<Output = Result<(), StoreError>> + Send;
+
     fn record_attempt(
         &self,
         attempt: &Attempt,

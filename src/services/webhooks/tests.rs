@@ -419,6 +419,10 @@ async fn one_instance_delivers_a_subscription_and_another_takes_over_when_its_le
         store.get(&subscription.id).await.unwrap().unwrap().cursor,
         0
     );
+    // Stopping, an instance hands its subscriptions over at once.
+    first.worker.release_all().await.unwrap();
+    assert_eq!(store.holder(&subscription.id), None);
+    first.claim().await;
     // The first dies: its lease lapses, the second takes over.
     tokio::time::sleep(Duration::from_millis(350)).await;
     assert_eq!(second.claim().await, std::slice::from_ref(&subscription.id));

@@ -280,6 +280,15 @@ where
         }
     }
 
+    /// Hands this instance's subscriptions over at once (it is stopping,
+    /// and its tasks were stopped): the others need not wait for the leases
+    /// to lapse.
+    pub async fn release_all(&self) -> Result<(), StoreError> {
+        *self.held.lock().unwrap_or_else(|e| e.into_inner()) =
+            (tokio::time::Instant::now(), HashSet::new());
+        self.store.release_all(&self.settings.instance).await
+    }
+
     /// Runs the dispatcher until dropped: takes and renews leases, starts a
     /// task per subscription held, and stops those whose lease was lost.
     /// Dropping it stops every task.
