@@ -36,8 +36,8 @@ pub struct Subscription {
     pub cursor: u64,
     /// The event being delivered, while an attempt at it failed.
     pub retrying: Option<Retrying>,
-    /// Counts the changes an admin made (patch, replay): a delivery under way
-    /// when one is made does not write over it.
+    /// Counts the changes of status an admin made (patch, replay): a
+    /// delivery under way when one is made does not write over it.
     pub revision: u64,
     pub created_at: DateTime<Utc>,
     /// Signs every delivery; shown to the admin once, at creation.

@@ -97,8 +97,8 @@ impl WebhookStore for InMemoryWebhooks {
             subscription.status = status;
             subscription.disabled_reason = None;
             subscription.retrying = None;
+            subscription.revision += 1;
         }
-        subscription.revision += 1;
         Ok(Some(subscription.clone()))
     }
 

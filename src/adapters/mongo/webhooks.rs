@@ -240,15 +240,16 @@ impl WebhookStore for MongoWebhooks {
         if let Some(description) = &change.description {
             set.insert("description", description.as_deref());
         }
+        let mut update = Document::new();
         if let Some(status) = change.status {
             set.insert("status", status.as_str());
             set.insert("disabled_reason", Bson::Null);
             set.insert("retrying", Bson::Null);
+            update.insert("$inc", doc! { "revision": 1_i64 });
         }
-        let mut update = doc! { "$inc": { "revision": 1_i64 } };
-        if !set.is_empty() {
-            update.insert("$set", set);
-        }
+        // Even with nothing to change: the subscription as it is.
+        set.insert("_id", id);
+        update.insert("$set", set);
         let changed = self
             .webhooks
             .find_one_and_update(doc! { "_id": id }, update)

@@ -102,10 +102,11 @@ pub trait WebhookStore: Send + Sync + 'static {
         id: &str,
     ) -> impl Future<Output = Result<Option<Subscription>, StoreError>> + Send;
 
-    /// Applies the change (and counts a revision); the subscription as
-    /// changed, or none if there is no such subscription. A status change
-    /// clears the retry under way, so a re-enabled subscription starts again
-    /// with the event that failed.
+    /// Applies the change; the subscription as changed, or none if there is
+    /// no such subscription. A status change counts a revision (a delivery
+    /// under way then records nothing) and clears the retry under way, so a
+    /// re-enabled subscription starts again with the event that failed. A
+    /// new URL, types or description apply from the next delivery.
     fn change(
         &self,
         id: &str,

@@ -389,6 +389,10 @@ async fn a_change_of_url_is_checked_and_unknown_subscriptions_are_not_found() {
         [EventType::LineAllocated, EventType::LineMoved]
     );
     assert_eq!(changed.url, URL);
+    assert_eq!(
+        changed.revision, subscription.revision,
+        "a delivery under way still records its progress"
+    );
     delete(&kit.store, &subscription.id).await.unwrap();
     for result in [
         get(&kit.store, &subscription.id).await.map(drop),
