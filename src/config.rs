@@ -94,6 +94,7 @@ pub struct Settings {
     pub log: LogSettings,
     pub auth: AuthSettings,
     pub allocation: AllocationSettings,
+    pub events: EventSettings,
     pub metrics: MetricsSettings,
     pub webhooks: WebhookSettings,
 }
@@ -147,6 +148,23 @@ pub struct AllocationSettings {
     /// How often each instance runs the recovery pass (finishes interrupted
     /// shrinks, allocates waiting lines whose stock appeared).
     pub recovery_interval_ms: u64,
+}
+
+/// The event feed (decision record 0004).
+#[derive(Debug, Clone, Deserialize)]
+pub struct EventSettings {
+    /// How long events are kept, in days.
+    pub retention_days: u64,
+    /// How long the relay waits for changes before recording what it has.
+    pub relay_interval_ms: u64,
+    /// The longest a feed request waits for an event (`wait_ms` is cut to it).
+    pub long_poll_max_ms: u64,
+}
+
+impl EventSettings {
+    pub fn retention(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.retention_days * 24 * 3600)
+    }
 }
 
 fn default_environment() -> Environment {
@@ -530,6 +548,19 @@ impl Settings {
                 self.allocation.recovery_interval_ms,
                 10,
                 3_600_000,
+            ),
+            ("events.retention_days", self.events.retention_days, 1, 3650),
+            (
+                "events.relay_interval_ms",
+                self.events.relay_interval_ms,
+                10,
+                10_000,
+            ),
+            (
+                "events.long_poll_max_ms",
+                self.events.long_poll_max_ms,
+                0,
+                30_000,
             ),
         ];
         if let Err(error) = self

@@ -8,7 +8,7 @@ use allot::adapters::mongo::users::MongoUsers;
 use allot::adapters::passwords::Argon2Hasher;
 use allot::config::Settings;
 use allot::services::{self, users::AdminGrant};
-use allot::startup::{Application, shutdown_signal};
+use allot::startup::{Application, Production, shutdown_signal};
 use clap::{Parser, Subcommand, ValueEnum};
 
 /// allot: users, JWTs and stock allocation over MongoDB.
@@ -65,8 +65,8 @@ fn main() -> ExitCode {
     match cli.command.unwrap_or(Command::Serve) {
         Command::Openapi { format } => {
             let spec = match format {
-                SpecFormat::Yaml => allot::api::spec::yaml(),
-                SpecFormat::Json => allot::api::spec::json(),
+                SpecFormat::Yaml => allot::api::spec::yaml::<Production>(),
+                SpecFormat::Json => allot::api::spec::json::<Production>(),
             };
             print!("{spec}");
             if !spec.ends_with('\n') {

@@ -87,6 +87,7 @@ pub struct Metrics {
     webhook_deliveries: Family<SubscriptionLabels, Counter>,
     webhook_failures: Family<SubscriptionLabels, Counter>,
     webhook_lag: Family<SubscriptionLabels, Gauge>,
+    events_recorded: Counter,
 }
 
 /// 0.5 ms to ~16 s, doubling.
@@ -183,6 +184,12 @@ impl Metrics {
             "Events a subscription delivered by this instance is behind the latest one",
             webhook_lag.clone(),
         );
+        let events_recorded = Counter::default();
+        registry.register(
+            "events_recorded",
+            "Events this instance's relay recorded in the feed",
+            events_recorded.clone(),
+        );
         // Every outcome is listed from the start, at 0, so rates work at once.
         for outcome in ["allocated", "backordered", "out_of_stock", "contention"] {
             let _ = allocations.get_or_create(&OutcomeLabels { outcome });
@@ -203,6 +210,7 @@ impl Metrics {
             webhook_deliveries,
             webhook_failures,
             webhook_lag,
+            events_recorded,
         }
     }
 
@@ -319,6 +327,10 @@ impl Metrics {
                 self.webhook_lag.remove(&labels);
             }
         }
+    }
+
+    pub fn events_recorded(&self, count: u64) {
+        self.events_recorded.inc_by(count);
     }
 
     /// The text exposition of every metric ([`CONTENT_TYPE`]).

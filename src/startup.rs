@@ -10,6 +10,8 @@ use poem::{Endpoint, EndpointExt, IntoEndpoint, Response, Route};
 
 use crate::adapters::deadline::Deadline;
 use crate::adapters::mongo::allocations::{MongoAllocations, Resumed};
+use crate::adapters::mongo::events::MongoEventLog;
+use crate::adapters::mongo::events::relay::Relay;
 use crate::adapters::mongo::instances::Instance;
 use crate::adapters::mongo::login_failures::MongoLoginFailures;
 use crate::adapters::mongo::revocations::MongoRevocations;
@@ -17,16 +19,16 @@ use crate::adapters::mongo::rotations::MongoRotations;
 use crate::adapters::mongo::users::MongoUsers;
 use crate::adapters::mongo::webhooks::MongoWebhooks;
 use crate::adapters::mongo::{self, MongoError};
-use crate::adapters::no_events::NoEvents;
 use crate::adapters::passwords::Argon2Hasher;
 use crate::adapters::tokens::JwtTokens;
 use crate::adapters::webhook_sender::{HttpSender, SenderError};
-use crate::api::{self, AppState, Components, middleware};
+use crate::api::{self, Adapters, AppState, Components, middleware};
 use crate::config::Settings;
 use crate::metrics::WebhookMetrics;
 use crate::server::{self, ConnectionLimits};
 use crate::services::StoreError;
 use crate::services::allocation;
+use crate::services::login_throttle::Throttle;
 use crate::services::ports::accounts::HashingError;
 use crate::services::tokens::RevocationList;
 use crate::services::webhooks::worker::{Worker, WorkerSettings};
@@ -49,6 +51,25 @@ pub enum StartupError {
     },
 }
 
+/// The adapters allot runs on: MongoDB for every store, each step under a
+/// time limit ([`Deadline`]), Argon2 for passwords, JWT for tokens. The
+/// handlers are compiled for these; `api` itself names only the ports.
+pub struct Production;
+
+impl Adapters for Production {
+    type Users = Deadline<MongoUsers>;
+    type Passwords = Argon2Hasher;
+    type Tokens = JwtTokens;
+    type Revocations = Deadline<MongoRevocations>;
+    type Rotations = Deadline<MongoRotations>;
+    type LoginFailures = Deadline<MongoLoginFailures>;
+    type Allocations = Deadline<MongoAllocations>;
+    type Events = MongoEventLog;
+    type Webhooks = Deadline<MongoWebhooks>;
+    type WebhookSender = HttpSender;
+    type Database = mongodb::Database;
+}
+
 /// A built application: connected, indexed and bound, not yet serving.
 pub struct Application {
     listener: tokio::net::TcpListener,
@@ -59,11 +80,12 @@ pub struct Application {
     revocation_sync: RevocationSync,
     recovery: RecoveryLoop,
     lease: LeaseKeeper,
+    relay: Relay,
     webhooks: Arc<WebhookWorker>,
 }
 
 /// The webhook delivery worker as built here.
-type WebhookWorker = Worker<Deadline<MongoWebhooks>, NoEvents, HttpSender, WebhookMetrics>;
+type WebhookWorker = Worker<Deadline<MongoWebhooks>, MongoEventLog, HttpSender, WebhookMetrics>;
 
 /// A tick every `every`, the first at once; a late tick delays the next
 /// rather than bunching them.
@@ -227,6 +249,14 @@ impl Application {
             operation_timeout,
         );
         let recover_now = Arc::new(Notify::new());
+        let relay = Relay::new(
+            &database,
+            &instance,
+            settings.events.retention(),
+            Duration::from_millis(settings.events.relay_interval_ms),
+            operation_timeout,
+        );
+        let events = MongoEventLog::new(&database, operation_timeout);
         let webhooks = Deadline::new(
             MongoWebhooks::new(
                 &database,
@@ -240,7 +270,7 @@ impl Application {
         )?;
         let worker = Arc::new(Worker::new(
             webhooks.clone(),
-            NoEvents,
+            events.clone(),
             webhook_sender.clone(),
             WebhookMetrics,
             WorkerSettings {
@@ -251,12 +281,14 @@ impl Application {
                 max_in_flight: settings.webhooks.max_in_flight,
             },
         ));
-        let state = AppState::new(Components {
+        let state = AppState::<Production>::new(Components {
             users: Deadline::new(
                 MongoUsers::new(&database, &instance).with_operation_timeout(operation_timeout),
                 operation_timeout,
             ),
             allocations: allocations.clone(),
+            events,
+            longest_wait: Duration::from_millis(settings.events.long_poll_max_ms),
             passwords: Argon2Hasher::new(&settings.auth)?,
             password_policy: settings.auth.password_policy(),
             tokens: JwtTokens::new(&settings.auth),
@@ -264,16 +296,15 @@ impl Application {
             revocations: revocations.clone(),
             rotations: Deadline::new(MongoRotations::new(&database), operation_timeout),
             refresh_retry_grace: Duration::from_secs(settings.auth.refresh_retry_grace_secs),
-            login_failures: Deadline::new(
+            login_throttle: Throttle::new(Deadline::new(
                 MongoLoginFailures::new(&database, settings.auth.login_throttle.policy()),
                 operation_timeout,
-            ),
+            )),
             trusted_proxies: settings.http.trusted_proxies.clone(),
             registration: settings.auth.registration,
             webhooks,
             webhook_sender,
             webhook_policy: settings.webhooks.policy(),
-            events: NoEvents,
             database,
             ready_timeout: Duration::from_millis(settings.mongo.ready_timeout_ms),
         });
@@ -293,6 +324,7 @@ impl Application {
                 every: Duration::from_millis(settings.allocation.recovery_interval_ms.max(10)),
                 now: recover_now.clone(),
             },
+            relay,
             lease: LeaseKeeper {
                 instance,
                 allocations,
@@ -316,6 +348,7 @@ impl Application {
         let sync = tokio::spawn(self.revocation_sync.run());
         let recovery = tokio::spawn(self.recovery.run());
         let lease = tokio::spawn(self.lease.run());
+        let relay = tokio::spawn(self.relay.run());
         let webhooks = tokio::spawn(Arc::clone(&self.webhooks).run());
         let served = server::serve(
             self.listener,
@@ -328,6 +361,7 @@ impl Application {
         sync.abort();
         recovery.abort();
         lease.abort();
+        relay.abort();
         webhooks.abort();
         // Its tasks stopped with it; the others take its subscriptions now.
         let _ = webhooks.await;
@@ -342,16 +376,16 @@ const METRICS_PATH: &str = "/metrics";
 
 /// The full route table with its middleware, outermost last, as the server
 /// calls it.
-pub fn routes(state: AppState, settings: &Settings) -> server::App {
+pub fn routes<A: Adapters>(state: AppState<A>, settings: &Settings) -> server::App {
     let (http, log, metrics) = (&settings.http, &settings.log, &settings.metrics);
-    let api = api::service();
+    let api = api::service::<A>();
     let spec = api.spec();
     let allowed = Arc::new(middleware::AllowedMethods::from_spec(
         &serde_json::from_str(&spec).unwrap_or_default(),
     ));
     let mut operator = Route::new();
     if http.docs_enabled {
-        operator = api::spec::routes(operator, &spec);
+        operator = api::spec::routes::<A>(operator, &spec);
     }
     if metrics.enabled {
         operator = operator.at(
@@ -393,15 +427,15 @@ pub fn routes(state: AppState, settings: &Settings) -> server::App {
 /// every other path straight to the API, which answers 404 for those it does
 /// not know. (A `Route` with the API nested at `/` did the same, but rewrote
 /// every request's URI and matched its path twice.)
-struct Routes {
-    state: AppState,
+struct Routes<A: Adapters> {
+    state: AppState<A>,
     docs: bool,
     metrics: bool,
     operator: Route,
     api: poem::endpoint::BoxEndpoint<'static, Response>,
 }
 
-impl Endpoint for Routes {
+impl<A: Adapters> Endpoint for Routes<A> {
     type Output = Response;
 
     // Not an `async fn`: the request goes straight into the API's own (boxed)

@@ -129,6 +129,11 @@ impl<R: AllocationRepository> AllocationRepository for Deadline<R> {
         self.run("stock", self.inner.stock(sku, qty), store).await
     }
 
+    async fn record_refusal(&self, line: &OrderLine) -> Result<(), StoreError> {
+        self.run("record_refusal", self.inner.record_refusal(line), store)
+            .await
+    }
+
     async fn allocate(
         &self,
         line: &OrderLine,

@@ -3,7 +3,6 @@
 
 pub mod deadline;
 pub mod mongo;
-pub mod no_events;
 pub mod passwords;
 pub mod tokens;
 pub mod webhook_sender;

@@ -2,14 +2,19 @@
 //! rather than derived so that every refusal — a missing header included — is
 //! a [`Failure::Token`], answered in the seed's `{"msg": ...}` shape; the
 //! operation's `Reply` lists those responses (`reply::Token`, `reply::Admin`).
+//!
+//! Each is generic over the [`Adapters`] whose token issuer checks it, as the
+//! handlers are, and reads them from the request's `AppState<A>`.
+
+use std::marker::PhantomData;
 
 use poem::http::header::AUTHORIZATION;
 use poem::{Request, RequestBody};
 use poem_openapi::registry::{MetaSecurityScheme, Registry};
 use poem_openapi::{ApiExtractor, ApiExtractorType, ExtractParamOptions};
 
-use super::AppState;
 use super::error::Failure;
+use super::{Adapters, AppState};
 use crate::domain::token::{Claims, TokenKind, TokenRejection};
 use crate::domain::user::Role;
 use crate::services::ports::tokens::TokenIssuer as _;
@@ -21,8 +26,8 @@ fn refuse(rejection: TokenRejection) -> poem::Error {
     Failure::Token(rejection).into()
 }
 
-fn state(req: &Request) -> poem::Result<&AppState> {
-    req.data::<AppState>()
+fn state<A: Adapters>(req: &Request) -> poem::Result<&AppState<A>> {
+    req.data::<AppState<A>>()
         .ok_or_else(|| Failure::Internal("application state missing".into()).into())
 }
 
@@ -56,7 +61,7 @@ fn register_scheme(registry: &mut Registry) {
 /// Implements `ApiExtractor` for a claims wrapper, declaring the bearer scheme.
 macro_rules! bearer_extractor {
     ($name:ident, $check:path) => {
-        impl<'a> ApiExtractor<'a> for $name {
+        impl<'a, A: Adapters> ApiExtractor<'a> for $name<A> {
             const TYPES: &'static [ApiExtractorType] = &[ApiExtractorType::SecurityScheme];
             type ParamType = ();
             type ParamRawType = ();
@@ -74,26 +79,27 @@ macro_rules! bearer_extractor {
                 _body: &mut RequestBody,
                 _param_opts: ExtractParamOptions<Self::ParamType>,
             ) -> poem::Result<Self> {
-                let state = state(req)?;
+                let state = state::<A>(req)?;
                 let token = token(req).map_err(refuse)?;
-                $check(state, token).map(Self).map_err(refuse)
+                let claims = $check(state, token).map_err(refuse)?;
+                Ok(Self(claims, PhantomData))
             }
         }
     };
 }
 
 /// A valid, unrevoked access token. Checked without a database read.
-pub struct AccessToken(pub Claims);
+pub struct AccessToken<A>(pub Claims, PhantomData<fn() -> A>);
 
-fn check_access(state: &AppState, token: &str) -> Result<Claims, TokenRejection> {
+fn check_access<A: Adapters>(state: &AppState<A>, token: &str) -> Result<Claims, TokenRejection> {
     authenticate_access(&state.tokens, &state.revocations, token)
 }
 bearer_extractor!(AccessToken, check_access);
 
 /// A valid access token of a user with the `admin` role.
-pub struct AdminToken(pub Claims);
+pub struct AdminToken<A>(pub Claims, PhantomData<fn() -> A>);
 
-fn check_admin(state: &AppState, token: &str) -> Result<Claims, TokenRejection> {
+fn check_admin<A: Adapters>(state: &AppState<A>, token: &str) -> Result<Claims, TokenRejection> {
     let claims = check_access(state, token)?;
     if claims.has_role(Role::Admin) {
         Ok(claims)
@@ -103,11 +109,41 @@ fn check_admin(state: &AppState, token: &str) -> Result<Claims, TokenRejection> 
 }
 bearer_extractor!(AdminToken, check_admin);
 
+/// A valid access token of an account that works with stock and orders: any
+/// but an account holding only the `events` role, which reads the feed alone.
+pub struct StockToken<A>(pub Claims, PhantomData<fn() -> A>);
+
+fn check_stock<A: Adapters>(state: &AppState<A>, token: &str) -> Result<Claims, TokenRejection> {
+    let claims = check_access(state, token)?;
+    let feed_only = claims.has_role(Role::Events)
+        && !claims.has_role(Role::User)
+        && !claims.has_role(Role::Admin);
+    if feed_only {
+        Err(TokenRejection::FeedOnly)
+    } else {
+        Ok(claims)
+    }
+}
+bearer_extractor!(StockToken, check_stock);
+
+/// A valid access token of a user with the `admin` or the `events` role.
+pub struct EventsToken<A>(pub Claims, PhantomData<fn() -> A>);
+
+fn check_events<A: Adapters>(state: &AppState<A>, token: &str) -> Result<Claims, TokenRejection> {
+    let claims = check_access(state, token)?;
+    if claims.has_role(Role::Admin) || claims.has_role(Role::Events) {
+        Ok(claims)
+    } else {
+        Err(TokenRejection::EventsRoleRequired)
+    }
+}
+bearer_extractor!(EventsToken, check_events);
+
 /// A validly signed refresh token. Whether it was revoked or already used is
 /// decided by the refresh use case itself, which must see reuse to act on it.
-pub struct RefreshToken(pub Claims);
+pub struct RefreshToken<A>(pub Claims, PhantomData<fn() -> A>);
 
-fn check_refresh(state: &AppState, token: &str) -> Result<Claims, TokenRejection> {
+fn check_refresh<A: Adapters>(state: &AppState<A>, token: &str) -> Result<Claims, TokenRejection> {
     let claims = state.tokens.decode(token)?;
     match claims.kind {
         TokenKind::Refresh => Ok(claims),
@@ -117,9 +153,9 @@ fn check_refresh(state: &AppState, token: &str) -> Result<Claims, TokenRejection
 bearer_extractor!(RefreshToken, check_refresh);
 
 /// A validly signed token of either kind (logout accepts both).
-pub struct AnyToken(pub Claims);
+pub struct AnyToken<A>(pub Claims, PhantomData<fn() -> A>);
 
-fn check_any(state: &AppState, token: &str) -> Result<Claims, TokenRejection> {
+fn check_any<A: Adapters>(state: &AppState<A>, token: &str) -> Result<Claims, TokenRejection> {
     state.tokens.decode(token)
 }
 bearer_extractor!(AnyToken, check_any);

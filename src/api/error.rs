@@ -116,7 +116,11 @@ impl ResponseError for Failure {
             Self::Token(
                 TokenRejection::MissingHeader | TokenRejection::Expired | TokenRejection::Revoked,
             ) => StatusCode::UNAUTHORIZED,
-            Self::Token(TokenRejection::AdminRequired) => StatusCode::FORBIDDEN,
+            Self::Token(
+                TokenRejection::AdminRequired
+                | TokenRejection::EventsRoleRequired
+                | TokenRejection::FeedOnly,
+            ) => StatusCode::FORBIDDEN,
             Self::Token(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Unavailable(_) | Self::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,

@@ -1,16 +1,17 @@
 //! `health` tag: liveness and readiness probes for orchestrators and load balancers.
 
+use std::marker::PhantomData;
+
 use poem::web::Data;
 use poem_openapi::payload::Json;
 use poem_openapi::types::Example;
 use poem_openapi::{ApiResponse, Object, OpenApi};
 
 use super::reply::Reply;
-use super::{ApiTags, AppState};
-use crate::adapters::mongo;
+use super::{Adapters, ApiTags, AppState};
+use crate::services::ports::health::Readiness as _;
 
-#[derive(Default)]
-pub struct HealthApi;
+pub struct HealthApi<A>(pub(super) PhantomData<fn() -> A>);
 
 /// The state of this instance.
 #[derive(Debug, Object)]
@@ -51,7 +52,7 @@ pub enum ReadyResponse {
 }
 
 #[OpenApi(tag = "ApiTags::Health")]
-impl HealthApi {
+impl<A: Adapters> HealthApi<A> {
     /// Liveness probe
     ///
     /// Answers 200 while the process is up; it does not touch the database.
@@ -67,8 +68,8 @@ impl HealthApi {
     ///
     /// Pings MongoDB: 200 when it answers, 503 while it is unreachable.
     #[oai(path = "/ready", method = "get", operation_id = "ready")]
-    async fn ready(&self, state: Data<&AppState>) -> Reply<ReadyResponse> {
-        let ping = tokio::time::timeout(state.ready_timeout, mongo::ping(&state.database)).await;
+    async fn ready(&self, state: Data<&AppState<A>>) -> Reply<ReadyResponse> {
+        let ping = tokio::time::timeout(state.ready_timeout, state.database.ping()).await;
         let message = match ping {
             Ok(Ok(())) => {
                 return Reply::ok(ReadyResponse::Ready(Json(Status {
@@ -77,7 +78,8 @@ impl HealthApi {
                 })));
             }
             Ok(Err(error)) => {
-                tracing::warn!(%error, "readiness check: MongoDB ping failed");
+                // The driver's own error, not `StoreError`'s generic words.
+                tracing::warn!(error = %error.0, "readiness check: MongoDB ping failed");
                 "MongoDB is unreachable"
             }
             Err(_elapsed) => {

@@ -143,7 +143,7 @@ macro_rules! shared_tuples {
     };
 }
 
-shared_sets!(Token, AdminRole, Input, Body, Database, Hashing);
+shared_sets!(Token, AdminRole, FeedOnly, Input, Body, Database, Hashing);
 shared_tuples!((A, B), (A, B, C), (A, B, C, D));
 
 // The enums below only describe responses; [`Failure`] answers them.
@@ -172,6 +172,18 @@ pub type Admin = (Token, AdminRole);
 #[derive(ApiResponse)]
 pub enum AdminRole {
     /// The token is valid but its user does not have the `admin` role.
+    #[oai(status = 403)]
+    Forbidden(Json<ApiError>),
+}
+
+/// An access token of an account that works with stock and orders is required.
+pub type Stock = (Token, FeedOnly);
+
+/// What an account of the `events` role alone meets outside the feed.
+#[derive(ApiResponse)]
+pub enum FeedOnly {
+    /// The token's account holds only the `events` role, which reads the event
+    /// feed and nothing else.
     #[oai(status = 403)]
     Forbidden(Json<ApiError>),
 }

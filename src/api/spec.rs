@@ -2,6 +2,11 @@
 //! at `/docs`) and committed (`openapi/openapi.yaml`): poem-openapi's, with an
 //! example of its own message on every error response. poem-openapi can only
 //! give a schema one example, and every error shares the `Error` schema.
+//!
+//! The document is the same whatever [`Adapters`] the API runs on; the
+//! functions take them only because poem-openapi describes the API from its
+//! (generic) endpoint types. The `allot openapi` command names
+//! `startup::Production`.
 
 use poem::endpoint::make_sync;
 use poem::web::Html;
@@ -9,8 +14,9 @@ use poem::{Response, Route};
 use poem_openapi::payload::Json;
 use serde_json::{Map, Value};
 
+use super::Adapters;
 use super::error::{ApiError, BODY_TOO_LARGE, Failure, message, msg};
-use super::reply::{AdminRole, Body, Database, Hashing, Input, Shared, Token};
+use super::reply::{AdminRole, Body, Database, FeedOnly, Hashing, Input, Shared, Token};
 use crate::domain::token::TokenRejection;
 
 /// The examples of every operation's own error responses, written beside
@@ -22,14 +28,24 @@ fn own_examples() -> Vec<(u16, &'static str, Json<ApiError>)> {
         super::batches::error_examples(),
         super::allocations::error_examples(),
         super::webhooks::error_examples(),
+        super::events::error_examples(),
     ]
     .concat()
 }
 
 /// The example of a shared response (see `api::reply`), from what
 /// [`Failure`] answers; `operation` names the field a 400 is about.
-fn shared_example(operation: &Value, schemas: &Value, status: u16) -> Option<Json<ApiError>> {
+fn shared_example(
+    operation: &Value,
+    schemas: &Value,
+    status: u16,
+    description: &str,
+) -> Option<Json<ApiError>> {
+    let feed_only = FeedOnly::responses()
+        .iter()
+        .any(|r| r.description == description);
     Some(match status {
+        403 if feed_only => msg(TokenRejection::FeedOnly),
         400 => message(bad_request_example(operation, schemas)),
         401 => msg(TokenRejection::Expired),
         403 => msg(TokenRejection::AdminRequired),
@@ -69,8 +85,8 @@ fn bad_request_example(operation: &Value, schemas: &Value) -> String {
 }
 
 /// poem-openapi's document, with an example on every error response.
-pub fn document() -> Value {
-    with_examples(&super::service().spec())
+pub fn document<A: Adapters>() -> Value {
+    with_examples(&super::service::<A>().spec())
 }
 
 /// `spec`, poem-openapi's document, with an example on every error response.
@@ -78,11 +94,15 @@ fn with_examples(spec: &str) -> Value {
     let mut spec: Value = serde_json::from_str(spec).unwrap_or_default();
     let schemas = spec["components"]["schemas"].clone();
     let own = own_examples();
-    let shared: Vec<(u16, &str)> =
-        <((Token, AdminRole), Input, Body, (Database, Hashing))>::responses()
-            .into_iter()
-            .filter_map(|response| Some((response.status?, response.description)))
-            .collect();
+    let shared: Vec<(u16, &str)> = <(
+        (Token, AdminRole, FeedOnly),
+        Input,
+        Body,
+        (Database, Hashing),
+    )>::responses()
+    .into_iter()
+    .filter_map(|response| Some((response.status?, response.description)))
+    .collect();
     let operations = spec
         .get_mut("paths")
         .and_then(Value::as_object_mut)
@@ -102,7 +122,7 @@ fn with_examples(spec: &str) -> Value {
             let status: u16 = status.parse().unwrap_or_default();
             let description = response["description"].as_str().unwrap_or_default();
             let example = if shared.contains(&(status, description)) {
-                shared_example(&context, &schemas, status)
+                shared_example(&context, &schemas, status, description)
             } else {
                 own.iter()
                     .find(|(s, d, _)| *s == status && *d == description)
@@ -124,19 +144,19 @@ fn with_examples(spec: &str) -> Value {
 }
 
 /// The document as JSON.
-pub fn json() -> String {
-    serde_json::to_string_pretty(&document()).unwrap_or_default()
+pub fn json<A: Adapters>() -> String {
+    serde_json::to_string_pretty(&document::<A>()).unwrap_or_default()
 }
 
 /// The document as YAML, as committed in `openapi/openapi.yaml`.
-pub fn yaml() -> String {
-    serde_yaml::to_string(&document()).unwrap_or_default()
+pub fn yaml<A: Adapters>() -> String {
+    serde_yaml::to_string(&document::<A>()).unwrap_or_default()
 }
 
 /// poem-openapi's Swagger UI page, showing `document` instead of `embedded`,
 /// poem-openapi's own document, which it embeds.
-fn swagger_ui_page(embedded: &str, document: &str) -> String {
-    super::service()
+fn swagger_ui_page<A: Adapters>(embedded: &str, document: &str) -> String {
+    super::service::<A>()
         .swagger_ui_html()
         .replacen(embedded, document, 1)
 }
@@ -156,11 +176,11 @@ pub fn serves(path: &str) -> bool {
 
 /// `route` with `/openapi.json`, `/openapi.yaml` and Swagger UI at `/docs`.
 /// `spec` is poem-openapi's document, which start-up has already made.
-pub fn routes(route: Route, spec: &str) -> Route {
+pub fn routes<A: Adapters>(route: Route, spec: &str) -> Route {
     let document = with_examples(spec);
     let json = serde_json::to_string_pretty(&document).unwrap_or_default();
     let yaml = serde_yaml::to_string(&document).unwrap_or_default();
-    let page = swagger_ui_page(spec, &json);
+    let page = swagger_ui_page::<A>(spec, &json);
     let document = |content_type: &'static str, body: String| {
         make_sync(move |_| {
             Response::builder()
@@ -180,13 +200,15 @@ pub fn routes(route: Route, spec: &str) -> Route {
 #[cfg(test)]
 mod tests {
     use super::*;
+    // The adapters allot runs on; the document is the same for any.
+    use crate::startup::Production;
 
     #[test]
     fn the_committed_spec_matches_the_code() {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/openapi/openapi.yaml");
         let committed = std::fs::read_to_string(path).unwrap_or_default();
         assert!(
-            committed == yaml(),
+            committed == yaml::<Production>(),
             "openapi/openapi.yaml differs from the API the code serves; \
              regenerate it with `cargo run --quiet -- openapi > openapi/openapi.yaml`"
         );
@@ -194,7 +216,7 @@ mod tests {
 
     #[test]
     fn every_error_response_shows_an_example_of_its_own() {
-        let spec = document();
+        let spec = document::<Production>();
         let mut missing = Vec::new();
         for (path, operations) in spec["paths"].as_object().into_iter().flatten() {
             for (method, operation) in operations.as_object().into_iter().flatten() {
@@ -253,7 +275,9 @@ mod tests {
 
     #[test]
     fn swagger_ui_shows_this_document() {
-        let embedded = super::super::service().spec();
-        assert!(swagger_ui_page(&embedded, "DOCUMENT").contains("let spec = DOCUMENT;"));
+        let embedded = super::super::service::<Production>().spec();
+        assert!(
+            swagger_ui_page::<Production>(&embedded, "DOCUMENT").contains("let spec = DOCUMENT;")
+        );
     }
 }

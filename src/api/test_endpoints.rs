@@ -1,15 +1,16 @@
 //! `tests` tag: the seed service's sample endpoints, kept for compatibility.
 
+use std::marker::PhantomData;
+
 use poem_openapi::payload::Json;
 use poem_openapi::types::Example;
 use poem_openapi::{ApiResponse, Object, OpenApi};
 
-use super::ApiTags;
 use super::auth::AccessToken;
 use super::reply::{Reply, Token};
+use super::{Adapters, ApiTags};
 
-#[derive(Default)]
-pub struct TestEndpointsApi;
+pub struct TestEndpointsApi<A>(pub(super) PhantomData<fn() -> A>);
 
 /// The greeting.
 #[derive(Debug, Object)]
@@ -43,7 +44,7 @@ pub enum SecretResponse {
 }
 
 #[OpenApi(tag = "ApiTags::Tests")]
-impl TestEndpointsApi {
+impl<A: Adapters> TestEndpointsApi<A> {
     /// Say hello
     ///
     /// An unauthenticated endpoint that answers `{"Hello": "World!"}`.
@@ -59,7 +60,7 @@ impl TestEndpointsApi {
     /// Answers `{"Hello": "Secret!"}` to a valid access token; shows every
     /// token error the protected operations share.
     #[oai(path = "/tests/secret", method = "get", operation_id = "secret")]
-    async fn secret(&self, _token: AccessToken) -> Reply<SecretResponse, Token> {
+    async fn secret(&self, _token: AccessToken<A>) -> Reply<SecretResponse, Token> {
         Reply::ok(SecretResponse::Ok(Json(Greeting {
             hello: "Secret!".to_owned(),
         })))

@@ -5,6 +5,7 @@
 //! next **position**, one sequence for the whole deployment.
 
 use chrono::{DateTime, NaiveDate, Utc};
+use serde::{Deserialize, Serialize};
 
 /// One recorded event.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -18,10 +19,13 @@ pub struct Event {
     pub what: Happened,
 }
 
-/// What happened, with the data of each kind.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// What happened, with the data of each kind. Serialized as
+/// `{"type": "line.allocated", "data": {...}}`, the names of [`EventType`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", content = "data")]
 pub enum Happened {
     /// A line was acknowledged and draws from `batchref`.
+    #[serde(rename = "line.allocated")]
     LineAllocated {
         orderid: String,
         sku: String,
@@ -29,6 +33,7 @@ pub enum Happened {
         batchref: String,
     },
     /// A line lost its batch (the batch shrank) and waits for stock.
+    #[serde(rename = "line.backordered")]
     LineBackordered {
         orderid: String,
         sku: String,
@@ -36,6 +41,7 @@ pub enum Happened {
         from: String,
     },
     /// A line moved to another batch (its batch shrank).
+    #[serde(rename = "line.moved")]
     LineMoved {
         orderid: String,
         sku: String,
@@ -44,6 +50,7 @@ pub enum Happened {
         to: String,
     },
     /// A waiting (backordered) line was allocated to `batchref`.
+    #[serde(rename = "line.filled")]
     LineFilled {
         orderid: String,
         sku: String,
@@ -51,6 +58,7 @@ pub enum Happened {
         batchref: String,
     },
     /// A line was deallocated; `batchref` is the batch it drew from, if any.
+    #[serde(rename = "line.deallocated")]
     LineDeallocated {
         orderid: String,
         sku: String,
@@ -58,6 +66,7 @@ pub enum Happened {
         batchref: Option<String>,
     },
     /// A batch was added.
+    #[serde(rename = "batch.created")]
     BatchCreated {
         reference: String,
         sku: String,
@@ -65,16 +74,20 @@ pub enum Happened {
         eta: Option<NaiveDate>,
     },
     /// A batch's purchased quantity was changed to `qty`.
+    #[serde(rename = "batch.quantity_changed")]
     BatchQuantityChanged {
         reference: String,
         sku: String,
         qty: u32,
     },
     /// No batch of the sku has room left.
+    #[serde(rename = "sku.out_of_stock")]
     SkuOutOfStock { sku: String },
     /// A batch of the sku has room again.
+    #[serde(rename = "sku.back_in_stock")]
     SkuBackInStock { sku: String },
     /// A new line was refused for lack of stock; nothing changed.
+    #[serde(rename = "allocation.refused")]
     AllocationRefused {
         orderid: String,
         sku: String,
@@ -163,5 +176,14 @@ mod tests {
         names.dedup();
         assert_eq!(names.len(), EventType::ALL.len());
         assert_eq!(EventType::parse("line.Allocated"), None);
+    }
+
+    #[test]
+    fn the_serialized_type_is_the_type_name() {
+        let what = Happened::SkuOutOfStock { sku: "LAMP".into() };
+        let json = serde_json::to_value(&what).unwrap();
+        assert_eq!(json["type"], what.event_type().as_str());
+        assert_eq!(json["data"]["sku"], "LAMP");
+        assert_eq!(serde_json::from_value::<Happened>(json).unwrap(), what);
     }
 }

@@ -71,6 +71,10 @@ pub enum TokenRejection {
     RefreshTokenRequired,
     #[error("Admin role required")]
     AdminRequired,
+    #[error("Admin or events role required")]
+    EventsRoleRequired,
+    #[error("The events role reads only the event feed")]
+    FeedOnly,
     #[error("Invalid token: {0}")]
     Malformed(&'static str),
 }

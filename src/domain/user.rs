@@ -57,6 +57,9 @@ impl fmt::Display for Username {
 pub enum Role {
     User,
     Admin,
+    /// Reads the event feed (`GET /events`) and nothing else: for the
+    /// accounts of systems that follow what happens.
+    Events,
 }
 
 impl Role {
@@ -64,6 +67,7 @@ impl Role {
         match self {
             Role::User => "user",
             Role::Admin => "admin",
+            Role::Events => "events",
         }
     }
 }

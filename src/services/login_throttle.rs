@@ -1,19 +1,52 @@
-//! The port for counting login attempts, shared by every instance, and how an
-//! attempt reserves its place before its password is checked.
+//! How a login attempt reserves its place before its password is checked:
+//! in the counters every instance shares (the `LoginThrottle` port), after
+//! this instance's own count of the attempts it has in flight.
 
+use std::collections::HashMap;
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
 use super::StoreError;
 use super::ports::login_throttle::{Counted, Counter, LoginThrottle};
+use crate::domain::throttle::USERNAME_FAILURES;
+
+/// The login throttle of this instance: the shared counters, and how many
+/// attempts of each (username, address) this instance has in flight.
+pub struct Throttle<L> {
+    counters: L,
+    /// Attempts reserving or holding a reservation, by (username key,
+    /// address); an entry is removed when its last attempt ends.
+    in_flight: Mutex<HashMap<(String, String), u32>>,
+}
 
 /// An attempt counted under both counters, whose password may be checked.
-#[derive(Debug, Clone, Copy)]
 #[must_use = "a reservation is settled once the password was checked"]
-pub struct Reservation {
+pub struct Reservation<'a> {
     username: DateTime<Utc>,
     address: DateTime<Utc>,
+    _in_flight: InFlight<'a>,
+}
+
+/// One attempt in [`Throttle::in_flight`], from before its first database
+/// step until it is settled or refused. Dropping it (a refusal, an error, a
+/// cancelled request) is what takes it out, so no path can leak it.
+struct InFlight<'a> {
+    attempts: &'a Mutex<HashMap<(String, String), u32>>,
+    key: (String, String),
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        let mut attempts = self.attempts.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(count) = attempts.get_mut(&self.key) {
+            *count -= 1;
+            if *count == 0 {
+                attempts.remove(&self.key);
+            }
+        }
+    }
 }
 
 /// What checking a reserved attempt's password came to.
@@ -32,15 +65,70 @@ pub enum Checked {
 /// changed its counter between the refusal and the read of the reason.
 const RACES: usize = 3;
 
-/// Counts an attempt of `username` from `address` under both counters before
-/// its password is checked, the username's first: `Err(wait)` if either
-/// refuses it (then neither counts it). However many attempts arrive at once, on however many
-/// instances, no more passwords are checked than the policy admits.
-pub async fn reserve<L: LoginThrottle>(
+impl<L: LoginThrottle> Throttle<L> {
+    pub fn new(counters: L) -> Self {
+        Self {
+            counters,
+            in_flight: Mutex::default(),
+        }
+    }
+
+    /// Counts an attempt of `username` from `address` under both counters
+    /// before its password is checked, the username's first: `Err(wait)` if
+    /// either refuses it (then neither counts it). However many attempts
+    /// arrive at once, on however many instances, no more passwords are
+    /// checked than the policy admits.
+    ///
+    /// While this instance has [`USERNAME_FAILURES`] attempts of the same
+    /// (username, address) in flight, another is refused at once, with no
+    /// database step: each of those is counted, or is being counted, as a
+    /// failure, so the counters would refuse it too. A flood of one login
+    /// keeps at most that many of its attempts at the database at a time
+    /// per instance.
+    pub async fn reserve(
+        &self,
+        username: &str,
+        address: &str,
+    ) -> Result<Result<Reservation<'_>, Duration>, StoreError> {
+        let Some(in_flight) = self.enter(username, address) else {
+            // One of those in flight ends within a password check.
+            return Ok(Err(Duration::from_secs(1)));
+        };
+        let reserved = reserve(&self.counters, username, address).await?;
+        Ok(reserved.map(|(username, address)| Reservation {
+            username,
+            address,
+            _in_flight: in_flight,
+        }))
+    }
+
+    /// Counts one more attempt of (username, address) in flight here, unless
+    /// there are already as many as the username's counter admits.
+    fn enter(&self, username: &str, address: &str) -> Option<InFlight<'_>> {
+        let key = (username.to_owned(), address.to_owned());
+        let mut attempts = self
+            .in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let count = attempts.entry(key.clone()).or_default();
+        if *count >= USERNAME_FAILURES {
+            return None;
+        }
+        *count += 1;
+        Some(InFlight {
+            attempts: &self.in_flight,
+            key,
+        })
+    }
+}
+
+/// [`Throttle::reserve`]'s database steps: the series each counter counted
+/// the attempt in, or the wait.
+async fn reserve<L: LoginThrottle>(
     throttle: &L,
     username: &str,
     address: &str,
-) -> Result<Result<Reservation, Duration>, StoreError> {
+) -> Result<Result<(DateTime<Utc>, DateTime<Utc>), Duration>, StoreError> {
     let policy = throttle.policy();
     let by_username = Counter::Username { username, address };
     let by_address = Counter::Address(address);
@@ -65,7 +153,7 @@ pub async fn reserve<L: LoginThrottle>(
         };
         let address_admissible = policy.address_admissible(now);
         let failures = match throttle.count(by_address, &address_admissible, now).await? {
-            Counted::In(address) => return Ok(Ok(Reservation { username, address })),
+            Counted::In(address) => return Ok(Ok((username, address))),
             Counted::Refused(failures) => failures,
         };
         throttle.uncount(by_username, username).await?;
@@ -76,26 +164,28 @@ pub async fn reserve<L: LoginThrottle>(
     Ok(Err(Duration::from_secs(1)))
 }
 
-impl Reservation {
-    /// Settles the attempt once its password was checked, or could not be.
+impl Reservation<'_> {
+    /// Settles the attempt once its password was checked, or could not be;
+    /// it is in flight until then.
     pub async fn settle<L: LoginThrottle>(
         self,
-        throttle: &L,
+        throttle: &Throttle<L>,
         username: &str,
         address: &str,
         checked: Checked,
     ) -> Result<(), StoreError> {
+        let counters = &throttle.counters;
         let by_username = Counter::Username { username, address };
         let by_address = Counter::Address(address);
         let (of_username, of_address) = match checked {
             Checked::Failed => return Ok(()),
             Checked::Succeeded => tokio::join!(
-                throttle.forget(by_username),
-                throttle.uncount(by_address, self.address),
+                counters.forget(by_username),
+                counters.uncount(by_address, self.address),
             ),
             Checked::NotChecked => tokio::join!(
-                throttle.uncount(by_username, self.username),
-                throttle.uncount(by_address, self.address),
+                counters.uncount(by_username, self.username),
+                counters.uncount(by_address, self.address),
             ),
         };
         of_username.and(of_address)
@@ -106,4 +196,109 @@ impl Reservation {
 /// invalid names are counted too, so probing them costs the same).
 pub fn username_key(username: &str) -> String {
     username.to_lowercase()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use futures_util::FutureExt as _;
+
+    use super::*;
+    use crate::domain::throttle::{Admissible, ThrottlePolicy};
+
+    /// Counters that admit every attempt (or, `stalled`, never answer) and
+    /// count the database steps asked of them.
+    #[derive(Default)]
+    struct Counters {
+        steps: AtomicUsize,
+        stalled: bool,
+    }
+
+    impl Counters {
+        async fn step(&self) {
+            self.steps.fetch_add(1, Ordering::SeqCst);
+            if self.stalled {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
+    impl LoginThrottle for Counters {
+        fn policy(&self) -> ThrottlePolicy {
+            ThrottlePolicy {
+                lockout_base: Duration::from_secs(1),
+                address_failures: 100,
+            }
+        }
+
+        async fn count(
+            &self,
+            _: Counter<'_>,
+            _: &Admissible,
+            now: DateTime<Utc>,
+        ) -> Result<Counted, StoreError> {
+            self.step().await;
+            Ok(Counted::In(now))
+        }
+
+        async fn uncount(&self, _: Counter<'_>, _: DateTime<Utc>) -> Result<(), StoreError> {
+            self.step().await;
+            Ok(())
+        }
+
+        async fn forget(&self, _: Counter<'_>) -> Result<(), StoreError> {
+            self.step().await;
+            Ok(())
+        }
+    }
+
+    fn in_flight<L>(throttle: &Throttle<L>) -> usize {
+        throttle.in_flight.lock().unwrap().values().sum::<u32>() as usize
+    }
+
+    #[tokio::test]
+    async fn a_sixth_login_in_flight_is_refused_without_a_database_step() {
+        let throttle = Throttle::new(Counters::default());
+        let reserve = |username, address| throttle.reserve(username, address);
+        let mut held = Vec::new();
+        for _ in 0..USERNAME_FAILURES {
+            held.push(reserve("alice", "10.0.0.1").await.unwrap().unwrap());
+        }
+        let steps = throttle.counters.steps.load(Ordering::SeqCst);
+
+        let refused = reserve("alice", "10.0.0.1").await.unwrap();
+        assert_eq!(refused.err(), Some(Duration::from_secs(1)));
+        assert_eq!(throttle.counters.steps.load(Ordering::SeqCst), steps);
+
+        // Another address or username is another login.
+        assert!(reserve("alice", "10.0.0.2").await.unwrap().is_ok());
+        assert!(reserve("bob", "10.0.0.1").await.unwrap().is_ok());
+        // A settled attempt, or a dropped one, makes room for the next.
+        let settled = held.pop().unwrap();
+        settled
+            .settle(&throttle, "alice", "10.0.0.1", Checked::Failed)
+            .await
+            .unwrap();
+        assert!(reserve("alice", "10.0.0.1").await.unwrap().is_ok());
+        drop(held);
+        assert_eq!(in_flight(&throttle), 0);
+    }
+
+    #[test]
+    fn a_cancelled_login_leaves_nothing_in_flight() {
+        let throttle = Throttle::new(Counters {
+            stalled: true,
+            ..Counters::default()
+        });
+        // Polled once, it is in flight, waiting on the database; then dropped.
+        assert!(
+            throttle
+                .reserve("alice", "10.0.0.1")
+                .now_or_never()
+                .is_none()
+        );
+        assert_eq!(throttle.counters.steps.load(Ordering::SeqCst), 1);
+        assert_eq!(in_flight(&throttle), 0);
+    }
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 
-use super::login_throttle::{self, Checked, Reservation};
+use super::login_throttle::{self, Checked, Reservation, Throttle};
 use super::ports::accounts::{AddUserError, HashingError, PasswordHasher, UserRepository, Written};
 use super::ports::login_throttle::LoginThrottle;
 use super::ports::tokens::TokenIssuer;
@@ -109,8 +109,8 @@ where
 /// stays counted, a success clears the username's count.
 async fn verify<H: PasswordHasher, L: LoginThrottle>(
     hasher: &H,
-    throttle: &L,
-    reservation: Reservation,
+    throttle: &Throttle<L>,
+    reservation: Reservation<'_>,
     key: &str,
     client: &str,
     password: &str,
@@ -137,7 +137,7 @@ pub async fn login<U, H, T, L>(
     users: &U,
     hasher: &H,
     issuer: &T,
-    throttle: &L,
+    throttle: &Throttle<L>,
     client: &str,
     username: &str,
     password: &str,
@@ -149,7 +149,7 @@ where
     L: LoginThrottle,
 {
     let key = login_throttle::username_key(username);
-    let reservation = match login_throttle::reserve(throttle, &key, client).await? {
+    let reservation = match throttle.reserve(&key, client).await? {
         Ok(reservation) => reservation,
         Err(wait) => return Err(LoginError::Throttled(wait)),
     };
@@ -205,7 +205,7 @@ pub async fn change_password<U, H, T, L>(
     users: &U,
     hasher: &H,
     issuer: &T,
-    throttle: &L,
+    throttle: &Throttle<L>,
     revocations: &RevocationList,
     policy: PasswordPolicy,
     client: &str,
@@ -221,7 +221,7 @@ where
 {
     policy.check(new)?;
     let key = login_throttle::username_key(&claims.sub);
-    let reservation = match login_throttle::reserve(throttle, &key, client).await? {
+    let reservation = match throttle.reserve(&key, client).await? {
         Ok(reservation) => reservation,
         Err(wait) => return Err(AccountError::Throttled(wait)),
     };

@@ -35,6 +35,8 @@ struct Store {
     /// Per order id, the account that owns it.
     orders: HashMap<String, String>,
     next_id: u64,
+    /// Lines refused for lack of stock, in order (`record_refusal`).
+    refusals: Vec<OrderLine>,
 }
 
 impl Store {
@@ -73,6 +75,12 @@ impl InMemoryAllocations {
     /// their round-trip budget.
     pub fn calls(&self) -> usize {
         self.calls.load(Ordering::SeqCst)
+    }
+
+    /// The lines refused for lack of stock, in order.
+    pub fn refusals(&self) -> Vec<OrderLine> {
+        let store = self.store.lock().unwrap_or_else(|p| p.into_inner());
+        store.refusals.clone()
     }
 
     pub fn reset_calls(&self) {
@@ -141,6 +149,11 @@ impl AllocationRepository for InMemoryAllocations {
             .map(Batch::available_quantity)
             .max();
         Ok(Stock::of(most, qty))
+    }
+
+    async fn record_refusal(&self, line: &OrderLine) -> Result<(), StoreError> {
+        self.step().await.refusals.push(line.clone());
+        Ok(())
     }
 
     async fn allocate(

@@ -8,8 +8,8 @@ use mongodb::bson::{Document, doc};
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    Caller, PASSWORD, TestApp, Tokens, json, msg, random_name, revoked_within_a_second, secret_as,
-    spawn_app, spawn_app_with,
+    Caller, PASSWORD, TestApp, Tokens, header, json, msg, random_name, revoked_within_a_second,
+    secret_as, spawn_app, spawn_app_with,
 };
 
 /// Point 1: a password change revokes every token of every login, here at
@@ -380,14 +380,6 @@ async fn throttled_app() -> TestApp {
         settings.http.trusted_proxies = vec!["127.0.0.1".parse().unwrap()];
     })
     .await
-}
-
-fn header(response: &reqwest::Response, name: &str) -> Option<String> {
-    response
-        .headers()
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
 }
 
 /// Points 6 and 9: five failures of a username from one address within 15

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use allot::adapters::mongo::allocations::MongoAllocations;
 use allot::adapters::mongo::instances::Instance;
 use allot::domain::allocation::{OrderLine, Requester};
-use allot::services::allocation;
+use allot::services::allocation::{self, Placement};
 use mongodb::bson::{Document, doc};
 use mongodb::event::EventHandler;
 use mongodb::event::command::CommandEvent;
@@ -653,34 +653,45 @@ fn someone() -> Requester {
     }
 }
 
+/// Adds a batch through the repository.
+async fn stock(repository: &MongoAllocations, reference: &str, sku: &str, quantity: u32) {
+    let added = allocation::add_batch(repository, reference, sku, quantity, None).await;
+    added.unwrap();
+}
+
+/// Allocates a line for [`someone`] through the repository.
+async fn place(repository: &MongoAllocations, order: &str, sku: &str, qty: u32) -> Placement {
+    let line = OrderLine::new(order, sku, qty);
+    allocation::allocate(repository, line, &someone())
+        .await
+        .unwrap()
+}
+
+/// Asserts that the server reads `find` through an index, not a scan.
+async fn assert_read_by_index(database: &mongodb::Database, find: Document) {
+    let explain = doc! {"explain": find, "verbosity": "queryPlanner"};
+    let explained = database.run_command(explain).await.unwrap();
+    let planner = explained.get_document("queryPlanner").unwrap();
+    let plan = planner.get_document("winningPlan").unwrap().to_string();
+    assert!(
+        plan.contains("IXSCAN") && !plan.contains("COLLSCAN"),
+        "{plan}"
+    );
+}
+
 async fn an_uncontended_allocation_is_three_round_trips_and_no_transaction() {
     let app = spawn_app().await; // creates the database and its indexes
     let (repository, database, commands) = monitored_repository(app.database.name()).await;
     let sku = random_name("sku");
     for n in 0..3 {
-        allocation::add_batch(&repository, &format!("{sku}-batch-{n}"), &sku, 10, None)
-            .await
-            .unwrap();
-        allocation::add_batch(
-            &repository,
-            &random_name("other"),
-            &random_name("sku"),
-            10,
-            None,
-        )
-        .await
-        .unwrap();
+        stock(&repository, &format!("{sku}-batch-{n}"), &sku, 10).await;
+        stock(&repository, &random_name("other"), &random_name("sku"), 10).await;
     }
     commands.lock().unwrap().clear();
 
     let order = random_name("order");
-    let allocated = allocation::allocate(&repository, OrderLine::new(&order, &sku, 2), &someone())
-        .await
-        .unwrap();
-    assert_eq!(
-        allocated,
-        allocation::Placement::Allocated(format!("{sku}-batch-0"))
-    );
+    let allocated = place(&repository, &order, &sku, 2).await;
+    assert_eq!(allocated, Placement::Allocated(format!("{sku}-batch-0")));
     let issued = commands.lock().unwrap().clone();
     let names: Vec<&str> = issued.iter().map(|(name, _)| name.as_str()).collect();
     assert_eq!(
@@ -690,68 +701,32 @@ async fn an_uncontended_allocation_is_three_round_trips_and_no_transaction() {
     );
     // (A retryable write carries a txnNumber too; a transaction's
     // statements also carry autocommit: false.)
-    assert!(
-        issued.iter().all(|(_, c)| !c.contains_key("autocommit")),
-        "no transaction: {issued:?}"
-    );
+    let in_transaction = issued.iter().any(|(_, c)| c.contains_key("autocommit"));
+    assert!(!in_transaction, "no transaction: {issued:?}");
     let (_, claim) = &issued[0];
     assert_eq!(claim.get_str("insert"), Ok("orders"), "{claim}");
-    let (_, take) = &issued[1];
-
-    // A second line of an order this process has seen: the original's two.
-    let other_sku = random_name("sku");
-    allocation::add_batch(&repository, &random_name("batch"), &other_sku, 1, None)
-        .await
-        .unwrap();
-    commands.lock().unwrap().clear();
-    let second = allocation::allocate(
-        &repository,
-        OrderLine::new(&order, &other_sku, 1),
-        &someone(),
-    )
-    .await
-    .unwrap();
-    assert!(matches!(second, allocation::Placement::Allocated(_)));
-    let names = command_names(&commands);
-    assert_eq!(names, ["findAndModify", "insert"], "{names:?}");
 
     // The batch is picked by the sku's index in preference order: equality
     // on sku, then sorted by eta and reference, as the index is keyed.
-    assert_eq!(
-        take.get_document("query").unwrap().get_str("sku"),
-        Ok(sku.as_str())
-    );
-    assert_eq!(
-        take.get_document("sort").unwrap(),
-        &doc! {"eta": 1, "_id": 1}
-    );
-    let plan = |explained: Document| {
-        explained
-            .get_document("queryPlanner")
-            .unwrap()
-            .get_document("winningPlan")
-            .unwrap()
-            .to_string()
-    };
-    let explained = database
-        .run_command(doc! {"explain": {"find": "batches", "filter": {"sku": &sku}, "sort": {"eta": 1, "_id": 1}}, "verbosity": "queryPlanner"})
-        .await
-        .unwrap();
-    let read = plan(explained);
-    assert!(
-        read.contains("IXSCAN") && !read.contains("COLLSCAN"),
-        "{read}"
-    );
+    let (_, take) = &issued[1];
+    let taken_sku = take.get_document("query").unwrap().get_str("sku");
+    assert_eq!(taken_sku, Ok(sku.as_str()));
+    let preference = doc! {"eta": 1, "_id": 1};
+    assert_eq!(take.get_document("sort").unwrap(), &preference);
+    let batches = doc! {"find": "batches", "filter": {"sku": &sku}, "sort": preference};
+    assert_read_by_index(&database, batches).await;
     // An order's lines are read through their own index, not through batches.
-    let explained = database
-        .run_command(doc! {"explain": {"find": "order_lines", "filter": {"orderid": &order}}, "verbosity": "queryPlanner"})
-        .await
-        .unwrap();
-    let read = plan(explained);
-    assert!(
-        read.contains("IXSCAN") && !read.contains("COLLSCAN"),
-        "{read}"
-    );
+    let lines = doc! {"find": "order_lines", "filter": {"orderid": &order}};
+    assert_read_by_index(&database, lines).await;
+
+    // A second line of an order this process has seen: the original's two.
+    let other_sku = random_name("sku");
+    stock(&repository, &random_name("batch"), &other_sku, 1).await;
+    commands.lock().unwrap().clear();
+    let second = place(&repository, &order, &other_sku, 1).await;
+    assert!(matches!(second, Placement::Allocated(_)));
+    let names = command_names(&commands);
+    assert_eq!(names, ["findAndModify", "insert"], "{names:?}");
 }
 
 /// Allocations arriving together travel to the database together: far
@@ -780,9 +755,7 @@ async fn allocate_concurrently(
 ) -> Vec<String> {
     let skus: Vec<String> = (0..20).map(|_| random_name("sku")).collect();
     for sku in &skus {
-        allocation::add_batch(&*repository, &random_name("batch"), sku, 1000, None)
-            .await
-            .unwrap();
+        stock(&repository, &random_name("batch"), sku, 1000).await;
     }
     commands.lock().unwrap().clear();
     let (buyers, rounds) = (32, 10);
@@ -796,7 +769,7 @@ async fn allocate_concurrently(
                 let line = OrderLine::new(format!("{prefix}-{buyer}-{round}"), sku, 1);
                 let allocated = allocation::allocate(&*repository, line, &someone()).await;
                 assert!(
-                    matches!(allocated, Ok(allocation::Placement::Allocated(_))),
+                    matches!(allocated, Ok(Placement::Allocated(_))),
                     "{allocated:?}"
                 );
             }

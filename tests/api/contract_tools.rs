@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
+use crate::helpers::generated::{RustClient, refusal};
 use crate::helpers::{PASSWORD, TestApp, random_name, spawn_app};
 use crate::session::session;
 
@@ -230,11 +231,25 @@ async fn a_generated_typescript_client_drives_a_whole_story() {
     eprintln!("{output}");
 }
 
+/// An admin created with `allot users create-admin`, logged in through the
+/// Rust client.
+async fn rust_admin(app: &TestApp, anonymous: &RustClient) -> RustClient {
+    let name = random_name("admin");
+    let created = run("allot users create-admin", app.create_admin_command(&name)).await;
+    assert!(
+        created.contains(&format!("created admin {name}")),
+        "{created}"
+    );
+    let admin = app.rust_client(Some(&anonymous.login(&name).await.access_token));
+    let roles = admin.me().await.expect("a profile").roles;
+    assert!(roles.contains(&"admin".to_owned()), "{roles:?}");
+    admin
+}
+
 /// The same story through the Rust client that progenitor generates from the
 /// committed spec when `clients/rust` builds (a dev-dependency of this crate).
 async fn a_generated_rust_client_drives_a_whole_story() {
-    use crate::helpers::generated::refusal;
-    use allot_client::types::{AllocationResult, LineStatusBody};
+    use allot_client::types::LineStatusBody::{Allocated, Backordered};
 
     let app = spawn_app().await;
     let anonymous = app.rust_client(None);
@@ -245,22 +260,9 @@ async fn a_generated_rust_client_drives_a_whole_story() {
     let tokens = anonymous.login(&alice).await;
     let user = app.rust_client(Some(&tokens.access_token));
     let profile = user.me().await.expect("a profile");
-    let user_role = vec!["user".to_owned()];
-    assert_eq!(
-        (profile.username.as_str(), profile.roles),
-        (alice.as_str(), user_role)
-    );
-
-    let admin_name = random_name("admin");
-    let command = app.create_admin_command(&admin_name);
-    let created = run("allot users create-admin", command).await;
-    assert!(
-        created.contains(&format!("created admin {admin_name}")),
-        "{created}"
-    );
-    let admin = app.rust_client(Some(&anonymous.login(&admin_name).await.access_token));
-    let admin_roles = admin.me().await.expect("a profile").roles;
-    assert!(admin_roles.contains(&"admin".to_owned()));
+    assert_eq!(profile.username, alice);
+    assert_eq!(profile.roles, ["user"]);
+    let admin = rust_admin(&app, &anonymous).await;
 
     let sku = random_name("LAMP").to_uppercase();
     let (in_stock, shipment) = (random_name("batch"), random_name("batch"));
@@ -274,48 +276,27 @@ async fn a_generated_rust_client_drives_a_whole_story() {
     assert_eq!(refusal(refused), (403, "Admin role required".to_owned()));
 
     let order = random_name("order");
-    let allocated = user.allocate(&order, &sku, 8).await.expect("allocated");
-    assert_eq!(allocated.status(), 201);
-    let allocated = allocated.into_inner();
-    assert!(matches!(allocated, AllocationResult::Allocated(a) if a.batchref == in_stock));
-    let allocated = user.allocate(&random_name("order"), &sku, 4).await;
-    let allocated = allocated.expect("allocated").into_inner();
-    assert!(matches!(allocated, AllocationResult::Allocated(a) if a.batchref == shipment));
-
-    let lines = user.lines(&order).await;
-    assert_eq!(lines.len(), 1);
-    let line = (lines[0].batchref.as_deref(), lines[0].qty);
-    assert_eq!(line, (Some(in_stock.as_str()), 8));
+    assert_eq!(user.allocated_to(&order, &sku, 8).await, in_stock);
+    let other_order = random_name("order");
+    assert_eq!(user.allocated_to(&other_order, &sku, 4).await, shipment);
+    let line = user.line(&order).await;
+    assert_eq!(line, (Allocated, Some(in_stock.clone()), 8));
     let batch = user.batch(&in_stock).await;
     assert_eq!((batch.available_quantity, batch.allocated_quantity), (2, 8));
     assert_eq!(admin.drawing(&in_stock).await, [order.as_str()]);
-    let first = user.batch_page(None, &sku).await;
-    let cursor = first.next_cursor.clone().expect("a second page");
-    let second = user.batch_page(Some(&cursor), &sku).await;
-    let mut references = [in_stock.clone(), shipment.clone()];
+    let mut references = vec![in_stock.clone(), shipment];
     references.sort();
-    let paged: Vec<_> = [first, second]
-        .into_iter()
-        .flat_map(|page| page.batches.into_iter().map(|batch| batch.reference))
-        .collect();
-    assert_eq!(paged, references);
-
+    assert_eq!(user.batch_references(&sku).await, references);
     let out_of_stock = user.allocate(&random_name("order"), &sku, 50).await;
-    assert_eq!(
-        refusal(out_of_stock),
-        (400, format!("Out of stock for sku {sku}"))
-    );
+    let message = format!("Out of stock for sku {sku}");
+    assert_eq!(refusal(out_of_stock), (400, message));
 
     assert_eq!(admin.change_quantity(&in_stock, 0).await, [order.as_str()]);
-    let line = &user.lines(&order).await[0];
-    let backordered = (LineStatusBody::Backordered, None);
-    assert_eq!((line.status, line.batchref.as_deref()), backordered);
+    assert_eq!(user.line(&order).await, (Backordered, None, 8));
     let restock = random_name("batch");
     let added = admin.add_batch(&restock, &sku, 10, Some(arrival)).await;
     added.expect("added");
-    let line = &user.lines(&order).await[0];
-    let restocked = (LineStatusBody::Allocated, Some(restock.as_str()));
-    assert_eq!((line.status, line.batchref.as_deref()), restocked);
+    assert_eq!(user.line(&order).await, (Allocated, Some(restock), 8));
 
     let renewed = app.rust_client(Some(&tokens.refresh_token)).refresh().await;
     let fresh = app.rust_client(Some(&renewed.access_token));

@@ -2,6 +2,7 @@
 //! middle of a shrink, recovery at start-up, a hot sku, and the migration of
 //! data written by allot 0.1.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use futures_util::TryStreamExt;
@@ -343,9 +344,9 @@ async fn two_hundred_buyers_of_one_sku_across_two_instances_all_get_201() {
 #[derive(Default)]
 struct Ledger {
     /// Acknowledged (201) and not deallocated since: must be stored.
-    kept: std::collections::HashSet<String>,
+    kept: HashSet<String>,
     /// Deallocated (200): must be gone.
-    gone: std::collections::HashSet<String>,
+    gone: HashSet<String>,
     /// The survivor's answers, with when they came.
     survivor: Vec<(tokio::time::Instant, u16)>,
 }
@@ -363,6 +364,20 @@ struct Shopper {
     deallocate: bool,
     /// Its answers are the survivor's, kept with their time.
     survivor: bool,
+}
+
+impl Shopper {
+    /// A shopper that only allocates, and is not the survivor's.
+    fn new(url: &str, token: &str, name: String, skus: &[&String]) -> Self {
+        Self {
+            url: url.to_owned(),
+            token: token.to_owned(),
+            skus: skus.iter().map(|sku| sku.to_string()).collect(),
+            name,
+            deallocate: false,
+            survivor: false,
+        }
+    }
 }
 
 /// Runs the shopper until `stop` (or its instance dies), recording every
@@ -434,94 +449,128 @@ fn shop(
     })
 }
 
+/// Shoppers running together, recording in one ledger, until stopped.
+struct Crowd {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    shoppers: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Crowd {
+    /// Starts `shopper(n)` for each `n` below `count`.
+    fn start(count: usize, ledger: &SharedLedger, shopper: impl Fn(usize) -> Shopper) -> Self {
+        let stop = std::sync::Arc::default();
+        let shoppers = (0..count)
+            .map(|n| shop(shopper(n), ledger.clone(), std::sync::Arc::clone(&stop)))
+            .collect();
+        Self { stop, shoppers }
+    }
+
+    /// Stops every shopper and waits for it.
+    async fn stop(self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for shopper in self.shoppers {
+            shopper.await.unwrap();
+        }
+    }
+}
+
+/// `count` moments from 200 ms to 1.5 s, different in every run.
+fn random_moments(count: usize) -> Vec<Duration> {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+    let mut seed = u64::from(now.unwrap().subsec_nanos());
+    let mut next = || {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        Duration::from_millis(200 + (seed >> 33) % 1300)
+    };
+    (0..count).map(|_| next()).collect()
+}
+
+/// The longest time without an answer, from `since` on.
+fn longest_gap(answers: &[(tokio::time::Instant, u16)], since: tokio::time::Instant) -> Duration {
+    let (mut last, mut longest) = (since, Duration::ZERO);
+    for (at, _) in answers.iter().filter(|(at, _)| *at >= since) {
+        longest = longest.max(at.duration_since(last));
+        last = *at;
+    }
+    longest
+}
+
+/// Waits until no batch of `skus` holds an allocation's intent, for up to 10 s.
+async fn intents_finished(database: &Database, skus: &[&String]) {
+    let batches = database.collection::<Document>("batches");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let pending = doc! {"pending": {"$exists": true}, "sku": {"$in": skus}};
+    while batches.count_documents(pending.clone()).await.unwrap() > 0 {
+        if tokio::time::Instant::now() >= deadline {
+            let left = batches.find(pending).await.unwrap();
+            let left: Vec<Document> = left.try_collect().await.unwrap();
+            panic!("intents left unfinished: {left:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The order ids of every line of `skus`, each allocated and stored once,
+/// with every counter agreeing.
+async fn stored_once(database: &Database, skus: &[&String]) -> HashSet<String> {
+    let mut stored = HashSet::new();
+    for sku in skus {
+        for (orderid, status) in assert_counters_agree(database, sku).await {
+            assert_eq!(status, "allocated");
+            assert!(stored.insert(orderid), "a line stored twice");
+        }
+    }
+    stored
+}
+
 /// Two instances sell a hot sku (and a calm one); one of them, which also
 /// deallocates (transactions on the hot batch), is killed (SIGKILL) at ten
 /// random moments and started again. The survivor answers 201 all along: no
 /// gap over 2 s, no 503; afterwards every acknowledged line is stored once,
 /// every deallocated one is gone, and every counter agrees with the lines.
 async fn an_instance_killed_at_ten_random_moments_stalls_no_other() {
-    use std::sync::atomic::{AtomicBool, Ordering};
     let database_name = session().new_database_name();
     let database = session().client().database(&database_name);
     let token = admin_token(&database_name).await;
     let survivor = serve_on(&database_name);
     let (hot, calm) = (random_name("hot"), random_name("calm"));
+    let admin = survivor.caller(&token);
     for sku in [&hot, &calm] {
-        let (status, body) = survivor
-            .caller(&token)
-            .add_batch(sku, sku, 1_000_000, None)
-            .await;
+        let (status, body) = admin.add_batch(sku, sku, 1_000_000, None).await;
         assert_eq!(status, 201, "{body}");
     }
     let ledger = SharedLedger::default();
-    let stop_all = std::sync::Arc::new(AtomicBool::new(false));
-    let survivors: Vec<_> = (0..4)
-        .map(|n| {
-            let shopper = Shopper {
-                url: survivor.url.clone(),
-                token: token.clone(),
-                skus: vec![hot.clone(), calm.clone()],
-                name: format!("s{n}"),
-                deallocate: false,
-                survivor: true,
-            };
-            shop(shopper, ledger.clone(), stop_all.clone())
-        })
-        .collect();
-    let mut seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos() as u64;
-    let mut kills = Vec::new();
-    for round in 0..10 {
+    let survivors = Crowd::start(4, &ledger, |n| Shopper {
+        survivor: true,
+        ..Shopper::new(&survivor.url, &token, format!("s{n}"), &[&hot, &calm])
+    });
+    let moments = random_moments(10);
+    let mut first_kill = None;
+    for (round, moment) in moments.iter().enumerate() {
         let mut victim = serve_on(&database_name);
-        let stop = std::sync::Arc::new(AtomicBool::new(false));
-        let shoppers: Vec<_> = (0..4)
-            .map(|n| {
-                let shopper = Shopper {
-                    url: victim.url.clone(),
-                    token: token.clone(),
-                    skus: vec![hot.clone()],
-                    name: format!("v{round}-{n}"),
-                    deallocate: n % 2 == 0,
-                    survivor: false,
-                };
-                shop(shopper, ledger.clone(), stop.clone())
-            })
-            .collect();
-        seed = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        let moment = Duration::from_millis(200 + (seed >> 33) % 1300);
-        tokio::time::sleep(moment).await;
+        let shoppers = Crowd::start(4, &ledger, |n| Shopper {
+            deallocate: n % 2 == 0,
+            ..Shopper::new(&victim.url, &token, format!("v{round}-{n}"), &[&hot])
+        });
+        tokio::time::sleep(*moment).await;
         victim.kill();
-        kills.push((tokio::time::Instant::now(), moment));
-        stop.store(true, Ordering::Relaxed);
-        for shopper in shoppers {
-            shopper.await.unwrap();
-        }
+        first_kill.get_or_insert_with(tokio::time::Instant::now);
+        shoppers.stop().await;
         // The survivor sells on while the dead instance's lease lapses.
         tokio::time::sleep(Duration::from_millis(2500)).await;
     }
-    stop_all.store(true, Ordering::Relaxed);
-    for shopper in survivors {
-        shopper.await.unwrap();
-    }
+    survivors.stop().await;
 
     let ledger = std::mem::take(&mut *ledger.lock().unwrap());
     let refused: Vec<_> = ledger.survivor.iter().filter(|(_, s)| *s != 201).collect();
     assert!(refused.is_empty(), "the survivor refused: {refused:?}");
-    let first_kill = kills[0].0 - Duration::from_secs(1);
-    let mut last = first_kill;
-    let mut longest = Duration::ZERO;
-    for (at, _) in ledger.survivor.iter().filter(|(at, _)| *at >= first_kill) {
-        longest = longest.max(at.duration_since(last));
-        last = *at;
-    }
+    let since = first_kill.unwrap() - Duration::from_secs(1);
+    let longest = longest_gap(&ledger.survivor, since);
+    let answers = ledger.survivor.len();
     eprintln!(
-        "kills after {:?}; the survivor answered {} times, longest gap {longest:?}",
-        kills.iter().map(|(_, moment)| *moment).collect::<Vec<_>>(),
-        ledger.survivor.len()
+        "kills after {moments:?}; the survivor answered {answers} times, longest gap {longest:?}"
     );
     assert!(
         longest <= Duration::from_secs(2),
@@ -529,33 +578,8 @@ async fn an_instance_killed_at_ten_random_moments_stalls_no_other() {
     );
 
     // The dead instances' intents are finished by the survivor.
-    let batches = database.collection::<Document>("batches");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while batches
-        .count_documents(doc! {"pending": {"$exists": true}, "sku": {"$in": [&hot, &calm]}})
-        .await
-        .unwrap()
-        > 0
-    {
-        if tokio::time::Instant::now() >= deadline {
-            let left: Vec<Document> = batches
-                .find(doc! {"pending": {"$exists": true}})
-                .await
-                .unwrap()
-                .try_collect()
-                .await
-                .unwrap();
-            panic!("intents left unfinished: {left:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let mut stored = std::collections::HashSet::new();
-    for sku in [&hot, &calm] {
-        for (orderid, status) in assert_counters_agree(&database, sku).await {
-            assert_eq!(status, "allocated");
-            assert!(stored.insert(orderid), "a line stored twice");
-        }
-    }
+    intents_finished(&database, &[&hot, &calm]).await;
+    let stored = stored_once(&database, &[&hot, &calm]).await;
     let lost: Vec<_> = ledger.kept.difference(&stored).collect();
     assert!(lost.is_empty(), "acknowledged lines lost: {lost:?}");
     let revived: Vec<_> = ledger.gone.intersection(&stored).collect();

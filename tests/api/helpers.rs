@@ -313,11 +313,24 @@ pub mod generated {
             self.0.allocate(&line).await
         }
 
-        /// The order's lines.
-        pub async fn lines(&self, orderid: &str) -> Vec<types::OrderAllocation> {
+        /// Allocates a line, which must answer 201: the batch it went to.
+        pub async fn allocated_to(&self, orderid: &str, sku: &str, qty: u32) -> String {
+            let answer = self.allocate(orderid, sku, qty).await.expect("allocated");
+            assert_eq!(answer.status().as_u16(), 201);
+            match answer.into_inner() {
+                AllocationResult::Allocated(allocated) => allocated.batchref,
+                other => panic!("expected an allocation, got {other:?}"),
+            }
+        }
+
+        /// The order's one line: its status, batch and quantity.
+        pub async fn line(&self, orderid: &str) -> (types::LineStatusBody, Option<String>, u32) {
             let orderid = orderid.parse().expect("a valid order id");
             let lines = self.0.order_allocations(&orderid).await;
-            lines.expect("lines").into_inner()
+            let lines = lines.expect("lines").into_inner();
+            assert_eq!(lines.len(), 1, "{lines:?}");
+            let line = &lines[0];
+            (line.status, line.batchref.clone(), line.qty)
         }
 
         pub async fn batch(&self, reference: &str) -> types::BatchBody {
@@ -337,18 +350,21 @@ pub mod generated {
             lines.into_iter().map(|line| line.orderid).collect()
         }
 
-        /// A page of one batch of `sku`, after `cursor`.
-        pub async fn batch_page(&self, cursor: Option<&str>, sku: &str) -> types::BatchPage {
-            let cursor = cursor.map(|cursor| cursor.parse().expect("a valid cursor"));
-            let (sku, limit) = (
-                sku.parse().expect("a valid sku"),
-                Some(1.try_into().unwrap()),
-            );
-            let page = self
-                .0
-                .list_batches(cursor.as_ref(), limit, Some(&sku))
-                .await;
-            page.expect("a page").into_inner()
+        /// The references of every batch of `sku`, read one batch per page.
+        pub async fn batch_references(&self, sku: &str) -> Vec<String> {
+            let (sku, limit) = (sku.parse().expect("a valid sku"), 1.try_into().unwrap());
+            let (mut references, mut cursor) = (Vec::new(), None);
+            loop {
+                let page = self
+                    .0
+                    .list_batches(cursor.as_ref(), Some(limit), Some(&sku));
+                let page = page.await.expect("a page").into_inner();
+                references.extend(page.batches.into_iter().map(|batch| batch.reference));
+                match page.next_cursor {
+                    Some(next) => cursor = Some(next.parse().expect("a valid cursor")),
+                    None => return references,
+                }
+            }
         }
 
         /// Changes the batch's quantity: the order ids it backordered.
@@ -384,6 +400,15 @@ pub mod generated {
             other => panic!("expected a documented error answer, got {other:?}"),
         }
     }
+}
+
+/// The value of the response's header `name`, if it is there and is text.
+pub fn header(response: &reqwest::Response, name: &str) -> Option<String> {
+    response
+        .headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
 }
 
 /// Any request, with an optional bearer token and JSON body: the status and

@@ -33,6 +33,7 @@ mod cli;
 mod contract_tools;
 mod durability;
 mod edge;
+mod events;
 mod foundation;
 mod operations;
 mod webhooks;
@@ -61,6 +62,7 @@ test_modules!(
     contract_tools,
     durability,
     edge,
+    events,
     foundation,
     operations,
     webhooks,

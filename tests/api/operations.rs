@@ -1,7 +1,9 @@
 //! What operators and browsers get: metrics, request ids, CORS, security
 //! headers, `Allow` on 405, and the docs switch.
 
-use crate::helpers::{AllotProcess, allot_command, json, spawn_app, spawn_app_with};
+use crate::helpers::{
+    AllotProcess, TestApp, allot_command, header, json, spawn_app, spawn_app_with,
+};
 use crate::session::session;
 
 /// The value of the sample `name{labels}` in a Prometheus text exposition.
@@ -173,97 +175,82 @@ async fn request_ids_are_kept_or_made_and_appear_in_the_request_log_lines() {
     }
 }
 
-async fn cors_preflights_succeed_for_listed_origins_only() {
-    let shop = "https://shop.example.com";
-    let app = spawn_app_with(|settings| settings.http.cors_origins = vec![shop.to_owned()]).await;
-    let preflight = |origin: &'static str| {
-        app.http
-            .request(reqwest::Method::OPTIONS, app.url("/users/me"))
-            .header("Origin", origin)
-            .header("Access-Control-Request-Method", "GET")
-            .header(
-                "Access-Control-Request-Headers",
-                "authorization, content-type",
-            )
-            .send()
-    };
-    let allowed = preflight(shop).await.unwrap();
-    assert!(allowed.status().is_success(), "{}", allowed.status());
-    let headers = allowed.headers();
-    assert_eq!(headers["access-control-allow-origin"], shop);
-    let methods = headers["access-control-allow-methods"]
-        .to_str()
-        .unwrap()
-        .to_ascii_uppercase();
-    for method in ["GET", "POST", "PATCH"] {
-        assert!(methods.contains(method), "{methods}");
-    }
-    let allowed_headers = headers["access-control-allow-headers"]
-        .to_str()
-        .unwrap()
-        .to_ascii_lowercase();
-    for header in ["authorization", "content-type"] {
-        assert!(allowed_headers.contains(header), "{allowed_headers}");
-    }
+/// A CORS preflight, from a page of `origin`, of a `GET /users/me` that
+/// sends a token.
+async fn preflight(app: &TestApp, origin: &str) -> reqwest::Response {
+    let request = app
+        .http
+        .request(reqwest::Method::OPTIONS, app.url("/users/me"));
+    let request = request
+        .header("Origin", origin)
+        .header("Access-Control-Request-Method", "GET")
+        .header(
+            "Access-Control-Request-Headers",
+            "authorization, content-type",
+        );
+    request.send().await.unwrap()
+}
 
-    let refused = preflight("https://evil.example.com").await.unwrap();
-    assert!(
-        refused
-            .headers()
-            .get("access-control-allow-origin")
-            .is_none()
+/// `GET /tests/hello` from a page of `origin`.
+async fn hello_from(app: &TestApp, origin: &str) -> reqwest::Response {
+    let request = app
+        .http
+        .get(app.url("/tests/hello"))
+        .header("Origin", origin);
+    request.send().await.unwrap()
+}
+
+/// Whether the response's header `name` lists every one of `items` (in any case).
+fn lists(response: &reqwest::Response, name: &str, items: &[&str]) -> bool {
+    let listed = header(response, name)
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    items
+        .iter()
+        .all(|item| listed.contains(&item.to_ascii_lowercase()))
+}
+
+async fn cors_preflights_succeed_for_listed_origins_only() {
+    let (shop, elsewhere) = ("https://shop.example.com", "https://evil.example.com");
+    let app = spawn_app_with(|settings| settings.http.cors_origins = vec![shop.to_owned()]).await;
+    let allow_origin =
+        |response: &reqwest::Response| header(response, "access-control-allow-origin");
+    let allowed = preflight(&app, shop).await;
+    assert!(allowed.status().is_success(), "{}", allowed.status());
+    assert_eq!(allow_origin(&allowed).as_deref(), Some(shop));
+    let methods = lists(
+        &allowed,
+        "access-control-allow-methods",
+        &["GET", "POST", "PATCH"],
     );
+    let headers = ["authorization", "content-type"];
+    let headers = lists(&allowed, "access-control-allow-headers", &headers);
+    assert!(methods && headers, "{:?}", allowed.headers());
+
+    let refused = preflight(&app, elsewhere).await;
+    assert_eq!(allow_origin(&refused), None);
     let (status, body) = json(refused).await;
     assert_eq!(status, 403, "{body}");
 
-    let from_shop = app
-        .http
-        .get(app.url("/tests/hello"))
-        .header("Origin", shop)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(from_shop.headers()["access-control-allow-origin"], shop);
-    let exposed = from_shop.headers()["access-control-expose-headers"]
-        .to_str()
-        .unwrap()
-        .to_ascii_lowercase();
-    assert!(exposed.contains("x-request-id"), "{exposed}");
-    let from_elsewhere = app
-        .http
-        .get(app.url("/tests/hello"))
-        .header("Origin", "https://evil.example.com")
-        .send()
-        .await
-        .unwrap();
+    let from_shop = hello_from(&app, shop).await;
+    assert_eq!(allow_origin(&from_shop).as_deref(), Some(shop));
+    let exposed = lists(
+        &from_shop,
+        "access-control-expose-headers",
+        &["x-request-id"],
+    );
+    assert!(exposed, "{:?}", from_shop.headers());
+    let from_elsewhere = hello_from(&app, elsewhere).await;
+    let status = from_elsewhere.status();
     assert_eq!(
-        from_elsewhere.status(),
-        200,
+        status, 200,
         "same-origin pages and other clients still work"
     );
-    assert!(
-        from_elsewhere
-            .headers()
-            .get("access-control-allow-origin")
-            .is_none()
-    );
+    assert_eq!(allow_origin(&from_elsewhere), None);
 
     // None listed (the default): no origin is allowed.
     let closed = spawn_app().await;
-    let response = closed
-        .http
-        .request(reqwest::Method::OPTIONS, closed.url("/users/me"))
-        .header("Origin", shop)
-        .header("Access-Control-Request-Method", "GET")
-        .send()
-        .await
-        .unwrap();
-    assert!(
-        response
-            .headers()
-            .get("access-control-allow-origin")
-            .is_none()
-    );
+    assert_eq!(allow_origin(&preflight(&closed, shop).await), None);
 }
 
 async fn a_405_lists_the_methods_of_the_path_in_allow() {

@@ -1,6 +1,7 @@
 //! MongoDB: connecting, preparing collections, and the repositories.
 
 pub mod allocations;
+pub mod events;
 pub mod instances;
 pub mod layout;
 pub mod login_failures;
@@ -16,6 +17,8 @@ use mongodb::error::{TRANSIENT_TRANSACTION_ERROR, UNKNOWN_TRANSACTION_COMMIT_RES
 use mongodb::options::{ClientOptions, IndexOptions};
 use mongodb::{Client, ClientSession, Database, IndexModel};
 use secrecy::ExposeSecret;
+
+use crate::services::ports::health::Readiness;
 
 /// How long a step retries transactions that lost to a concurrent one.
 pub const TRANSACTION_RETRY_FOR: Duration = Duration::from_secs(10);
@@ -190,6 +193,13 @@ pub async fn ping(database: &Database) -> mongodb::error::Result<()> {
     database.run_command(doc! { "ping": 1 }).await.map(drop)
 }
 
+/// `/ready` pings the database the repositories use.
+impl Readiness for Database {
+    async fn ping(&self) -> Result<(), crate::services::StoreError> {
+        Ok(ping(self).await?)
+    }
+}
+
 /// Each collection with the indexes it needs, declared next to the code that
 /// queries it.
 pub fn required_indexes() -> impl Iterator<Item = (&'static str, Vec<IndexModel>)> {
@@ -202,6 +212,7 @@ pub fn required_indexes() -> impl Iterator<Item = (&'static str, Vec<IndexModel>
     .chain(revocations::indexes())
     .chain(allocations::indexes())
     .chain(webhooks::indexes())
+    .chain(events::indexes())
 }
 
 /// Whether the server can run multi-document transactions: a replica-set
@@ -259,13 +270,15 @@ pub async fn prepare(settings: &MongoSettings, database: &Database) -> Result<()
             }
             Ok(true) => {
                 layout::check(database).await?;
-                return ensure_indexes(database)
-                    .await
-                    .map_err(|source| MongoError::Unreachable {
-                        uri: settings.redacted_uri(),
-                        waited_secs: started.elapsed().as_secs(),
-                        source,
-                    });
+                let prepared = async {
+                    ensure_indexes(database).await?;
+                    events::prepare(database).await
+                };
+                return prepared.await.map_err(|source| MongoError::Unreachable {
+                    uri: settings.redacted_uri(),
+                    waited_secs: started.elapsed().as_secs(),
+                    source,
+                });
             }
             Err(source) if tokio::time::Instant::now() + delay >= deadline => {
                 return Err(MongoError::Unreachable {

@@ -2,6 +2,8 @@
 
 mod schemas;
 
+use std::marker::PhantomData;
+
 use poem::web::Data;
 use poem_openapi::param::{Path, Query};
 use poem_openapi::payload::Json;
@@ -14,12 +16,11 @@ use super::fields::{Cursor, PageLimit, UsernameField};
 use super::json_body::JsonBody;
 use super::reply::{Admin, Body, Database, ErrorExamples, Hashing, Input, Reply, example};
 use super::users::{Profile, account_failure};
-use super::{ApiTags, AppState};
+use super::{Adapters, ApiTags, AppState};
 use crate::domain::user::{AccountChange, User};
 use crate::services::users::{self, AccountError};
 
-#[derive(Default)]
-pub struct AccountsApi;
+pub struct AccountsApi<A>(pub(super) PhantomData<fn() -> A>);
 
 #[derive(ApiResponse)]
 pub enum ListAccountsResponse {
@@ -119,15 +120,15 @@ pub fn error_examples() -> Vec<(u16, &'static str, Json<ApiError>)> {
 }
 
 #[OpenApi(tag = "ApiTags::Accounts")]
-impl AccountsApi {
+impl<A: Adapters> AccountsApi<A> {
     /// List accounts
     ///
     /// Pages through every account, ordered by username. Requires the `admin` role.
     #[oai(path = "/users", method = "get", operation_id = "list_users")]
     async fn list_users(
         &self,
-        state: Data<&AppState>,
-        _admin: AdminToken,
+        state: Data<&AppState<A>>,
+        _admin: AdminToken<A>,
         /// Accounts per page.
         #[oai(default)]
         limit: Query<PageLimit>,
@@ -158,8 +159,8 @@ impl AccountsApi {
     #[oai(path = "/users", method = "post", operation_id = "create_user")]
     async fn create_user(
         &self,
-        state: Data<&AppState>,
-        _admin: AdminToken,
+        state: Data<&AppState<A>>,
+        _admin: AdminToken<A>,
         body: JsonBody<NewAccount>,
     ) -> Reply<CreateAccountResponse, (Admin, Input, Body, Hashing)> {
         let result = users::create_user(
@@ -188,8 +189,8 @@ impl AccountsApi {
     #[oai(path = "/users/:username", method = "get", operation_id = "get_user")]
     async fn get_user(
         &self,
-        state: Data<&AppState>,
-        _admin: AdminToken,
+        state: Data<&AppState<A>>,
+        _admin: AdminToken<A>,
         /// The username (case-insensitive).
         username: Path<UsernameField>,
     ) -> Reply<GetAccountResponse, (Admin, Input, Database)> {
@@ -213,8 +214,8 @@ impl AccountsApi {
     )]
     async fn update_user(
         &self,
-        state: Data<&AppState>,
-        admin: AdminToken,
+        state: Data<&AppState<A>>,
+        admin: AdminToken<A>,
         /// The username (case-insensitive).
         username: Path<UsernameField>,
         body: JsonBody<AccountUpdate>,
@@ -264,8 +265,8 @@ impl AccountsApi {
     )]
     async fn delete_user(
         &self,
-        state: Data<&AppState>,
-        admin: AdminToken,
+        state: Data<&AppState<A>>,
+        admin: AdminToken<A>,
         /// The username (case-insensitive).
         username: Path<UsernameField>,
     ) -> Reply<DeleteAccountResponse, (Admin, Input, Database)> {

@@ -14,6 +14,8 @@ use crate::domain::user::Role;
 pub enum RoleName {
     User,
     Admin,
+    /// Reads the event feed (`GET /events`) and nothing else.
+    Events,
 }
 
 impl From<RoleName> for Role {
@@ -21,6 +23,7 @@ impl From<RoleName> for Role {
         match role {
             RoleName::User => Role::User,
             RoleName::Admin => Role::Admin,
+            RoleName::Events => Role::Events,
         }
     }
 }

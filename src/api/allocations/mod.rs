@@ -4,18 +4,20 @@
 
 mod schemas;
 
+use std::marker::PhantomData;
+
 use poem::web::Data;
 use poem_openapi::param::{Path, Query};
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, OpenApi};
 
 pub use self::schemas::*;
-use super::auth::{AccessToken, AdminToken};
+use super::auth::{AdminToken, StockToken};
 use super::error::{ApiError, Failure, message};
 use super::fields::{Cursor, Identifier, PageLimit};
 use super::json_body::JsonBody;
-use super::reply::{Admin, Body, Database, ErrorExamples, Input, Reply, Token, example};
-use super::{ApiTags, AppState};
+use super::reply::{Admin, Body, Database, ErrorExamples, Input, Reply, Stock, example};
+use super::{Adapters, ApiTags, AppState};
 use crate::domain::allocation::{AllocationError, OrderLine, Requester};
 use crate::domain::user::Role;
 use crate::metrics::{AllocationOutcome, metrics};
@@ -24,8 +26,7 @@ use crate::services::allocation::{
 };
 use crate::services::ports::allocation::Backorder;
 
-#[derive(Default)]
-pub struct AllocationsApi;
+pub struct AllocationsApi<A>(pub(super) PhantomData<fn() -> A>);
 
 #[derive(ApiResponse)]
 pub enum AllocateResponse {
@@ -116,7 +117,7 @@ pub fn error_examples() -> Vec<(u16, &'static str, Json<ApiError>)> {
 
 /// The caller, as far as orders are concerned: its account and whether it
 /// is an admin (from the token: revoked at once when either changes).
-fn requester(token: &AccessToken) -> Requester {
+fn requester<A>(token: &StockToken<A>) -> Requester {
     Requester {
         account: token.0.uid.clone(),
         admin: token.0.has_role(Role::Admin),
@@ -124,7 +125,7 @@ fn requester(token: &AccessToken) -> Requester {
 }
 
 #[OpenApi(tag = "ApiTags::Allocations")]
-impl AllocationsApi {
+impl<A: Adapters> AllocationsApi<A> {
     /// Allocate an order line
     ///
     /// Allocates the line to a batch of its sku, preferring stock already in the
@@ -140,10 +141,10 @@ impl AllocationsApi {
     #[oai(path = "/allocate", method = "post", operation_id = "allocate")]
     async fn allocate(
         &self,
-        state: Data<&AppState>,
-        token: AccessToken,
+        state: Data<&AppState<A>>,
+        token: StockToken<A>,
         body: JsonBody<OrderLineRequest>,
-    ) -> Reply<AllocateResponse, (Token, Input, Body, Database)> {
+    ) -> Reply<AllocateResponse, (Stock, Input, Body, Database)> {
         let JsonBody(request) = body;
         let line = OrderLine::new(request.orderid, request.sku, request.qty.0);
         let result = allocation::allocate(&state.allocations, line, &requester(&token)).await;
@@ -194,10 +195,10 @@ impl AllocationsApi {
     #[oai(path = "/deallocate", method = "post", operation_id = "deallocate")]
     async fn deallocate(
         &self,
-        state: Data<&AppState>,
-        token: AccessToken,
+        state: Data<&AppState<A>>,
+        token: StockToken<A>,
         body: JsonBody<OrderLineRef>,
-    ) -> Reply<DeallocateResponse, (Token, Input, Body, Database)> {
+    ) -> Reply<DeallocateResponse, (Stock, Input, Body, Database)> {
         let requester = requester(&token);
         let result =
             allocation::deallocate(&state.allocations, &body.orderid, &body.sku, &requester).await;
@@ -219,8 +220,8 @@ impl AllocationsApi {
     #[oai(path = "/backorders", method = "get", operation_id = "list_backorders")]
     async fn list_backorders(
         &self,
-        state: Data<&AppState>,
-        _admin: AdminToken,
+        state: Data<&AppState<A>>,
+        _admin: AdminToken<A>,
         /// Only lines of this sku.
         sku: Query<Option<Identifier>>,
         /// Lines per page.
@@ -261,11 +262,11 @@ impl AllocationsApi {
     )]
     async fn order_allocations(
         &self,
-        state: Data<&AppState>,
-        token: AccessToken,
+        state: Data<&AppState<A>>,
+        token: StockToken<A>,
         /// The customer order.
         orderid: Path<Identifier>,
-    ) -> Reply<OrderAllocationsResponse, (Token, Input, Database)> {
+    ) -> Reply<OrderAllocationsResponse, (Stock, Input, Database)> {
         let requester = requester(&token);
         let lines = allocation::allocations_for_order(&state.allocations, &orderid.0, &requester);
         match lines.await {

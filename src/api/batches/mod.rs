@@ -3,24 +3,25 @@
 
 mod schemas;
 
+use std::marker::PhantomData;
+
 use poem::web::Data;
 use poem_openapi::param::{Path, Query};
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, OpenApi};
 
 pub use self::schemas::*;
-use super::auth::{AccessToken, AdminToken};
+use super::auth::{AdminToken, StockToken};
 use super::error::{ApiError, Failure, message};
 use super::fields::{Cursor, Identifier, PageLimit};
 use super::json_body::JsonBody;
-use super::reply::{Admin, Body, Database, ErrorExamples, Input, Reply, Token, example};
-use super::{ApiTags, AppState};
+use super::reply::{Admin, Body, Database, ErrorExamples, Input, Reply, Stock, example};
+use super::{Adapters, ApiTags, AppState};
 use crate::domain::allocation::Batch;
 use crate::services::allocation::{self, BatchError};
 use crate::services::ports::allocation::{AddBatchError, BatchLine};
 
-#[derive(Default)]
-pub struct BatchesApi;
+pub struct BatchesApi<A>(pub(super) PhantomData<fn() -> A>);
 
 #[derive(ApiResponse)]
 pub enum AddBatchResponse {
@@ -125,7 +126,7 @@ fn batch_not_found<T>(error: BatchError, not_found: fn(Json<ApiError>) -> T) -> 
 }
 
 #[OpenApi(tag = "ApiTags::Batches")]
-impl BatchesApi {
+impl<A: Adapters> BatchesApi<A> {
     /// Add a batch
     ///
     /// Adds a batch of stock; backordered lines of its sku take it first,
@@ -133,8 +134,8 @@ impl BatchesApi {
     #[oai(path = "/batches", method = "post", operation_id = "add_batch")]
     async fn add_batch(
         &self,
-        state: Data<&AppState>,
-        _admin: AdminToken,
+        state: Data<&AppState<A>>,
+        _admin: AdminToken<A>,
         body: JsonBody<NewBatch>,
     ) -> Reply<AddBatchResponse, (Admin, Input, Body, Database)> {
         let JsonBody(new) = body;
@@ -162,8 +163,8 @@ impl BatchesApi {
     #[oai(path = "/batches", method = "get", operation_id = "list_batches")]
     async fn list_batches(
         &self,
-        state: Data<&AppState>,
-        _token: AccessToken,
+        state: Data<&AppState<A>>,
+        _token: StockToken<A>,
         /// Only batches of this sku.
         sku: Query<Option<Identifier>>,
         /// Batches per page.
@@ -172,7 +173,7 @@ impl BatchesApi {
         /// `next_cursor` of the previous page of this same listing (same
         /// filters); a cursor of another listing gets 400.
         cursor: Query<Option<Cursor>>,
-    ) -> Reply<ListBatchesResponse, (Token, Input, Database)> {
+    ) -> Reply<ListBatchesResponse, (Stock, Input, Database)> {
         let sku = sku.0.as_deref();
         let listing = Cursor::listing("batches", sku);
         let after = match Cursor::resume::<String>(cursor.0.as_ref(), &listing) {
@@ -201,11 +202,11 @@ impl BatchesApi {
     )]
     async fn get_batch(
         &self,
-        state: Data<&AppState>,
-        _token: AccessToken,
+        state: Data<&AppState<A>>,
+        _token: StockToken<A>,
         /// The batch reference.
         reference: Path<Identifier>,
-    ) -> Reply<GetBatchResponse, (Token, Input, Database)> {
+    ) -> Reply<GetBatchResponse, (Stock, Input, Database)> {
         match allocation::get_batch(&state.allocations, &reference.0).await {
             Ok(batch) => Ok(GetBatchResponse::Ok(Json(BatchBody::from(&batch)))),
             Err(error) => batch_not_found(error, GetBatchResponse::NotFound),
@@ -224,8 +225,8 @@ impl BatchesApi {
     )]
     async fn batch_allocations(
         &self,
-        state: Data<&AppState>,
-        _admin: AdminToken,
+        state: Data<&AppState<A>>,
+        _admin: AdminToken<A>,
         /// The batch reference.
         reference: Path<Identifier>,
         /// Lines per page.
@@ -275,8 +276,8 @@ impl BatchesApi {
     )]
     async fn change_batch_quantity(
         &self,
-        state: Data<&AppState>,
-        _admin: AdminToken,
+        state: Data<&AppState<A>>,
+        _admin: AdminToken<A>,
         /// The batch reference.
         reference: Path<Identifier>,
         body: JsonBody<QuantityUpdate>,

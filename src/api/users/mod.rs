@@ -2,6 +2,8 @@
 
 mod schemas;
 
+use std::marker::PhantomData;
+
 use poem::Request;
 use poem::web::Data;
 use poem_openapi::OpenApi;
@@ -13,7 +15,7 @@ use super::client::client_address;
 use super::error::{ApiError, Failure, message, msg};
 use super::json_body::JsonBody;
 use super::reply::{Body, Database, Hashing, Input, Reply, Token};
-use super::{ApiTags, AppState};
+use super::{Adapters, ApiTags, AppState};
 use crate::config::Registration;
 use crate::domain::token::TokenKind;
 use crate::metrics::{LoginOutcome, metrics};
@@ -22,8 +24,7 @@ use crate::services::ports::accounts::HashingError;
 use crate::services::tokens;
 use crate::services::users::{self, AccountError, LoginError, ProfileError, RegistrationError};
 
-#[derive(Default)]
-pub struct UsersApi;
+pub struct UsersApi<A>(pub(super) PhantomData<fn() -> A>);
 
 /// What registration answers while it is closed.
 pub const REGISTRATION_CLOSED: &str = "Registration is closed: an admin creates accounts";
@@ -34,7 +35,7 @@ pub fn retry_after_secs(wait: std::time::Duration) -> u64 {
 }
 
 #[OpenApi(tag = "ApiTags::Users")]
-impl UsersApi {
+impl<A: Adapters> UsersApi<A> {
     /// Register
     ///
     /// Creates a user with the `user` role and returns a token pair, as a login would.
@@ -45,7 +46,7 @@ impl UsersApi {
     )]
     async fn register(
         &self,
-        state: Data<&AppState>,
+        state: Data<&AppState<A>>,
         body: JsonBody<Credentials>,
     ) -> Reply<RegistrationResponse, (Input, Body, Hashing)> {
         if state.registration == Registration::Closed {
@@ -83,7 +84,7 @@ impl UsersApi {
     #[oai(path = "/users/login", method = "post", operation_id = "login")]
     async fn login(
         &self,
-        state: Data<&AppState>,
+        state: Data<&AppState<A>>,
         req: &Request,
         body: JsonBody<Credentials>,
     ) -> Reply<LoginResponse, (Input, Body, Database)> {
@@ -92,7 +93,7 @@ impl UsersApi {
             &state.users,
             &state.passwords,
             &state.tokens,
-            &state.login_failures,
+            &state.login_throttle,
             &client,
             &body.username,
             &body.password,
@@ -133,8 +134,8 @@ impl UsersApi {
     #[oai(path = "/users/refresh", method = "post", operation_id = "refresh")]
     async fn refresh(
         &self,
-        state: Data<&AppState>,
-        token: RefreshToken,
+        state: Data<&AppState<A>>,
+        token: RefreshToken<A>,
     ) -> Reply<RefreshResponse, (Token, Database)> {
         let result = tokens::refresh(
             &state.users,
@@ -157,8 +158,8 @@ impl UsersApi {
     #[oai(path = "/users/logout", method = "post", operation_id = "logout")]
     async fn logout(
         &self,
-        state: Data<&AppState>,
-        token: AnyToken,
+        state: Data<&AppState<A>>,
+        token: AnyToken<A>,
     ) -> Reply<LogoutResponse, (Token, Database)> {
         let revoked = match token.0.kind {
             TokenKind::Access => "access_token",
@@ -191,9 +192,9 @@ impl UsersApi {
     )]
     async fn change_password(
         &self,
-        state: Data<&AppState>,
+        state: Data<&AppState<A>>,
         req: &Request,
-        token: AccessToken,
+        token: AccessToken<A>,
         body: JsonBody<PasswordChange>,
     ) -> Reply<ChangePasswordResponse, (Token, Input, Body, Database)> {
         let client = client_address(req, &state.trusted_proxies);
@@ -201,7 +202,7 @@ impl UsersApi {
             &state.users,
             &state.passwords,
             &state.tokens,
-            &state.login_failures,
+            &state.login_throttle,
             &state.revocations,
             state.password_policy,
             &client,
@@ -234,8 +235,8 @@ impl UsersApi {
     #[oai(path = "/users/me", method = "delete", operation_id = "delete_me")]
     async fn delete_me(
         &self,
-        state: Data<&AppState>,
-        token: AccessToken,
+        state: Data<&AppState<A>>,
+        token: AccessToken<A>,
     ) -> Reply<DeleteOwnAccountResponse, (Token, Database)> {
         let result =
             users::delete_own_account(&state.users, &state.tokens, &state.revocations, &token.0)
@@ -256,8 +257,8 @@ impl UsersApi {
     #[oai(path = "/users/me", method = "get", operation_id = "me")]
     async fn me(
         &self,
-        state: Data<&AppState>,
-        token: AccessToken,
+        state: Data<&AppState<A>>,
+        token: AccessToken<A>,
     ) -> Reply<ProfileResponse, (Token, Database)> {
         match users::profile(&state.users, &token.0.sub).await {
             Ok(user) => Ok(ProfileResponse::Ok(Json(user.into()))),

@@ -3,6 +3,7 @@
 
 mod schemas;
 
+use std::marker::PhantomData;
 use std::str::FromStr;
 
 use poem::web::Data;
@@ -16,13 +17,12 @@ use super::error::{ApiError, Failure, message};
 use super::fields::{Cursor, Identifier, PageLimit};
 use super::json_body::JsonBody;
 use super::reply::{Admin, Body, Database, ErrorExamples, Input, Reply};
-use super::{ApiTags, AppState};
+use super::{Adapters, ApiTags, AppState};
 use crate::domain::webhooks::{Subscription, TargetError};
 use crate::services::ports::webhooks::{AttemptKey, ListedAttempt, SubscriptionChange};
 use crate::services::webhooks::{self, NewSubscription, WebhookError};
 
-#[derive(Default)]
-pub struct WebhooksApi;
+pub struct WebhooksApi<A>(pub(super) PhantomData<fn() -> A>);
 
 #[derive(ApiResponse)]
 pub enum CreateWebhookResponse {
@@ -204,7 +204,7 @@ fn shown(subscription: &Subscription) -> Json<WebhookBody> {
 }
 
 #[OpenApi(tag = "ApiTags::Webhooks")]
-impl WebhooksApi {
+impl<A: Adapters> WebhooksApi<A> {
     /// Create a webhook
     ///
     /// Subscribes a URL to kinds of event. Each event is POSTed as JSON
@@ -218,8 +218,8 @@ impl WebhooksApi {
     #[oai(path = "/webhooks", method = "post", operation_id = "create_webhook")]
     async fn create_webhook(
         &self,
-        state: Data<&AppState>,
-        _admin: AdminToken,
+        state: Data<&AppState<A>>,
+        _admin: AdminToken<A>,
         body: JsonBody<NewWebhook>,
     ) -> Reply<CreateWebhookResponse, (Admin, Input, Body, Database)> {
         let JsonBody(new) = body;
@@ -256,8 +256,8 @@ impl WebhooksApi {
     #[oai(path = "/webhooks", method = "get", operation_id = "list_webhooks")]
     async fn list_webhooks(
         &self,
-        state: Data<&AppState>,
-        _admin: AdminToken,
+        state: Data<&AppState<A>>,
+        _admin: AdminToken<A>,
         /// Subscriptions per page.
         #[oai(default)]
         limit: Query<PageLimit>,
@@ -288,8 +288,8 @@ impl WebhooksApi {
     #[oai(path = "/webhooks/:id", method = "get", operation_id = "get_webhook")]
     async fn get_webhook(
         &self,
-        state: Data<&AppState>,
-        _admin: AdminToken,
+        state: Data<&AppState<A>>,
+        _admin: AdminToken<A>,
         /// The subscription's id.
         id: Path<Identifier>,
     ) -> Reply<GetWebhookResponse, (Admin, Input, Database)> {
@@ -313,8 +313,8 @@ impl WebhooksApi {
     )]
     async fn update_webhook(
         &self,
-        state: Data<&AppState>,
-        _admin: AdminToken,
+        state: Data<&AppState<A>>,
+        _admin: AdminToken<A>,
         /// The subscription's id.
         id: Path<Identifier>,
         body: JsonBody<WebhookUpdate>,
@@ -369,8 +369,8 @@ impl WebhooksApi {
     )]
     async fn delete_webhook(
         &self,
-        state: Data<&AppState>,
-        _admin: AdminToken,
+        state: Data<&AppState<A>>,
+        _admin: AdminToken<A>,
         /// The subscription's id.
         id: Path<Identifier>,
     ) -> Reply<DeleteWebhookResponse, (Admin, Input, Database)> {
@@ -394,8 +394,8 @@ impl WebhooksApi {
     )]
     async fn webhook_deliveries(
         &self,
-        state: Data<&AppState>,
-        _admin: AdminToken,
+        state: Data<&AppState<A>>,
+        _admin: AdminToken<A>,
         /// The subscription's id.
         id: Path<Identifier>,
         /// Attempts per page.
@@ -438,8 +438,8 @@ impl WebhooksApi {
     )]
     async fn replay_webhook(
         &self,
-        state: Data<&AppState>,
-        _admin: AdminToken,
+        state: Data<&AppState<A>>,
+        _admin: AdminToken<A>,
         /// The subscription's id.
         id: Path<Identifier>,
         request: JsonBody<ReplayRequest>,

@@ -112,7 +112,10 @@ pub async fn allocate<R: AllocationRepository>(
         AllocateStep::NoRoom => match repo.stock(&line.sku, line.qty).await? {
             Stock::NoSuchSku => Err(AllocationError::InvalidSku(line.sku).into()),
             // Enough: stock came back since the step found none.
-            Stock::Short | Stock::Enough => Err(AllocationError::OutOfStock(line.sku).into()),
+            Stock::Short | Stock::Enough => {
+                repo.record_refusal(&line).await?;
+                Err(AllocationError::OutOfStock(line.sku).into())
+            }
         },
     }
 }

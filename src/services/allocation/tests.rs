@@ -119,6 +119,8 @@ async fn errors_when_out_of_stock_and_keeps_no_record_of_the_line() {
             .unwrap()
             .is_empty()
     );
+    // The refusal is recorded for the event feed (`allocation.refused`).
+    assert_eq!(repo.refusals(), vec![line("o2", "SMALL-TABLE", 1)]);
 }
 
 #[tokio::test]

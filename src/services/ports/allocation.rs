@@ -106,6 +106,13 @@ pub trait AllocationRepository: Send + Sync {
     /// Whether a batch of the sku has room for `qty` units.
     fn stock(&self, sku: &str, qty: u32) -> impl Future<Output = Result<Stock, StoreError>> + Send;
 
+    /// Records that a new line was refused for lack of stock, so that the
+    /// event feed tells it (`allocation.refused`; nothing else changes).
+    fn record_refusal(
+        &self,
+        line: &OrderLine,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
     /// Takes the line's quantity from the preferred batch of its sku that has
     /// room (the order of [`crate::domain::allocation::choose_batch`]) and
     /// records the line as allocated there, unless the line (orderid, sku) was

@@ -57,6 +57,8 @@ pub struct MongoAllocations {
     batches: Collection<BatchDocument>,
     lines: Collection<LineDocument>,
     orders: Collection<Document>,
+    /// Refusals for the event feed (`events::note_refusal`).
+    notes: Collection<Document>,
     /// Writes to one sku from this process take turns: concurrent
     /// transactions on the same batch document would otherwise mostly fail
     /// with WriteConflict and retry. Other processes still conflict, and retry.
@@ -83,6 +85,7 @@ impl MongoAllocations {
             batches: database.collection(BATCHES),
             lines: database.collection(ORDER_LINES),
             orders: database.collection(ORDERS),
+            notes: database.collection(super::events::EVENT_NOTES),
             sku_locks: std::sync::Arc::new(std::array::from_fn(|_| Mutex::new(()))),
             hasher: RandomState::new(),
             max_time: super::DEFAULT_MAX_TIME,
@@ -236,6 +239,10 @@ impl AllocationRepository for MongoAllocations {
             .into_iter()
             .map(BatchDocument::into_batch)
             .collect()
+    }
+
+    async fn record_refusal(&self, line: &OrderLine) -> Result<(), StoreError> {
+        super::events::note_refusal(&self.notes, line).await
     }
 
     async fn stock(&self, sku: &str, qty: u32) -> Result<Stock, StoreError> {

@@ -1,0 +1,822 @@
+//! The relay: turns committed changes into events (decision record 0004).
+//!
+//! One instance at a time (the live instance with the smallest id) follows a
+//! change stream of `batches`, `order_lines` and `event_notes` from the
+//! checkpoint, derives the events of each committed change, and records them
+//! in one transaction with the stock levels they imply and the new
+//! checkpoint. The checkpoint is updated only if it is still where the relay
+//! read it, so two relays (a slow one taken for dead) cannot both record: an
+//! event exists exactly when its change was committed, once, at the next
+//! position. A relay that dies loses nothing: the next one resumes from the
+//! checkpoint.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use mongodb::bson::{self, Bson, Document, doc};
+use mongodb::change_stream::ChangeStream;
+use mongodb::change_stream::event::{ChangeStreamEvent, OperationType, ResumeToken};
+use mongodb::options::FullDocumentBeforeChangeType;
+use mongodb::{Collection, Database};
+
+use super::{CHECKPOINT, EVENT_NOTES, EVENT_RELAY, EVENTS, STOCK_LEVELS, to_document};
+use crate::adapters::mongo::allocations::{BATCHES, ORDER_LINES};
+use crate::adapters::mongo::instances::Instance;
+use crate::adapters::mongo::{Finish, in_transaction, is_duplicate_key};
+use crate::domain::events::{Event, Happened};
+
+/// The most changes read before recording their events.
+const MOST_CHANGES: usize = 1000;
+
+/// The most batches whose stock level is kept in memory between rounds.
+const MOST_LEVELS_CACHED: usize = 100_000;
+
+type Change = ChangeStreamEvent<Document>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error(transparent)]
+    Store(#[from] mongodb::error::Error),
+    #[error("another instance recorded events meanwhile; resuming from its checkpoint")]
+    Overtaken,
+    #[error("the change stream gave no resume token")]
+    NoResumeToken,
+    #[error("the checkpoint holds an invalid {0}")]
+    Corrupt(&'static str),
+}
+
+/// Follows the committed changes and records their events; see the module.
+pub struct Relay {
+    database: Database,
+    instance: Instance,
+    events: Collection<Document>,
+    relay: Collection<Document>,
+    levels: Collection<Document>,
+    batches: Collection<Document>,
+    retention: Duration,
+    every: Duration,
+    max_time: Duration,
+}
+
+/// Where the relay is: the open stream, the last recorded position, and what
+/// it knows of the stock levels (the recorded ones plus its own changes).
+struct Following {
+    stream: ChangeStream<Change>,
+    position: u64,
+    levels: Levels,
+    unread: Vec<Change>,
+    last_recorded: tokio::time::Instant,
+}
+
+/// Whether each batch has room, and how many batches of each sku there are
+/// and have room.
+#[derive(Default)]
+struct Levels {
+    batches: HashMap<String, Level>,
+    skus: HashMap<String, SkuLevel>,
+    changed: BTreeMap<String, Level>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct SkuLevel {
+    batches: u64,
+    with_room: u64,
+}
+
+impl SkuLevel {
+    /// Whether the sku is in stock; None for a sku no batch has.
+    fn in_stock(self) -> Option<bool> {
+        (self.batches > 0).then_some(self.with_room > 0)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Level {
+    sku: String,
+    room: bool,
+    purchased: i64,
+}
+
+impl Relay {
+    pub fn new(
+        database: &Database,
+        instance: &Instance,
+        retention: Duration,
+        every: Duration,
+        max_time: Duration,
+    ) -> Self {
+        Self {
+            database: database.clone(),
+            instance: instance.clone(),
+            events: database.collection(EVENTS),
+            relay: database.collection(EVENT_RELAY),
+            levels: database.collection(STOCK_LEVELS),
+            batches: database.collection(BATCHES),
+            retention,
+            every,
+            max_time,
+        }
+    }
+
+    /// Relays while this instance leads, forever.
+    pub async fn run(self) {
+        let mut following: Option<Following> = None;
+        loop {
+            if !self.leads() {
+                following = None;
+                tokio::time::sleep(self.every).await;
+                continue;
+            }
+            let mut now = match following.take() {
+                Some(now) => now,
+                None => match self.open().await {
+                    Ok(now) => now,
+                    Err(error) => {
+                        tracing::warn!(%error, "cannot follow changes for the event feed; will retry");
+                        tokio::time::sleep(self.every).await;
+                        continue;
+                    }
+                },
+            };
+            match self.round(&mut now).await {
+                Ok(more) => {
+                    following = Some(now);
+                    if !more {
+                        tokio::time::sleep(self.every).await;
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "cannot record events; resuming from the checkpoint");
+                    tokio::time::sleep(self.every).await;
+                }
+            }
+        }
+    }
+
+    /// The live instance with the smallest id leads; while two disagree for
+    /// a moment, the checkpoint's condition lets only one record.
+    fn leads(&self) -> bool {
+        let live = self.instance.live();
+        live.iter().min().map(String::as_str) == Some(self.instance.id())
+    }
+
+    fn watch(&self) -> mongodb::action::Watch<'_> {
+        let collections = [BATCHES, ORDER_LINES, EVENT_NOTES];
+        self.database
+            .watch()
+            .pipeline([doc! { "$match": {
+                "ns.coll": { "$in": collections.as_slice() },
+                "operationType": { "$in": ["insert", "update", "replace", "delete"] },
+            } }])
+            .full_document_before_change(FullDocumentBeforeChangeType::WhenAvailable)
+            .max_await_time(self.every)
+            .batch_size(MOST_CHANGES as u32)
+    }
+
+    /// Resumes from the checkpoint, or starts the feed (the first time).
+    async fn open(&self) -> Result<Following, RelayError> {
+        let checkpoint = self.relay.find_one(doc! { "_id": CHECKPOINT }).await?;
+        let (stream, position) = match checkpoint {
+            Some(checkpoint) => {
+                let token: ResumeToken = checkpoint
+                    .get("token")
+                    .cloned()
+                    .and_then(|token| bson::from_bson(token).ok())
+                    .ok_or(RelayError::Corrupt("token"))?;
+                let position = checkpoint
+                    .get_i64("position")
+                    .ok()
+                    .and_then(|p| u64::try_from(p).ok())
+                    .ok_or(RelayError::Corrupt("position"))?;
+                (self.watch().resume_after(token).await?, position)
+            }
+            None => (self.start().await?, 0),
+        };
+        Ok(Following {
+            stream,
+            position,
+            levels: Levels::default(),
+            unread: Vec::new(),
+            last_recorded: tokio::time::Instant::now(),
+        })
+    }
+
+    /// The first start: follows changes from now, records the stock levels
+    /// of the batches as they are (changes between the two are applied
+    /// again, which levels allow), then the checkpoint.
+    async fn start(&self) -> Result<ChangeStream<Change>, RelayError> {
+        use futures_util::TryStreamExt;
+        let stream = self.watch().await?;
+        let token = stream.resume_token().ok_or(RelayError::NoResumeToken)?;
+        let mut batches = self
+            .batches
+            .find(doc! {})
+            .projection(doc! { "sku": 1, "available_quantity": 1, "purchased_quantity": 1 })
+            .await?;
+        while let Some(batch) = batches.try_next().await? {
+            let (Ok(reference), Some(level)) = (batch.get_str("_id"), level_of(&batch)) else {
+                continue;
+            };
+            self.levels
+                .update_one(doc! { "_id": reference }, doc! { "$set": level.stored() })
+                .upsert(true)
+                .await?;
+        }
+        let token = bson::to_bson(&token).map_err(|_| RelayError::Corrupt("token"))?;
+        match self
+            .relay
+            .insert_one(doc! { "_id": CHECKPOINT, "position": 0_i64, "token": token })
+            .await
+        {
+            Err(error) if is_duplicate_key(&error) => Err(RelayError::Overtaken),
+            outcome => outcome.map(|_| stream).map_err(Into::into),
+        }
+    }
+
+    /// Reads what changed since the last round and records its events;
+    /// whether more changes are waiting.
+    async fn round(&self, now: &mut Following) -> Result<bool, RelayError> {
+        while now.unread.len() < MOST_CHANGES {
+            match now.stream.next_if_any().await? {
+                Some(change) => now.unread.push(change),
+                None => break,
+            }
+        }
+        let full = now.unread.len() >= MOST_CHANGES;
+        // A transaction's changes share their cluster time and are visible
+        // together; a full read may have cut the last one short.
+        let complete = if full {
+            let last = now.unread.last().and_then(|c| c.cluster_time);
+            let cut = now.unread.iter().rposition(|c| c.cluster_time != last);
+            cut.map_or(now.unread.len(), |i| i + 1)
+        } else {
+            now.unread.len()
+        };
+        let changes: Vec<Change> = now.unread.drain(..complete).collect();
+        let Some(token) = changes.last().map(|c| c.id.clone()) else {
+            return Ok(false);
+        };
+        let mut happened: Vec<(Happened, chrono::DateTime<chrono::Utc>)> = Vec::new();
+        let mut start = 0;
+        while start < changes.len() {
+            let time = changes[start].cluster_time;
+            let end = changes[start..]
+                .iter()
+                .position(|c| c.cluster_time != time)
+                .map_or(changes.len(), |n| start + n);
+            self.derive_group(&changes[start..end], &mut now.levels, &mut happened)
+                .await?;
+            start = end;
+        }
+        let idle_for = now.last_recorded.elapsed();
+        if happened.is_empty() && now.levels.changed.is_empty() && idle_for < self.every * 50 {
+            // Nothing to record: the checkpoint may stay behind (these
+            // changes give no event when read again).
+            return Ok(full);
+        }
+        let events: Vec<Event> = happened
+            .into_iter()
+            .zip(now.position + 1..)
+            .map(|((what, occurred_at), position)| Event {
+                position,
+                id: uuid::Uuid::new_v4().to_string(),
+                occurred_at,
+                what,
+            })
+            .collect();
+        let recorded = now.position + events.len() as u64;
+        self.record(now.position, recorded, &events, &now.levels.changed, &token)
+            .await?;
+        now.position = recorded;
+        now.last_recorded = tokio::time::Instant::now();
+        now.levels.changed.clear();
+        if now.levels.batches.len() > MOST_LEVELS_CACHED {
+            now.levels = Levels::default();
+        }
+        crate::metrics::metrics().events_recorded(events.len() as u64);
+        Ok(full)
+    }
+
+    /// One transaction: the events, the stock levels, the checkpoint, if it
+    /// is still at `from`.
+    async fn record(
+        &self,
+        from: u64,
+        to: u64,
+        events: &[Event],
+        changed: &BTreeMap<String, Level>,
+        token: &ResumeToken,
+    ) -> Result<(), RelayError> {
+        let stored: Vec<Document> = events
+            .iter()
+            .map(|event| to_document(event, self.retention))
+            .collect::<Result<_, _>>()
+            .map_err(|_| RelayError::Corrupt("event"))?;
+        let token = bson::to_bson(token).map_err(|_| RelayError::Corrupt("token"))?;
+        let (events_collection, levels, relay) =
+            (self.events.clone(), self.levels.clone(), self.relay.clone());
+        let changed = changed.clone();
+        let as_i64 = |p: u64| i64::try_from(p).unwrap_or(i64::MAX);
+        let (from, to) = (as_i64(from), as_i64(to));
+        let moved = in_transaction(
+            &self.instance,
+            self.max_time,
+            || {},
+            async move |session| {
+                if !stored.is_empty() {
+                    events_collection
+                        .insert_many(stored.clone())
+                        .session(&mut *session)
+                        .await?;
+                }
+                for (reference, level) in &changed {
+                    levels
+                        .update_one(doc! { "_id": reference }, doc! { "$set": level.stored() })
+                        .upsert(true)
+                        .session(&mut *session)
+                        .await?;
+                }
+                let moved = relay
+                    .update_one(
+                        doc! { "_id": CHECKPOINT, "position": from },
+                        doc! { "$set": { "position": to, "token": token.clone() } },
+                    )
+                    .session(&mut *session)
+                    .await?;
+                Ok(if moved.matched_count == 1 {
+                    Finish::Commit(true)
+                } else {
+                    Finish::Abort(false)
+                })
+            },
+        )
+        .await?;
+        if moved {
+            Ok(())
+        } else {
+            Err(RelayError::Overtaken)
+        }
+    }
+
+    /// The events of one committed write (or transaction): each change's,
+    /// then the skus that ran out or came back.
+    async fn derive_group(
+        &self,
+        group: &[Change],
+        levels: &mut Levels,
+        happened: &mut Vec<(Happened, chrono::DateTime<chrono::Utc>)>,
+    ) -> Result<(), RelayError> {
+        let mut had_room: BTreeMap<String, Option<bool>> = BTreeMap::new();
+        let mut at = chrono::Utc::now();
+        for change in group {
+            at = occurred_at(change);
+            let collection = change.ns.as_ref().and_then(|ns| ns.coll.as_deref());
+            match collection {
+                Some(ORDER_LINES) => happened.extend(line_event(change).map(|what| (what, at))),
+                Some(EVENT_NOTES) => happened.extend(note_event(change).map(|what| (what, at))),
+                Some(BATCHES) => {
+                    if let Some(what) = self.batch_change(change, levels, &mut had_room).await? {
+                        happened.push((what, at));
+                    }
+                }
+                _ => {}
+            }
+        }
+        // A sku's first batch puts it in stock, not back.
+        for (sku, before) in had_room {
+            let now = levels.sku(&sku).in_stock();
+            match (before, now) {
+                (Some(true), Some(false) | None) => {
+                    happened.push((Happened::SkuOutOfStock { sku }, at));
+                }
+                (Some(false), Some(true)) => {
+                    happened.push((Happened::SkuBackInStock { sku }, at));
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies a batch's change to the levels; a batch added, or its
+    /// purchased quantity changed, is an event.
+    async fn batch_change(
+        &self,
+        change: &Change,
+        levels: &mut Levels,
+        had_room: &mut BTreeMap<String, Option<bool>>,
+    ) -> Result<Option<Happened>, RelayError> {
+        let Some(reference) = change
+            .document_key
+            .as_ref()
+            .and_then(|key| key.get_str("_id").ok())
+        else {
+            return Ok(None);
+        };
+        let (before, after, what) = match change.operation_type {
+            OperationType::Insert => {
+                let Some(batch) = change.full_document.as_ref() else {
+                    return Ok(None);
+                };
+                let Some(level) = level_of(batch) else {
+                    return Ok(None);
+                };
+                let what = batch_created(reference, batch);
+                self.load_sku(&level.sku, levels).await?;
+                // Known already when the first start recorded it.
+                (
+                    self.level(reference, levels, false).await?,
+                    Some(level),
+                    what,
+                )
+            }
+            OperationType::Update | OperationType::Replace => {
+                let Some(before) = self.level(reference, levels, true).await? else {
+                    return Ok(None);
+                };
+                let fields = change.full_document.as_ref().or(change
+                    .update_description
+                    .as_ref()
+                    .map(|d| &d.updated_fields));
+                let mut after = before.clone();
+                if let Some(fields) = fields {
+                    if let Some(available) = number(fields, "available_quantity") {
+                        after.room = available > 0;
+                    }
+                    if let Some(purchased) = number(fields, "purchased_quantity") {
+                        after.purchased = purchased;
+                    }
+                }
+                let what =
+                    (after.purchased != before.purchased).then(|| Happened::BatchQuantityChanged {
+                        reference: reference.to_owned(),
+                        sku: after.sku.clone(),
+                        qty: u32::try_from(after.purchased).unwrap_or(0),
+                    });
+                (Some(before), Some(after), what)
+            }
+            OperationType::Delete => (self.level(reference, levels, false).await?, None, None),
+            _ => return Ok(None),
+        };
+        let sku = before
+            .as_ref()
+            .or(after.as_ref())
+            .map(|level| level.sku.clone())
+            .unwrap_or_default();
+        had_room
+            .entry(sku.clone())
+            .or_insert_with(|| levels.sku(&sku).in_stock());
+        levels.set(reference, before.as_ref(), after);
+        Ok(what)
+    }
+
+    /// The batch's level, read from `stock_levels` (then its sku's count)
+    /// the first time; a batch the relay never saw is read from `batches`
+    /// if `or_batch`.
+    async fn level(
+        &self,
+        reference: &str,
+        levels: &mut Levels,
+        or_batch: bool,
+    ) -> Result<Option<Level>, RelayError> {
+        if let Some(level) = levels.batches.get(reference) {
+            return Ok(Some(level.clone()));
+        }
+        let projection = doc! { "sku": 1, "room": 1, "purchased": 1 };
+        let stored = self
+            .levels
+            .find_one(doc! { "_id": reference })
+            .projection(projection)
+            .await?;
+        let level = match stored {
+            Some(stored) => Level::restore(&stored),
+            None if !or_batch => None,
+            None => {
+                let batch = self.batches.find_one(doc! { "_id": reference }).await?;
+                batch.as_ref().and_then(level_of)
+            }
+        };
+        if let Some(level) = &level {
+            self.load_sku(&level.sku, levels).await?;
+            levels.batches.insert(reference.to_owned(), level.clone());
+        }
+        Ok(level)
+    }
+
+    /// Counts the sku's batches the first time (a sku with changes not yet
+    /// recorded is loaded already).
+    async fn load_sku(&self, sku: &str, levels: &mut Levels) -> Result<(), RelayError> {
+        if !levels.skus.contains_key(sku) {
+            let count = |filter| self.levels.count_documents(filter);
+            let level = SkuLevel {
+                batches: count(doc! { "sku": sku }).await?,
+                with_room: count(doc! { "sku": sku, "room": true }).await?,
+            };
+            levels.skus.insert(sku.to_owned(), level);
+        }
+        Ok(())
+    }
+}
+
+impl Levels {
+    fn sku(&self, sku: &str) -> SkuLevel {
+        self.skus.get(sku).copied().unwrap_or_default()
+    }
+
+    /// Records a batch's new level (None: deleted) and keeps its sku's counts.
+    fn set(&mut self, reference: &str, before: Option<&Level>, after: Option<Level>) {
+        let had = before.is_some_and(|level| level.room);
+        let has = after.as_ref().is_some_and(|level| level.room);
+        if let Some(sku) = before.or(after.as_ref()).map(|level| level.sku.clone()) {
+            let counts = self.skus.entry(sku).or_default();
+            match (before.is_some(), after.is_some()) {
+                (false, true) => counts.batches += 1,
+                (true, false) => counts.batches = counts.batches.saturating_sub(1),
+                _ => {}
+            }
+            match (had, has) {
+                (false, true) => counts.with_room += 1,
+                (true, false) => counts.with_room = counts.with_room.saturating_sub(1),
+                _ => {}
+            }
+        }
+        let after = after.unwrap_or(Level {
+            sku: before.map(|level| level.sku.clone()).unwrap_or_default(),
+            room: false,
+            purchased: 0,
+        });
+        if before != Some(&after) {
+            self.changed.insert(reference.to_owned(), after.clone());
+        }
+        self.batches.insert(reference.to_owned(), after);
+    }
+}
+
+impl Level {
+    fn stored(&self) -> Document {
+        doc! { "sku": &self.sku, "room": self.room, "purchased": self.purchased }
+    }
+
+    fn restore(stored: &Document) -> Option<Self> {
+        Some(Self {
+            sku: stored.get_str("sku").ok()?.to_owned(),
+            room: stored.get_bool("room").ok()?,
+            purchased: number(stored, "purchased")?,
+        })
+    }
+}
+
+/// A batch document's level.
+fn level_of(batch: &Document) -> Option<Level> {
+    Some(Level {
+        sku: batch.get_str("sku").ok()?.to_owned(),
+        room: number(batch, "available_quantity")? > 0,
+        purchased: number(batch, "purchased_quantity")?,
+    })
+}
+
+fn number(document: &Document, field: &str) -> Option<i64> {
+    match document.get(field)? {
+        Bson::Int32(n) => Some(i64::from(*n)),
+        Bson::Int64(n) => Some(*n),
+        Bson::Double(n) => Some(*n as i64),
+        _ => None,
+    }
+}
+
+fn occurred_at(change: &Change) -> chrono::DateTime<chrono::Utc> {
+    match (change.wall_time, change.cluster_time) {
+        (Some(wall), _) => wall.to_chrono(),
+        (None, Some(time)) => chrono::DateTime::from_timestamp(i64::from(time.time), 0)
+            .unwrap_or_else(chrono::Utc::now),
+        (None, None) => chrono::Utc::now(),
+    }
+}
+
+fn batch_created(reference: &str, batch: &Document) -> Option<Happened> {
+    Some(Happened::BatchCreated {
+        reference: reference.to_owned(),
+        sku: batch.get_str("sku").ok()?.to_owned(),
+        qty: u32::try_from(number(batch, "purchased_quantity")?).ok()?,
+        eta: batch
+            .get_datetime("eta")
+            .ok()
+            .map(|eta| eta.to_chrono().date_naive()),
+    })
+}
+
+fn note_event(change: &Change) -> Option<Happened> {
+    if change.operation_type != OperationType::Insert {
+        return None;
+    }
+    let note = change.full_document.as_ref()?;
+    Some(Happened::AllocationRefused {
+        orderid: note.get_str("orderid").ok()?.to_owned(),
+        sku: note.get_str("sku").ok()?.to_owned(),
+        qty: u32::try_from(number(note, "qty")?).ok()?,
+    })
+}
+
+/// A line as far as its events go: (orderid, sku, qty) and its batch while
+/// allocated.
+#[derive(Debug, PartialEq, Eq)]
+struct LineState {
+    orderid: String,
+    sku: String,
+    qty: u32,
+    batchref: Option<String>,
+}
+
+impl LineState {
+    fn of(line: &Document) -> Option<Self> {
+        let allocated = line.get_str("status").ok()? == "allocated";
+        Some(Self {
+            orderid: line.get_str("orderid").ok()?.to_owned(),
+            sku: line.get_str("sku").ok()?.to_owned(),
+            qty: u32::try_from(number(line, "qty")?).ok()?,
+            batchref: allocated
+                .then(|| line.get_str("batchref").ok().map(str::to_owned))
+                .flatten(),
+        })
+    }
+
+    /// The line after an update described by its changed and removed fields.
+    fn updated(&self, pre: &Document, fields: &Document, removed: &[String]) -> Option<Self> {
+        let mut post = pre.clone();
+        for field in removed {
+            post.remove(field);
+        }
+        post.extend(fields.clone());
+        Self::of(&post)
+    }
+}
+
+/// The event of a change of `order_lines`, from the line before (the
+/// pre-image) and after.
+fn line_event(change: &Change) -> Option<Happened> {
+    let pre = change.full_document_before_change.as_ref();
+    let (before, after) = match change.operation_type {
+        OperationType::Insert => (None, LineState::of(change.full_document.as_ref()?)),
+        OperationType::Delete => (pre.and_then(LineState::of), None),
+        OperationType::Replace => (
+            pre.and_then(LineState::of),
+            LineState::of(change.full_document.as_ref()?),
+        ),
+        OperationType::Update => {
+            let pre = pre?;
+            let description = change.update_description.as_ref()?;
+            let before = LineState::of(pre);
+            let after = before.as_ref().and_then(|before| {
+                before.updated(
+                    pre,
+                    &description.updated_fields,
+                    &description.removed_fields,
+                )
+            });
+            (before, after)
+        }
+        _ => return None,
+    };
+    line_transition(before, after)
+}
+
+/// What a line's change was, from its state before and after (None: it did
+/// not exist).
+fn line_transition(before: Option<LineState>, after: Option<LineState>) -> Option<Happened> {
+    match (before, after) {
+        (None, Some(line)) => Some(Happened::LineAllocated {
+            batchref: line.batchref?,
+            orderid: line.orderid,
+            sku: line.sku,
+            qty: line.qty,
+        }),
+        (Some(line), None) => Some(Happened::LineDeallocated {
+            orderid: line.orderid,
+            sku: line.sku,
+            qty: line.qty,
+            batchref: line.batchref,
+        }),
+        (Some(before), Some(after)) => match (before.batchref, after.batchref) {
+            (Some(from), Some(to)) if from != to => Some(Happened::LineMoved {
+                orderid: after.orderid,
+                sku: after.sku,
+                qty: after.qty,
+                from,
+                to,
+            }),
+            (Some(from), None) => Some(Happened::LineBackordered {
+                orderid: after.orderid,
+                sku: after.sku,
+                qty: after.qty,
+                from,
+            }),
+            (None, Some(batchref)) => Some(Happened::LineFilled {
+                orderid: after.orderid,
+                sku: after.sku,
+                qty: after.qty,
+                batchref,
+            }),
+            _ => None,
+        },
+        (None, None) => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(status: &str, batchref: Option<&str>) -> Document {
+        doc! {
+            "orderid": "o1", "sku": "LAMP", "qty": 3_i64, "status": status,
+            "batchref": batchref.map_or(Bson::Null, Bson::from),
+        }
+    }
+
+    fn transition(before: Option<Document>, after: Option<Document>) -> Option<Happened> {
+        line_transition(
+            before.as_ref().and_then(LineState::of),
+            after.as_ref().and_then(LineState::of),
+        )
+    }
+
+    #[test]
+    fn a_lines_change_is_the_event_its_states_before_and_after_say() {
+        let allocated = |b| Some(line("allocated", Some(b)));
+        let waiting = Some(line("backordered", None));
+        assert!(matches!(
+            transition(None, allocated("b1")),
+            Some(Happened::LineAllocated { batchref, qty: 3, .. }) if batchref == "b1"
+        ));
+        assert!(matches!(
+            transition(allocated("b1"), waiting.clone()),
+            Some(Happened::LineBackordered { from, .. }) if from == "b1"
+        ));
+        assert!(matches!(
+            transition(waiting.clone(), allocated("b2")),
+            Some(Happened::LineFilled { batchref, .. }) if batchref == "b2"
+        ));
+        assert!(matches!(
+            transition(allocated("b1"), allocated("b2")),
+            Some(Happened::LineMoved { from, to, .. }) if from == "b1" && to == "b2"
+        ));
+        assert!(matches!(
+            transition(waiting, None),
+            Some(Happened::LineDeallocated { batchref: None, .. })
+        ));
+        // A change that leaves the line where it was (its position) is no event.
+        assert_eq!(transition(allocated("b1"), allocated("b1")), None);
+    }
+
+    #[test]
+    fn an_update_is_applied_to_the_pre_image() {
+        let pre = line("allocated", Some("b1"));
+        let before = LineState::of(&pre).unwrap();
+        let fields = doc! { "status": "backordered", "batchref": Bson::Null };
+        let after = before.updated(&pre, &fields, &[]).unwrap();
+        assert_eq!(after.batchref, None);
+        let unset = before
+            .updated(
+                &pre,
+                &doc! { "status": "backordered" },
+                &["batchref".into()],
+            )
+            .unwrap();
+        assert_eq!(unset.batchref, None);
+    }
+
+    #[test]
+    fn levels_count_the_batches_with_room_per_sku() {
+        let mut levels = Levels::default();
+        let level = |room| Level {
+            sku: "LAMP".into(),
+            room,
+            purchased: 10,
+        };
+        assert_eq!(levels.sku("LAMP").in_stock(), None);
+        levels.set("b1", None, Some(level(true)));
+        levels.set("b2", None, Some(level(true)));
+        assert_eq!(
+            levels.sku("LAMP"),
+            SkuLevel {
+                batches: 2,
+                with_room: 2
+            }
+        );
+        levels.set("b1", Some(&level(true)), Some(level(false)));
+        assert_eq!(levels.sku("LAMP").in_stock(), Some(true));
+        levels.set("b2", Some(&level(true)), None);
+        assert_eq!(
+            levels.sku("LAMP"),
+            SkuLevel {
+                batches: 1,
+                with_room: 0
+            }
+        );
+        assert_eq!(levels.sku("LAMP").in_stock(), Some(false));
+        // Unchanged levels are not written again.
+        levels.changed.clear();
+        levels.set("b1", Some(&level(false)), Some(level(false)));
+        assert!(levels.changed.is_empty());
+    }
+}
