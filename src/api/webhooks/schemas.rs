@@ -4,88 +4,10 @@ use chrono::{DateTime, Utc};
 use poem_openapi::types::{Example, MaybeUndefined};
 use poem_openapi::{Enum, Object};
 
+pub use crate::api::events::EventTypeName;
 use crate::domain::events::EventType;
 use crate::domain::webhooks::{Retrying, Status, Subscription};
 use crate::services::ports::webhooks::{AttemptOutcome, ListedAttempt};
-
-/// The kind of an event, as webhook payloads (`type`) name it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum, serde::Deserialize)]
-pub enum EventTypeName {
-    /// A line was allocated to a batch.
-    #[oai(rename = "line.allocated")]
-    #[serde(rename = "line.allocated")]
-    LineAllocated,
-    /// A line lost its batch (the batch shrank) and waits for stock.
-    #[oai(rename = "line.backordered")]
-    #[serde(rename = "line.backordered")]
-    LineBackordered,
-    /// A line moved to another batch (its batch shrank).
-    #[oai(rename = "line.moved")]
-    #[serde(rename = "line.moved")]
-    LineMoved,
-    /// A waiting line was allocated.
-    #[oai(rename = "line.filled")]
-    #[serde(rename = "line.filled")]
-    LineFilled,
-    /// A line was deallocated.
-    #[oai(rename = "line.deallocated")]
-    #[serde(rename = "line.deallocated")]
-    LineDeallocated,
-    /// A batch was added.
-    #[oai(rename = "batch.created")]
-    #[serde(rename = "batch.created")]
-    BatchCreated,
-    /// A batch's purchased quantity changed.
-    #[oai(rename = "batch.quantity_changed")]
-    #[serde(rename = "batch.quantity_changed")]
-    BatchQuantityChanged,
-    /// No batch of a sku has room left.
-    #[oai(rename = "sku.out_of_stock")]
-    #[serde(rename = "sku.out_of_stock")]
-    SkuOutOfStock,
-    /// A batch of a sku has room again.
-    #[oai(rename = "sku.back_in_stock")]
-    #[serde(rename = "sku.back_in_stock")]
-    SkuBackInStock,
-    /// A new line was refused for lack of stock.
-    #[oai(rename = "allocation.refused")]
-    #[serde(rename = "allocation.refused")]
-    AllocationRefused,
-}
-
-impl From<EventTypeName> for EventType {
-    fn from(name: EventTypeName) -> Self {
-        match name {
-            EventTypeName::LineAllocated => Self::LineAllocated,
-            EventTypeName::LineBackordered => Self::LineBackordered,
-            EventTypeName::LineMoved => Self::LineMoved,
-            EventTypeName::LineFilled => Self::LineFilled,
-            EventTypeName::LineDeallocated => Self::LineDeallocated,
-            EventTypeName::BatchCreated => Self::BatchCreated,
-            EventTypeName::BatchQuantityChanged => Self::BatchQuantityChanged,
-            EventTypeName::SkuOutOfStock => Self::SkuOutOfStock,
-            EventTypeName::SkuBackInStock => Self::SkuBackInStock,
-            EventTypeName::AllocationRefused => Self::AllocationRefused,
-        }
-    }
-}
-
-impl From<EventType> for EventTypeName {
-    fn from(kind: EventType) -> Self {
-        match kind {
-            EventType::LineAllocated => Self::LineAllocated,
-            EventType::LineBackordered => Self::LineBackordered,
-            EventType::LineMoved => Self::LineMoved,
-            EventType::LineFilled => Self::LineFilled,
-            EventType::LineDeallocated => Self::LineDeallocated,
-            EventType::BatchCreated => Self::BatchCreated,
-            EventType::BatchQuantityChanged => Self::BatchQuantityChanged,
-            EventType::SkuOutOfStock => Self::SkuOutOfStock,
-            EventType::SkuBackInStock => Self::SkuBackInStock,
-            EventType::AllocationRefused => Self::AllocationRefused,
-        }
-    }
-}
 
 pub fn event_types(names: &[EventTypeName]) -> Vec<EventType> {
     names.iter().copied().map(EventType::from).collect()
