@@ -18,6 +18,8 @@ async fn main() {
     };
     let rate: f64 = rate.parse().expect("RATE_PER_SEC");
     let seconds: f64 = seconds.parse().expect("SECONDS");
+    // reqwest is built without a TLS provider of its own (allot's webhook sender).
+    allot::adapters::webhook_sender::install_crypto_provider();
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(64)
         .build()

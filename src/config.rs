@@ -96,6 +96,51 @@ pub struct Settings {
     pub allocation: AllocationSettings,
     pub events: EventSettings,
     pub metrics: MetricsSettings,
+    pub webhooks: WebhookSettings,
+}
+
+/// Webhook deliveries (`config/default.toml` explains each).
+#[derive(Debug, Clone, Deserialize)]
+pub struct WebhookSettings {
+    /// Allow URLs whose host is (or resolves to) a loopback, private,
+    /// link-local or other internal address. Off in production: such a URL
+    /// would let an admin make allot call its own network.
+    pub allow_private_targets: bool,
+    /// Refuse `http://` URLs.
+    pub require_https: bool,
+    /// Longest a delivery may take, connecting included.
+    pub delivery_timeout_ms: u64,
+    /// The waits before each retry of a failed delivery; past the last one
+    /// the subscription is disabled.
+    pub retry_delays_secs: Vec<f64>,
+    /// How long an instance holds a subscription it delivers without
+    /// renewing it (renewed every third of it); another instance takes
+    /// over this long after the holder died.
+    pub lease_ms: u64,
+    /// How often each instance looks for new events.
+    pub poll_interval_ms: u64,
+    /// Deliveries under way at once on one instance.
+    pub max_in_flight: usize,
+    /// How long delivery attempts are kept for `GET /webhooks/{id}/deliveries`.
+    pub attempts_kept_days: u64,
+}
+
+impl WebhookSettings {
+    pub fn policy(&self) -> crate::domain::webhooks::TargetPolicy {
+        crate::domain::webhooks::TargetPolicy {
+            allow_private: self.allow_private_targets,
+            require_https: self.require_https,
+        }
+    }
+
+    pub fn schedule(&self) -> crate::domain::webhooks::RetrySchedule {
+        crate::domain::webhooks::RetrySchedule::new(
+            self.retry_delays_secs
+                .iter()
+                .map(|secs| std::time::Duration::from_secs_f64(*secs))
+                .collect(),
+        )
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -474,6 +519,31 @@ impl Settings {
                 60_000,
             ),
             (
+                "webhooks.delivery_timeout_ms",
+                self.webhooks.delivery_timeout_ms,
+                100,
+                60_000,
+            ),
+            ("webhooks.lease_ms", self.webhooks.lease_ms, 300, 600_000),
+            (
+                "webhooks.poll_interval_ms",
+                self.webhooks.poll_interval_ms,
+                10,
+                60_000,
+            ),
+            (
+                "webhooks.max_in_flight",
+                self.webhooks.max_in_flight as u64,
+                1,
+                10_000,
+            ),
+            (
+                "webhooks.attempts_kept_days",
+                self.webhooks.attempts_kept_days,
+                1,
+                365,
+            ),
+            (
                 "allocation.recovery_interval_ms",
                 self.allocation.recovery_interval_ms,
                 10,
@@ -502,6 +572,17 @@ impl Settings {
                 "log.level {:?} is not a log filter ({error}); try \"info\" or \"allot=debug,warn\"",
                 self.log.level
             )));
+        }
+        let delays = &self.webhooks.retry_delays_secs;
+        if delays.len() > 20
+            || delays
+                .iter()
+                .any(|secs| !(0.01..=7.0 * 86_400.0).contains(secs))
+        {
+            return Err(ConfigError::OutOfRange(
+                "webhooks.retry_delays_secs must hold at most 20 waits, each from 0.01 to 604800 seconds"
+                    .to_owned(),
+            ));
         }
         for origin in &self.http.cors_origins {
             if !is_origin(origin) {
@@ -638,6 +719,22 @@ mod tests {
         assert!(message.contains("http.cors_origins"), "{message}");
         settings.http.cors_origins = vec!["http://localhost:3000".to_owned()];
         settings.check_ranges().unwrap();
+    }
+
+    #[test]
+    fn webhooks_default_to_public_https_targets_and_the_standard_schedule() {
+        let production = Settings::load_from(&config_dir(), Environment::Production).unwrap();
+        assert!(!production.webhooks.allow_private_targets);
+        assert!(production.webhooks.require_https);
+        assert_eq!(
+            production.webhooks.schedule(),
+            crate::domain::webhooks::RetrySchedule::default()
+        );
+        let mut testing = Settings::load_from(&config_dir(), Environment::Testing).unwrap();
+        assert!(testing.webhooks.allow_private_targets);
+        testing.webhooks.retry_delays_secs = vec![5.0, 0.0];
+        let message = testing.check_ranges().unwrap_err().to_string();
+        assert!(message.contains("webhooks.retry_delays_secs"), "{message}");
     }
 
     #[test]

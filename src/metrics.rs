@@ -38,6 +38,12 @@ struct StoreLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SubscriptionLabels {
+    /// A webhook subscription's id (never its URL or secret).
+    subscription: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabels {
     outcome: &'static str,
 }
@@ -78,6 +84,9 @@ pub struct Metrics {
     db_timeouts: Counter,
     allocations: Family<OutcomeLabels, Counter>,
     logins: Family<OutcomeLabels, Counter>,
+    webhook_deliveries: Family<SubscriptionLabels, Counter>,
+    webhook_failures: Family<SubscriptionLabels, Counter>,
+    webhook_lag: Family<SubscriptionLabels, Gauge>,
     events_recorded: Counter,
 }
 
@@ -157,6 +166,24 @@ impl Metrics {
         );
         let logins = Family::<OutcomeLabels, Counter>::default();
         registry.register("logins", "Logins by outcome", logins.clone());
+        let webhook_deliveries = Family::<SubscriptionLabels, Counter>::default();
+        registry.register(
+            "webhook_deliveries",
+            "Webhook deliveries made (answered 2xx) by this instance, by subscription",
+            webhook_deliveries.clone(),
+        );
+        let webhook_failures = Family::<SubscriptionLabels, Counter>::default();
+        registry.register(
+            "webhook_delivery_failures",
+            "Webhook delivery attempts that failed (non-2xx, timeout, refused), by subscription",
+            webhook_failures.clone(),
+        );
+        let webhook_lag = Family::<SubscriptionLabels, Gauge>::default();
+        registry.register(
+            "webhook_lag_events",
+            "Events a subscription delivered by this instance is behind the latest one",
+            webhook_lag.clone(),
+        );
         let events_recorded = Counter::default();
         registry.register(
             "events_recorded",
@@ -180,6 +207,9 @@ impl Metrics {
             db_timeouts,
             allocations,
             logins,
+            webhook_deliveries,
+            webhook_failures,
+            webhook_lag,
             events_recorded,
         }
     }
@@ -269,6 +299,36 @@ impl Metrics {
         self.logins.get_or_create(&OutcomeLabels { outcome }).inc();
     }
 
+    /// A webhook delivery attempt to `subscription` succeeded or failed.
+    pub fn webhook_attempt(&self, subscription: &str, succeeded: bool) {
+        let labels = SubscriptionLabels {
+            subscription: subscription.to_owned(),
+        };
+        let family = if succeeded {
+            &self.webhook_deliveries
+        } else {
+            &self.webhook_failures
+        };
+        family.get_or_create(&labels).inc();
+    }
+
+    /// How many events `subscription` is behind; `None` once this instance
+    /// no longer delivers it.
+    pub fn webhook_lag(&self, subscription: &str, events: Option<u64>) {
+        let labels = SubscriptionLabels {
+            subscription: subscription.to_owned(),
+        };
+        match events {
+            Some(events) => {
+                let events = i64::try_from(events).unwrap_or(i64::MAX);
+                self.webhook_lag.get_or_create(&labels).set(events);
+            }
+            None => {
+                self.webhook_lag.remove(&labels);
+            }
+        }
+    }
+
     pub fn events_recorded(&self, count: u64) {
         self.events_recorded.inc_by(count);
     }
@@ -287,5 +347,54 @@ pub struct InFlight<'a>(&'a Gauge);
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         self.0.dec();
+    }
+}
+
+/// The webhook worker's reports, into this process's metrics.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct WebhookMetrics;
+
+impl crate::services::ports::webhooks::DeliveryObserver for WebhookMetrics {
+    fn attempted(&self, subscription: &str, succeeded: bool) {
+        metrics().webhook_attempt(subscription, succeeded);
+    }
+
+    fn lag(&self, subscription: &str, events: u64) {
+        metrics().webhook_lag(subscription, Some(events));
+    }
+
+    fn forget(&self, subscription: &str) {
+        metrics().webhook_lag(subscription, None);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::services::ports::webhooks::DeliveryObserver;
+
+    #[test]
+    fn webhook_metrics_name_subscriptions_by_id_and_drop_the_lag_of_one_handed_over() {
+        let metrics = Metrics::new();
+        metrics.webhook_attempt("wh_1", true);
+        metrics.webhook_attempt("wh_1", false);
+        metrics.webhook_lag("wh_1", Some(7));
+        let text = metrics.render();
+        for line in [
+            "allot_webhook_deliveries_total{subscription=\"wh_1\"} 1",
+            "allot_webhook_delivery_failures_total{subscription=\"wh_1\"} 1",
+            "allot_webhook_lag_events{subscription=\"wh_1\"} 7",
+        ] {
+            assert!(text.contains(line), "{line} missing from {text}");
+        }
+        metrics.webhook_lag("wh_1", None);
+        assert!(!metrics.render().contains("allot_webhook_lag_events{"));
+        // The process-wide observer reports to the same families.
+        WebhookMetrics.attempted("wh_2", true);
+        assert!(metrics_text().contains("subscription=\"wh_2\""));
+    }
+
+    fn metrics_text() -> String {
+        super::metrics().render()
     }
 }

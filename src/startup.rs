@@ -17,17 +17,21 @@ use crate::adapters::mongo::login_failures::MongoLoginFailures;
 use crate::adapters::mongo::revocations::MongoRevocations;
 use crate::adapters::mongo::rotations::MongoRotations;
 use crate::adapters::mongo::users::MongoUsers;
+use crate::adapters::mongo::webhooks::MongoWebhooks;
 use crate::adapters::mongo::{self, MongoError};
 use crate::adapters::passwords::Argon2Hasher;
 use crate::adapters::tokens::JwtTokens;
+use crate::adapters::webhook_sender::{HttpSender, SenderError};
 use crate::api::{self, Adapters, AppState, Components, middleware};
 use crate::config::Settings;
+use crate::metrics::WebhookMetrics;
 use crate::server::{self, ConnectionLimits};
 use crate::services::StoreError;
 use crate::services::allocation;
 use crate::services::login_throttle::Throttle;
 use crate::services::ports::accounts::HashingError;
 use crate::services::tokens::RevocationList;
+use crate::services::webhooks::worker::{Worker, WorkerSettings};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
@@ -35,6 +39,8 @@ pub enum StartupError {
     Mongo(#[from] MongoError),
     #[error(transparent)]
     Hashing(#[from] HashingError),
+    #[error(transparent)]
+    Webhooks(#[from] SenderError),
     #[error("cannot load revoked tokens: {0}")]
     Revocations(#[from] StoreError),
     #[error("cannot listen on {address}: {source}")]
@@ -59,6 +65,8 @@ impl Adapters for Production {
     type LoginFailures = Deadline<MongoLoginFailures>;
     type Allocations = Deadline<MongoAllocations>;
     type Events = MongoEventLog;
+    type Webhooks = Deadline<MongoWebhooks>;
+    type WebhookSender = HttpSender;
     type Database = mongodb::Database;
 }
 
@@ -73,7 +81,11 @@ pub struct Application {
     recovery: RecoveryLoop,
     lease: LeaseKeeper,
     relay: Relay,
+    webhooks: Arc<WebhookWorker>,
 }
+
+/// The webhook delivery worker as built here.
+type WebhookWorker = Worker<Deadline<MongoWebhooks>, MongoEventLog, HttpSender, WebhookMetrics>;
 
 /// A tick every `every`, the first at once; a late tick delays the next
 /// rather than bunching them.
@@ -244,13 +256,38 @@ impl Application {
             Duration::from_millis(settings.events.relay_interval_ms),
             operation_timeout,
         );
+        let events = MongoEventLog::new(&database, operation_timeout);
+        let webhooks = Deadline::new(
+            MongoWebhooks::new(
+                &database,
+                Duration::from_secs(settings.webhooks.attempts_kept_days * 86_400),
+            ),
+            operation_timeout,
+        );
+        let webhook_sender = HttpSender::new(
+            settings.webhooks.policy(),
+            Duration::from_millis(settings.webhooks.delivery_timeout_ms),
+        )?;
+        let worker = Arc::new(Worker::new(
+            webhooks.clone(),
+            events.clone(),
+            webhook_sender.clone(),
+            WebhookMetrics,
+            WorkerSettings {
+                instance: instance.id().to_owned(),
+                lease: Duration::from_millis(settings.webhooks.lease_ms),
+                poll: Duration::from_millis(settings.webhooks.poll_interval_ms),
+                schedule: settings.webhooks.schedule(),
+                max_in_flight: settings.webhooks.max_in_flight,
+            },
+        ));
         let state = AppState::<Production>::new(Components {
             users: Deadline::new(
                 MongoUsers::new(&database, &instance).with_operation_timeout(operation_timeout),
                 operation_timeout,
             ),
             allocations: allocations.clone(),
-            events: MongoEventLog::new(&database, operation_timeout),
+            events,
             longest_wait: Duration::from_millis(settings.events.long_poll_max_ms),
             passwords: Argon2Hasher::new(&settings.auth)?,
             password_policy: settings.auth.password_policy(),
@@ -265,6 +302,9 @@ impl Application {
             )),
             trusted_proxies: settings.http.trusted_proxies.clone(),
             registration: settings.auth.registration,
+            webhooks,
+            webhook_sender,
+            webhook_policy: settings.webhooks.policy(),
             database,
             ready_timeout: Duration::from_millis(settings.mongo.ready_timeout_ms),
         });
@@ -291,6 +331,7 @@ impl Application {
                 every: lease / 4,
                 recover_now,
             },
+            webhooks: worker,
         })
     }
 
@@ -308,6 +349,7 @@ impl Application {
         let recovery = tokio::spawn(self.recovery.run());
         let lease = tokio::spawn(self.lease.run());
         let relay = tokio::spawn(self.relay.run());
+        let webhooks = tokio::spawn(Arc::clone(&self.webhooks).run());
         let served = server::serve(
             self.listener,
             self.app,
@@ -320,6 +362,12 @@ impl Application {
         recovery.abort();
         lease.abort();
         relay.abort();
+        webhooks.abort();
+        // Its tasks stopped with it; the others take its subscriptions now.
+        let _ = webhooks.await;
+        if let Err(error) = self.webhooks.release_all().await {
+            tracing::warn!(%error, "cannot hand webhook subscriptions over; they will lapse");
+        }
         served
     }
 }

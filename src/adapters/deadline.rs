@@ -21,6 +21,7 @@ use chrono::{DateTime, Utc};
 use crate::domain::allocation::{AcknowledgedLine, Batch, OrderLine, Requester};
 use crate::domain::throttle::{Admissible, ThrottlePolicy};
 use crate::domain::user::{Role, User, Username};
+use crate::domain::webhooks::Subscription;
 use crate::metrics::metrics;
 use crate::services::StoreError;
 use crate::services::ports::accounts::{AddUserError, UserRepository, Written};
@@ -30,6 +31,9 @@ use crate::services::ports::allocation::{
 use crate::services::ports::login_throttle::{Counted, Counter, LoginThrottle};
 use crate::services::ports::tokens::{
     PairIds, RefreshRotations, Revocation, RevocationStore, Rotation,
+};
+use crate::services::ports::webhooks::{
+    Attempt, AttemptKey, ListedAttempt, Progress, SubscriptionChange, WebhookStore,
 };
 
 /// The store did not answer within the time limit.
@@ -327,5 +331,85 @@ impl<R: RefreshRotations> RefreshRotations for Deadline<R> {
             .inner
             .rotate(family, presented, successor, expires_at, grace);
         self.run("rotate_refresh_token", work, store).await
+    }
+}
+
+impl<R: WebhookStore> WebhookStore for Deadline<R> {
+    async fn create(&self, subscription: &Subscription) -> Result<(), StoreError> {
+        let work = self.inner.create(subscription);
+        self.run("create_webhook", work, store).await
+    }
+
+    async fn list(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Subscription>, StoreError> {
+        let work = self.inner.list(after, limit);
+        self.run("list_webhooks", work, store).await
+    }
+
+    async fn get(&self, id: &str) -> Result<Option<Subscription>, StoreError> {
+        self.run("get_webhook", self.inner.get(id), store).await
+    }
+
+    async fn change(
+        &self,
+        id: &str,
+        change: &SubscriptionChange,
+    ) -> Result<Option<Subscription>, StoreError> {
+        let work = self.inner.change(id, change);
+        self.run("change_webhook", work, store).await
+    }
+
+    async fn delete(&self, id: &str) -> Result<bool, StoreError> {
+        self.run("delete_webhook", self.inner.delete(id), store)
+            .await
+    }
+
+    async fn rewind(&self, id: &str, cursor: u64) -> Result<Option<Subscription>, StoreError> {
+        let work = self.inner.rewind(id, cursor);
+        self.run("rewind_webhook", work, store).await
+    }
+
+    async fn attempts(
+        &self,
+        id: &str,
+        after: Option<AttemptKey>,
+        limit: usize,
+    ) -> Result<Vec<ListedAttempt>, StoreError> {
+        let work = self.inner.attempts(id, after, limit);
+        self.run("webhook_attempts", work, store).await
+    }
+
+    async fn claim(&self, instance: &str, lease: Duration) -> Result<Vec<String>, StoreError> {
+        let work = self.inner.claim(instance, lease);
+        self.run("claim_webhooks", work, store).await
+    }
+
+    async fn release(&self, id: &str, instance: &str) -> Result<(), StoreError> {
+        let work = self.inner.release(id, instance);
+        self.run("release_webhook", work, store).await
+    }
+
+    async fn release_all(&self, instance: &str) -> Result<(), StoreError> {
+        let work = self.inner.release_all(instance);
+        self.run("release_webhooks", work, store).await
+    }
+
+    async fn record_attempt(&self, attempt: &Attempt) -> Result<(), StoreError> {
+        let work = self.inner.record_attempt(attempt);
+        self.run("record_webhook_attempt", work, store).await
+    }
+
+    async fn advance(
+        &self,
+        id: &str,
+        instance: &str,
+        revision: u64,
+        progress: &Progress,
+    ) -> Result<bool, StoreError> {
+        let work = self.inner.advance(id, instance, revision, progress);
+        self.run("advance_webhook", work, store).await
     }
 }

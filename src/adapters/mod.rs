@@ -5,3 +5,4 @@ pub mod deadline;
 pub mod mongo;
 pub mod passwords;
 pub mod tokens;
+pub mod webhook_sender;

@@ -17,6 +17,7 @@ pub mod reply;
 pub mod spec;
 pub mod test_endpoints;
 pub mod users;
+pub mod webhooks;
 
 use std::marker::PhantomData;
 use std::sync::Arc;
@@ -26,6 +27,7 @@ use poem_openapi::{OpenApiService, Tags};
 
 use crate::config::Registration;
 use crate::domain::user::PasswordPolicy;
+use crate::domain::webhooks::TargetPolicy;
 use crate::services::login_throttle::Throttle;
 use crate::services::ports::accounts::{PasswordHasher, UserRepository};
 use crate::services::ports::allocation::AllocationRepository;
@@ -33,6 +35,7 @@ use crate::services::ports::events::EventLog;
 use crate::services::ports::health::Readiness;
 use crate::services::ports::login_throttle::LoginThrottle;
 use crate::services::ports::tokens::{RefreshRotations, RevocationStore, TokenIssuer};
+use crate::services::ports::webhooks::{WebhookSender, WebhookStore};
 use crate::services::tokens::RevocationList;
 
 /// The implementations of the ports the handlers use, one associated type
@@ -53,6 +56,8 @@ pub trait Adapters: Send + Sync + 'static {
     type LoginFailures: LoginThrottle + 'static;
     type Allocations: AllocationRepository + 'static;
     type Events: EventLog + 'static;
+    type Webhooks: WebhookStore + 'static;
+    type WebhookSender: WebhookSender + 'static;
     type Database: Readiness + 'static;
 }
 
@@ -100,6 +105,10 @@ pub struct Components<A: Adapters> {
     pub events: A::Events,
     /// `events.long_poll_max_ms`.
     pub longest_wait: Duration,
+    pub webhooks: A::Webhooks,
+    pub webhook_sender: A::WebhookSender,
+    /// `webhooks.allow_private_targets`, `webhooks.require_https`.
+    pub webhook_policy: TargetPolicy,
 }
 
 #[derive(Tags)]
@@ -119,6 +128,9 @@ pub enum ApiTags {
     Allocations,
     /// The feed of what happened to stock and order lines (`admin` or `events` role).
     Events,
+    /// Subscriptions that POST events to your URL, signed the Standard
+    /// Webhooks way (the `admin` role).
+    Webhooks,
 }
 
 /// The whole API, described for the OpenAPI document.
@@ -130,6 +142,7 @@ pub type Api<A> = (
     batches::BatchesApi<A>,
     allocations::AllocationsApi<A>,
     events::EventsApi<A>,
+    webhooks::WebhooksApi<A>,
 );
 
 const DESCRIPTION: &str = "\
@@ -152,6 +165,7 @@ pub fn service<A: Adapters>() -> OpenApiService<Api<A>, ()> {
         batches::BatchesApi(PhantomData),
         allocations::AllocationsApi(PhantomData),
         events::EventsApi(PhantomData),
+        webhooks::WebhooksApi(PhantomData),
     );
     OpenApiService::new(api, "allot", env!("CARGO_PKG_VERSION"))
         .description(DESCRIPTION)

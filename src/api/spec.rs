@@ -27,6 +27,7 @@ fn own_examples() -> Vec<(u16, &'static str, Json<ApiError>)> {
         super::accounts::error_examples(),
         super::batches::error_examples(),
         super::allocations::error_examples(),
+        super::webhooks::error_examples(),
         super::events::error_examples(),
     ]
     .concat()

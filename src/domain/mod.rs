@@ -6,3 +6,4 @@ pub mod events;
 pub mod throttle;
 pub mod token;
 pub mod user;
+pub mod webhooks;

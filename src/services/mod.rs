@@ -6,6 +6,7 @@ pub mod login_throttle;
 pub mod ports;
 pub mod tokens;
 pub mod users;
+pub mod webhooks;
 
 /// A store (database) failed: unreachable, timed out, or refused the operation.
 ///

@@ -6,3 +6,4 @@
 
 pub mod contract;
 pub mod memory;
+pub mod webhooks;

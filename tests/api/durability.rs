@@ -16,7 +16,7 @@ use crate::session::session;
 
 /// `allot serve` (testing configuration, JSON logs) as a child process on
 /// `database`, once it listens.
-fn serve_on(database: &str) -> AllotProcess {
+pub fn serve_on(database: &str) -> AllotProcess {
     let mut command = allot_command();
     command
         .env("ALLOT_ENV", "testing")
@@ -30,7 +30,7 @@ fn serve_on(database: &str) -> AllotProcess {
 /// An admin token the child processes accept: minted by an in-process app on
 /// the same database with the same testing secret, then stopped. Its recovery
 /// pass is made too rare to run after its first, idle, one.
-async fn admin_token(database: &str) -> String {
+pub async fn admin_token(database: &str) -> String {
     let database = database.to_owned();
     let app = spawn_app_with(|settings| {
         settings.mongo.database = database;

@@ -887,3 +887,230 @@ impl Drop for AllotProcess {
         let _ = self.child.wait();
     }
 }
+
+/// The webhook endpoints.
+impl Caller {
+    /// `POST /webhooks` for every event type.
+    pub async fn create_webhook(&self, url: &str, types: &[&str]) -> (u16, serde_json::Value) {
+        let body =
+            serde_json::json!({"url": url, "types": types, "description": "a test receiver"});
+        self.post("/webhooks", &body).await
+    }
+
+    /// `POST /webhooks`, expecting 201: the subscription's id and secret.
+    pub async fn subscribe(&self, url: &str, types: &[&str]) -> (String, String) {
+        let (status, body) = self.create_webhook(url, types).await;
+        assert_eq!(status, 201, "{body}");
+        let id = body["id"].as_str().expect("an id").to_owned();
+        let secret = body["secret"].as_str().expect("a secret").to_owned();
+        (id, secret)
+    }
+
+    /// `GET /webhooks/{id}/deliveries`.
+    pub async fn deliveries(&self, id: &str) -> (u16, serde_json::Value) {
+        self.get(&format!("/webhooks/{id}/deliveries")).await
+    }
+
+    /// `POST /webhooks/{id}/replay`.
+    pub async fn replay(&self, id: &str, from_position: u64) -> (u16, serde_json::Value) {
+        let body = serde_json::json!({"from_position": from_position});
+        self.post(&format!("/webhooks/{id}/replay"), &body).await
+    }
+}
+
+/// How a [`Receiver`] answers a delivery.
+#[derive(Debug, Clone, Copy)]
+pub enum Answer {
+    Status(u16),
+    /// Never answers (until the sender gives up).
+    Hang,
+}
+
+/// A delivery a [`Receiver`] got, its signature checked.
+#[derive(Debug, Clone)]
+pub struct Received {
+    /// `webhook-id`.
+    pub id: String,
+    pub body: serde_json::Value,
+    /// Whether `webhook-signature` is right for the secret, and
+    /// `webhook-timestamp` within five minutes of now.
+    pub verified: bool,
+}
+
+#[derive(Default)]
+struct Inbox {
+    secret: Mutex<Option<String>>,
+    script: Mutex<std::collections::VecDeque<Answer>>,
+    received: Mutex<Vec<Received>>,
+}
+
+/// A webhook receiver on 127.0.0.1 that checks every delivery's signature
+/// the Standard Webhooks way, and answers as scripted (then 204).
+pub struct Receiver {
+    pub url: String,
+    inbox: Arc<Inbox>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Checks a delivery as a receiver would (the secret is `whsec_` + base64).
+pub fn verify_delivery(
+    secret: &str,
+    id: &str,
+    timestamp: &str,
+    body: &[u8],
+    signature: &str,
+) -> bool {
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD;
+    use hmac::Mac;
+    let Some(key) = secret
+        .strip_prefix("whsec_")
+        .and_then(|k| STANDARD.decode(k).ok())
+    else {
+        return false;
+    };
+    let Ok(seconds) = timestamp.parse::<i64>() else {
+        return false;
+    };
+    if (chrono::Utc::now().timestamp() - seconds).abs() > 300 {
+        return false;
+    }
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&key).expect("any key");
+    mac.update(format!("{id}.{timestamp}.").as_bytes());
+    mac.update(body);
+    let expected = STANDARD.encode(mac.finalize().into_bytes());
+    // Several space-separated signatures may be sent (secret rotation).
+    signature
+        .split(' ')
+        .any(|one| one.strip_prefix("v1,") == Some(expected.as_str()))
+}
+
+impl Receiver {
+    pub async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}/hook", listener.local_addr().expect("address"));
+        let inbox = Arc::new(Inbox::default());
+        let served = Arc::clone(&inbox);
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let inbox = Arc::clone(&served);
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |request| {
+                        let inbox = Arc::clone(&inbox);
+                        async move { inbox.take(request).await }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Self { url, inbox, task }
+    }
+
+    /// The secret deliveries are checked with.
+    pub fn expect_secret(&self, secret: &str) {
+        *self.inbox.secret.lock().unwrap() = Some(secret.to_owned());
+    }
+
+    /// The next deliveries get these answers, in order.
+    pub fn answer(&self, answers: &[Answer]) {
+        self.inbox
+            .script
+            .lock()
+            .unwrap()
+            .extend(answers.iter().copied());
+    }
+
+    /// Every delivery so far; panics if any failed its check.
+    pub fn received(&self) -> Vec<Received> {
+        let received = self.inbox.received.lock().unwrap().clone();
+        for delivery in &received {
+            assert!(
+                delivery.verified,
+                "a delivery failed its signature check: {delivery:?}"
+            );
+        }
+        received
+    }
+
+    /// The `position`s of the deliveries so far, in the order they came.
+    pub fn positions(&self) -> Vec<u64> {
+        self.received()
+            .iter()
+            .map(|r| r.body["position"].as_u64().expect("a position"))
+            .collect()
+    }
+
+    /// Waits (up to `within`) until `done` holds for the deliveries.
+    pub async fn wait_for(
+        &self,
+        within: std::time::Duration,
+        done: impl Fn(&[Received]) -> bool,
+    ) -> Vec<Received> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let received = self.received();
+            if done(&received) {
+                return received;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the receiver did not get what was expected within {within:?}; got {received:?}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Inbox {
+    async fn take(
+        &self,
+        request: hyper::Request<hyper::body::Incoming>,
+    ) -> Result<hyper::Response<http_body_util::Full<bytes::Bytes>>, std::convert::Infallible> {
+        use http_body_util::BodyExt;
+        let header = |name: &str| {
+            request
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned()
+        };
+        let (id, timestamp, signature) = (
+            header("webhook-id"),
+            header("webhook-timestamp"),
+            header("webhook-signature"),
+        );
+        let body = request
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        let secret = self.secret.lock().unwrap().clone().unwrap_or_default();
+        let verified = verify_delivery(&secret, &id, &timestamp, &body, &signature);
+        self.received.lock().unwrap().push(Received {
+            id,
+            body: serde_json::from_slice(&body).unwrap_or_default(),
+            verified,
+        });
+        let answer = self.script.lock().unwrap().pop_front();
+        let status = match answer {
+            Some(Answer::Hang) => std::future::pending().await,
+            Some(Answer::Status(status)) => status,
+            None => 204,
+        };
+        let mut response = hyper::Response::new(http_body_util::Full::new(bytes::Bytes::new()));
+        *response.status_mut() = hyper::StatusCode::from_u16(status).expect("a status");
+        Ok(response)
+    }
+}

@@ -36,6 +36,7 @@ mod edge;
 mod events;
 mod foundation;
 mod operations;
+mod webhooks;
 
 /// The test modules: `foundation::every_file_of_the_api_tests_is_a_module_of_the_harness`
 /// checks that every file of `tests/api/` is one of them (or the harness).
@@ -64,9 +65,12 @@ test_modules!(
     events,
     foundation,
     operations,
+    webhooks,
 );
 
 fn main() -> std::process::ExitCode {
+    // Before any reqwest client is built (see the function).
+    allot::adapters::webhook_sender::install_crypto_provider();
     let arguments = Arguments::from_args();
     let trials = collected_trials();
     if arguments.list {

@@ -8,6 +8,7 @@ pub mod login_failures;
 pub mod revocations;
 pub mod rotations;
 pub mod users;
+pub mod webhooks;
 
 use std::time::Duration;
 
@@ -210,6 +211,7 @@ pub fn required_indexes() -> impl Iterator<Item = (&'static str, Vec<IndexModel>
     .into_iter()
     .chain(revocations::indexes())
     .chain(allocations::indexes())
+    .chain(webhooks::indexes())
     .chain(events::indexes())
 }
 

@@ -6,37 +6,47 @@ use poem_openapi::{Enum, Object};
 use crate::domain::events::{Event, EventType, Happened};
 
 /// The type of an event.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum, serde::Deserialize)]
 pub enum EventTypeName {
     /// A line was acknowledged and draws from `batchref`.
     #[oai(rename = "line.allocated")]
+    #[serde(rename = "line.allocated")]
     LineAllocated,
     /// A line lost its batch (`from`), which shrank, and waits for stock.
     #[oai(rename = "line.backordered")]
+    #[serde(rename = "line.backordered")]
     LineBackordered,
     /// A line moved from batch `from` to batch `to`.
     #[oai(rename = "line.moved")]
+    #[serde(rename = "line.moved")]
     LineMoved,
     /// A waiting line was allocated to `batchref`.
     #[oai(rename = "line.filled")]
+    #[serde(rename = "line.filled")]
     LineFilled,
     /// A line was deallocated; `batchref` is the batch it drew from, if any.
     #[oai(rename = "line.deallocated")]
+    #[serde(rename = "line.deallocated")]
     LineDeallocated,
     /// A batch was added.
     #[oai(rename = "batch.created")]
+    #[serde(rename = "batch.created")]
     BatchCreated,
     /// A batch's purchased quantity was changed to `qty`.
     #[oai(rename = "batch.quantity_changed")]
+    #[serde(rename = "batch.quantity_changed")]
     BatchQuantityChanged,
     /// No batch of the sku has room left.
     #[oai(rename = "sku.out_of_stock")]
+    #[serde(rename = "sku.out_of_stock")]
     SkuOutOfStock,
     /// A batch of the sku has room again.
     #[oai(rename = "sku.back_in_stock")]
+    #[serde(rename = "sku.back_in_stock")]
     SkuBackInStock,
     /// A new line was refused for lack of stock (`400 Out of stock`); nothing changed.
     #[oai(rename = "allocation.refused")]
+    #[serde(rename = "allocation.refused")]
     AllocationRefused,
 }
 

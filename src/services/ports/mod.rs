@@ -9,3 +9,4 @@ pub mod events;
 pub mod health;
 pub mod login_throttle;
 pub mod tokens;
+pub mod webhooks;
