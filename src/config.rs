@@ -159,6 +159,8 @@ pub struct EventSettings {
     pub relay_interval_ms: u64,
     /// The longest a feed request waits for an event (`wait_ms` is cut to it).
     pub long_poll_max_ms: u64,
+    /// Whether this instance may relay (record events); at least one must.
+    pub relay_enabled: bool,
 }
 
 impl EventSettings {

@@ -80,7 +80,7 @@ pub struct Application {
     revocation_sync: RevocationSync,
     recovery: RecoveryLoop,
     lease: LeaseKeeper,
-    relay: Relay,
+    relay: Option<Relay>,
     webhooks: Arc<WebhookWorker>,
 }
 
@@ -249,13 +249,15 @@ impl Application {
             operation_timeout,
         );
         let recover_now = Arc::new(Notify::new());
-        let relay = Relay::new(
-            &database,
-            &instance,
-            settings.events.retention(),
-            Duration::from_millis(settings.events.relay_interval_ms),
-            operation_timeout,
-        );
+        let relay = settings.events.relay_enabled.then(|| {
+            Relay::new(
+                &database,
+                &instance,
+                settings.events.retention(),
+                Duration::from_millis(settings.events.relay_interval_ms),
+                operation_timeout,
+            )
+        });
         let events = MongoEventLog::new(&database, operation_timeout);
         let webhooks = Deadline::new(
             MongoWebhooks::new(
@@ -348,7 +350,7 @@ impl Application {
         let sync = tokio::spawn(self.revocation_sync.run());
         let recovery = tokio::spawn(self.recovery.run());
         let lease = tokio::spawn(self.lease.run());
-        let relay = tokio::spawn(self.relay.run());
+        let relay = self.relay.map(|relay| tokio::spawn(relay.run()));
         let webhooks = tokio::spawn(Arc::clone(&self.webhooks).run());
         let served = server::serve(
             self.listener,
@@ -361,7 +363,9 @@ impl Application {
         sync.abort();
         recovery.abort();
         lease.abort();
-        relay.abort();
+        if let Some(relay) = relay {
+            relay.abort();
+        }
         webhooks.abort();
         // Its tasks stopped with it; the others take its subscriptions now.
         let _ = webhooks.await;

@@ -17,7 +17,7 @@ use hmac::{Hmac, Mac};
 use secrecy::{ExposeSecret, SecretString};
 use sha2::Sha256;
 
-use super::events::{Event, EventType, Happened};
+use super::events::{Event, EventType};
 
 /// One subscription: where to POST which events, and how far it got.
 #[derive(Clone, Debug)]
@@ -153,66 +153,14 @@ pub const MAX_PAYLOAD_BYTES: usize = 16 * 1024;
 /// the Standard Webhooks specification shapes it, `timestamp` being when the
 /// event happened (RFC 3339).
 pub fn payload(event: &Event) -> Vec<u8> {
-    let body = serde_json::json!({
-        "type": event.what.event_type().as_str(),
-        "timestamp": event.occurred_at.to_rfc3339_opts(SecondsFormat::Millis, true),
-        "position": event.position,
-        "data": data(&event.what),
-    });
+    // `what` serializes as `{"type", "data"}` (domain::events), as in the feed.
+    let mut body = serde_json::to_value(&event.what).unwrap_or_default();
+    body["timestamp"] = event
+        .occurred_at
+        .to_rfc3339_opts(SecondsFormat::Millis, true)
+        .into();
+    body["position"] = event.position.into();
     serde_json::to_vec(&body).unwrap_or_default()
-}
-
-/// An event's data, with the names of its fields.
-fn data(what: &Happened) -> serde_json::Value {
-    use serde_json::json;
-    match what {
-        Happened::LineAllocated {
-            orderid,
-            sku,
-            qty,
-            batchref,
-        }
-        | Happened::LineFilled {
-            orderid,
-            sku,
-            qty,
-            batchref,
-        } => json!({"orderid": orderid, "sku": sku, "qty": qty, "batchref": batchref}),
-        Happened::LineBackordered {
-            orderid,
-            sku,
-            qty,
-            from,
-        } => json!({"orderid": orderid, "sku": sku, "qty": qty, "from": from}),
-        Happened::LineMoved {
-            orderid,
-            sku,
-            qty,
-            from,
-            to,
-        } => json!({"orderid": orderid, "sku": sku, "qty": qty, "from": from, "to": to}),
-        Happened::LineDeallocated {
-            orderid,
-            sku,
-            qty,
-            batchref,
-        } => json!({"orderid": orderid, "sku": sku, "qty": qty, "batchref": batchref}),
-        Happened::BatchCreated {
-            reference,
-            sku,
-            qty,
-            eta,
-        } => json!({"reference": reference, "sku": sku, "qty": qty, "eta": eta}),
-        Happened::BatchQuantityChanged {
-            reference,
-            sku,
-            qty,
-        } => json!({"reference": reference, "sku": sku, "qty": qty}),
-        Happened::SkuOutOfStock { sku } | Happened::SkuBackInStock { sku } => json!({"sku": sku}),
-        Happened::AllocationRefused { orderid, sku, qty } => {
-            json!({"orderid": orderid, "sku": sku, "qty": qty})
-        }
-    }
 }
 
 /// When failed deliveries are tried again: after the n-th failed attempt,
@@ -424,6 +372,7 @@ pub fn is_subscription_id(text: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::events::Happened;
 
     #[test]
     fn signatures_match_the_standard_webhooks_test_vector() {

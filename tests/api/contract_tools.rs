@@ -13,7 +13,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use crate::helpers::generated::{RustClient, refusal};
-use crate::helpers::{PASSWORD, TestApp, random_name, spawn_app};
+use crate::helpers::{PASSWORD, TestApp, random_name, relaying, spawn_app, spawn_app_with};
 use crate::session::session;
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
@@ -175,7 +175,7 @@ async fn a_generated_python_client_drives_a_whole_story() {
     let output = run("openapi-python-client", generate).await;
     assert!(!output.to_lowercase().contains("warning"), "{output}");
 
-    let app = spawn_app().await;
+    let app = spawn_app_with(relaying).await;
     let mut story = tool_command("python");
     story
         .arg(Path::new(ROOT).join("tests/client/story.py"))
@@ -216,7 +216,7 @@ async fn a_generated_typescript_client_drives_a_whole_story() {
     build.args(["--outDir", "build"]);
     run("tsc", build).await;
 
-    let app = spawn_app().await;
+    let app = spawn_app_with(relaying).await;
     let mut story = Command::new("node");
     story
         .current_dir(&folder)
@@ -251,7 +251,7 @@ async fn rust_admin(app: &TestApp, anonymous: &RustClient) -> RustClient {
 async fn a_generated_rust_client_drives_a_whole_story() {
     use allot_client::types::LineStatusBody::{Allocated, Backordered};
 
-    let app = spawn_app().await;
+    let app = spawn_app_with(relaying).await;
     let anonymous = app.rust_client(None);
     let alice = random_name("alice");
     let registered = anonymous.register(&alice).await;

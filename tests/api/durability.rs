@@ -17,9 +17,19 @@ use crate::session::session;
 /// `allot serve` (testing configuration, JSON logs) as a child process on
 /// `database`, once it listens.
 pub fn serve_on(database: &str) -> AllotProcess {
+    serve(database, false)
+}
+
+/// [`serve_on`], relaying events (off in the testing configuration).
+pub fn serve_relaying_on(database: &str) -> AllotProcess {
+    serve(database, true)
+}
+
+fn serve(database: &str, relay: bool) -> AllotProcess {
     let mut command = allot_command();
     command
         .env("ALLOT_ENV", "testing")
+        .env("ALLOT__EVENTS__RELAY_ENABLED", relay.to_string())
         .env("ALLOT__LOG__LEVEL", "info")
         .env("ALLOT__LOG__FORMAT", "json")
         .env("ALLOT__MONGO__URI", &session().mongo_uri)

@@ -8,8 +8,8 @@ use futures_util::TryStreamExt;
 use mongodb::bson::{Document, doc};
 use serde_json::Value;
 
-use crate::helpers::{AllotProcess, Caller, Shop, allot_command, line, random_name, spawn_app};
-use crate::session::session;
+use crate::durability::serve_relaying_on;
+use crate::helpers::{Caller, Shop, line, random_name, relaying, spawn_app, spawn_app_with};
 
 /// Reads the feed after `after` until it holds `count` events (or 20 s pass).
 async fn feed_until(reader: &Caller, after: u64, count: usize) -> Vec<Value> {
@@ -37,7 +37,7 @@ fn types(events: &[Value]) -> Vec<&str> {
 }
 
 async fn a_story_is_told_by_the_feed_in_the_order_it_happened() {
-    let shop = Shop::open().await;
+    let shop = Shop::on(spawn_app_with(relaying).await).await;
     let admin = shop.as_admin();
     shop.add_stock(&[("b1", "LAMP", 10, None)]).await;
     assert_eq!(shop.allocate("o1", "LAMP", 10).await.0, 201);
@@ -87,7 +87,7 @@ async fn a_story_is_told_by_the_feed_in_the_order_it_happened() {
 }
 
 async fn the_feed_is_for_admins_and_the_events_role_only() {
-    let shop = Shop::open().await;
+    let shop = Shop::on(spawn_app_with(relaying).await).await;
     let (status, body) = shop.get("/events").await;
     assert_eq!(status, 403, "{body}");
     assert_eq!(body["msg"], "Admin or events role required");
@@ -113,7 +113,7 @@ async fn the_feed_is_for_admins_and_the_events_role_only() {
 }
 
 async fn a_waiting_reader_gets_the_next_event_as_it_is_recorded() {
-    let shop = Shop::open().await;
+    let shop = Shop::on(spawn_app_with(relaying).await).await;
     let admin = shop.as_admin();
     let head = feed_until(&admin, 0, 0).await.len() as u64;
     let waiting = {
@@ -141,18 +141,6 @@ async fn a_waiting_reader_gets_the_next_event_as_it_is_recorded() {
     assert_eq!((status, page["events"].as_array().unwrap().len()), (200, 0));
 }
 
-/// `allot serve` on `database` as a child process.
-fn serve_on(database: &str) -> AllotProcess {
-    let mut command = allot_command();
-    command
-        .env("ALLOT_ENV", "testing")
-        .env("ALLOT__LOG__LEVEL", "info")
-        .env("ALLOT__LOG__FORMAT", "json")
-        .env("ALLOT__MONGO__URI", &session().mongo_uri)
-        .env("ALLOT__MONGO__DATABASE", database);
-    AllotProcess::start(&mut command)
-}
-
 /// Two instances allocate while the relay's (the older) is SIGKILLed and
 /// restarted, six times: every stored line has exactly one `line.allocated`,
 /// and the positions run 1, 2, 3, … with no gap and no repeat.
@@ -164,7 +152,7 @@ async fn relays_killed_while_recording_lose_and_repeat_no_event() {
     // Stopped, so that the relay is one of the two: the oldest live instance
     // leads, so each kill below kills the relay.
     drop(app);
-    let mut instances = [serve_on(&name), serve_on(&name)];
+    let mut instances = [serve_relaying_on(&name), serve_relaying_on(&name)];
     assert_eq!(
         instances[0]
             .caller(&admin)
@@ -194,7 +182,7 @@ async fn relays_killed_while_recording_lose_and_repeat_no_event() {
             tokio::time::sleep(kill_after).await;
             instances[victim].kill();
         });
-        instances[victim] = serve_on(&name);
+        instances[victim] = serve_relaying_on(&name);
     }
     // Lines of killed instances are stored by the survivors' recovery.
     tokio::time::sleep(Duration::from_secs(3)).await;

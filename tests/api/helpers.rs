@@ -36,6 +36,12 @@ pub async fn spawn_app() -> TestApp {
     spawn_app_with(|_| {}).await
 }
 
+/// Turns the event relay on (the testing configuration has it off): for
+/// `spawn_app_with`, in the tests that read events.
+pub fn relaying(settings: &mut Settings) {
+    settings.events.relay_enabled = true;
+}
+
 /// Like [`spawn_app`], after letting the test adjust the settings.
 pub async fn spawn_app_with(adjust: impl FnOnce(&mut Settings)) -> TestApp {
     let mut settings = testing_settings();

@@ -20,8 +20,10 @@ use allot::services::webhooks::{self, NewSubscription};
 use allot::testing::webhooks::{CountingObserver, InMemoryEventLog};
 use serde_json::json;
 
-use crate::durability::{admin_token, serve_on};
-use crate::helpers::{Answer, Received, Receiver, Shop, random_name, spawn_app, spawn_app_with};
+use crate::durability::{admin_token, serve_relaying_on};
+use crate::helpers::{
+    Answer, Received, Receiver, Shop, random_name, relaying, spawn_app, spawn_app_with,
+};
 use crate::session::session;
 
 const OPEN: TargetPolicy = TargetPolicy {
@@ -482,7 +484,7 @@ async fn internal_addresses_are_refused_at_creation_and_at_delivery() {
 
 /// Needs the relay (issue 18 parts 1–2): `POST /batches` records `batch.created`.
 async fn an_admin_subscribes_and_receives_batch_events_through_the_api() {
-    let app = spawn_app().await;
+    let app = spawn_app_with(relaying).await;
     let admin = app.as_admin().await;
     let receiver = Receiver::start().await;
     let (id, secret) = admin.subscribe(&receiver.url, &["batch.created"]).await;
@@ -517,7 +519,7 @@ async fn an_admin_subscribes_and_receives_batch_events_through_the_api() {
 
 /// Needs the relay (issue 18 parts 1–2).
 async fn a_replay_through_the_api_delivers_the_events_again() {
-    let app = spawn_app().await;
+    let app = spawn_app_with(relaying).await;
     let admin = app.as_admin().await;
     let receiver = Receiver::start().await;
     let (id, secret) = admin.subscribe(&receiver.url, &["batch.created"]).await;
@@ -547,7 +549,7 @@ async fn a_replay_through_the_api_delivers_the_events_again() {
 /// Needs the relay (issue 18 parts 1–2). The issue's story: a warehouse and a
 /// customer service, each with its own receiver and types.
 async fn a_warehouse_and_customer_service_follow_a_line_through_the_api() {
-    let shop = Shop::open().await;
+    let shop = Shop::on(spawn_app_with(relaying).await).await;
     let admin = shop.as_admin();
     let (warehouse, service) = (Receiver::start().await, Receiver::start().await);
     let (_, secret) = admin
@@ -614,7 +616,7 @@ async fn a_warehouse_and_customer_service_follow_a_line_through_the_api() {
 async fn the_delivering_instance_killed_mid_delivery_loses_no_event() {
     let database = session().new_database_name();
     let token = admin_token(&database).await;
-    let mut instances = [serve_on(&database), serve_on(&database)];
+    let mut instances = [serve_relaying_on(&database), serve_relaying_on(&database)];
     let receiver = Receiver::start().await;
     receiver.answer(&[Answer::Hang]);
     let admin = instances[0].caller(&token);
