@@ -61,6 +61,9 @@ pub enum Checked {
     NotChecked,
 }
 
+/// How long an attempt refused in-process waits before its answer.
+const REFUSAL_PAUSE: Duration = Duration::from_millis(250);
+
 /// How many times a reservation is tried again when a concurrent attempt
 /// changed its counter between the refusal and the read of the reason.
 const RACES: usize = 3;
@@ -84,14 +87,19 @@ impl<L: LoginThrottle> Throttle<L> {
     /// database step: each of those is counted, or is being counted, as a
     /// failure, so the counters would refuse it too. A flood of one login
     /// keeps at most that many of its attempts at the database at a time
-    /// per instance.
+    /// per instance. Such a refusal is answered after [`REFUSAL_PAUSE`].
     pub async fn reserve(
         &self,
         username: &str,
         address: &str,
     ) -> Result<Result<Reservation<'_>, Duration>, StoreError> {
         let Some(in_flight) = self.enter(username, address) else {
-            // One of those in flight ends within a password check.
+            // Answered after a pause: a client that resends without
+            // honouring Retry-After would otherwise get thousands of these a
+            // second, and their handling alone would slow every other request
+            // (bench budget 3). One of those in flight ends within a
+            // password check.
+            tokio::time::sleep(REFUSAL_PAUSE).await;
             return Ok(Err(Duration::from_secs(1)));
         };
         let reserved = reserve(&self.counters, username, address).await?;
@@ -267,8 +275,11 @@ mod tests {
         }
         let steps = throttle.counters.steps.load(Ordering::SeqCst);
 
+        let asked = std::time::Instant::now();
         let refused = reserve("alice", "10.0.0.1").await.unwrap();
         assert_eq!(refused.err(), Some(Duration::from_secs(1)));
+        // Not at once: a flood that ignores Retry-After is slowed down.
+        assert!(asked.elapsed() >= REFUSAL_PAUSE);
         assert_eq!(throttle.counters.steps.load(Ordering::SeqCst), steps);
 
         // Another address or username is another login.
