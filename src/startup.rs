@@ -43,6 +43,8 @@ pub enum StartupError {
     Webhooks(#[from] SenderError),
     #[error("cannot load revoked tokens: {0}")]
     Revocations(#[from] StoreError),
+    #[error("cannot start the event feed: {0}")]
+    Events(#[from] crate::adapters::mongo::events::relay::RelayError),
     #[error("cannot listen on {address}: {source}")]
     Bind {
         address: String,
@@ -228,6 +230,9 @@ impl Application {
         let operation_timeout = Duration::from_millis(settings.mongo.operation_timeout_ms);
         let lease = Duration::from_millis(settings.mongo.instance_lease_ms);
         let instance = Instance::new(&database, lease);
+        if settings.events.relay_enabled {
+            instance.may_relay();
+        }
         // Holding a lease (and knowing the others') before the first write.
         let register = async {
             instance.renew().await?;
@@ -249,15 +254,16 @@ impl Application {
             operation_timeout,
         );
         let recover_now = Arc::new(Notify::new());
-        let relay = settings.events.relay_enabled.then(|| {
-            Relay::new(
-                &database,
-                &instance,
-                settings.events.retention(),
-                Duration::from_millis(settings.events.relay_interval_ms),
-                operation_timeout,
-            )
-        });
+        let relay = Relay::new(
+            &database,
+            &instance,
+            settings.events.retention(),
+            Duration::from_millis(settings.events.relay_interval_ms),
+            operation_timeout,
+        );
+        // The feed starts before the first instance serves (any instance).
+        relay.begin().await?;
+        let relay = settings.events.relay_enabled.then_some(relay);
         let events = MongoEventLog::new(&database, operation_timeout);
         let webhooks = Deadline::new(
             MongoWebhooks::new(

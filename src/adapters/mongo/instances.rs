@@ -48,6 +48,10 @@ struct Inner {
     idle: Mutex<Vec<ClientSession>>,
     /// Instances holding a lease at the last survey.
     live: Mutex<HashSet<String>>,
+    /// Those of them that may relay events (`events.relay_enabled`).
+    live_relays: Mutex<HashSet<String>>,
+    /// Whether this one may.
+    relays: std::sync::atomic::AtomicBool,
     /// The ids (`lsid`) of every session registered and not yet dropped.
     registered: Mutex<HashSet<Vec<u8>>>,
     slots: Arc<Semaphore>,
@@ -78,6 +82,8 @@ impl Instance {
                 lease,
                 idle: Mutex::new(Vec::new()),
                 live: Mutex::new(HashSet::new()),
+                live_relays: Mutex::new(HashSet::new()),
+                relays: std::sync::atomic::AtomicBool::new(false),
                 registered: Mutex::new(HashSet::new()),
                 slots: Arc::new(Semaphore::new(SESSIONS)),
             }),
@@ -100,6 +106,7 @@ impl Instance {
                     "renewed_at": "$$NOW",
                     "lease_ms": lease_ms,
                     "pid": i64::from(std::process::id()),
+                    "relays": self.relays(),
                 } }],
             )
             .upsert(true)
@@ -123,6 +130,7 @@ impl Instance {
             .try_collect()
             .await?;
         let mut live = HashSet::new();
+        let mut live_relays = HashSet::new();
         let mut reaped = Vec::new();
         for lease in leases {
             let Ok(instance) = lease.get_str("_id") else {
@@ -130,6 +138,9 @@ impl Instance {
             };
             if !lease.get_bool("lapsed").unwrap_or(false) {
                 live.insert(instance.to_owned());
+                if lease.get_bool("relays").unwrap_or(false) {
+                    live_relays.insert(instance.to_owned());
+                }
                 continue;
             }
             let sessions: Vec<Bson> = lease
@@ -158,7 +169,38 @@ impl Instance {
             }
         }
         *self.inner.live.lock().unwrap_or_else(|e| e.into_inner()) = live;
+        *self
+            .inner
+            .live_relays
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = live_relays;
         Ok(reaped)
+    }
+
+    /// Marks this instance as one that may relay events (in its lease from
+    /// the next renewal).
+    pub fn may_relay(&self) {
+        use std::sync::atomic::Ordering;
+        self.inner.relays.store(true, Ordering::Relaxed);
+    }
+
+    fn relays(&self) -> bool {
+        self.inner.relays.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The instances that may relay events, found live by the last
+    /// [`Instance::survey`] (this one, if it may).
+    pub fn live_relays(&self) -> HashSet<String> {
+        let live = self
+            .inner
+            .live_relays
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let mut live = live.clone();
+        if self.relays() {
+            live.insert(self.inner.id.clone());
+        }
+        live
     }
 
     /// The instances found holding a lease by the last [`Instance::survey`]

@@ -157,10 +157,10 @@ impl Relay {
         }
     }
 
-    /// The live instance with the smallest id leads; while two disagree for
-    /// a moment, the checkpoint's condition lets only one record.
+    /// The live relaying instance with the smallest id leads; while two
+    /// disagree for a moment, the checkpoint's condition lets only one record.
     fn leads(&self) -> bool {
-        let live = self.instance.live();
+        let live = self.instance.live_relays();
         live.iter().min().map(String::as_str) == Some(self.instance.id())
     }
 
@@ -236,6 +236,20 @@ impl Relay {
             unread: Vec::new(),
             last_recorded: tokio::time::Instant::now(),
         })
+    }
+
+    /// Starts the feed if nothing has yet (no checkpoint): run at start-up,
+    /// before this instance serves, so that no change it makes is before the
+    /// feed's start, whichever instance relays later.
+    pub async fn begin(&self) -> Result<(), RelayError> {
+        let started = self.relay.find_one(doc! { "_id": CHECKPOINT }).await?;
+        match started {
+            Some(_) => Ok(()),
+            None => match self.start().await {
+                Err(RelayError::Overtaken) => Ok(()),
+                outcome => outcome.map(drop),
+            },
+        }
     }
 
     /// The first start: follows changes from now, records the stock levels
