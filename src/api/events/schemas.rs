@@ -3,7 +3,7 @@
 use chrono::{DateTime, NaiveDate, Utc};
 use poem_openapi::{Enum, Object};
 
-use crate::domain::events::{Event, EventType, Happened};
+use crate::domain::events::{Event, EventType};
 
 /// The type of an event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Enum, serde::Deserialize)]
@@ -100,7 +100,7 @@ pub struct EventBody {
 }
 
 /// What the event is about; which fields are present depends on `type`.
-#[derive(Debug, Default, Object)]
+#[derive(Debug, Default, Object, serde::Deserialize)]
 #[oai(skip_serializing_if_is_none)]
 pub struct EventData {
     /// `line.*` and `allocation.refused`.
@@ -134,79 +134,16 @@ pub struct EventPage {
 
 impl From<Event> for EventBody {
     fn from(event: Event) -> Self {
-        let kind = event.what.event_type().into();
-        let mut data = EventData::default();
-        match event.what {
-            Happened::LineAllocated {
-                orderid,
-                sku,
-                qty,
-                batchref,
-            }
-            | Happened::LineFilled {
-                orderid,
-                sku,
-                qty,
-                batchref,
-            } => {
-                (data.orderid, data.sku, data.qty) = (Some(orderid), Some(sku), Some(qty));
-                data.batchref = Some(batchref);
-            }
-            Happened::LineBackordered {
-                orderid,
-                sku,
-                qty,
-                from,
-            } => {
-                (data.orderid, data.sku, data.qty) = (Some(orderid), Some(sku), Some(qty));
-                data.from = Some(from);
-            }
-            Happened::LineMoved {
-                orderid,
-                sku,
-                qty,
-                from,
-                to,
-            } => {
-                (data.orderid, data.sku, data.qty) = (Some(orderid), Some(sku), Some(qty));
-                (data.from, data.to) = (Some(from), Some(to));
-            }
-            Happened::LineDeallocated {
-                orderid,
-                sku,
-                qty,
-                batchref,
-            } => {
-                (data.orderid, data.sku, data.qty) = (Some(orderid), Some(sku), Some(qty));
-                data.batchref = batchref;
-            }
-            Happened::BatchCreated {
-                reference,
-                sku,
-                qty,
-                eta,
-            } => {
-                (data.reference, data.sku, data.qty) = (Some(reference), Some(sku), Some(qty));
-                data.eta = eta;
-            }
-            Happened::BatchQuantityChanged {
-                reference,
-                sku,
-                qty,
-            } => {
-                (data.reference, data.sku, data.qty) = (Some(reference), Some(sku), Some(qty));
-            }
-            Happened::SkuOutOfStock { sku } | Happened::SkuBackInStock { sku } => {
-                data.sku = Some(sku);
-            }
-            Happened::AllocationRefused { orderid, sku, qty } => {
-                (data.orderid, data.sku, data.qty) = (Some(orderid), Some(sku), Some(qty));
-            }
-        }
+        // The fields are those of `Happened`'s serialization, which webhook
+        // payloads use too (`domain::webhooks::payload`): one mapping for both.
+        let data = serde_json::to_value(&event.what)
+            .ok()
+            .and_then(|mut what| serde_json::from_value(what["data"].take()).ok())
+            .unwrap_or_default();
         Self {
             position: event.position,
             id: event.id,
-            kind,
+            kind: event.what.event_type().into(),
             occurred_at: event.occurred_at,
             data,
         }
