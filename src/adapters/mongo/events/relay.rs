@@ -13,9 +13,12 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-use mongodb::bson::{self, Bson, Document, doc};
-use mongodb::change_stream::event::{ChangeStreamEvent, OperationType, ResumeToken};
+use futures_util::StreamExt;
+use mongodb::bson::{self, Bson, Document, Timestamp, doc};
+use mongodb::change_stream::event::{OperationType, ResumeToken};
+use mongodb::raw_batch_cursor::SessionRawBatchCursor;
 use mongodb::{ClientSession, Collection, Database};
+use serde::Deserialize;
 
 use super::{CHECKPOINT, EVENT_NOTES, EVENT_RELAY, EVENTS, STOCK_LEVELS, to_document};
 use crate::adapters::mongo::allocations::{BATCHES, ORDER_LINES};
@@ -28,12 +31,56 @@ const MOST_CHANGES: usize = 500;
 
 /// How long an idle relay's `getMore` waits on the server for a change; it
 /// answers as soon as one is committed.
-const IDLE_WAIT_MS: i64 = 1000;
+const IDLE_WAIT: Duration = Duration::from_secs(1);
+
+/// The fields of lines, batches and notes that events are made of: the
+/// stream sends only these (a change is then about a third of its size, and
+/// a batch's intents, most of its updates, are left out).
+const EVENT_FIELDS: [&str; 8] = [
+    "orderid",
+    "sku",
+    "qty",
+    "status",
+    "batchref",
+    "available_quantity",
+    "purchased_quantity",
+    "eta",
+];
 
 /// The most batches whose stock level is kept in memory between rounds.
 const MOST_LEVELS_CACHED: usize = 100_000;
 
-type Change = ChangeStreamEvent<Document>;
+/// A committed change, as far as its events go (the fields of a change
+/// event the stream keeps; see [`Relay::watch`]).
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Change {
+    #[serde(rename = "_id")]
+    id: ResumeToken,
+    operation_type: OperationType,
+    ns: Option<Namespace>,
+    document_key: Option<Document>,
+    update_description: Option<UpdateDescription>,
+    cluster_time: Option<Timestamp>,
+    wall_time: Option<bson::DateTime>,
+    full_document: Option<Document>,
+    full_document_before_change: Option<Document>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Namespace {
+    coll: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct UpdateDescription {
+    #[serde(default)]
+    updated_fields: Document,
+    /// Kept for lines only (a batch's are its intents).
+    #[serde(default)]
+    removed_fields: Vec<String>,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum RelayError {
@@ -165,9 +212,9 @@ impl Relay {
     }
 
     /// Opens a change stream of the database after `token` (from now
-    /// without one): the driver's `aggregate` and `getMore`, by hand, so that
-    /// a round costs one `getMore` (the driver's stream cannot tell a drained
-    /// batch from an empty one without another).
+    /// without one), read one raw batch (one `getMore`) a round: the
+    /// driver's change stream cannot tell a drained batch from an empty one
+    /// without another `getMore`, and decodes every field of every change.
     async fn watch(&self, token: Option<&ResumeToken>) -> Result<Stream, RelayError> {
         let collections = [BATCHES, ORDER_LINES, EVENT_NOTES];
         let mut options = doc! { "fullDocumentBeforeChange": "whenAvailable" };
@@ -175,10 +222,24 @@ impl Relay {
             let token = bson::to_bson(token).map_err(|_| RelayError::Corrupt("token"))?;
             options.insert("resumeAfter", token);
         }
+        let mut kept = doc! {
+            "operationType": 1, "ns": 1, "documentKey": 1, "clusterTime": 1, "wallTime": 1,
+            // A batch's removed fields are its settled intents.
+            "updateDescription.removedFields": { "$cond": [
+                { "$eq": ["$ns.coll", ORDER_LINES] },
+                "$updateDescription.removedFields",
+                "$$REMOVE",
+            ] },
+        };
+        for part in ["fullDocument", "fullDocumentBeforeChange", "updateDescription.updatedFields"] {
+            for field in EVENT_FIELDS {
+                kept.insert(format!("{part}.{field}"), 1);
+            }
+        }
         let mut session = self.database.client().start_session().await?;
-        let opened = self
+        let mut cursor = self
             .database
-            .run_command(doc! {
+            .run_cursor_command(doc! {
                 "aggregate": 1,
                 "pipeline": [
                     { "$changeStream": options },
@@ -186,26 +247,30 @@ impl Relay {
                         "ns.coll": { "$in": collections.as_slice() },
                         "operationType": { "$in": ["insert", "update", "replace", "delete"] },
                     } },
-                    // A batch's intents are most of its size and tell no event.
-                    { "$project": {
-                        "fullDocument.pending": 0,
-                        "fullDocumentBeforeChange.pending": 0,
-                    } },
+                    { "$project": kept },
                 ],
                 "cursor": { "batchSize": 0 },
             })
+            .batch_size(MOST_CHANGES as u32)
+            .max_time(IDLE_WAIT)
             .session(&mut session)
+            .batch()
             .await?;
-        let cursor = opened
+        // The first batch is the `aggregate`'s own (empty) answer.
+        let opened = cursor
+            .stream(&mut session)
+            .next()
+            .await
+            .ok_or(RelayError::Corrupt("cursor"))??;
+        let token = opened
+            .as_raw_document()
             .get_document("cursor")
-            .map_err(|_| RelayError::Corrupt("cursor"))?;
+            .ok()
+            .and_then(|cursor| cursor.get("postBatchResumeToken").ok().flatten())
+            .and_then(|token| bson::from_bson(Bson::try_from(token.to_raw_bson()).ok()?).ok());
         Ok(Stream {
-            id: cursor
-                .get_i64("id")
-                .map_err(|_| RelayError::Corrupt("cursor"))?,
-            token: cursor
-                .get("postBatchResumeToken")
-                .and_then(|token| bson::from_bson(token.clone()).ok()),
+            cursor,
+            token,
             session,
         })
     }
@@ -287,7 +352,7 @@ impl Relay {
     /// Reads what changed since the last round and records its events;
     /// whether more changes are waiting (None: none came).
     async fn round(&self, now: &mut Following) -> Result<Option<bool>, RelayError> {
-        let read = now.stream.next_batch(&self.database).await?;
+        let read = now.stream.next_batch().await?;
         now.unread.extend(read);
         let full = now.unread.len() >= MOST_CHANGES;
         // A transaction's changes share their cluster time and are visible
@@ -571,7 +636,7 @@ impl Relay {
 
 /// An open change stream: its cursor, in the session that opened it.
 struct Stream {
-    id: i64,
+    cursor: SessionRawBatchCursor,
     /// Where the stream stands before its first change (at the first start).
     token: Option<ResumeToken>,
     session: ClientSession,
@@ -579,27 +644,23 @@ struct Stream {
 
 impl Stream {
     /// One `getMore`: the changes committed since the last (at most
-    /// [`MOST_CHANGES`]), waiting up to [`IDLE_WAIT_MS`] for the first.
-    async fn next_batch(&mut self, database: &Database) -> Result<Vec<Change>, RelayError> {
-        let mut batch = database
-            .run_command(doc! {
-                "getMore": self.id,
-                "collection": "$cmd.aggregate",
-                "batchSize": MOST_CHANGES as i64,
-                "maxTimeMS": IDLE_WAIT_MS,
-            })
-            .session(&mut self.session)
-            .await?;
-        let changes = match batch
-            .get_document_mut("cursor")
-            .map(|c| c.remove("nextBatch"))
-        {
-            Ok(Some(Bson::Array(changes))) => changes,
-            _ => return Err(RelayError::Corrupt("getMore reply")),
-        };
-        changes
+    /// [`MOST_CHANGES`]), waiting up to [`IDLE_WAIT`] for the first.
+    async fn next_batch(&mut self) -> Result<Vec<Change>, RelayError> {
+        let batch = self
+            .cursor
+            .stream(&mut self.session)
+            .next()
+            .await
+            .ok_or(RelayError::Corrupt("change stream closed"))??;
+        let corrupt = |_| RelayError::Corrupt("change");
+        batch
+            .doc_slices()?
             .into_iter()
-            .map(|change| bson::from_bson(change).map_err(|_| RelayError::Corrupt("change")))
+            .map(|change| {
+                let change = change.map_err(corrupt)?;
+                let change = change.as_document().ok_or(RelayError::Corrupt("change"))?;
+                bson::from_slice(change.as_bytes()).map_err(|_| RelayError::Corrupt("change"))
+            })
             .collect()
     }
 }
