@@ -9,7 +9,7 @@ pub mod relay;
 use std::time::Duration;
 
 use futures_util::TryStreamExt;
-use mongodb::bson::{self, Bson, Document, doc};
+use mongodb::bson::{self, Bson, Document, RawDocumentBuf, doc, rawdoc};
 use mongodb::options::IndexOptions;
 use mongodb::{Collection, Database, IndexModel};
 
@@ -104,16 +104,20 @@ pub(crate) async fn note_refusal(
     Ok(())
 }
 
-/// An event as stored: `{_id: position, id, occurred_at, expires_at, type, data}`.
-fn to_document(event: &Event, retention: Duration) -> Result<Document, bson::ser::Error> {
-    let mut stored = doc! {
+/// An event as stored: `{_id: position, id, occurred_at, expires_at, type, data}`
+/// (built raw: the relay writes every event).
+fn to_document(event: &Event, retention: Duration) -> Option<RawDocumentBuf> {
+    let mut stored = rawdoc! {
         "_id": i64::try_from(event.position).unwrap_or(i64::MAX),
-        "id": &event.id,
+        "id": event.id.as_str(),
         "occurred_at": bson::DateTime::from_chrono(event.occurred_at),
         "expires_at": bson::DateTime::from_chrono(event.occurred_at + retention),
     };
-    stored.extend(bson::to_document(&event.what)?);
-    Ok(stored)
+    for element in bson::to_raw_document_buf(&event.what).ok()?.iter() {
+        let (key, value) = element.ok()?;
+        stored.append(key, value.to_raw_bson());
+    }
+    Some(stored)
 }
 
 fn from_document(mut stored: Document) -> Result<Event, StoreError> {

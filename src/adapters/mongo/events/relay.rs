@@ -14,11 +14,11 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use mongodb::bson::{self, Bson, Document, Timestamp, doc};
-use mongodb::change_stream::event::{OperationType, ResumeToken};
+use mongodb::bson::{
+    self, Bson, Document, RawBsonRef, RawDocument, RawDocumentBuf, Timestamp, doc,
+};
 use mongodb::raw_batch_cursor::SessionRawBatchCursor;
 use mongodb::{ClientSession, Collection, Database};
-use serde::Deserialize;
 
 use super::{CHECKPOINT, EVENT_NOTES, EVENT_RELAY, EVENTS, STOCK_LEVELS, to_document};
 use crate::adapters::mongo::allocations::{BATCHES, ORDER_LINES};
@@ -33,53 +33,163 @@ const MOST_CHANGES: usize = 500;
 /// answers as soon as one is committed.
 const IDLE_WAIT: Duration = Duration::from_secs(1);
 
-/// The fields of lines, batches and notes that events are made of: the
-/// stream sends only these (a change is then about a third of its size, and
-/// a batch's intents, most of its updates, are left out).
-const EVENT_FIELDS: [&str; 8] = [
-    "orderid",
-    "sku",
-    "qty",
-    "status",
-    "batchref",
-    "available_quantity",
-    "purchased_quantity",
-    "eta",
-];
-
 /// The most batches whose stock level is kept in memory between rounds.
 const MOST_LEVELS_CACHED: usize = 100_000;
 
-/// A committed change, as far as its events go (the fields of a change
-/// event the stream keeps; see [`Relay::watch`]).
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
+/// A committed change, as far as its events go, read from the raw change
+/// event: the rest of it (a batch's intents, most of a batch update's size)
+/// is skipped unread.
+#[derive(Debug)]
 struct Change {
-    #[serde(rename = "_id")]
-    id: ResumeToken,
-    operation_type: OperationType,
-    ns: Option<Namespace>,
-    document_key: Option<Document>,
-    update_description: Option<UpdateDescription>,
+    /// The resume token (`_id`).
+    token: RawDocumentBuf,
+    operation: Operation,
+    collection: Source,
+    /// A batch's reference (`documentKey._id`).
+    reference: Option<String>,
+    /// The fields an update set, and those it removed.
+    updated: Option<RawDocumentBuf>,
+    removed: Vec<String>,
     cluster_time: Option<Timestamp>,
     wall_time: Option<bson::DateTime>,
-    full_document: Option<Document>,
-    full_document_before_change: Option<Document>,
+    full_document: Option<Fields>,
+    full_document_before_change: Option<Fields>,
 }
 
-#[derive(Debug, Deserialize)]
-struct Namespace {
-    coll: Option<String>,
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Operation {
+    Insert,
+    Update,
+    Replace,
+    Delete,
+    Other,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct UpdateDescription {
-    #[serde(default)]
-    updated_fields: Document,
-    /// Kept for lines only (a batch's are its intents).
-    #[serde(default)]
-    removed_fields: Vec<String>,
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Source {
+    Batches,
+    OrderLines,
+    EventNotes,
+    Other,
+}
+
+impl Change {
+    fn read(raw: &RawDocument) -> Option<Self> {
+        let mut change = Change {
+            token: raw.get_document("_id").ok()?.to_raw_document_buf(),
+            operation: Operation::Other,
+            collection: Source::Other,
+            reference: None,
+            updated: None,
+            removed: Vec::new(),
+            cluster_time: None,
+            wall_time: None,
+            full_document: None,
+            full_document_before_change: None,
+        };
+        let fields = |value: RawBsonRef<'_>| value.as_document().map(Fields::of);
+        for (key, value) in raw.iter().flatten() {
+            match key {
+                "operationType" => {
+                    change.operation = match value.as_str() {
+                        Some("insert") => Operation::Insert,
+                        Some("update") => Operation::Update,
+                        Some("replace") => Operation::Replace,
+                        Some("delete") => Operation::Delete,
+                        _ => Operation::Other,
+                    }
+                }
+                "ns" => {
+                    change.collection = match value.as_document()?.get_str("coll") {
+                        Ok(BATCHES) => Source::Batches,
+                        Ok(ORDER_LINES) => Source::OrderLines,
+                        Ok(EVENT_NOTES) => Source::EventNotes,
+                        _ => Source::Other,
+                    }
+                }
+                "documentKey" => {
+                    change.reference = value.as_document()?.get_str("_id").ok().map(str::to_owned)
+                }
+                "updateDescription" => {
+                    let description = value.as_document()?;
+                    change.updated = description
+                        .get_document("updatedFields")
+                        .ok()
+                        .map(ToOwned::to_owned);
+                    if let Ok(removed) = description.get_array("removedFields") {
+                        change.removed = removed
+                            .into_iter()
+                            .filter_map(|field| Some(field.ok()?.as_str()?.to_owned()))
+                            .collect();
+                    }
+                }
+                "clusterTime" => change.cluster_time = value.as_timestamp(),
+                "wallTime" => change.wall_time = value.as_datetime(),
+                "fullDocument" => change.full_document = fields(value),
+                "fullDocumentBeforeChange" => change.full_document_before_change = fields(value),
+                _ => {}
+            }
+        }
+        Some(change)
+    }
+}
+
+/// The fields of a line, a batch or a note that events are made of.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Fields {
+    orderid: Option<String>,
+    sku: Option<String>,
+    qty: Option<i64>,
+    status: Option<String>,
+    /// `Some(None)`: null, as an update that takes a line off its batch sets it.
+    batchref: Option<Option<String>>,
+    available_quantity: Option<i64>,
+    purchased_quantity: Option<i64>,
+    eta: Option<bson::DateTime>,
+}
+
+impl Fields {
+    fn of(document: &RawDocument) -> Self {
+        Self::default().with(document)
+    }
+
+    /// These fields with `document`'s over them.
+    fn with(mut self, document: &RawDocument) -> Self {
+        for (key, value) in document.iter().flatten() {
+            self.set(key, Some(value));
+        }
+        self
+    }
+
+    /// These fields after an update that set `updated` and removed `removed`.
+    fn updated(&self, updated: &RawDocument, removed: &[String]) -> Self {
+        let mut after = self.clone();
+        for field in removed {
+            after.set(field, None);
+        }
+        after.with(updated)
+    }
+
+    /// Sets a field to `value`; None removes it.
+    fn set(&mut self, field: &str, value: Option<RawBsonRef<'_>>) {
+        let text = || Some(value?.as_str()?.to_owned());
+        let integer = || match value? {
+            RawBsonRef::Int32(n) => Some(i64::from(n)),
+            RawBsonRef::Int64(n) => Some(n),
+            _ => None,
+        };
+        match field {
+            "orderid" => self.orderid = text(),
+            "sku" => self.sku = text(),
+            "qty" => self.qty = integer(),
+            "status" => self.status = text(),
+            "batchref" => self.batchref = value.map(|_| text()),
+            "available_quantity" => self.available_quantity = integer(),
+            "purchased_quantity" => self.purchased_quantity = integer(),
+            "eta" => self.eta = value.and_then(RawBsonRef::as_datetime),
+            _ => {}
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -215,26 +325,14 @@ impl Relay {
     /// without one), read one raw batch (one `getMore`) a round: the
     /// driver's change stream cannot tell a drained batch from an empty one
     /// without another `getMore`, and decodes every field of every change.
-    async fn watch(&self, token: Option<&ResumeToken>) -> Result<Stream, RelayError> {
+    /// The stream has no `$project`: [`Change`] skips what it does not need
+    /// as it decodes, which costs less than the server's projection
+    /// (measured on SecantusDB, whose CPU bounds the allocations a second).
+    async fn watch(&self, token: Option<Document>) -> Result<Stream, RelayError> {
         let collections = [BATCHES, ORDER_LINES, EVENT_NOTES];
         let mut options = doc! { "fullDocumentBeforeChange": "whenAvailable" };
         if let Some(token) = token {
-            let token = bson::to_bson(token).map_err(|_| RelayError::Corrupt("token"))?;
             options.insert("resumeAfter", token);
-        }
-        let mut kept = doc! {
-            "operationType": 1, "ns": 1, "documentKey": 1, "clusterTime": 1, "wallTime": 1,
-            // A batch's removed fields are its settled intents.
-            "updateDescription.removedFields": { "$cond": [
-                { "$eq": ["$ns.coll", ORDER_LINES] },
-                "$updateDescription.removedFields",
-                "$$REMOVE",
-            ] },
-        };
-        for part in ["fullDocument", "fullDocumentBeforeChange", "updateDescription.updatedFields"] {
-            for field in EVENT_FIELDS {
-                kept.insert(format!("{part}.{field}"), 1);
-            }
         }
         let mut session = self.database.client().start_session().await?;
         let mut cursor = self
@@ -247,7 +345,6 @@ impl Relay {
                         "ns.coll": { "$in": collections.as_slice() },
                         "operationType": { "$in": ["insert", "update", "replace", "delete"] },
                     } },
-                    { "$project": kept },
                 ],
                 "cursor": { "batchSize": 0 },
             })
@@ -266,8 +363,8 @@ impl Relay {
             .as_raw_document()
             .get_document("cursor")
             .ok()
-            .and_then(|cursor| cursor.get("postBatchResumeToken").ok().flatten())
-            .and_then(|token| bson::from_bson(Bson::try_from(token.to_raw_bson()).ok()?).ok());
+            .and_then(|cursor| cursor.get_document("postBatchResumeToken").ok())
+            .and_then(|token| token.try_into().ok());
         Ok(Stream {
             cursor,
             token,
@@ -280,17 +377,16 @@ impl Relay {
         let checkpoint = self.relay.find_one(doc! { "_id": CHECKPOINT }).await?;
         let (stream, position) = match checkpoint {
             Some(checkpoint) => {
-                let token: ResumeToken = checkpoint
-                    .get("token")
-                    .cloned()
-                    .and_then(|token| bson::from_bson(token).ok())
-                    .ok_or(RelayError::Corrupt("token"))?;
+                let token = checkpoint
+                    .get_document("token")
+                    .map_err(|_| RelayError::Corrupt("token"))?
+                    .clone();
                 let position = checkpoint
                     .get_i64("position")
                     .ok()
                     .and_then(|p| u64::try_from(p).ok())
                     .ok_or(RelayError::Corrupt("position"))?;
-                (self.watch(Some(&token)).await?, position)
+                (self.watch(Some(token)).await?, position)
             }
             None => (self.start().await?, 0),
         };
@@ -326,11 +422,14 @@ impl Relay {
         let token = stream.token.clone().ok_or(RelayError::NoResumeToken)?;
         let mut batches = self
             .batches
+            .clone_with_type::<RawDocumentBuf>()
             .find(doc! {})
             .projection(doc! { "sku": 1, "available_quantity": 1, "purchased_quantity": 1 })
             .await?;
         while let Some(batch) = batches.try_next().await? {
-            let (Ok(reference), Some(level)) = (batch.get_str("_id"), level_of(&batch)) else {
+            let (Ok(reference), Some(level)) =
+                (batch.get_str("_id"), level_of(&Fields::of(&batch)))
+            else {
                 continue;
             };
             self.levels
@@ -338,7 +437,6 @@ impl Relay {
                 .upsert(true)
                 .await?;
         }
-        let token = bson::to_bson(&token).map_err(|_| RelayError::Corrupt("token"))?;
         match self
             .relay
             .insert_one(doc! { "_id": CHECKPOINT, "position": 0_i64, "token": token })
@@ -365,7 +463,7 @@ impl Relay {
             now.unread.len()
         };
         let changes: Vec<Change> = now.unread.drain(..complete).collect();
-        let Some(token) = changes.last().map(|c| c.id.clone()) else {
+        let Some(token) = changes.last().map(|c| c.token.clone()) else {
             return Ok(None);
         };
         let mut happened: Vec<(Happened, chrono::DateTime<chrono::Utc>)> = Vec::new();
@@ -417,16 +515,19 @@ impl Relay {
         to: u64,
         events: &[Event],
         changed: &BTreeMap<String, Level>,
-        token: &ResumeToken,
+        token: &RawDocumentBuf,
     ) -> Result<(), RelayError> {
-        let stored: Vec<Document> = events
+        let stored: Vec<RawDocumentBuf> = events
             .iter()
             .map(|event| to_document(event, self.retention))
-            .collect::<Result<_, _>>()
-            .map_err(|_| RelayError::Corrupt("event"))?;
-        let token = bson::to_bson(token).map_err(|_| RelayError::Corrupt("token"))?;
-        let (events_collection, levels, relay) =
-            (self.events.clone(), self.levels.clone(), self.relay.clone());
+            .collect::<Option<_>>()
+            .ok_or(RelayError::Corrupt("event"))?;
+        let token = Document::try_from(token.as_ref()).map_err(|_| RelayError::Corrupt("token"))?;
+        let (events_collection, levels, relay) = (
+            self.events.clone_with_type::<RawDocumentBuf>(),
+            self.levels.clone(),
+            self.relay.clone(),
+        );
         let changed = changed.clone();
         let as_i64 = |p: u64| i64::try_from(p).unwrap_or(i64::MAX);
         let (from, to) = (as_i64(from), as_i64(to));
@@ -437,7 +538,7 @@ impl Relay {
             async move |session| {
                 if !stored.is_empty() {
                     events_collection
-                        .insert_many(stored.clone())
+                        .insert_many(&stored)
                         .session(&mut *session)
                         .await?;
                 }
@@ -482,16 +583,15 @@ impl Relay {
         let mut at = chrono::Utc::now();
         for change in group {
             at = occurred_at(change);
-            let collection = change.ns.as_ref().and_then(|ns| ns.coll.as_deref());
-            match collection {
-                Some(ORDER_LINES) => happened.extend(line_event(change).map(|what| (what, at))),
-                Some(EVENT_NOTES) => happened.extend(note_event(change).map(|what| (what, at))),
-                Some(BATCHES) => {
+            match change.collection {
+                Source::OrderLines => happened.extend(line_event(change).map(|what| (what, at))),
+                Source::EventNotes => happened.extend(note_event(change).map(|what| (what, at))),
+                Source::Batches => {
                     if let Some(what) = self.batch_change(change, levels, &mut had_room).await? {
                         happened.push((what, at));
                     }
                 }
-                _ => {}
+                Source::Other => {}
             }
         }
         // A sku's first batch puts it in stock, not back.
@@ -518,15 +618,11 @@ impl Relay {
         levels: &mut Levels,
         had_room: &mut BTreeMap<String, Option<bool>>,
     ) -> Result<Option<Happened>, RelayError> {
-        let Some(reference) = change
-            .document_key
-            .as_ref()
-            .and_then(|key| key.get_str("_id").ok())
-        else {
+        let Some(reference) = change.reference.as_deref() else {
             return Ok(None);
         };
-        let (before, after, what) = match change.operation_type {
-            OperationType::Insert => {
+        let (before, after, what) = match change.operation {
+            Operation::Insert => {
                 let Some(batch) = change.full_document.as_ref() else {
                     return Ok(None);
                 };
@@ -542,20 +638,18 @@ impl Relay {
                     what,
                 )
             }
-            OperationType::Update | OperationType::Replace => {
+            Operation::Update | Operation::Replace => {
                 let Some(before) = self.level(reference, levels, true).await? else {
                     return Ok(None);
                 };
-                let fields = change.full_document.as_ref().or(change
-                    .update_description
-                    .as_ref()
-                    .map(|d| &d.updated_fields));
+                let updated = change.updated.as_deref().map(Fields::of);
+                let fields = change.full_document.as_ref().or(updated.as_ref());
                 let mut after = before.clone();
                 if let Some(fields) = fields {
-                    if let Some(available) = number(fields, "available_quantity") {
+                    if let Some(available) = fields.available_quantity {
                         after.room = available > 0;
                     }
-                    if let Some(purchased) = number(fields, "purchased_quantity") {
+                    if let Some(purchased) = fields.purchased_quantity {
                         after.purchased = purchased;
                     }
                 }
@@ -567,7 +661,7 @@ impl Relay {
                     });
                 (Some(before), Some(after), what)
             }
-            OperationType::Delete => (self.level(reference, levels, false).await?, None, None),
+            Operation::Delete => (self.level(reference, levels, false).await?, None, None),
             _ => return Ok(None),
         };
         let Some(sku) = before.as_ref().or(after.as_ref()).map(|l| l.sku.clone()) else {
@@ -603,8 +697,12 @@ impl Relay {
             Some(stored) => Level::restore(&stored),
             None if !or_batch => None,
             None => {
-                let batch = self.batches.find_one(doc! { "_id": reference }).await?;
-                batch.as_ref().and_then(level_of)
+                let batch = self
+                    .batches
+                    .clone_with_type::<RawDocumentBuf>()
+                    .find_one(doc! { "_id": reference })
+                    .await?;
+                batch.and_then(|batch| level_of(&Fields::of(&batch)))
             }
         };
         if let Some(level) = &level {
@@ -638,7 +736,7 @@ impl Relay {
 struct Stream {
     cursor: SessionRawBatchCursor,
     /// Where the stream stands before its first change (at the first start).
-    token: Option<ResumeToken>,
+    token: Option<Document>,
     session: ClientSession,
 }
 
@@ -652,14 +750,15 @@ impl Stream {
             .next()
             .await
             .ok_or(RelayError::Corrupt("change stream closed"))??;
-        let corrupt = |_| RelayError::Corrupt("change");
         batch
             .doc_slices()?
             .into_iter()
             .map(|change| {
-                let change = change.map_err(corrupt)?;
-                let change = change.as_document().ok_or(RelayError::Corrupt("change"))?;
-                bson::from_slice(change.as_bytes()).map_err(|_| RelayError::Corrupt("change"))
+                change
+                    .ok()
+                    .and_then(RawBsonRef::as_document)
+                    .and_then(Change::read)
+                    .ok_or(RelayError::Corrupt("change"))
             })
             .collect()
     }
@@ -713,12 +812,12 @@ impl Level {
     }
 }
 
-/// A batch document's level.
-fn level_of(batch: &Document) -> Option<Level> {
+/// A batch's level.
+fn level_of(batch: &Fields) -> Option<Level> {
     Some(Level {
-        sku: batch.get_str("sku").ok()?.to_owned(),
-        room: number(batch, "available_quantity")? > 0,
-        purchased: number(batch, "purchased_quantity")?,
+        sku: batch.sku.clone()?,
+        room: batch.available_quantity? > 0,
+        purchased: batch.purchased_quantity?,
     })
 }
 
@@ -740,27 +839,24 @@ fn occurred_at(change: &Change) -> chrono::DateTime<chrono::Utc> {
     }
 }
 
-fn batch_created(reference: &str, batch: &Document) -> Option<Happened> {
+fn batch_created(reference: &str, batch: &Fields) -> Option<Happened> {
     Some(Happened::BatchCreated {
         reference: reference.to_owned(),
-        sku: batch.get_str("sku").ok()?.to_owned(),
-        qty: u32::try_from(number(batch, "purchased_quantity")?).ok()?,
-        eta: batch
-            .get_datetime("eta")
-            .ok()
-            .map(|eta| eta.to_chrono().date_naive()),
+        sku: batch.sku.clone()?,
+        qty: u32::try_from(batch.purchased_quantity?).ok()?,
+        eta: batch.eta.map(|eta| eta.to_chrono().date_naive()),
     })
 }
 
 fn note_event(change: &Change) -> Option<Happened> {
-    if change.operation_type != OperationType::Insert {
+    if change.operation != Operation::Insert {
         return None;
     }
     let note = change.full_document.as_ref()?;
     Some(Happened::AllocationRefused {
-        orderid: note.get_str("orderid").ok()?.to_owned(),
-        sku: note.get_str("sku").ok()?.to_owned(),
-        qty: u32::try_from(number(note, "qty")?).ok()?,
+        orderid: note.orderid.clone()?,
+        sku: note.sku.clone()?,
+        qty: u32::try_from(note.qty?).ok()?,
     })
 }
 
@@ -775,26 +871,14 @@ struct LineState {
 }
 
 impl LineState {
-    fn of(line: &Document) -> Option<Self> {
-        let allocated = line.get_str("status").ok()? == "allocated";
+    fn of(line: &Fields) -> Option<Self> {
+        let allocated = line.status.as_deref()? == "allocated";
         Some(Self {
-            orderid: line.get_str("orderid").ok()?.to_owned(),
-            sku: line.get_str("sku").ok()?.to_owned(),
-            qty: u32::try_from(number(line, "qty")?).ok()?,
-            batchref: allocated
-                .then(|| line.get_str("batchref").ok().map(str::to_owned))
-                .flatten(),
+            orderid: line.orderid.clone()?,
+            sku: line.sku.clone()?,
+            qty: u32::try_from(line.qty?).ok()?,
+            batchref: allocated.then(|| line.batchref.clone().flatten()).flatten(),
         })
-    }
-
-    /// The line after an update described by its changed and removed fields.
-    fn updated(&self, pre: &Document, fields: &Document, removed: &[String]) -> Option<Self> {
-        let mut post = pre.clone();
-        for field in removed {
-            post.remove(field);
-        }
-        post.extend(fields.clone());
-        Self::of(&post)
     }
 }
 
@@ -802,24 +886,18 @@ impl LineState {
 /// pre-image) and after.
 fn line_event(change: &Change) -> Option<Happened> {
     let pre = change.full_document_before_change.as_ref();
-    let (before, after) = match change.operation_type {
-        OperationType::Insert => (None, LineState::of(change.full_document.as_ref()?)),
-        OperationType::Delete => (pre.and_then(LineState::of), None),
-        OperationType::Replace => (
+    let (before, after) = match change.operation {
+        Operation::Insert => (None, LineState::of(change.full_document.as_ref()?)),
+        Operation::Delete => (pre.and_then(LineState::of), None),
+        Operation::Replace => (
             pre.and_then(LineState::of),
             LineState::of(change.full_document.as_ref()?),
         ),
-        OperationType::Update => {
+        Operation::Update => {
             let pre = pre?;
-            let description = change.update_description.as_ref()?;
             let before = LineState::of(pre);
-            let after = before.as_ref().and_then(|before| {
-                before.updated(
-                    pre,
-                    &description.updated_fields,
-                    &description.removed_fields,
-                )
-            });
+            let post = pre.updated(change.updated.as_deref()?, &change.removed);
+            let after = before.as_ref().and(LineState::of(&post));
             (before, after)
         }
         _ => return None,
@@ -871,16 +949,22 @@ fn line_transition(before: Option<LineState>, after: Option<LineState>) -> Optio
 
 #[cfg(test)]
 mod tests {
+    use mongodb::bson::rawdoc;
+
     use super::*;
 
-    fn line(status: &str, batchref: Option<&str>) -> Document {
-        doc! {
-            "orderid": "o1", "sku": "LAMP", "qty": 3_i64, "status": status,
-            "batchref": batchref.map_or(Bson::Null, Bson::from),
+    fn line(status: &str, batchref: Option<&str>) -> Fields {
+        Fields {
+            orderid: Some("o1".into()),
+            sku: Some("LAMP".into()),
+            qty: Some(3),
+            status: Some(status.into()),
+            batchref: Some(batchref.map(str::to_owned)),
+            ..Fields::default()
         }
     }
 
-    fn transition(before: Option<Document>, after: Option<Document>) -> Option<Happened> {
+    fn transition(before: Option<Fields>, after: Option<Fields>) -> Option<Happened> {
         line_transition(
             before.as_ref().and_then(LineState::of),
             after.as_ref().and_then(LineState::of),
@@ -918,18 +1002,53 @@ mod tests {
     #[test]
     fn an_update_is_applied_to_the_pre_image() {
         let pre = line("allocated", Some("b1"));
-        let before = LineState::of(&pre).unwrap();
-        let fields = doc! { "status": "backordered", "batchref": Bson::Null };
-        let after = before.updated(&pre, &fields, &[]).unwrap();
-        assert_eq!(after.batchref, None);
-        let unset = before
-            .updated(
-                &pre,
-                &doc! { "status": "backordered" },
-                &["batchref".into()],
-            )
-            .unwrap();
-        assert_eq!(unset.batchref, None);
+        // The fields a shrink sets, as a change event has them: a null
+        // batchref is set, not absent; other fields are skipped.
+        let set = rawdoc! { "status": "backordered", "batchref": null, "batch_seq": 4 };
+        assert_eq!(Fields::of(&set).batchref, Some(None));
+        let after = LineState::of(&pre.updated(&set, &[])).unwrap();
+        assert_eq!((after.batchref, after.qty), (None, 3));
+        let unset = pre.updated(&rawdoc! { "status": "backordered" }, &["batchref".into()]);
+        assert_eq!(LineState::of(&unset).unwrap().batchref, None);
+        let moved = pre.updated(&rawdoc! { "batchref": "b2", "qty": 3_i32 }, &[]);
+        assert_eq!(
+            LineState::of(&moved).unwrap().batchref.as_deref(),
+            Some("b2")
+        );
+    }
+
+    #[test]
+    fn a_change_is_read_from_its_raw_event_and_the_rest_skipped() {
+        let token = rawdoc! { "_data": "8263" };
+        let event = rawdoc! {
+            "_id": token.clone(),
+            "operationType": "update",
+            "clusterTime": bson::Timestamp { time: 7, increment: 2 },
+            "ns": { "db": "allot", "coll": "batches" },
+            "documentKey": { "_id": "b1" },
+            "updateDescription": {
+                "updatedFields": { "available_quantity": 0_i64, "pending": { "x": { "q": 1 } } },
+                "removedFields": ["pending.y"],
+                "truncatedArrays": [],
+            },
+        };
+        let change = Change::read(&event).unwrap();
+        assert_eq!(change.token, token);
+        assert_eq!(
+            (change.operation, change.collection),
+            (Operation::Update, Source::Batches)
+        );
+        assert_eq!(change.reference.as_deref(), Some("b1"));
+        assert_eq!(change.removed, ["pending.y"]);
+        let set = Fields::of(change.updated.as_deref().unwrap());
+        assert_eq!(
+            set,
+            Fields {
+                available_quantity: Some(0),
+                ..Fields::default()
+            }
+        );
+        assert!(change.full_document.is_none());
     }
 
     #[test]
