@@ -28,6 +28,7 @@ use crate::metrics::WebhookMetrics;
 use crate::server::{self, ConnectionLimits};
 use crate::services::StoreError;
 use crate::services::allocation;
+use crate::services::feed::FeedHead;
 use crate::services::login_throttle::Throttle;
 use crate::services::ports::accounts::HashingError;
 use crate::services::tokens::RevocationList;
@@ -295,8 +296,9 @@ impl Application {
                 operation_timeout,
             ),
             allocations: allocations.clone(),
-            events,
+            events: Arc::new(events),
             longest_wait: Duration::from_millis(settings.events.long_poll_max_ms),
+            feed_head: FeedHead::new(FEED_HEAD_EVERY),
             passwords: Argon2Hasher::new(&settings.auth)?,
             password_policy: settings.auth.password_policy(),
             tokens: JwtTokens::new(&settings.auth),
@@ -383,6 +385,10 @@ impl Application {
 }
 
 const METRICS_PATH: &str = "/metrics";
+
+/// How often an instance reads the event feed's head while requests wait
+/// for the next event (`GET /events?wait_ms=`).
+const FEED_HEAD_EVERY: Duration = Duration::from_millis(100);
 
 /// The full route table with its middleware, outermost last, as the server
 /// calls it.

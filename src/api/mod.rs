@@ -28,6 +28,7 @@ use poem_openapi::{OpenApiService, Tags};
 use crate::config::Registration;
 use crate::domain::user::PasswordPolicy;
 use crate::domain::webhooks::TargetPolicy;
+use crate::services::feed::FeedHead;
 use crate::services::login_throttle::Throttle;
 use crate::services::ports::accounts::{PasswordHasher, UserRepository};
 use crate::services::ports::allocation::AllocationRepository;
@@ -102,9 +103,11 @@ pub struct Components<A: Adapters> {
     pub trusted_proxies: Vec<std::net::IpAddr>,
     pub registration: Registration,
     pub allocations: A::Allocations,
-    pub events: A::Events,
+    pub events: Arc<A::Events>,
     /// `events.long_poll_max_ms`.
     pub longest_wait: Duration,
+    /// What the feed's waiting requests wait on.
+    pub feed_head: FeedHead,
     pub webhooks: A::Webhooks,
     pub webhook_sender: A::WebhookSender,
     /// `webhooks.allow_private_targets`, `webhooks.require_https`.

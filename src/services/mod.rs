@@ -2,6 +2,7 @@
 //! implement, so the rules can be tested over in-memory fakes.
 
 pub mod allocation;
+pub mod feed;
 pub mod login_throttle;
 pub mod ports;
 pub mod tokens;

@@ -44,9 +44,6 @@ pub fn error_examples() -> Vec<(u16, &'static str, Json<ApiError>)> {
     FeedResponse::described_examples()
 }
 
-/// How often a waiting request looks for new events.
-const WAIT_STEP: Duration = Duration::from_millis(100);
-
 #[OpenApi(tag = "ApiTags::Events")]
 impl<A: Adapters> EventsApi<A> {
     /// Read the event feed
@@ -85,15 +82,17 @@ impl<A: Adapters> EventsApi<A> {
         let types: Vec<EventType> = types.0.iter().flatten().map(|&t| t.into()).collect();
         let wait = Duration::from_millis(wait_ms.0).min(state.longest_wait);
         let until = tokio::time::Instant::now() + wait;
+        let mut head = after.0;
         let events = loop {
             let events = match state.events.read(after.0, &types, limit.0).await {
                 Ok(events) => events,
                 Err(error) => return Err(Failure::from(error)).into(),
             };
-            if !events.is_empty() || tokio::time::Instant::now() + WAIT_STEP > until {
+            if !events.is_empty() || tokio::time::Instant::now() >= until {
                 break events;
             }
-            tokio::time::sleep(WAIT_STEP).await;
+            // Read again once an event (maybe of other types) is recorded.
+            head = state.feed_head.wait_past(&state.events, head, until).await;
         };
         let next_after = events.last().map_or(after.0, |event| event.position);
         Ok(FeedResponse::Ok(Json(EventPage {

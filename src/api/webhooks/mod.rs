@@ -230,7 +230,7 @@ impl<A: Adapters> WebhooksApi<A> {
         };
         let created = webhooks::create(
             &state.webhooks,
-            &state.events,
+            &*state.events,
             &state.webhook_sender,
             state.webhook_policy,
             new,
@@ -445,7 +445,7 @@ impl<A: Adapters> WebhooksApi<A> {
         request: JsonBody<ReplayRequest>,
     ) -> Reply<ReplayResponse, (Admin, Input, Body, Database)> {
         let from = request.from_position;
-        match webhooks::replay(&state.webhooks, &state.events, &id.0, from).await {
+        match webhooks::replay(&state.webhooks, &*state.events, &id.0, from).await {
             Ok(subscription) => Ok(ReplayResponse::Ok(shown(&subscription))),
             Err(error) => refusal(
                 error,
