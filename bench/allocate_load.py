@@ -44,7 +44,9 @@ def main():
                                          "-o", "/tmp/allocate.db.json", "-r", "50"],
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         # allot's background loops (leases, revocations, recovery, the relay)
-        # while no request comes, to tell them from the allocations' own CPU.
+        # while no request comes, to tell them from the allocations' own CPU;
+        # after the relay has told the batches' creation.
+        time.sleep(2)
         idle_from = (allot.cpu_seconds_precise(), time.time())
         time.sleep(3)
         idle = (allot.cpu_seconds_precise() - idle_from[0]) / (time.time() - idle_from[1])
