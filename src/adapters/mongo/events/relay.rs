@@ -298,14 +298,22 @@ impl Relay {
                     }
                 },
             };
+            let began = tokio::time::Instant::now();
             match self.round(&mut now).await {
                 // Changes came: let more gather (the next `getMore` returns
-                // them at once). None: the `getMore` itself waited.
+                // them at once).
                 Ok(Some(false)) => {
                     following = Some(now);
                     tokio::time::sleep(self.every).await;
                 }
-                Ok(_) => following = Some(now),
+                // None came: the `getMore` waited for them, unless writes to
+                // other collections woke it (a server may answer each with an
+                // empty batch), which must not make the relay spin.
+                Ok(None) => {
+                    following = Some(now);
+                    tokio::time::sleep_until(began + self.every).await;
+                }
+                Ok(Some(true)) => following = Some(now),
                 Err(error) => {
                     tracing::warn!(%error, "cannot record events; resuming from the checkpoint");
                     tokio::time::sleep(self.every).await;
