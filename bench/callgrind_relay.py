@@ -19,7 +19,6 @@ import argparse
 import copy
 import os
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -29,6 +28,7 @@ import urllib.request
 import pymongo
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import callgrind_requests  # noqa: E402  (its callgrind helpers)
 import run  # noqa: E402  (bench/run.py)
 
 DATABASE = "allot_bench"
@@ -65,9 +65,7 @@ def measure(binary, database, db, checkpoint, levels, target):
     process = subprocess.Popen(["valgrind", "--tool=callgrind", "--instr-atstart=no",
                                 f"--callgrind-out-file={out}/callgrind.out.%p", binary, "serve"],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=run.ALLOT_CWD)
-    control = lambda *args: subprocess.run(["callgrind_control", *args, str(process.pid)],  # noqa: E731
-                                           check=True, stdout=subprocess.DEVNULL,
-                                           stderr=subprocess.DEVNULL)
+    control = lambda option: callgrind_requests.control(option, str(process.pid))  # noqa: E731
     position = lambda: db.event_relay.find_one({"_id": "checkpoint"})["position"]  # noqa: E731
     try:
         deadline = time.time() + 120
@@ -89,15 +87,8 @@ def measure(binary, database, db, checkpoint, levels, target):
     finally:
         process.terminate()
         process.wait()
-    try:
-        for name in os.listdir(out):
-            with open(os.path.join(out, name)) as dump:
-                text = dump.read()
-            if re.search(r"^desc: Trigger: dump", text, re.M):
-                return int(re.search(r"^totals: (\d+)", text, re.M).group(1)) / events, events
-        raise RuntimeError(f"no dump in {out}")
-    finally:
-        shutil.rmtree(out)
+    text = callgrind_requests.explicit_dump(out)
+    return int(re.search(r"^totals: (\d+)", text, re.M).group(1)) / events, events
 
 
 def main():

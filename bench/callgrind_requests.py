@@ -82,14 +82,18 @@ def measure(binary, database, requests, path):
     finally:
         process.terminate()
         process.wait()
+    return {key: value / requests for key, value in count(explicit_dump(out)).items()}
+
+
+def explicit_dump(out):
+    """The text of the dump `callgrind_control --dump` wrote into `out` (then removed):
+    it holds the counted window; the final one (at exit) only what came after it."""
     try:
         for name in os.listdir(out):
             with open(os.path.join(out, name)) as dump:
                 text = dump.read()
-            # The explicit dump holds the counted window; the final one (at
-            # exit) only what came after it.
             if re.search(r"^desc: Trigger: dump", text, re.M):
-                return {key: value / requests for key, value in count(text).items()}
+                return text
         raise RuntimeError(f"no dump in {out}")
     finally:
         shutil.rmtree(out)
