@@ -14,9 +14,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use mongodb::bson::{
-    self, Bson, Document, RawBsonRef, RawDocument, RawDocumentBuf, Timestamp, doc,
-};
+use mongodb::bson::{self, Document, RawBsonRef, RawDocument, RawDocumentBuf, Timestamp, doc};
 use mongodb::raw_batch_cursor::SessionRawBatchCursor;
 use mongodb::{ClientSession, Collection, Database};
 
@@ -173,11 +171,7 @@ impl Fields {
     /// Sets a field to `value`; None removes it.
     fn set(&mut self, field: &str, value: Option<RawBsonRef<'_>>) {
         let text = || Some(value?.as_str()?.to_owned());
-        let integer = || match value? {
-            RawBsonRef::Int32(n) => Some(i64::from(n)),
-            RawBsonRef::Int64(n) => Some(n),
-            _ => None,
-        };
+        let integer = || integer(value?);
         match field {
             "orderid" => self.orderid = text(),
             "sku" => self.sku = text(),
@@ -200,7 +194,9 @@ pub enum RelayError {
     Overtaken,
     #[error("the change stream gave no resume token")]
     NoResumeToken,
-    #[error("the checkpoint holds an invalid {0}")]
+    #[error("the change stream closed")]
+    Closed,
+    #[error("invalid {0}")]
     Corrupt(&'static str),
 }
 
@@ -366,7 +362,7 @@ impl Relay {
             .stream(&mut session)
             .next()
             .await
-            .ok_or(RelayError::Corrupt("cursor"))??;
+            .ok_or(RelayError::Closed)??;
         let token = opened
             .as_raw_document()
             .get_document("cursor")
@@ -387,13 +383,13 @@ impl Relay {
             Some(checkpoint) => {
                 let token = checkpoint
                     .get_document("token")
-                    .map_err(|_| RelayError::Corrupt("token"))?
+                    .map_err(|_| RelayError::Corrupt("checkpoint token"))?
                     .clone();
                 let position = checkpoint
                     .get_i64("position")
                     .ok()
                     .and_then(|p| u64::try_from(p).ok())
-                    .ok_or(RelayError::Corrupt("position"))?;
+                    .ok_or(RelayError::Corrupt("checkpoint position"))?;
                 (self.watch(Some(token)).await?, position)
             }
             None => (self.start().await?, 0),
@@ -475,16 +471,9 @@ impl Relay {
             return Ok(None);
         };
         let mut happened: Vec<(Happened, chrono::DateTime<chrono::Utc>)> = Vec::new();
-        let mut start = 0;
-        while start < changes.len() {
-            let time = changes[start].cluster_time;
-            let end = changes[start..]
-                .iter()
-                .position(|c| c.cluster_time != time)
-                .map_or(changes.len(), |n| start + n);
-            self.derive_group(&changes[start..end], &mut now.levels, &mut happened)
+        for group in changes.chunk_by(|a, b| a.cluster_time == b.cluster_time) {
+            self.derive_group(group, &mut now.levels, &mut happened)
                 .await?;
-            start = end;
         }
         let idle_for = now.last_recorded.elapsed();
         if happened.is_empty() && now.levels.changed.is_empty() && idle_for < self.every * 50 {
@@ -529,8 +518,9 @@ impl Relay {
             .iter()
             .map(|event| to_document(event, self.retention))
             .collect::<Option<_>>()
-            .ok_or(RelayError::Corrupt("event"))?;
-        let token = Document::try_from(token.as_ref()).map_err(|_| RelayError::Corrupt("token"))?;
+            .ok_or(RelayError::Corrupt("event document"))?;
+        let token =
+            Document::try_from(token.as_ref()).map_err(|_| RelayError::Corrupt("resume token"))?;
         let (events_collection, levels, relay) = (
             self.events.clone_with_type::<RawDocumentBuf>(),
             self.levels.clone(),
@@ -697,6 +687,7 @@ impl Relay {
         let projection = doc! { "sku": 1, "room": 1, "purchased": 1 };
         let stored = self
             .levels
+            .clone_with_type::<RawDocumentBuf>()
             .find_one(doc! { "_id": reference })
             .projection(projection)
             .await?;
@@ -757,7 +748,7 @@ impl Stream {
             .stream(&mut self.session)
             .next()
             .await
-            .ok_or(RelayError::Corrupt("change stream closed"))??;
+            .ok_or(RelayError::Closed)??;
         batch
             .doc_slices()?
             .into_iter()
@@ -766,7 +757,7 @@ impl Stream {
                     .ok()
                     .and_then(RawBsonRef::as_document)
                     .and_then(Change::read)
-                    .ok_or(RelayError::Corrupt("change"))
+                    .ok_or(RelayError::Corrupt("change event"))
             })
             .collect()
     }
@@ -811,11 +802,11 @@ impl Level {
         doc! { "sku": &self.sku, "room": self.room, "purchased": self.purchased }
     }
 
-    fn restore(stored: &Document) -> Option<Self> {
+    fn restore(stored: &RawDocument) -> Option<Self> {
         Some(Self {
             sku: stored.get_str("sku").ok()?.to_owned(),
             room: stored.get_bool("room").ok()?,
-            purchased: number(stored, "purchased")?,
+            purchased: integer(stored.get("purchased").ok()??)?,
         })
     }
 }
@@ -829,11 +820,12 @@ fn level_of(batch: &Fields) -> Option<Level> {
     })
 }
 
-fn number(document: &Document, field: &str) -> Option<i64> {
-    match document.get(field)? {
-        Bson::Int32(n) => Some(i64::from(*n)),
-        Bson::Int64(n) => Some(*n),
-        Bson::Double(n) => Some(*n as i64),
+/// A quantity, however it was stored (a shell writes doubles).
+fn integer(value: RawBsonRef<'_>) -> Option<i64> {
+    match value {
+        RawBsonRef::Int32(n) => Some(i64::from(n)),
+        RawBsonRef::Int64(n) => Some(n),
+        RawBsonRef::Double(n) => Some(n as i64),
         _ => None,
     }
 }
@@ -1057,6 +1049,13 @@ mod tests {
             }
         );
         assert!(change.full_document.is_none());
+        // A quantity set from a shell is a double.
+        let shell =
+            Fields::of(&rawdoc! { "purchased_quantity": 20.0, "available_quantity": 0_i32 });
+        assert_eq!(
+            (shell.purchased_quantity, shell.available_quantity),
+            (Some(20), Some(0))
+        );
     }
 
     #[test]
