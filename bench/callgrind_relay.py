@@ -25,18 +25,16 @@ import tempfile
 import time
 import urllib.request
 
-import pymongo
-
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import callgrind_requests  # noqa: E402  (its callgrind helpers)
 import run  # noqa: E402  (bench/run.py)
 
-DATABASE = "allot_bench"
+DATABASE = "allot_bench"  # as bench/run.py's Allot and mongo()
 
 
 def prepare(database, seconds):
     """The database as the relay finds it: the feed started, S seconds of allocations unrelayed."""
-    db = pymongo.MongoClient(database.uri)[DATABASE]
+    db = run.mongo(database)
     os.environ["ALLOT__EVENTS__RELAY_ENABLED"] = "false"
     allot = run.Allot(database, "warn")  # begins the feed at start-up, relays nothing
     try:
