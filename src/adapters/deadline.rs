@@ -28,7 +28,7 @@ use crate::services::ports::accounts::{AddUserError, UserRepository, Written};
 use crate::services::ports::allocation::{
     AddBatchError, AllocateStep, AllocationRepository, Backorder, BatchLine, FillStep, Stock,
 };
-use crate::services::ports::login_throttle::{Counted, Counter, LoginThrottle};
+use crate::services::ports::login_throttle::{Counted, Counter, GiveBack, LoginThrottle};
 use crate::services::ports::tokens::{
     PairIds, RefreshRotations, Revocation, RevocationStore, Rotation,
 };
@@ -307,14 +307,9 @@ impl<R: LoginThrottle> LoginThrottle for Deadline<R> {
         self.run("count_login_attempt", work, store).await
     }
 
-    async fn uncount(&self, counter: Counter<'_>, series: DateTime<Utc>) -> Result<(), StoreError> {
-        let work = self.inner.uncount(counter, series);
-        self.run("uncount_login_attempt", work, store).await
-    }
-
-    async fn forget(&self, counter: Counter<'_>) -> Result<(), StoreError> {
-        let work = self.inner.forget(counter);
-        self.run("forget_login_failures", work, store).await
+    async fn give_back(&self, given: &[GiveBack<'_>]) -> Result<(), StoreError> {
+        let work = self.inner.give_back(given);
+        self.run("give_back_login_attempts", work, store).await
     }
 }
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use super::StoreError;
-use super::ports::login_throttle::{Counted, Counter, LoginThrottle};
+use super::ports::login_throttle::{Counted, Counter, GiveBack, LoginThrottle};
 use crate::domain::throttle::USERNAME_FAILURES;
 
 /// The login throttle of this instance: the shared counters, and how many
@@ -164,7 +164,9 @@ async fn reserve<L: LoginThrottle>(
             Counted::In(address) => return Ok(Ok((username, address))),
             Counted::Refused(failures) => failures,
         };
-        throttle.uncount(by_username, username).await?;
+        throttle
+            .give_back(&[GiveBack::Attempt(by_username, username)])
+            .await?;
         if let Some(wait) = failures.and_then(|f| policy.address_retry_after(&f, now)) {
             return Ok(Err(wait.max(Duration::from_secs(1))));
         }
@@ -182,21 +184,15 @@ impl Reservation<'_> {
         address: &str,
         checked: Checked,
     ) -> Result<(), StoreError> {
-        let counters = &throttle.counters;
         let by_username = Counter::Username { username, address };
         let by_address = Counter::Address(address);
-        let (of_username, of_address) = match checked {
+        let username = match checked {
             Checked::Failed => return Ok(()),
-            Checked::Succeeded => tokio::join!(
-                counters.forget(by_username),
-                counters.uncount(by_address, self.address),
-            ),
-            Checked::NotChecked => tokio::join!(
-                counters.uncount(by_username, self.username),
-                counters.uncount(by_address, self.address),
-            ),
+            Checked::Succeeded => GiveBack::Series(by_username),
+            Checked::NotChecked => GiveBack::Attempt(by_username, self.username),
         };
-        of_username.and(of_address)
+        let address = GiveBack::Attempt(by_address, self.address);
+        throttle.counters.give_back(&[username, address]).await
     }
 }
 
@@ -250,12 +246,7 @@ mod tests {
             Ok(Counted::In(now))
         }
 
-        async fn uncount(&self, _: Counter<'_>, _: DateTime<Utc>) -> Result<(), StoreError> {
-            self.step().await;
-            Ok(())
-        }
-
-        async fn forget(&self, _: Counter<'_>) -> Result<(), StoreError> {
+        async fn give_back(&self, _: &[GiveBack<'_>]) -> Result<(), StoreError> {
             self.step().await;
             Ok(())
         }
@@ -294,6 +285,27 @@ mod tests {
         assert!(reserve("alice", "10.0.0.1").await.unwrap().is_ok());
         drop(held);
         assert_eq!(in_flight(&throttle), 0);
+    }
+
+    #[tokio::test]
+    async fn a_login_takes_two_database_steps_before_its_password_and_one_after() {
+        let throttle = Throttle::new(Counters::default());
+        let steps = || throttle.counters.steps.load(Ordering::SeqCst);
+        for checked in [Checked::Succeeded, Checked::NotChecked, Checked::Failed] {
+            let before = steps();
+            let reservation = throttle
+                .reserve("alice", "10.0.0.1")
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(steps() - before, 2, "{checked:?}");
+            reservation
+                .settle(&throttle, "alice", "10.0.0.1", checked)
+                .await
+                .unwrap();
+            let after = usize::from(checked != Checked::Failed);
+            assert_eq!(steps() - before, 2 + after, "{checked:?}");
+        }
     }
 
     #[test]

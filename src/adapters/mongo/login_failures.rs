@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::domain::throttle::{self, Admissible, Clause, Failures, ThrottlePolicy};
 use crate::services::StoreError;
-use crate::services::ports::login_throttle::{Counted, Counter, LoginThrottle};
+use crate::services::ports::login_throttle::{Counted, Counter, GiveBack, LoginThrottle};
 
 const COLLECTION: &str = "login_failures";
 
@@ -75,6 +75,7 @@ fn admitting(clauses: &[Clause]) -> Vec<Document> {
 
 #[derive(Clone)]
 pub struct MongoLoginFailures {
+    database: Database,
     collection: Collection<FailuresDocument>,
     policy: ThrottlePolicy,
 }
@@ -82,6 +83,7 @@ pub struct MongoLoginFailures {
 impl MongoLoginFailures {
     pub fn new(database: &Database, policy: ThrottlePolicy) -> Self {
         Self {
+            database: database.clone(),
             collection: database.collection(COLLECTION),
             policy,
         }
@@ -144,24 +146,41 @@ impl LoginThrottle for MongoLoginFailures {
         }
     }
 
-    async fn uncount(&self, counter: Counter<'_>, series: DateTime<Utc>) -> Result<(), StoreError> {
-        self.collection
-            .update_one(
-                doc! {
-                    "_id": key(counter),
-                    "window_start": bson::DateTime::from_chrono(series),
-                    "count": { "$gt": 0_i64 },
+    /// One `update` command, a statement per counter. Forgetting a series
+    /// stores it as over rather than deleting it, so that both fit one
+    /// command (the TTL index removes it later, like any other).
+    async fn give_back(&self, given: &[GiveBack<'_>]) -> Result<(), StoreError> {
+        let statements: Vec<Document> = given
+            .iter()
+            .map(|given| match *given {
+                GiveBack::Attempt(counter, series) => doc! {
+                    "q": {
+                        "_id": key(counter),
+                        "window_start": bson::DateTime::from_chrono(series),
+                        "count": { "$gt": 0_i64 },
+                    },
+                    "u": { "$inc": { "count": -1_i64 } },
                 },
-                doc! { "$inc": { "count": -1_i64 } },
-            )
+                GiveBack::Series(counter) => doc! {
+                    "q": { "_id": key(counter) },
+                    "u": { "$set": { "count": 0_i64, "window_start": bson::DateTime::from_millis(0) } },
+                },
+            })
+            .collect();
+        let reply = self
+            .database
+            .run_command(doc! { "update": COLLECTION, "updates": statements, "ordered": false })
             .await?;
-        Ok(())
-    }
-
-    async fn forget(&self, counter: Counter<'_>) -> Result<(), StoreError> {
-        self.collection
-            .delete_one(doc! { "_id": key(counter) })
-            .await?;
-        Ok(())
+        // A command that ran answers ok even when a statement failed.
+        let failed = reply
+            .get_array("writeErrors")
+            .ok()
+            .and_then(|errors| errors.first());
+        match failed.or_else(|| reply.get("writeConcernError")) {
+            Some(error) => Err(StoreError(
+                format!("a login counter was not given back: {error}").into(),
+            )),
+            None => Ok(()),
+        }
     }
 }

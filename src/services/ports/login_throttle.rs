@@ -26,6 +26,16 @@ pub enum Counted {
     Refused(Option<Failures>),
 }
 
+/// What is given back under one counter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GiveBack<'a> {
+    /// One attempt counted in the series that started then (nothing if
+    /// another series has started since).
+    Attempt(Counter<'a>, DateTime<Utc>),
+    /// The counter's whole series: a success clears a username's failures.
+    Series(Counter<'a>),
+}
+
 /// Where login attempts are counted, per (username, client address) and per
 /// client address. Every attempt is counted as a failure before its password
 /// is checked, and given back once it is known not to be one. Records outlive
@@ -41,13 +51,10 @@ pub trait LoginThrottle: Send + Sync {
         admissible: &Admissible,
         now: DateTime<Utc>,
     ) -> impl Future<Output = Result<Counted, StoreError>> + Send;
-    /// Takes back one attempt counted in the series that started at `series`
-    /// (nothing if another series has started since).
-    fn uncount(
+    /// Gives back attempts once they are known not to be failures, all in
+    /// one database step; each applies, or not, by itself.
+    fn give_back(
         &self,
-        counter: Counter<'_>,
-        series: DateTime<Utc>,
+        given: &[GiveBack<'_>],
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
-    /// Forgets the counter's series (a success clears a username's failures).
-    fn forget(&self, counter: Counter<'_>) -> impl Future<Output = Result<(), StoreError>> + Send;
 }
