@@ -115,7 +115,7 @@ fn to_document(event: &Event, retention: Duration) -> Option<RawDocumentBuf> {
     };
     for element in bson::to_raw_document_buf(&event.what).ok()?.iter() {
         let (key, value) = element.ok()?;
-        stored.append(key, value.to_raw_bson());
+        stored.append_ref(key, value);
     }
     Some(stored)
 }
