@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -235,9 +236,9 @@ impl WebhookStore for InMemoryWebhooks {
     }
 }
 
-/// The recorded events, appended by the test.
+/// The recorded events, appended by the test, and how often the head was read.
 #[derive(Clone, Default)]
-pub struct InMemoryEventLog(Arc<Mutex<Vec<Event>>>);
+pub struct InMemoryEventLog(Arc<Mutex<Vec<Event>>>, Arc<AtomicUsize>);
 
 impl InMemoryEventLog {
     pub fn new() -> Self {
@@ -255,6 +256,10 @@ impl InMemoryEventLog {
             what,
         });
         position
+    }
+
+    pub fn head_reads(&self) -> usize {
+        self.1.load(Ordering::SeqCst)
     }
 }
 
@@ -275,6 +280,7 @@ impl EventLog for InMemoryEventLog {
     }
 
     async fn head(&self) -> Result<u64, StoreError> {
+        self.1.fetch_add(1, Ordering::SeqCst);
         Ok(lock(&self.0).len() as u64)
     }
 }

@@ -470,3 +470,30 @@ async fn the_dispatcher_delivers_each_subscription_at_its_own_pace() {
     assert_eq!(slow_now.retrying.map(|r| r.position), Some(1));
     running.abort();
 }
+
+#[tokio::test]
+async fn the_dispatcher_reads_the_latest_event_only_while_it_delivers() {
+    let Kit {
+        worker,
+        store,
+        events,
+        sender,
+        ..
+    } = Kit::new("i1");
+    let running = tokio::spawn(Arc::new(worker).run());
+    // Polls every 10 ms: with no subscription, none reads the head.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(events.head_reads(), 0);
+    let new = NewSubscription {
+        url: URL.to_owned(),
+        types: vec![EventType::BatchCreated],
+        description: None,
+    };
+    create(&store, &events, &sender, strict(), new)
+        .await
+        .unwrap();
+    let created = events.head_reads();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(events.head_reads() > created + 5, "{}", events.head_reads());
+    running.abort();
+}

@@ -302,6 +302,11 @@ where
         loop {
             tokio::select! {
                 _ = polls.tick() => {
+                    // Only delivery tasks wait on the head; with none here
+                    // (no subscription, or all held elsewhere) it is not read.
+                    if running.is_empty() {
+                        continue;
+                    }
                     match self.events.head().await {
                         Ok(head) => {
                             self.head.send_if_modified(|known| {
