@@ -117,7 +117,8 @@ pub struct WebhookSettings {
     /// renewing it (renewed every third of it); another instance takes
     /// over this long after the holder died.
     pub lease_ms: u64,
-    /// How often each instance looks for new events.
+    /// How often each instance looks for new events while a subscription it
+    /// delivers waits for one.
     pub poll_interval_ms: u64,
     /// Deliveries under way at once on one instance.
     pub max_in_flight: usize,

@@ -1,6 +1,7 @@
-//! The feed's long poll: every request of this instance that waits for the
-//! next event waits on one reader of the feed's head, so waiting costs the
-//! database the same whether one consumer waits or a thousand.
+//! Waiting for the next event: every request (a long poll of the feed) or
+//! webhook delivery of this instance that waits for it waits on one reader
+//! of the feed's head, so waiting costs the database the same whether one
+//! waits or a thousand, and nothing while none does.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,6 +22,16 @@ struct Shared {
     every: Duration,
 }
 
+impl Shared {
+    fn saw(&self, head: u64) {
+        self.latest.send_if_modified(|latest| {
+            let moved = head > *latest;
+            *latest = (*latest).max(head);
+            moved
+        });
+    }
+}
+
 impl FeedHead {
     /// A head read every `every` while a request waits.
     pub fn new(every: Duration) -> Self {
@@ -29,6 +40,16 @@ impl FeedHead {
             following: AtomicBool::new(false),
             every,
         }))
+    }
+
+    /// The latest position known.
+    pub fn latest(&self) -> u64 {
+        *self.0.latest.borrow()
+    }
+
+    /// Makes known a head read elsewhere.
+    pub fn saw(&self, head: u64) {
+        self.0.saw(head);
     }
 
     /// Waits until the latest event is past `position`, or until `until`;
@@ -49,13 +70,7 @@ async fn follow<L: EventLog>(shared: Arc<Shared>, log: Arc<L>) {
     loop {
         while shared.latest.receiver_count() > 0 {
             match log.head().await {
-                Ok(head) => {
-                    shared.latest.send_if_modified(|latest| {
-                        let moved = *latest != head;
-                        *latest = head;
-                        moved
-                    });
-                }
+                Ok(head) => shared.saw(head),
                 Err(error) => tracing::warn!(%error, "cannot read the event feed's head"),
             }
             tokio::time::sleep(shared.every).await;

@@ -21,12 +21,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::Semaphore;
 use tokio::task::{AbortHandle, JoinSet};
 
 use super::random_bytes;
 use crate::domain::webhooks::{MAX_PAYLOAD_BYTES, RetrySchedule, Retrying, Status, payload};
 use crate::services::StoreError;
+use crate::services::feed::FeedHead;
 use crate::services::ports::events::EventLog;
 use crate::services::ports::webhooks::{
     Attempt, AttemptOutcome, DeliveryObserver, Outgoing, Progress, WebhookSender, WebhookStore,
@@ -38,8 +39,8 @@ pub struct WorkerSettings {
     /// This instance's id: the holder of the leases it takes.
     pub instance: String,
     pub lease: Duration,
-    /// How often the latest event's position is read; a subscription with
-    /// nothing to deliver waits for it to move.
+    /// How often the latest event's position is read while a subscription
+    /// with nothing to deliver waits for it to move.
     pub poll: Duration,
     pub schedule: RetrySchedule,
     /// Deliveries under way at once on this instance.
@@ -62,12 +63,13 @@ pub enum Next {
 /// The worker's parts, shared by the dispatcher and the tasks.
 pub struct Worker<S, E, T, O> {
     pub store: S,
-    pub events: E,
+    pub events: Arc<E>,
     pub sender: T,
     pub observer: O,
     pub settings: WorkerSettings,
     in_flight: Semaphore,
-    head: watch::Sender<u64>,
+    /// The latest event, read while a delivery waits for the next.
+    head: FeedHead,
     /// The subscriptions of the last claim, and until when their leases
     /// surely hold (counted from before it was asked for): no delivery is
     /// started for another, or past then, so that a lease that may have
@@ -85,10 +87,10 @@ where
     pub fn new(store: S, events: E, sender: T, observer: O, settings: WorkerSettings) -> Self {
         Self {
             in_flight: Semaphore::new(settings.max_in_flight.max(1)),
-            head: watch::Sender::new(0),
+            head: FeedHead::new(settings.poll),
             held: std::sync::Mutex::new((tokio::time::Instant::now(), HashSet::new())),
             store,
-            events,
+            events: Arc::new(events),
             sender,
             observer,
             settings,
@@ -130,11 +132,7 @@ where
             return Ok(Next::At(retrying.next_try_at));
         }
         let head = self.events.head().await?;
-        self.head.send_if_modified(|known| {
-            let newer = head > *known;
-            *known = (*known).max(head);
-            newer
-        });
+        self.head.saw(head);
         let cursor = subscription.cursor;
         let revision = subscription.revision;
         let Some(event) = self
@@ -249,7 +247,6 @@ where
 
     /// Delivers one subscription until it stops (or the task is aborted).
     async fn deliver(self: Arc<Self>, id: String) -> String {
-        let mut head = self.head.subscribe();
         // A wait is cut short now and then to notice an admin's change.
         let recheck = self.settings.poll.max(Duration::from_millis(10)) * 4;
         loop {
@@ -263,8 +260,10 @@ where
             match next {
                 Next::Now => {}
                 Next::Idle => {
-                    head.borrow_and_update();
-                    let _ = tokio::time::timeout(recheck, head.changed()).await;
+                    let until = tokio::time::Instant::now() + recheck;
+                    self.head
+                        .wait_past(&self.events, self.head.latest(), until)
+                        .await;
                 }
                 Next::At(due) => {
                     let wait = (due - Utc::now()).to_std().unwrap_or_default();
@@ -297,30 +296,8 @@ where
         let mut running: HashMap<String, AbortHandle> = HashMap::new();
         let mut ticks = tokio::time::interval(self.settings.lease / 3);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut polls = tokio::time::interval(self.settings.poll);
-        polls.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tokio::select! {
-                _ = polls.tick() => {
-                    // Only delivery tasks wait on the head; with none here
-                    // (no subscription, or all held elsewhere) it is not read.
-                    if running.is_empty() {
-                        continue;
-                    }
-                    match self.events.head().await {
-                        Ok(head) => {
-                            self.head.send_if_modified(|known| {
-                                let newer = head > *known;
-                                *known = (*known).max(head);
-                                newer
-                            });
-                        }
-                        Err(error) => tracing::warn!(%error, "cannot read the latest event; will retry"),
-                    }
-                    continue;
-                }
-                _ = ticks.tick() => {}
-            }
+            ticks.tick().await;
             while let Some(done) = tasks.try_join_next() {
                 if let Ok(id) = done {
                     running.remove(&id);
