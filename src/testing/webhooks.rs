@@ -238,7 +238,10 @@ impl WebhookStore for InMemoryWebhooks {
 
 /// The recorded events, appended by the test, and how often the head was read.
 #[derive(Clone, Default)]
-pub struct InMemoryEventLog(Arc<Mutex<Vec<Event>>>, Arc<AtomicUsize>);
+pub struct InMemoryEventLog {
+    events: Arc<Mutex<Vec<Event>>>,
+    head_reads: Arc<AtomicUsize>,
+}
 
 impl InMemoryEventLog {
     pub fn new() -> Self {
@@ -247,7 +250,7 @@ impl InMemoryEventLog {
 
     /// Records an event at the next position.
     pub fn append(&self, id: &str, what: crate::domain::events::Happened) -> u64 {
-        let mut events = lock(&self.0);
+        let mut events = lock(&self.events);
         let position = events.len() as u64 + 1;
         events.push(Event {
             position,
@@ -259,7 +262,7 @@ impl InMemoryEventLog {
     }
 
     pub fn head_reads(&self) -> usize {
-        self.1.load(Ordering::SeqCst)
+        self.head_reads.load(Ordering::SeqCst)
     }
 }
 
@@ -270,7 +273,7 @@ impl EventLog for InMemoryEventLog {
         types: &[EventType],
         limit: u32,
     ) -> Result<Vec<Event>, StoreError> {
-        Ok(lock(&self.0)
+        Ok(lock(&self.events)
             .iter()
             .filter(|e| e.position > after)
             .filter(|e| types.is_empty() || types.contains(&e.what.event_type()))
@@ -280,8 +283,8 @@ impl EventLog for InMemoryEventLog {
     }
 
     async fn head(&self) -> Result<u64, StoreError> {
-        self.1.fetch_add(1, Ordering::SeqCst);
-        Ok(lock(&self.0).len() as u64)
+        self.head_reads.fetch_add(1, Ordering::SeqCst);
+        Ok(lock(&self.events).len() as u64)
     }
 }
 
