@@ -10,6 +10,7 @@ use mongodb::options::ReturnDocument;
 use mongodb::{Collection, Database, IndexModel};
 use serde::{Deserialize, Serialize};
 
+use super::sessions::OperationSessions;
 use crate::domain::throttle::{self, Admissible, Clause, Failures, ThrottlePolicy};
 use crate::services::StoreError;
 use crate::services::ports::login_throttle::{Counted, Counter, GiveBack, LoginThrottle};
@@ -76,6 +77,8 @@ fn admitting(clauses: &[Clause]) -> Vec<Document> {
 #[derive(Clone)]
 pub struct MongoLoginFailures {
     database: Database,
+    /// For every step (see [`super::sessions`]).
+    sessions: OperationSessions,
     collection: Collection<FailuresDocument>,
     policy: ThrottlePolicy,
 }
@@ -84,6 +87,7 @@ impl MongoLoginFailures {
     pub fn new(database: &Database, policy: ThrottlePolicy) -> Self {
         Self {
             database: database.clone(),
+            sessions: OperationSessions::new(database.client()),
             collection: database.collection(COLLECTION),
             policy,
         }
@@ -112,6 +116,7 @@ impl LoginThrottle for MongoLoginFailures {
         // Nothing derived from a series matters after its last failure plus
         // the longest wait (the window started before that failure).
         let expires_at = bson::DateTime::from_chrono(throttle::forget_after(now, now));
+        let mut session = self.sessions.take().await?;
         let counted = self
             .collection
             .find_one_and_update(
@@ -125,8 +130,9 @@ impl LoginThrottle for MongoLoginFailures {
             )
             .upsert(true)
             .return_document(ReturnDocument::After)
+            .session(session.session())
             .await;
-        match counted {
+        match session.check(counted) {
             Ok(Some(series)) => Ok(Counted::In(series.window_start.to_chrono())),
             // MongoDB always returns the document. SecantusDB returns none
             // for an upsert that lost the insert race and updated instead;
@@ -167,10 +173,13 @@ impl LoginThrottle for MongoLoginFailures {
                 },
             })
             .collect();
+        let mut session = self.sessions.take().await?;
         let reply = self
             .database
             .run_command(doc! { "update": COLLECTION, "updates": statements, "ordered": false })
-            .await?;
+            .session(session.session())
+            .await;
+        let reply = session.check(reply)?;
         // A command that ran answers ok even when a statement failed.
         let failed = reply
             .get_array("writeErrors")

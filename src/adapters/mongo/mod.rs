@@ -7,6 +7,7 @@ pub mod layout;
 pub mod login_failures;
 pub mod revocations;
 pub mod rotations;
+pub mod sessions;
 pub mod users;
 pub mod webhooks;
 

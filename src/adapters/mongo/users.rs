@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::instances::Instance;
 use super::revocations::RevocationWriter;
+use super::sessions::OperationSessions;
 use super::{Finish, in_transaction, is_duplicate_key};
 use crate::domain::user::{PasswordHash, Role, User, Username};
 use crate::services::StoreError;
@@ -93,6 +94,8 @@ pub fn indexes() -> (&'static str, Vec<IndexModel>) {
 #[derive(Clone)]
 pub struct MongoUsers {
     instance: Instance,
+    /// For single reads (see [`super::sessions`]).
+    sessions: OperationSessions,
     collection: Collection<UserDocument>,
     /// Sent with queries as `maxTimeMS`.
     max_time: std::time::Duration,
@@ -104,6 +107,7 @@ impl MongoUsers {
     pub fn new(database: &Database, instance: &Instance) -> Self {
         Self {
             instance: instance.clone(),
+            sessions: OperationSessions::new(database.client()),
             collection: database.collection(COLLECTION),
             max_time: super::DEFAULT_MAX_TIME,
             revocations: RevocationWriter::new(database),
@@ -176,10 +180,15 @@ impl UserRepository for MongoUsers {
     }
 
     async fn get(&self, username: &Username) -> Result<Option<User>, StoreError> {
-        self.collection
+        let mut session = self.sessions.take().await?;
+        let found = self
+            .collection
             .find_one(doc! { "username": username.as_str() })
             .max_time(self.max_time)
-            .await?
+            .session(session.session())
+            .await;
+        session
+            .check(found)?
             .map(UserDocument::into_user)
             .transpose()
     }

@@ -389,7 +389,14 @@ impl MongoAllocations {
                 .map(|(orderid, account)| doc! { "_id": *orderid, "owner": *account })
                 .collect();
             let mut taken_by_another = Vec::new();
-            match self.orders.insert_many(&orders).ordered(false).await {
+            let mut session = self.sessions.take().await?;
+            let inserted = self
+                .orders
+                .insert_many(&orders)
+                .ordered(false)
+                .session(session.session())
+                .await;
+            match session.check(inserted) {
                 Ok(_) => {}
                 Err(error) => match error.kind.as_ref() {
                     ErrorKind::InsertMany(InsertManyError {
@@ -519,6 +526,7 @@ impl MongoAllocations {
             piggybacks.push(piggyback);
         }
         let max_time_ms = i64::try_from(self.max_time.as_millis()).unwrap_or(i64::MAX);
+        let mut session = self.sessions.take().await?;
         let reply = self
             .database
             .run_command(doc! {
@@ -527,7 +535,9 @@ impl MongoAllocations {
                 "ordered": false,
                 "maxTimeMS": max_time_ms,
             })
-            .await?;
+            .session(session.session())
+            .await;
+        let reply = session.check(reply)?;
         let applied = match reply.get("nModified") {
             Some(Bson::Int32(n)) => i64::from(*n),
             Some(Bson::Int64(n)) => *n,
@@ -561,15 +571,29 @@ impl MongoAllocations {
             .iter()
             .map(|field| (format!("{field}.s"), Bson::Int32(1)))
             .collect();
-        let found: Vec<Document> = self
-            .batches
-            .clone_with_type::<Document>()
-            .find(doc! { "sku": { "$in": skus }, "$or": holding })
-            .projection(projection)
-            .max_time(self.max_time)
-            .await?
-            .try_collect()
-            .await?;
+        // A `find` command rather than a cursor, which would cost the driver
+        // a task of its own: each intent is in one batch, so one batch of
+        // answers holds them all.
+        let found = self
+            .database
+            .run_command(doc! {
+                "find": BATCHES,
+                "filter": { "sku": { "$in": &skus }, "$or": holding },
+                "projection": projection,
+                "batchSize": i64::try_from(skus.len()).unwrap_or(i64::MAX),
+                "singleBatch": true,
+                "maxTimeMS": max_time_ms,
+            })
+            .session(session.session())
+            .await;
+        let found = session.check(found)?;
+        let found: Vec<&Document> = found
+            .get_document("cursor")
+            .and_then(|cursor| cursor.get_array("firstBatch"))
+            .map_err(|_| StoreError("a find answered without cursor.firstBatch".into()))?
+            .iter()
+            .filter_map(Bson::as_document)
+            .collect();
         let mut taken = Vec::with_capacity(by_sku.len());
         for (index, ((sku, lines), piggyback)) in by_sku.iter().zip(piggybacks).enumerate() {
             if let Some(message) = failed.remove(&index) {
@@ -698,6 +722,7 @@ impl MongoAllocations {
         lines: &[Taking<'_>],
     ) -> Result<Option<(String, i64)>, StoreError> {
         let (filter, pipeline, piggyback) = self.stock_step(sku, lines);
+        let mut session = self.sessions.take().await?;
         let taken = self
             .batches
             .clone_with_type::<Document>()
@@ -706,7 +731,9 @@ impl MongoAllocations {
             .sort(doc! { "eta": 1, "_id": 1 })
             .projection(doc! { "allocation_seq": 1 })
             .return_document(ReturnDocument::After)
-            .await?;
+            .session(session.session())
+            .await;
+        let taken = session.check(taken)?;
         let Some(batch) = taken else {
             return Ok(None);
         };
@@ -803,7 +830,19 @@ impl MongoAllocations {
         // duplicates of themselves.
         let mut attempt = 0;
         let duplicates: Vec<usize> = loop {
-            let error = match self.lines.insert_many(&documents).ordered(false).await {
+            let inserted = match self.sessions.take().await {
+                Ok(mut session) => {
+                    let inserted = self
+                        .lines
+                        .insert_many(&documents)
+                        .ordered(false)
+                        .session(session.session())
+                        .await;
+                    session.check(inserted)
+                }
+                Err(error) => Err(error),
+            };
+            let error = match inserted {
                 Ok(_) => break Vec::new(),
                 Err(error) => error,
             };

@@ -30,6 +30,7 @@ use self::documents::{ALLOCATED, BACKORDERED, BatchDocument, LineDocument, corru
 pub use self::documents::{BATCHES, ORDER_LINES, ORDERS, indexes};
 use self::group_commit::Intake;
 use super::instances::Instance;
+use super::sessions::OperationSessions;
 use super::{Finish, in_transaction, is_duplicate_key};
 use crate::domain::allocation::{AcknowledgedLine, Batch, OrderLine, Requester, lines_to_give_up};
 use crate::metrics::{AllocationOutcome, metrics};
@@ -53,6 +54,8 @@ const SKU_LOCKS: usize = 64;
 pub struct MongoAllocations {
     database: Database,
     instance: Instance,
+    /// For the group commit's operations (see [`super::sessions`]).
+    sessions: OperationSessions,
     intake: Arc<Intake>,
     batches: Collection<BatchDocument>,
     lines: Collection<LineDocument>,
@@ -81,6 +84,7 @@ impl MongoAllocations {
         Self {
             database: database.clone(),
             instance: instance.clone(),
+            sessions: OperationSessions::new(database.client()),
             intake: Arc::new(Intake::new(GROUPS_IN_FLIGHT)),
             batches: database.collection(BATCHES),
             lines: database.collection(ORDER_LINES),
