@@ -27,6 +27,8 @@ use mongodb::options::{ReadConcern, TransactionOptions, WriteConcern};
 use mongodb::{Client, ClientSession, Collection, Database};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use super::sessions::OperationSessions;
+
 pub const INSTANCES: &str = "instances";
 
 /// How many transactions one instance runs at once; also how many sessions
@@ -42,6 +44,9 @@ pub struct Instance {
 struct Inner {
     id: String,
     client: Client,
+    /// For renewing and surveying leases, four times a lease (see
+    /// [`super::sessions`]).
+    operations: OperationSessions,
     instances: Collection<Document>,
     lease: Duration,
     /// Sessions registered in the lease and free for a transaction.
@@ -78,6 +83,7 @@ impl Instance {
             inner: Arc::new(Inner {
                 id: ObjectId::new().to_hex(),
                 client: database.client().clone(),
+                operations: OperationSessions::new(database.client()),
                 instances: database.collection(INSTANCES),
                 lease,
                 idle: Mutex::new(Vec::new()),
@@ -98,7 +104,9 @@ impl Instance {
     /// clocks need not agree. A lease that was reaped meanwhile is taken anew.
     pub async fn renew(&self) -> mongodb::error::Result<()> {
         let lease_ms = i64::try_from(self.inner.lease.as_millis()).unwrap_or(i64::MAX);
-        self.inner
+        let mut session = self.inner.operations.take().await?;
+        let renewed = self
+            .inner
             .instances
             .update_one(
                 doc! { "_id": &self.inner.id },
@@ -110,15 +118,17 @@ impl Instance {
                 } }],
             )
             .upsert(true)
-            .await
-            .map(drop)
+            .session(session.session())
+            .await;
+        session.check(renewed).map(drop)
     }
 
     /// Reads every lease, by the server's clock: kills the sessions of each
     /// instance whose lease lapsed (aborting its open transactions) and
     /// deletes its lease; remembers the others as live (see [`Instance::live`]).
     pub async fn survey(&self) -> mongodb::error::Result<Vec<Reaped>> {
-        let leases: Vec<Document> = self
+        let mut session = self.inner.operations.take().await?;
+        let leases = self
             .inner
             .instances
             // In milliseconds: SecantusDB compares `$$NOW` with stored dates wrongly.
@@ -126,9 +136,12 @@ impl Instance {
                 { "$toLong": "$renewed_at" },
                 { "$subtract": [{ "$toLong": "$$NOW" }, "$lease_ms"] },
             ] } } }])
-            .await?
-            .try_collect()
-            .await?;
+            .session(session.session())
+            .await;
+        let mut cursor = session.check(leases)?;
+        let leases = cursor.stream(session.session()).try_collect().await;
+        let leases: Vec<Document> = session.check(leases)?;
+        drop(session);
         let mut live = HashSet::new();
         let mut live_relays = HashSet::new();
         let mut reaped = Vec::new();
