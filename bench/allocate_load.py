@@ -1,6 +1,7 @@
 """One load of POST /allocate on one allot build against a fresh SecantusDB, in
 bench/run.py's setting of the `original` phase (wrk -t2 -c32, 8 s, 20 skus, qty 1,
-new order ids), printing wrk's figures and the CPU of the database and of allot:
+new order ids), printing wrk's figures, the CPU of the database and of allot, and
+allot's context switches per allocation (each costs this 2-core VM about 45 µs):
 a loop for comparing changes, not the benchmark.
 
   .venv/bin/python bench/allocate_load.py          # BENCH_ALLOT=... for another build
@@ -24,6 +25,18 @@ def cpu_seconds(pid):
     with open(f"/proc/{pid}/stat") as stat:
         fields = stat.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def context_switches(pid):
+    """The process's context switches so far, voluntary or not, over its live threads."""
+    total = 0
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{task}/status") as status:
+                total += sum(int(line.split(":")[1]) for line in status if "ctxt_switches:" in line)
+        except FileNotFoundError:
+            pass  # a thread that ended meanwhile
+    return total
 
 
 def main():
@@ -51,16 +64,17 @@ def main():
         time.sleep(3)
         idle = (allot.cpu_seconds_precise() - idle_from[0]) / (time.time() - idle_from[1])
         before = (cpu_seconds(database.process.pid), cpu_seconds(allot.process.pid), time.time(),
-                  allot.cpu_seconds_precise())
+                  allot.cpu_seconds_precise(), context_switches(allot.process.pid))
         result = run.wrk(allot.base + "/allocate", 8, 32, script="allocate.lua", env=env, server=allot)
         after = (cpu_seconds(database.process.pid), cpu_seconds(allot.process.pid), time.time(),
-                 allot.cpu_seconds_precise())
+                 allot.cpu_seconds_precise(), context_switches(allot.process.pid))
         elapsed = after[2] - before[2]
         net = (after[3] - before[3] - idle * elapsed) / result["requests"]
         print(result)
         print(f"database CPU {100 * (after[0] - before[0]) / elapsed:.0f} %, "
               f"allot CPU {100 * (after[1] - before[1]) / elapsed:.0f} %; "
-              f"allot idle {1e6 * idle:.0f} µs/s, CPU per allocation net of it {1e6 * net:.0f} µs")
+              f"allot idle {1e6 * idle:.0f} µs/s, CPU per allocation net of it {1e6 * net:.0f} µs; "
+              f"context switches per allocation {(after[4] - before[4]) / result['requests']:.2f}")
         if recorder:
             recorder.wait()
     finally:

@@ -193,6 +193,10 @@ pub struct HttpSettings {
     pub max_connections: usize,
     /// Concurrent requests (streams) on one HTTP/2 connection.
     pub http2_max_concurrent_streams: u32,
+    /// Threads that serve requests (the async runtime's workers); 0: one
+    /// per CPU core.
+    #[serde(default)]
+    pub worker_threads: usize,
     /// Origins (`scheme://host[:port]`) browsers may call the API from.
     #[serde(default)]
     pub cors_origins: Vec<String>,

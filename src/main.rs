@@ -105,8 +105,14 @@ fn load_settings() -> Result<Settings, ExitCode> {
         })
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
-    tokio::runtime::Runtime::new().map_err(|error| {
+/// The async runtime, with `http.worker_threads` workers (0: tokio's
+/// default, one per core).
+fn runtime(settings: &Settings) -> Result<tokio::runtime::Runtime, ExitCode> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if settings.http.worker_threads > 0 {
+        builder.worker_threads(settings.http.worker_threads);
+    }
+    builder.enable_all().build().map_err(|error| {
         eprintln!("allot: cannot start the async runtime: {error}");
         ExitCode::FAILURE
     })
@@ -130,7 +136,7 @@ fn admin_password(username: &str) -> Result<String, String> {
 }
 
 fn create_admin(username: &str) -> ExitCode {
-    let (settings, runtime) = match load_settings().and_then(|s| Ok((s, runtime()?))) {
+    let (runtime, settings) = match load_settings().and_then(|s| Ok((runtime(&s)?, s))) {
         Ok(ready) => ready,
         Err(code) => return code,
     };
@@ -175,7 +181,7 @@ fn create_admin(username: &str) -> ExitCode {
 
 fn migrate() -> ExitCode {
     use allot::adapters::mongo::{self, layout};
-    let (settings, runtime) = match load_settings().and_then(|s| Ok((s, runtime()?))) {
+    let (runtime, settings) = match load_settings().and_then(|s| Ok((runtime(&s)?, s))) {
         Ok(ready) => ready,
         Err(code) => return code,
     };
@@ -221,7 +227,7 @@ async fn connect(
 }
 
 fn serve() -> ExitCode {
-    let (settings, runtime) = match load_settings().and_then(|s| Ok((s, runtime()?))) {
+    let (runtime, settings) = match load_settings().and_then(|s| Ok((runtime(&s)?, s))) {
         Ok(ready) => ready,
         Err(code) => return code,
     };
