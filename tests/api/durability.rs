@@ -709,39 +709,42 @@ async fn data_in_the_old_layout_is_refused_until_migrated() {
     assert_eq!(total, 3);
 }
 
-/// The sessions the allocation path keeps for its single operations: one is
-/// reused once its operation had the server's answer (an error included),
-/// never after an operation cut short, whose state on the server is unknown.
+/// The sessions allot keeps for single operations: one is kept once its
+/// operation had the server's answer (an error included), and handed back to
+/// the driver, not kept, after an operation cut short.
 async fn an_operation_session_is_reused_only_after_the_server_answered() {
     use allot::adapters::mongo::sessions::OperationSessions;
     let client = session().client();
     let database = client.database(&session().new_database_name());
     let sessions = OperationSessions::new(client);
-    let ping = doc! { "ping": 1 };
 
     let mut first = sessions.take().await.unwrap();
     let id = first.session().id().clone();
-    let pinged = database.run_command(ping).session(first.session()).await;
+    let pinged = database
+        .run_command(doc! { "ping": 1 })
+        .session(first.session())
+        .await;
     first.check(pinged).unwrap();
     drop(first);
+    assert_eq!(sessions.idle(), 1, "a settled session is kept");
 
     let mut again = sessions.take().await.unwrap();
-    assert_eq!(again.session().id(), &id, "a settled session is reused");
+    assert_eq!(again.session().id(), &id, "and reused");
+    assert_eq!(sessions.idle(), 0);
     let refused = database
         .run_command(doc! { "no_such_command": 1 })
         .session(again.session())
         .await;
     assert!(again.check(refused).is_err());
     drop(again);
+    assert_eq!(sessions.idle(), 1, "the server answered the refusal");
 
     let mut third = sessions.take().await.unwrap();
-    assert_eq!(third.session().id(), &id, "the server answered the refusal");
+    assert_eq!(third.session().id(), &id);
     // An operation begun and never finished (its future dropped).
     let _ = third.session();
     drop(third);
-
-    let mut fourth = sessions.take().await.unwrap();
-    assert_ne!(fourth.session().id(), &id, "a session cut short is ended");
+    assert_eq!(sessions.idle(), 0, "a session cut short is not kept");
 }
 
 /// This module's tests, in the order the harness lists them.
