@@ -55,12 +55,19 @@ impl OperationSessions {
     pub async fn take(&self) -> mongodb::error::Result<OperationSession> {
         let kept = {
             let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-            // The most recently used on top; the oldest lapse at the bottom.
-            idle.retain(|(_, since)| since.elapsed() < IDLE_FOR_AT_MOST);
-            idle.pop()
+            // Pushed as they come back, so the most recently used is on top
+            // and every one below it has been idle longer.
+            match idle.pop() {
+                Some((session, since)) if since.elapsed() < IDLE_FOR_AT_MOST => Some(session),
+                Some(_) => {
+                    idle.clear();
+                    None
+                }
+                None => None,
+            }
         };
         let session = match kept {
-            Some((session, _)) => session,
+            Some(session) => session,
             None => {
                 self.client
                     .start_session()

@@ -28,9 +28,12 @@ use std::time::Duration;
 
 use futures_util::TryStreamExt;
 use futures_util::future::join_all;
+use mongodb::Collection;
 use mongodb::bson::{self, Bson, Document, doc, oid::ObjectId};
 use mongodb::error::{ErrorKind, InsertManyError};
 use mongodb::options::ReturnDocument;
+use mongodb::results::InsertManyResult;
+use serde::Serialize;
 use tokio::sync::{Semaphore, oneshot};
 
 use super::documents::{BATCHES, LineDocument, corrupt};
@@ -389,14 +392,7 @@ impl MongoAllocations {
                 .map(|(orderid, account)| doc! { "_id": *orderid, "owner": *account })
                 .collect();
             let mut taken_by_another = Vec::new();
-            let mut session = self.sessions.take().await?;
-            let inserted = self
-                .orders
-                .insert_many(&orders)
-                .ordered(false)
-                .session(session.session())
-                .await;
-            match session.check(inserted) {
+            match self.insert_unordered(&self.orders, &orders).await {
                 Ok(_) => {}
                 Err(error) => match error.kind.as_ref() {
                     ErrorKind::InsertMany(InsertManyError {
@@ -810,6 +806,21 @@ impl MongoAllocations {
         }
     }
 
+    /// One unordered `insert` of `documents`, in a kept session.
+    async fn insert_unordered<T: Serialize + Send + Sync>(
+        &self,
+        collection: &Collection<T>,
+        documents: &[T],
+    ) -> mongodb::error::Result<InsertManyResult> {
+        let mut session = self.sessions.take().await?;
+        let inserted = collection
+            .insert_many(documents)
+            .ordered(false)
+            .session(session.session())
+            .await;
+        session.check(inserted)
+    }
+
     /// One `insert` of the group's lines whose stock was taken. A line whose
     /// (order, sku) was acknowledged meanwhile by another request gives its
     /// stock back and is answered as the stored one stands.
@@ -830,19 +841,7 @@ impl MongoAllocations {
         // duplicates of themselves.
         let mut attempt = 0;
         let duplicates: Vec<usize> = loop {
-            let inserted = match self.sessions.take().await {
-                Ok(mut session) => {
-                    let inserted = self
-                        .lines
-                        .insert_many(&documents)
-                        .ordered(false)
-                        .session(session.session())
-                        .await;
-                    session.check(inserted)
-                }
-                Err(error) => Err(error),
-            };
-            let error = match inserted {
+            let error = match self.insert_unordered(&self.lines, &documents).await {
                 Ok(_) => break Vec::new(),
                 Err(error) => error,
             };
