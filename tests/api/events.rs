@@ -184,8 +184,25 @@ async fn relays_killed_while_recording_lose_and_repeat_no_event() {
         });
         instances[victim] = serve_relaying_on(&name);
     }
-    // Lines of killed instances are stored by the survivors' recovery.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Lines of killed instances are stored by the survivors' recovery: once
+    // no batch holds an intent, every line that will be stored is. (A fixed
+    // 3 s was too short for the recovery on a database slowed by the other
+    // tests running beside this one.)
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let with_intents = doc! { "pending": { "$exists": true, "$ne": {} } };
+    while database
+        .collection::<Document>("batches")
+        .count_documents(with_intents.clone())
+        .await
+        .unwrap()
+        > 0
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "intents left unfinished"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let stored: Vec<Document> = database
         .collection::<Document>("order_lines")
         .find(doc! {})
