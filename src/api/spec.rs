@@ -8,8 +8,10 @@
 //! (generic) endpoint types. The `allot openapi` command names
 //! `startup::Production`.
 
+use std::sync::OnceLock;
+
+use bytes::Bytes;
 use poem::endpoint::make_sync;
-use poem::web::Html;
 use poem::{Response, Route};
 use poem_openapi::payload::Json;
 use serde_json::{Map, Value};
@@ -153,12 +155,13 @@ pub fn yaml<A: Adapters>() -> String {
     serde_yaml::to_string(&document::<A>()).unwrap_or_default()
 }
 
-/// poem-openapi's Swagger UI page, showing `document` instead of `embedded`,
-/// poem-openapi's own document, which it embeds.
-fn swagger_ui_page<A: Adapters>(embedded: &str, document: &str) -> String {
-    super::service::<A>()
+/// poem-openapi's Swagger UI page, showing `document` instead of the
+/// document poem-openapi embeds.
+fn swagger_ui_page<A: Adapters>(document: &str) -> String {
+    let service = super::service::<A>();
+    service
         .swagger_ui_html()
-        .replacen(embedded, document, 1)
+        .replacen(&service.spec(), document, 1)
 }
 
 const JSON_PATH: &str = "/openapi.json";
@@ -176,12 +179,26 @@ pub fn serves(path: &str) -> bool {
 
 /// `route` with `/openapi.json`, `/openapi.yaml` and Swagger UI at `/docs`.
 /// `spec` is poem-openapi's document, which start-up has already made.
+///
+/// Every response shares one copy of its body. The Swagger UI page inlines
+/// its 1.5 MB bundle, so it is made on the first visit, not at start: an
+/// instance nobody browses does not hold it.
 pub fn routes<A: Adapters>(route: Route, spec: &str) -> Route {
     let document = with_examples(spec);
-    let json = serde_json::to_string_pretty(&document).unwrap_or_default();
-    let yaml = serde_yaml::to_string(&document).unwrap_or_default();
-    let page = swagger_ui_page::<A>(spec, &json);
-    let document = |content_type: &'static str, body: String| {
+    let json = Bytes::from(serde_json::to_string_pretty(&document).unwrap_or_default());
+    let yaml = Bytes::from(serde_yaml::to_string(&document).unwrap_or_default());
+    let page = OnceLock::new();
+    let docs = {
+        let json = json.clone();
+        make_sync(move |_| {
+            let page = page
+                .get_or_init(|| Bytes::from(swagger_ui_page::<A>(&String::from_utf8_lossy(&json))));
+            Response::builder()
+                .content_type("text/html; charset=utf-8")
+                .body(page.clone())
+        })
+    };
+    let document = |content_type: &'static str, body: Bytes| {
         make_sync(move |_| {
             Response::builder()
                 .content_type(content_type)
@@ -191,10 +208,7 @@ pub fn routes<A: Adapters>(route: Route, spec: &str) -> Route {
     route
         .at(JSON_PATH, document("application/json", json))
         .at(YAML_PATH, document("application/x-yaml", yaml))
-        .nest(
-            DOCS_PATH,
-            Route::new().at("/", make_sync(move |_| Html(page.clone()))),
-        )
+        .nest(DOCS_PATH, Route::new().at("/", docs))
 }
 
 #[cfg(test)]
@@ -275,9 +289,6 @@ mod tests {
 
     #[test]
     fn swagger_ui_shows_this_document() {
-        let embedded = super::super::service::<Production>().spec();
-        assert!(
-            swagger_ui_page::<Production>(&embedded, "DOCUMENT").contains("let spec = DOCUMENT;")
-        );
+        assert!(swagger_ui_page::<Production>("DOCUMENT").contains("let spec = DOCUMENT;"));
     }
 }
