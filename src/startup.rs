@@ -401,7 +401,7 @@ pub fn routes<A: Adapters>(state: AppState<A>, settings: &Settings) -> server::A
     ));
     let mut operator = Route::new();
     if http.docs_enabled {
-        operator = api::spec::routes::<A>(operator, &spec);
+        operator = api::spec::routes::<A>(operator);
     }
     if metrics.enabled {
         operator = operator.at(
