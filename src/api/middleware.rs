@@ -2,6 +2,7 @@
 //! metrics, headers, the log line), CORS, and the body limit.
 
 use std::future::Future;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -288,13 +289,29 @@ impl<E: Endpoint> Endpoint for EdgeEndpoint<E> {
 }
 
 /// The methods each path of the API answers, read from its OpenAPI
-/// document, for the `Allow` header of a 405 (RFC 9110 §15.5.6).
+/// document, for the `Allow` header of a 405 (RFC 9110 §15.5.6). The
+/// document is made on the first 405, not at start: making it leaves about
+/// 1 MiB of the heap resident.
 pub struct AllowedMethods {
-    paths: Vec<(Vec<String>, HeaderValue)>,
+    spec: fn() -> String,
+    paths: OnceLock<Vec<(Vec<String>, HeaderValue)>>,
 }
 
 impl AllowedMethods {
-    pub fn from_spec(spec: &serde_json::Value) -> Self {
+    /// `spec` makes the API's OpenAPI document as JSON.
+    pub fn new(spec: fn() -> String) -> Self {
+        Self {
+            spec,
+            paths: OnceLock::new(),
+        }
+    }
+
+    fn paths(&self) -> &[(Vec<String>, HeaderValue)] {
+        self.paths
+            .get_or_init(|| Self::read(&serde_json::from_str(&(self.spec)()).unwrap_or_default()))
+    }
+
+    fn read(spec: &serde_json::Value) -> Vec<(Vec<String>, HeaderValue)> {
         let mut paths = Vec::new();
         for (path, item) in spec["paths"].as_object().into_iter().flatten() {
             let mut methods: Vec<String> = item
@@ -317,13 +334,13 @@ impl AllowedMethods {
                 paths.push((segments(path).map(str::to_owned).collect(), value));
             }
         }
-        Self { paths }
+        paths
     }
 
     /// The `Allow` value for a request path; `{param}` segments match any one.
     fn allow(&self, path: &str) -> Option<&HeaderValue> {
         let wanted: Vec<&str> = segments(path).collect();
-        self.paths.iter().find_map(|(pattern, allow)| {
+        self.paths().iter().find_map(|(pattern, allow)| {
             let matches = pattern.len() == wanted.len()
                 && pattern
                     .iter()
@@ -430,11 +447,13 @@ mod tests {
 
     #[test]
     fn allow_lists_the_methods_of_the_matching_path() {
-        let spec = serde_json::json!({"paths": {
-            "/batches/{reference}": {"get": {}, "patch": {}, "parameters": []},
-            "/allocate": {"post": {}},
-        }});
-        let methods = AllowedMethods::from_spec(&spec);
+        let methods = AllowedMethods::new(|| {
+            serde_json::json!({"paths": {
+                "/batches/{reference}": {"get": {}, "patch": {}, "parameters": []},
+                "/allocate": {"post": {}},
+            }})
+            .to_string()
+        });
         assert_eq!(methods.allow("/batches/b-1").unwrap(), "GET, PATCH, HEAD");
         assert_eq!(methods.allow("/allocate").unwrap(), "POST");
         assert!(methods.allow("/batches/b-1/extra").is_none());
