@@ -27,18 +27,6 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def context_switches(pid):
-    """The process's context switches so far, voluntary or not, over its live threads."""
-    total = 0
-    for task in os.listdir(f"/proc/{pid}/task"):
-        try:
-            with open(f"/proc/{pid}/task/{task}/status") as status:
-                total += sum(int(line.split(":")[1]) for line in status if "ctxt_switches:" in line)
-        except FileNotFoundError:
-            pass  # a thread that ended meanwhile
-    return total
-
-
 def main():
     mode = sys.argv[1] if len(sys.argv) > 1 else None
     database = run.Database()
@@ -64,10 +52,10 @@ def main():
         time.sleep(3)
         idle = (allot.cpu_seconds_precise() - idle_from[0]) / (time.time() - idle_from[1])
         before = (cpu_seconds(database.process.pid), cpu_seconds(allot.process.pid), time.time(),
-                  allot.cpu_seconds_precise(), context_switches(allot.process.pid))
+                  allot.cpu_seconds_precise(), sum(allot.context_switches()))
         result = run.wrk(allot.base + "/allocate", 8, 32, script="allocate.lua", env=env, server=allot)
         after = (cpu_seconds(database.process.pid), cpu_seconds(allot.process.pid), time.time(),
-                 allot.cpu_seconds_precise(), context_switches(allot.process.pid))
+                 allot.cpu_seconds_precise(), sum(allot.context_switches()))
         elapsed = after[2] - before[2]
         net = (after[3] - before[3] - idle * elapsed) / result["requests"]
         print(result)

@@ -105,6 +105,12 @@ fn load_settings() -> Result<Settings, ExitCode> {
         })
 }
 
+/// The settings, and the runtime they configure.
+fn settings_and_runtime() -> Result<(tokio::runtime::Runtime, Settings), ExitCode> {
+    let settings = load_settings()?;
+    Ok((runtime(&settings)?, settings))
+}
+
 /// The async runtime, with `http.worker_threads` workers (0: tokio's
 /// default, one per core).
 fn runtime(settings: &Settings) -> Result<tokio::runtime::Runtime, ExitCode> {
@@ -136,7 +142,7 @@ fn admin_password(username: &str) -> Result<String, String> {
 }
 
 fn create_admin(username: &str) -> ExitCode {
-    let (runtime, settings) = match load_settings().and_then(|s| Ok((runtime(&s)?, s))) {
+    let (runtime, settings) = match settings_and_runtime() {
         Ok(ready) => ready,
         Err(code) => return code,
     };
@@ -181,7 +187,7 @@ fn create_admin(username: &str) -> ExitCode {
 
 fn migrate() -> ExitCode {
     use allot::adapters::mongo::{self, layout};
-    let (runtime, settings) = match load_settings().and_then(|s| Ok((runtime(&s)?, s))) {
+    let (runtime, settings) = match settings_and_runtime() {
         Ok(ready) => ready,
         Err(code) => return code,
     };
@@ -227,7 +233,7 @@ async fn connect(
 }
 
 fn serve() -> ExitCode {
-    let (runtime, settings) = match load_settings().and_then(|s| Ok((runtime(&s)?, s))) {
+    let (runtime, settings) = match settings_and_runtime() {
         Ok(ready) => ready,
         Err(code) => return code,
     };
