@@ -83,6 +83,7 @@ pub struct Application {
     revocation_sync: RevocationSync,
     recovery: RecoveryLoop,
     lease: LeaseKeeper,
+    intent_flush: IntentFlush,
     relay: Option<Relay>,
     webhooks: Arc<WebhookWorker>,
 }
@@ -163,12 +164,12 @@ impl RecoveryLoop {
     }
 }
 
-/// Keeps this instance's lease, takes over the leases of dead instances
-/// (aborting their transactions, then waking the recovery pass), and removes
-/// the intents of stored lines from their batches.
+/// Keeps this instance's lease and takes over the leases of dead instances
+/// (aborting their transactions, then waking the recovery pass). It writes
+/// nothing but leases: a write to a batch could wait behind a dead
+/// instance's transaction, and so put off the very survey that aborts it.
 struct LeaseKeeper {
     instance: Instance,
-    allocations: Deadline<MongoAllocations>,
     every: Duration,
     recover_now: Arc<Notify>,
 }
@@ -197,14 +198,30 @@ impl LeaseKeeper {
                 Ok(_) => {}
                 Err(error) => tracing::warn!(%error, "cannot survey instance leases; will retry"),
             }
-            if let Err(error) = self.allocations.inner().flush_confirmed().await {
-                tracing::warn!(%error, "cannot clear allocation intents; will retry");
-            }
             // Now and then: the lease lists only the sessions still pooled.
             if beats.is_multiple_of(64)
                 && let Err(error) = self.instance.prune_sessions().await
             {
                 tracing::warn!(%error, "cannot prune this instance's sessions; will retry");
+            }
+        }
+    }
+}
+
+/// Removes the intents of stored lines from their batches, on the lease's
+/// beat.
+struct IntentFlush {
+    allocations: Deadline<MongoAllocations>,
+    every: Duration,
+}
+
+impl IntentFlush {
+    async fn run(self) {
+        let mut ticks = ticks(self.every);
+        loop {
+            ticks.tick().await;
+            if let Err(error) = self.allocations.inner().flush_confirmed().await {
+                tracing::warn!(%error, "cannot clear allocation intents; will retry");
             }
         }
     }
@@ -337,9 +354,12 @@ impl Application {
             relay,
             lease: LeaseKeeper {
                 instance,
-                allocations,
                 every: lease / 4,
                 recover_now,
+            },
+            intent_flush: IntentFlush {
+                allocations,
+                every: lease / 4,
             },
             webhooks: worker,
         })
@@ -358,6 +378,7 @@ impl Application {
         let sync = tokio::spawn(self.revocation_sync.run());
         let recovery = tokio::spawn(self.recovery.run());
         let lease = tokio::spawn(self.lease.run());
+        let intent_flush = tokio::spawn(self.intent_flush.run());
         let relay = self.relay.map(|relay| tokio::spawn(relay.run()));
         let webhooks = tokio::spawn(Arc::clone(&self.webhooks).run());
         let served = server::serve(
@@ -371,6 +392,7 @@ impl Application {
         sync.abort();
         recovery.abort();
         lease.abort();
+        intent_flush.abort();
         if let Some(relay) = relay {
             relay.abort();
         }

@@ -96,6 +96,7 @@ async fn production_logs_json_lines_and_stops_gracefully_on_sigterm() {
         .env("ALLOT__MONGO__DATABASE", session().new_database_name())
         .env("ALLOT__HTTP__HOST", "127.0.0.1")
         .env("ALLOT__HTTP__PORT", "0")
+        .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();

@@ -827,7 +827,10 @@ pub struct AllotProcess {
 
 impl AllotProcess {
     pub fn start(command: &mut std::process::Command) -> Self {
+        // Its stdout is not the test run's: a child left behind would hold
+        // the pipe `scripts/test` reads until it exits.
         let mut child = command
+            .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap();

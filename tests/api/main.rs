@@ -14,7 +14,7 @@ macro_rules! trials {
     ($module:ident: [$($name:ident),* $(,)?]) => {
         vec![$(
             libtest_mimic::Trial::test(concat!(stringify!($module), "::", stringify!($name)), || {
-                crate::session::session().run($name());
+                crate::session::session().run(crate::within_the_test_limit($name()));
                 Ok(())
             })
         ),*]
@@ -23,6 +23,16 @@ macro_rules! trials {
 
 mod helpers;
 mod session;
+
+/// Longest a test may run: past it the test fails, and what it started
+/// (servers it spawned, say) is dropped, instead of holding up the run.
+const TEST_LIMIT: std::time::Duration = std::time::Duration::from_secs(300);
+
+async fn within_the_test_limit(test: impl std::future::Future<Output = ()>) {
+    if tokio::time::timeout(TEST_LIMIT, test).await.is_err() {
+        panic!("the test ran past {TEST_LIMIT:?}");
+    }
+}
 
 mod accounts;
 mod allocation;

@@ -36,6 +36,8 @@ enum Server {
 
 static SESSION: OnceLock<Session> = OnceLock::new();
 
+const TEARDOWN_LIMIT: Duration = Duration::from_secs(120);
+
 pub fn session() -> &'static Session {
     SESSION
         .get()
@@ -95,7 +97,7 @@ impl Session {
 
     /// Drops every database of this session, then checks that none is left.
     pub fn finish(&self) -> Result<String, String> {
-        let outcome = self.runtime.block_on(async {
+        let drop_all = async {
             let ours = || async {
                 self.client
                     .list_database_names()
@@ -128,8 +130,18 @@ impl Session {
                     "session teardown: databases still present: {remaining:?}"
                 ))
             }
-        });
-        let server = self.server.lock().ok().and_then(|mut s| s.take());
+        };
+        // Longer than a dead client's transaction holds its documents (60 s),
+        // which a drop may wait for; the server is stopped either way.
+        let outcome = self
+            .runtime
+            .block_on(async { tokio::time::timeout(TEARDOWN_LIMIT, drop_all).await })
+            .unwrap_or_else(|_| {
+                Err(format!(
+                    "session teardown: the databases were not dropped within {TEARDOWN_LIMIT:?}"
+                ))
+            });
+        let server = self.server.lock().unwrap_or_else(|e| e.into_inner()).take();
         match server {
             Some(Server::Secantus(mut child)) => {
                 let _ = child.kill();
