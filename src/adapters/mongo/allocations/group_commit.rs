@@ -959,9 +959,9 @@ impl MongoAllocations {
     }
 
     /// Removes the intents of stored lines from their batches: one `update`
-    /// with a statement per batch. Run every heartbeat, for intents older
-    /// than [`FLUSH_AFTER`]; under load most are
-    /// removed in passing by the next stock step.
+    /// with a statement per batch. Run on the lease's beat (not in the loop
+    /// that keeps the lease), for intents older than [`FLUSH_AFTER`]; under
+    /// load most are removed in passing by the next stock step.
     pub async fn flush_confirmed(&self) -> Result<usize, StoreError> {
         let by_batch = self.intake.take_confirmed();
         if by_batch.is_empty() {
