@@ -106,15 +106,25 @@ struct RevocationSync {
     every: Duration,
 }
 
+/// Runs `step` on every tick of `every`, logging each failure as `failed`.
+async fn on_every_tick<T, E, F>(every: Duration, failed: &str, mut step: impl FnMut() -> F)
+where
+    E: std::fmt::Display,
+    F: Future<Output = Result<T, E>>,
+{
+    let mut ticks = ticks(every);
+    loop {
+        ticks.tick().await;
+        if let Err(error) = step().await {
+            tracing::warn!(%error, "{failed}");
+        }
+    }
+}
+
 impl RevocationSync {
     async fn run(self) {
-        let mut ticks = ticks(self.every);
-        loop {
-            ticks.tick().await;
-            if let Err(error) = self.list.sync(&self.store).await {
-                tracing::warn!(%error, "cannot sync revoked tokens; will retry");
-            }
-        }
+        let failed = "cannot sync revoked tokens; will retry";
+        on_every_tick(self.every, failed, || self.list.sync(&self.store)).await
     }
 }
 
@@ -217,13 +227,11 @@ struct IntentFlush {
 
 impl IntentFlush {
     async fn run(self) {
-        let mut ticks = ticks(self.every);
-        loop {
-            ticks.tick().await;
-            if let Err(error) = self.allocations.inner().flush_confirmed().await {
-                tracing::warn!(%error, "cannot clear allocation intents; will retry");
-            }
-        }
+        let failed = "cannot clear allocation intents; will retry";
+        on_every_tick(self.every, failed, || {
+            self.allocations.inner().flush_confirmed()
+        })
+        .await
     }
 }
 

@@ -132,16 +132,21 @@ impl Session {
             }
         };
         // Longer than a dead client's transaction holds its documents (60 s),
-        // which a drop may wait for; the server is stopped either way.
-        let outcome = self
+        // which a drop may wait for.
+        let dropped = self
             .runtime
-            .block_on(async { tokio::time::timeout(TEARDOWN_LIMIT, drop_all).await })
-            .unwrap_or_else(|_| {
-                Err(format!(
-                    "session teardown: the databases were not dropped within {TEARDOWN_LIMIT:?}"
-                ))
-            });
+            .block_on(async { tokio::time::timeout(TEARDOWN_LIMIT, drop_all).await });
+        let late =
+            format!("session teardown: the databases were not dropped within {TEARDOWN_LIMIT:?}");
         let server = self.server.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let outcome = match (dropped, &server) {
+            (Ok(outcome), _) => outcome,
+            // Its databases are in memory: they go with it.
+            (Err(_), Some(Server::Secantus(_))) => {
+                Ok(format!("{late}; the in-memory server is stopped with them"))
+            }
+            (Err(_), _) => Err(late),
+        };
         match server {
             Some(Server::Secantus(mut child)) => {
                 let _ = child.kill();
