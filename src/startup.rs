@@ -332,7 +332,11 @@ impl Application {
             rotations: Deadline::new(MongoRotations::new(&database), operation_timeout),
             refresh_retry_grace: Duration::from_secs(settings.auth.refresh_retry_grace_secs),
             login_throttle: Throttle::new(Deadline::new(
-                MongoLoginFailures::new(&database, settings.auth.login_throttle.policy()),
+                MongoLoginFailures::new(
+                    &database,
+                    &instance,
+                    settings.auth.login_throttle.policy(),
+                ),
                 operation_timeout,
             )),
             trusted_proxies: settings.http.trusted_proxies.clone(),

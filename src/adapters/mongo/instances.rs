@@ -44,8 +44,9 @@ pub struct Instance {
 struct Inner {
     id: String,
     client: Client,
-    /// For renewing and surveying leases, four times a lease (see
-    /// [`super::sessions`]).
+    /// The process's sessions for single operations (see
+    /// [`super::sessions`]): the lease's, and every adapter's given this
+    /// instance.
     operations: OperationSessions,
     instances: Collection<Document>,
     lease: Duration,
@@ -94,6 +95,11 @@ impl Instance {
                 slots: Arc::new(Semaphore::new(SESSIONS)),
             }),
         }
+    }
+
+    /// This process's sessions for single operations.
+    pub fn operation_sessions(&self) -> &OperationSessions {
+        &self.inner.operations
     }
 
     pub fn id(&self) -> &str {

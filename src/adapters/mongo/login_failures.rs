@@ -10,6 +10,7 @@ use mongodb::options::ReturnDocument;
 use mongodb::{Collection, Database, IndexModel};
 use serde::{Deserialize, Serialize};
 
+use super::instances::Instance;
 use super::sessions::OperationSessions;
 use crate::domain::throttle::{self, Admissible, Clause, Failures, ThrottlePolicy};
 use crate::services::StoreError;
@@ -84,10 +85,11 @@ pub struct MongoLoginFailures {
 }
 
 impl MongoLoginFailures {
-    pub fn new(database: &Database, policy: ThrottlePolicy) -> Self {
+    /// Its steps run in `instance`'s sessions for single operations.
+    pub fn new(database: &Database, instance: &Instance, policy: ThrottlePolicy) -> Self {
         Self {
             database: database.clone(),
-            sessions: OperationSessions::new(database.client()),
+            sessions: instance.operation_sessions().clone(),
             collection: database.collection(COLLECTION),
             policy,
         }

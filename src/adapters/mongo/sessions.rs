@@ -8,7 +8,7 @@
 //! 536 of the 1,407 wake-ups one worker gave another came from ending
 //! implicit sessions. The frequent operations (the group commit's, a
 //! login's, the lease's) therefore run in sessions kept here, created once
-//! and reused.
+//! and reused, in one pool per process (the `Instance`'s).
 //!
 //! They are explicit sessions without causal consistency, as implicit ones
 //! are, so each operation reads and writes exactly as it would without one.

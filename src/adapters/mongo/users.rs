@@ -107,7 +107,7 @@ impl MongoUsers {
     pub fn new(database: &Database, instance: &Instance) -> Self {
         Self {
             instance: instance.clone(),
-            sessions: OperationSessions::new(database.client()),
+            sessions: instance.operation_sessions().clone(),
             collection: database.collection(COLLECTION),
             max_time: super::DEFAULT_MAX_TIME,
             revocations: RevocationWriter::new(database),

@@ -84,7 +84,7 @@ impl MongoAllocations {
         Self {
             database: database.clone(),
             instance: instance.clone(),
-            sessions: OperationSessions::new(database.client()),
+            sessions: instance.operation_sessions().clone(),
             intake: Arc::new(Intake::new(GROUPS_IN_FLIGHT)),
             batches: database.collection(BATCHES),
             lines: database.collection(ORDER_LINES),
