@@ -635,9 +635,10 @@ async fn a_batch_held_by_a_dead_instance_is_freed_once_its_lease_lapses() {
         .session(&mut held)
         .await
         .unwrap();
-    let lease = doc! {"$set": {"lease_ms": 1000_i64, "pid": 0_i64, "relays": false,
-             "sessions": [held.id().clone()]},
-    "$currentDate": {"renewed_at": true}};
+    let lease = doc! {
+        "$set": {"lease_ms": 1000_i64, "pid": 0_i64, "relays": false, "sessions": [held.id().clone()]},
+        "$currentDate": {"renewed_at": true},
+    };
     let instances = database.collection::<Document>("instances");
     // Alive until the survivor's removal of the intent waits on the batch.
     while started.elapsed() < Duration::from_millis(2600) {
