@@ -147,6 +147,84 @@ async fn a_waiting_reader_gets_the_next_event_as_it_is_recorded() {
     assert_eq!((status, page["events"].as_array().unwrap().len()), (200, 0));
 }
 
+/// One long poll of the feed after `after`, on a connection of its own,
+/// dropped after `cut_off` if no answer came by then (None).
+async fn long_poll(address: &str, token: &str, after: u64, cut_off: Duration) -> Option<Value> {
+    let request = reqwest::Client::new()
+        .get(format!("{address}/events?after={after}&wait_ms=10000"))
+        .bearer_auth(token)
+        .timeout(cut_off);
+    match request.send().await {
+        Ok(response) => {
+            assert_eq!(response.status(), 200);
+            Some(response.json().await.unwrap())
+        }
+        Err(error) if error.is_timeout() => None,
+        Err(error) => panic!("the feed failed: {error}"),
+    }
+}
+
+/// A reader follows the feed live while the changes happen, resuming from
+/// the last position it saw after each wait it cuts off; a reader replaying
+/// the feed from 0 afterwards gets the very same events.
+async fn a_live_reader_cut_off_while_waiting_sees_what_a_replay_sees() {
+    let app = spawn_app_with(|settings| {
+        relaying(settings);
+        settings.events.long_poll_max_ms = 10_000;
+    })
+    .await;
+    let address = app.address.clone();
+    let shop = Shop::on(app).await;
+    let admin = shop.as_admin();
+    // Created, two lines allocated (the second takes the last of the stock:
+    // out of stock), one deallocated (back in stock).
+    const EVENTS: usize = 6;
+    let follower = {
+        let token = admin.token.clone();
+        tokio::spawn(async move {
+            let (mut live, mut cut_offs) = (Vec::<Value>::new(), 0);
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+            for wait in 0.. {
+                if live.len() >= EVENTS {
+                    break;
+                }
+                assert!(tokio::time::Instant::now() < deadline, "{live:#?}");
+                // Every other wait is cut off; the first surely is: nothing
+                // happens for 500 ms.
+                let cut_off = Duration::from_millis(if wait % 2 == 0 { 200 } else { 20_000 });
+                let after = live.last().map_or(0, |e| e["position"].as_u64().unwrap());
+                match long_poll(&address, &token, after, cut_off).await {
+                    Some(page) => live.extend(page["events"].as_array().unwrap().iter().cloned()),
+                    None => cut_offs += 1,
+                }
+            }
+            (live, cut_offs)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    shop.add_stock(&[("b1", "DESK", 3, None)]).await;
+    for (orderid, qty) in [("o1", 2), ("o2", 1)] {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert_eq!(shop.allocate(orderid, "DESK", qty).await.0, 201);
+    }
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(admin.deallocate("o1", "DESK").await.0, 200);
+
+    let (live, cut_offs) = follower.await.unwrap();
+    let replayed = feed_until(&admin, 0, EVENTS).await;
+    assert!(cut_offs >= 1, "no wait was cut off");
+    assert_eq!(live, replayed);
+    let positions: Vec<u64> = live
+        .iter()
+        .map(|e| e["position"].as_u64().unwrap())
+        .collect();
+    assert_eq!(positions, (1..=EVENTS as u64).collect::<Vec<_>>());
+    eprintln!(
+        "the live reader cut off {cut_offs} waits: {:?}",
+        types(&live)
+    );
+}
+
 /// Two instances allocate while the relay's (the older) is SIGKILLed and
 /// restarted, six times: every stored line has exactly one `line.allocated`,
 /// and the positions run 1, 2, 3, … with no gap and no repeat.
@@ -249,6 +327,7 @@ pub fn trials() -> Vec<libtest_mimic::Trial> {
         a_story_is_told_by_the_feed_in_the_order_it_happened,
         the_feed_is_for_admins_and_the_events_role_only,
         a_waiting_reader_gets_the_next_event_as_it_is_recorded,
+        a_live_reader_cut_off_while_waiting_sees_what_a_replay_sees,
         relays_killed_while_recording_lose_and_repeat_no_event,
     ])
 }
