@@ -97,7 +97,18 @@ impl Session {
 
     /// Drops every database of this session, then checks that none is left.
     pub fn finish(&self) -> Result<String, String> {
+        let server = self.server.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let own_server = matches!(server, Some(Server::Secantus(_) | Server::Container(_)));
+        let started = std::time::Instant::now();
         let drop_all = async {
+            // Transactions of processes the tests killed would hold their
+            // documents, and so a drop, for up to 60 s. No test runs now, and
+            // no one else uses a server this run started.
+            if own_server {
+                let _ = (self.client.database("admin"))
+                    .run_command(doc! { "killAllSessions": [] })
+                    .await;
+            }
             let ours = || async {
                 self.client
                     .list_database_names()
@@ -121,9 +132,10 @@ impl Session {
             let remaining = ours().await?;
             if remaining.is_empty() {
                 Ok(format!(
-                    "session teardown: dropped {} test databases ({}*); none remain on the server",
+                    "session teardown: dropped {} test databases ({}*) in {:.1?}; none remain on the server",
                     created.len(),
-                    self.database_prefix
+                    self.database_prefix,
+                    started.elapsed()
                 ))
             } else {
                 Err(format!(
@@ -131,14 +143,11 @@ impl Session {
                 ))
             }
         };
-        // Longer than a dead client's transaction holds its documents (60 s),
-        // which a drop may wait for.
         let dropped = self
             .runtime
             .block_on(async { tokio::time::timeout(TEARDOWN_LIMIT, drop_all).await });
         let late =
             format!("session teardown: the databases were not dropped within {TEARDOWN_LIMIT:?}");
-        let server = self.server.lock().unwrap_or_else(|e| e.into_inner()).take();
         let outcome = match (dropped, &server) {
             (Ok(outcome), _) => outcome,
             // Its databases are in memory: they go with it.
