@@ -429,9 +429,7 @@ const FEED_HEAD_EVERY: Duration = Duration::from_millis(100);
 pub fn routes<A: Adapters>(state: AppState<A>, settings: &Settings) -> server::App {
     let (http, log, metrics) = (&settings.http, &settings.log, &settings.metrics);
     let api = api::service::<A>();
-    let allowed = Arc::new(middleware::AllowedMethods::new(|| {
-        api::service::<A>().spec()
-    }));
+    let allowed = Arc::new(middleware::AllowedMethods::new(api::spec::json::<A>));
     let mut operator = Route::new();
     if http.docs_enabled {
         operator = api::spec::routes::<A>(operator);

@@ -36,6 +36,13 @@ fn types(events: &[Value]) -> Vec<&str> {
     events.iter().map(|e| e["type"].as_str().unwrap()).collect()
 }
 
+/// Relaying, with waits as long as a reader asks (up to 10 s): an answer
+/// well before then can only be an event's.
+fn relaying_with_long_waits(settings: &mut allot::config::Settings) {
+    relaying(settings);
+    settings.events.long_poll_max_ms = 10_000;
+}
+
 async fn a_story_is_told_by_the_feed_in_the_order_it_happened() {
     let shop = Shop::on(spawn_app_with(relaying).await).await;
     let admin = shop.as_admin();
@@ -113,13 +120,7 @@ async fn the_feed_is_for_admins_and_the_events_role_only() {
 }
 
 async fn a_waiting_reader_gets_the_next_event_as_it_is_recorded() {
-    // Waits as long as the reader asks, so that an answer well before then
-    // can only be the event's.
-    let app = spawn_app_with(|settings| {
-        relaying(settings);
-        settings.events.long_poll_max_ms = 10_000;
-    })
-    .await;
+    let app = spawn_app_with(relaying_with_long_waits).await;
     let shop = Shop::on(app).await;
     let admin = shop.as_admin();
     let head = feed_until(&admin, 0, 0).await.len() as u64;
@@ -168,11 +169,7 @@ async fn long_poll(address: &str, token: &str, after: u64, cut_off: Duration) ->
 /// the last position it saw after each wait it cuts off; a reader replaying
 /// the feed from 0 afterwards gets the very same events.
 async fn a_live_reader_cut_off_while_waiting_sees_what_a_replay_sees() {
-    let app = spawn_app_with(|settings| {
-        relaying(settings);
-        settings.events.long_poll_max_ms = 10_000;
-    })
-    .await;
+    let app = spawn_app_with(relaying_with_long_waits).await;
     let address = app.address.clone();
     let shop = Shop::on(app).await;
     let admin = shop.as_admin();

@@ -105,7 +105,9 @@ impl Session {
             // documents, and so a drop, for up to 60 s. No test runs now, and
             // no one else uses a server this run started.
             if own_server {
-                let _ = (self.client.database("admin"))
+                let _ = self
+                    .client
+                    .database("admin")
                     .run_command(doc! { "killAllSessions": [] })
                     .await;
             }
