@@ -6,8 +6,8 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 
 use argon2::password_hash::rand_core::OsRng;
-use argon2::password_hash::{PasswordHasher as _, PasswordVerifier as _, SaltString};
-use argon2::{Algorithm, Argon2, Params, Version};
+use argon2::password_hash::{Output, ParamsString, Salt, SaltString};
+use argon2::{Algorithm, Argon2, Block, Params, Version};
 use tokio::sync::{OnceCell, Semaphore, oneshot};
 
 use crate::config::AuthSettings;
@@ -27,7 +27,6 @@ impl Argon2Hasher {
         let cost = settings.argon2;
         let params = Params::new(cost.memory_kib, cost.iterations, cost.parallelism, None)
             .map_err(|e| HashingError::Failed(format!("invalid auth.argon2 settings: {e}")))?;
-        let argon2 = Argon2::new(Algorithm::Argon2id, Version::V0x13, params);
         // By default half the CPUs hash, so logins at full load leave the
         // other half to every other request.
         let concurrency = match settings.hashing_concurrency {
@@ -40,27 +39,27 @@ impl Argon2Hasher {
             n => n,
         };
         Ok(Self {
-            pool: HashingPool::start(argon2, concurrency, queue)?,
+            pool: HashingPool::start(&params, concurrency, queue)?,
             dummy_hash: Arc::new(OnceCell::new()),
         })
     }
 
     async fn run_blocking<R: Send + 'static>(
         &self,
-        work: impl FnOnce(&Argon2<'static>) -> R + Send + 'static,
+        work: impl FnOnce(&mut ThreadHasher) -> R + Send + 'static,
     ) -> Result<R, HashingError> {
         self.pool.run(work).await
     }
 }
 
-type HashingJob = Box<dyn FnOnce(&Argon2<'static>) + Send>;
+type HashingJob = Box<dyn FnOnce(&mut ThreadHasher) + Send>;
 
 /// Long-lived threads that only hash, taking jobs from one queue.
 ///
 /// Why not `spawn_blocking`: every new thread that hashes gets its own malloc
 /// arena, which keeps the hash's memory (7 MiB by default) after the thread is
 /// gone — measured, resident memory grew past 140 MiB under a login storm.
-/// A fixed pool reuses the same memory for every hash. Its threads also run
+/// A fixed pool reuses the same memory for every hash (see [`ThreadHasher`]). Its threads also run
 /// at a lower priority, so requests that need little CPU stay fast meanwhile.
 ///
 /// The queue is bounded: a job takes a permit before it is queued and gives it
@@ -74,15 +73,11 @@ struct HashingPool {
 }
 
 impl HashingPool {
-    fn start(
-        argon2: Argon2<'static>,
-        threads: usize,
-        queue_limit: usize,
-    ) -> Result<Self, HashingError> {
+    fn start(params: &Params, threads: usize, queue_limit: usize) -> Result<Self, HashingError> {
         let (jobs, queue) = mpsc::channel::<HashingJob>();
         let queue = Arc::new(Mutex::new(queue));
         for n in 0..threads {
-            let (queue, argon2) = (queue.clone(), argon2.clone());
+            let (queue, mut hasher) = (queue.clone(), ThreadHasher::new(params.clone()));
             std::thread::Builder::new()
                 .name(format!("allot-hashing-{n}"))
                 .spawn(move || {
@@ -94,7 +89,7 @@ impl HashingPool {
                             .map_err(drop)
                             .and_then(|q| q.recv().map_err(drop));
                         match next {
-                            Ok(job) => job(&argon2),
+                            Ok(job) => job(&mut hasher),
                             Err(()) => return, // every hasher is gone
                         }
                     }
@@ -109,7 +104,7 @@ impl HashingPool {
 
     async fn run<R: Send + 'static>(
         &self,
-        work: impl FnOnce(&Argon2<'static>) -> R + Send + 'static,
+        work: impl FnOnce(&mut ThreadHasher) -> R + Send + 'static,
     ) -> Result<R, HashingError> {
         let permit = self
             .permits
@@ -117,8 +112,8 @@ impl HashingPool {
             .try_acquire_owned()
             .map_err(|_| HashingError::Busy)?;
         let (done, result) = oneshot::channel();
-        let job: HashingJob = Box::new(move |argon2| {
-            let result = work(argon2);
+        let job: HashingJob = Box::new(move |hasher| {
+            let result = work(hasher);
             // Back before the caller hears, so its next job finds the permit.
             drop(permit);
             let _ = done.send(result);
@@ -146,23 +141,106 @@ fn lower_this_threads_priority() {
 #[cfg(not(target_os = "linux"))]
 fn lower_this_threads_priority() {}
 
-fn hash_with(argon2: &Argon2<'_>, password: &str) -> Result<String, HashingError> {
-    let salt = SaltString::generate(&mut OsRng);
-    argon2
-        .hash_password(password.as_bytes(), &salt)
-        .map(|hash| hash.to_string())
-        .map_err(|e| HashingError::Failed(e.to_string()))
+/// One hashing thread's Argon2, with the memory it hashes in (7 MiB at the
+/// default cost), kept from one hash to the next.
+///
+/// Why: left to the crate, every hash maps fresh memory and unmaps it after
+/// (glibc's mmap threshold is pinned, see `main.rs`). That cost a page fault
+/// per 4 KiB, 1,500 a login, and a fifth of allot's CPU during a login flood
+/// was the kernel's (`/proc/<pid>/stat`). The memory holds blocks derived from
+/// the password, from which a guess can be checked without Argon2's cost, so
+/// it is zeroed after every hash, as unmapping did.
+struct ThreadHasher {
+    /// The configured cost, for new hashes.
+    params: Params,
+    memory: Vec<Block>,
 }
 
-fn verify_with(argon2: &Argon2<'_>, password: &str, phc: &str) -> bool {
-    argon2::PasswordHash::new(phc)
-        .is_ok_and(|parsed| argon2.verify_password(password.as_bytes(), &parsed).is_ok())
+impl ThreadHasher {
+    fn new(params: Params) -> Self {
+        Self {
+            params,
+            memory: Vec::new(),
+        }
+    }
+
+    fn hash(&mut self, password: &str) -> Result<String, HashingError> {
+        let salt = SaltString::generate(&mut OsRng);
+        let (algorithm, version) = (Algorithm::Argon2id, Version::V0x13);
+        self.phc(
+            algorithm,
+            version,
+            self.params.clone(),
+            password,
+            salt.as_salt(),
+        )
+        .map(|hash| hash.to_string())
+        .map_err(|e| HashingError::Failed(e.to_string()))
+    }
+
+    /// Whether `password` hashes to `phc`, at the cost `phc` records.
+    fn verify(&mut self, password: &str, phc: &str) -> bool {
+        let Ok(stored) = argon2::PasswordHash::new(phc) else {
+            return false;
+        };
+        let (Some(salt), Some(expected)) = (stored.salt, stored.hash) else {
+            return false;
+        };
+        let cost = Algorithm::try_from(stored.algorithm).and_then(|algorithm| {
+            let version = stored.version.map(Version::try_from).transpose()?;
+            Ok((
+                algorithm,
+                version.unwrap_or_default(),
+                Params::try_from(&stored)?,
+            ))
+        });
+        // `Output`'s equality takes the same time wherever the bytes differ.
+        cost.is_ok_and(|(algorithm, version, params)| {
+            self.phc(algorithm, version, params, password, salt)
+                .is_ok_and(|computed| computed.hash == Some(expected))
+        })
+    }
+
+    /// What `Argon2::hash_password` makes, made in this thread's memory.
+    fn phc<'a>(
+        &mut self,
+        algorithm: Algorithm,
+        version: Version,
+        params: Params,
+        password: &str,
+        salt: Salt<'a>,
+    ) -> argon2::password_hash::Result<argon2::PasswordHash<'a>> {
+        let argon2 = Argon2::new(algorithm, version, params.clone());
+        let mut salt_bytes = [0; Salt::MAX_LENGTH];
+        let salt_bytes = salt.decode_b64(&mut salt_bytes)?;
+        if self.memory.len() < params.block_count() {
+            self.memory.resize(params.block_count(), Block::default());
+        }
+        let output_len = params.output_len().unwrap_or(Params::DEFAULT_OUTPUT_LEN);
+        let output = Output::init_with(output_len, |out| {
+            let hashed = argon2.hash_password_into_with_memory(
+                password.as_bytes(),
+                salt_bytes,
+                out,
+                &mut self.memory[..],
+            );
+            self.memory.fill(Block::default());
+            Ok(hashed?)
+        })?;
+        Ok(argon2::PasswordHash {
+            algorithm: algorithm.ident(),
+            version: Some(version.into()),
+            params: ParamsString::try_from(&params)?,
+            salt: Some(salt),
+            hash: Some(output),
+        })
+    }
 }
 
 impl PasswordHasher for Argon2Hasher {
     async fn hash(&self, password: &str) -> Result<PasswordHash, HashingError> {
         let password = password.to_owned();
-        self.run_blocking(move |argon2| hash_with(argon2, &password))
+        self.run_blocking(move |hasher| hasher.hash(&password))
             .await?
             .map(PasswordHash::new)
     }
@@ -179,14 +257,14 @@ impl PasswordHasher for Argon2Hasher {
             None => self
                 .dummy_hash
                 .get_or_try_init(|| async {
-                    self.run_blocking(|argon2| hash_with(argon2, "allot dummy password"))
+                    self.run_blocking(|hasher| hasher.hash("allot dummy password"))
                         .await?
                 })
                 .await?
                 .clone(),
         };
         let matches = self
-            .run_blocking(move |argon2| verify_with(argon2, &password, &phc))
+            .run_blocking(move |hasher| hasher.verify(&password, &phc))
             .await?;
         Ok(known && matches)
     }
@@ -274,6 +352,52 @@ mod tests {
         assert!(
             hasher.hash("correct horse").await.is_ok(),
             "a permit is back"
+        );
+    }
+
+    #[test]
+    fn hashes_agree_with_the_argon2_crates_own() {
+        use argon2::password_hash::{PasswordHasher as _, PasswordVerifier as _};
+        let ours = Params::new(256, 2, 1, None).unwrap();
+        let mut hasher = ThreadHasher::new(ours.clone());
+        let made_here = hasher.hash("correct horse").unwrap();
+        let crate_default = Argon2::new(Algorithm::Argon2id, Version::V0x13, ours);
+        let parsed = argon2::PasswordHash::new(&made_here).unwrap();
+        assert!(
+            crate_default
+                .verify_password(b"correct horse", &parsed)
+                .is_ok()
+        );
+
+        // A hash stored at another cost, larger memory included.
+        let other = Argon2::new(
+            Algorithm::Argon2id,
+            Version::V0x13,
+            Params::new(512, 1, 2, Some(24)).unwrap(),
+        );
+        let salt = SaltString::generate(&mut OsRng);
+        let stored = other
+            .hash_password(b"battery staple", &salt)
+            .unwrap()
+            .to_string();
+        assert!(hasher.verify("battery staple", &stored));
+        assert!(!hasher.verify("battery stable", &stored));
+        assert!(!hasher.verify("battery staple", "$argon2id$v=19$m=512,t=1,p=2$bm90"));
+    }
+
+    #[test]
+    fn a_threads_memory_is_zeroed_after_every_hash() {
+        let params = Params::new(256, 1, 1, None).unwrap();
+        let mut hasher = ThreadHasher::new(params.clone());
+        let hash = hasher.hash("correct horse").unwrap();
+        assert!(hasher.verify("correct horse", &hash));
+        assert_eq!(hasher.memory.len(), params.block_count());
+        let zero = Block::default();
+        assert!(
+            hasher
+                .memory
+                .iter()
+                .all(|block| block.as_ref() == zero.as_ref())
         );
     }
 
