@@ -1,7 +1,7 @@
 """bench/run.py's hashing phase (budget 3) alone, with what explains it: GET
 /tests/hello p99 at 500 requests/s (examples/probe), idle and while `wrk -t1 -c8`
 logs one user in flat out, plus the logins/s, the CPU of the database and of
-allot, and the database's operations per second (serverStatus opcounters): a loop
+allot (and allot's part in the kernel), and the database's operations per second (serverStatus opcounters): a loop
 for comparing changes, not the benchmark.
 
   .venv/bin/python bench/hashing_phase.py [--rounds R] [--db-idle] [--sched]
@@ -56,12 +56,14 @@ def main():
                                              allot.base + "/users/login"], stdout=out, text=True)
                     time.sleep(1)
                     ops = status.command("serverStatus")["opcounters"]
-                    before = (cpu_seconds(database.process.pid), cpu_seconds(allot.process.pid), time.time())
+                    before = (cpu_seconds(database.process.pid), cpu_seconds(allot.process.pid), time.time(),
+                              kernel_seconds(allot.process.pid))
                     recorder = subprocess.Popen(
                         ["perf", "sched", "record", "-a", "-o", SCHED_DATA, "--", "sleep", "5"],
                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) if args.sched else None
                     loaded = run.example("probe", allot.base + "/tests/hello", 500, 5)
-                    after = (cpu_seconds(database.process.pid), cpu_seconds(allot.process.pid), time.time())
+                    after = (cpu_seconds(database.process.pid), cpu_seconds(allot.process.pid), time.time(),
+                             kernel_seconds(allot.process.pid))
                     ops = {key: value - ops[key] for key, value in status.command("serverStatus")["opcounters"].items()
                            if isinstance(value, int) and value > ops[key]}
                     load.wait()
@@ -72,7 +74,8 @@ def main():
                 print(f"hello p99 idle {idle['p99_ms']:.2f} ms, under logins {loaded['p99_ms']:.2f} ms "
                       f"(ratio {loaded['p99_ms'] / idle['p99_ms']:.2f}); logins/s {logins:.0f}; "
                       f"database CPU {100 * (after[0] - before[0]) / elapsed:.0f} %, "
-                      f"allot CPU {100 * (after[1] - before[1]) / elapsed:.0f} %; "
+                      f"allot CPU {100 * (after[1] - before[1]) / elapsed:.0f} % "
+                      f"(kernel {100 * (after[3] - before[3]) / elapsed:.0f} %); "
                       f"database operations/s {per_second}", flush=True)
                 if recorder:
                     recorder.wait()
@@ -80,6 +83,12 @@ def main():
     finally:
         allot.stop()
         database.stop()
+
+
+def kernel_seconds(pid):
+    """The process's system time, from /proc (cpu_seconds is user + system)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        return int(stat.read().rsplit(")", 1)[1].split()[12]) / os.sysconf("SC_CLK_TCK")
 
 
 SCHED_DATA = "/tmp/hashing_phase.sched.data"

@@ -59,8 +59,9 @@ type HashingJob = Box<dyn FnOnce(&mut ThreadHasher) + Send>;
 /// Why not `spawn_blocking`: every new thread that hashes gets its own malloc
 /// arena, which keeps the hash's memory (7 MiB by default) after the thread is
 /// gone — measured, resident memory grew past 140 MiB under a login storm.
-/// A fixed pool reuses the same memory for every hash (see [`ThreadHasher`]). Its threads also run
-/// at a lower priority, so requests that need little CPU stay fast meanwhile.
+/// A fixed pool reuses the same memory for hashes that follow each other (see
+/// [`ThreadHasher`]). Its threads also run at a lower priority, so requests
+/// that need little CPU stay fast meanwhile.
 ///
 /// The queue is bounded: a job takes a permit before it is queued and gives it
 /// back when done, and with none left [`HashingError::Busy`] is answered at
@@ -84,10 +85,12 @@ impl HashingPool {
                     lower_this_threads_priority();
                     loop {
                         // The lock is held only while waiting for the next job.
-                        let next = queue
-                            .lock()
-                            .map_err(drop)
-                            .and_then(|q| q.recv().map_err(drop));
+                        let next = queue.lock().map_err(drop).and_then(|q| {
+                            q.try_recv().or_else(|_| {
+                                hasher.release_memory();
+                                q.recv().map_err(drop)
+                            })
+                        });
                         match next {
                             Ok(job) => job(&mut hasher),
                             Err(()) => return, // every hasher is gone
@@ -142,14 +145,16 @@ fn lower_this_threads_priority() {
 fn lower_this_threads_priority() {}
 
 /// One hashing thread's Argon2, with the memory it hashes in (7 MiB at the
-/// default cost), kept from one hash to the next.
+/// default cost), kept from one hash to the next while hashes wait, and given
+/// back to the OS when none does.
 ///
 /// Why: left to the crate, every hash maps fresh memory and unmaps it after
 /// (glibc's mmap threshold is pinned, see `main.rs`). That cost a page fault
 /// per 4 KiB, 1,500 a login, and a fifth of allot's CPU during a login flood
-/// was the kernel's (`/proc/<pid>/stat`). The memory holds blocks derived from
-/// the password, from which a guess can be checked without Argon2's cost, so
-/// it is zeroed after every hash, as unmapping did.
+/// was the kernel's (`/proc/<pid>/stat`). Given back when idle, it adds
+/// nothing to the resident memory between logins. The memory holds blocks
+/// derived from the password, from which a guess can be checked without
+/// Argon2's cost, so it is zeroed after every hash.
 struct ThreadHasher {
     /// The configured cost, for new hashes.
     params: Params,
@@ -162,6 +167,11 @@ impl ThreadHasher {
             params,
             memory: Vec::new(),
         }
+    }
+
+    /// Unmaps the memory (glibc's pinned mmap threshold, see `main.rs`).
+    fn release_memory(&mut self) {
+        self.memory = Vec::new();
     }
 
     fn hash(&mut self, password: &str) -> Result<String, HashingError> {
@@ -399,6 +409,50 @@ mod tests {
                 .iter()
                 .all(|block| block.as_ref() == zero.as_ref())
         );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn memory_is_kept_while_hashes_wait_and_given_back_when_none_does() {
+        let mut settings = Settings::load_from(
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join("config"),
+            Environment::Testing,
+        )
+        .unwrap()
+        .auth;
+        settings.hashing_concurrency = 1;
+        settings.hashing_queue = 4;
+        let hasher = Argon2Hasher::new(&settings).unwrap();
+        let memory = |hasher: &Argon2Hasher| {
+            let hasher = hasher.clone();
+            tokio::spawn(async move { hasher.run_blocking(|h| h.memory.len()).await })
+        };
+
+        // A hash with another waiting behind it: the next one finds the memory.
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let blocking = hasher.clone();
+        let blocked = tokio::spawn(async move {
+            blocking
+                .run_blocking(move |h| {
+                    let _ = release_rx.recv();
+                    h.hash("correct horse")
+                })
+                .await
+        });
+        let waiting = memory(&hasher);
+        // Both are queued once both hold a permit (taken just before queueing).
+        while hasher.pool.permits.available_permits() > 2 {
+            tokio::task::yield_now().await;
+        }
+        release_tx.send(()).unwrap();
+        blocked.await.unwrap().unwrap().unwrap();
+        assert!(
+            waiting.await.unwrap().unwrap() > 0,
+            "kept for a waiting job"
+        );
+
+        // Nothing waiting after it: the memory went back.
+        hasher.hash("correct horse").await.unwrap();
+        assert_eq!(memory(&hasher).await.unwrap().unwrap(), 0);
     }
 
     #[tokio::test]
