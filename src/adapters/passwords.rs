@@ -84,7 +84,8 @@ impl HashingPool {
                 .spawn(move || {
                     lower_this_threads_priority();
                     loop {
-                        // The lock is held only while waiting for the next job.
+                        // The lock is held only while waiting for the next job
+                        // (and giving the memory back when none is queued).
                         let next = queue.lock().map_err(drop).and_then(|q| {
                             q.try_recv().or_else(|_| {
                                 hasher.release_memory();
@@ -176,11 +177,11 @@ impl ThreadHasher {
 
     fn hash(&mut self, password: &str) -> Result<String, HashingError> {
         let salt = SaltString::generate(&mut OsRng);
-        let (algorithm, version) = (Algorithm::Argon2id, Version::V0x13);
+        let params = self.params.clone();
         self.phc(
-            algorithm,
-            version,
-            self.params.clone(),
+            Algorithm::Argon2id,
+            Version::V0x13,
+            params,
             password,
             salt.as_salt(),
         )
