@@ -8,7 +8,7 @@
 //! (generic) endpoint types. The `allot openapi` command names
 //! `startup::Production`.
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use poem::endpoint::make_sync;
@@ -181,30 +181,47 @@ pub fn serves(path: &str) -> bool {
 ///
 /// Each document is made on its first request, not at start (an instance
 /// nobody browses does not hold them: the Swagger UI page alone inlines a
-/// 1.5 MB bundle), and every response shares that one copy.
+/// 1.5 MB bundle), and every response shares that one copy. The page shows
+/// `/openapi.json`'s copy.
 pub fn routes<A: Adapters>(route: Route) -> Route {
-    let made_once = |content_type: &'static str, make: fn() -> String| {
-        let body = OnceLock::new();
-        make_sync(move |_| {
-            // About 10 ms once (15 for the page), on the worker that serves it.
-            let body = body.get_or_init(|| Bytes::from(make()));
-            Response::builder()
-                .content_type(content_type)
-                .body(body.clone())
-        })
-    };
+    let json_body = made_once(json::<A>);
+    let page_json = json_body.clone();
     route
-        .at(JSON_PATH, made_once("application/json", json::<A>))
-        .at(YAML_PATH, made_once("application/x-yaml", yaml::<A>))
+        .at(JSON_PATH, serving("application/json", json_body))
+        .at(
+            YAML_PATH,
+            serving("application/x-yaml", made_once(yaml::<A>)),
+        )
         .nest(
             DOCS_PATH,
             Route::new().at(
                 "/",
-                made_once("text/html; charset=utf-8", || {
-                    swagger_ui_page::<A>(&json::<A>())
-                }),
+                serving(
+                    "text/html; charset=utf-8",
+                    made_once(move || {
+                        let json = page_json();
+                        swagger_ui_page::<A>(std::str::from_utf8(&json).unwrap_or_default())
+                    }),
+                ),
             ),
         )
+}
+
+/// `make`'s result, made on the first call (about 10 ms once, 15 for the
+/// page, on the worker that serves it) and shared by every later one.
+fn made_once(
+    make: impl Fn() -> String + Clone + Send + Sync,
+) -> impl Fn() -> Bytes + Clone + Send + Sync {
+    let body = Arc::new(OnceLock::new());
+    move || body.get_or_init(|| Bytes::from(make())).clone()
+}
+
+/// An endpoint answering every request with `body()`.
+fn serving(
+    content_type: &'static str,
+    body: impl Fn() -> Bytes + Send + Sync + 'static,
+) -> impl poem::Endpoint<Output = Response> {
+    make_sync(move |_| Response::builder().content_type(content_type).body(body()))
 }
 
 #[cfg(test)]
