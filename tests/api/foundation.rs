@@ -130,7 +130,10 @@ async fn docs_and_spec_are_served() {
     assert!(page.contains("swagger"));
 
     let document = app.get("/openapi.json").await.text().await.unwrap();
-    assert!(page.contains(&document), "Swagger UI shows the served document");
+    assert!(
+        page.contains(&document),
+        "Swagger UI shows the served document"
+    );
     let spec: serde_json::Value = serde_json::from_str(&document).unwrap();
     assert_eq!(spec["info"]["title"], "allot");
     assert!(spec["paths"]["/tests/hello"]["get"].is_object());
