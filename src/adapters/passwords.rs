@@ -415,41 +415,35 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn memory_is_kept_while_hashes_wait_and_given_back_when_none_does() {
+        use std::task::Poll;
         let hasher = one_thread(4);
-        let memory = |hasher: &Argon2Hasher| {
-            let hasher = hasher.clone();
-            tokio::spawn(async move { hasher.run_blocking(|h| h.memory.len()).await })
-        };
+        let memory = || hasher.run_blocking(|h| h.memory.len());
 
-        // A hash with another waiting behind it: the next one finds the memory.
+        // A hash with another job waiting behind it: that job finds the
+        // memory. Each job is queued by its future's first poll, so both
+        // are queued, in this order, before the hash is let go.
         let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
-        let blocking = hasher.clone();
-        let blocked = tokio::spawn(async move {
-            blocking
-                .run_blocking(move |h| {
-                    let _ = release_rx.recv();
-                    h.hash("correct horse")
-                })
-                .await
-        });
-        let waiting = memory(&hasher);
-        // Both are queued once both hold a permit (taken just before queueing).
-        while hasher.pool.permits.available_permits() > 2 {
-            tokio::task::yield_now().await;
-        }
+        let mut blocked = Box::pin(hasher.run_blocking(move |h| {
+            let _ = release_rx.recv();
+            h.hash("correct horse")
+        }));
+        let mut waiting = Box::pin(memory());
+        std::future::poll_fn(|cx| {
+            assert!(blocked.as_mut().poll(cx).is_pending());
+            assert!(waiting.as_mut().poll(cx).is_pending());
+            Poll::Ready(())
+        })
+        .await;
         release_tx.send(()).unwrap();
-        blocked.await.unwrap().unwrap().unwrap();
-        assert!(
-            waiting.await.unwrap().unwrap() > 0,
-            "kept for a waiting job"
-        );
+        blocked.await.unwrap().unwrap();
+        assert!(waiting.await.unwrap() > 0, "kept for a waiting job");
 
         // Nothing waiting after it: the memory goes back. (A job sent the
         // moment a hash answers may still find it, so ask until the thread
         // has looked at an empty queue.)
         hasher.hash("correct horse").await.unwrap();
         let mut asked = 0;
-        while memory(&hasher).await.unwrap().unwrap() > 0 {
+        while memory().await.unwrap() > 0 {
             asked += 1;
             assert!(asked < 100, "the memory was never given back");
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
