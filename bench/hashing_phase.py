@@ -1,6 +1,7 @@
 """bench/run.py's hashing phase (budget 3) alone, with what explains it: GET
 /tests/hello p99 at 500 requests/s (examples/probe), idle and while `wrk -t1 -c8`
-logs one user in flat out, plus the logins/s, the CPU of the database and of
+logs one user in flat out (a database and an instance of its own each round, as
+in bench/run.py), plus the logins/s, the CPU of the database and of
 allot (and allot's part in the kernel), and the database's operations per second (serverStatus opcounters): a loop
 for comparing changes, not the benchmark.
 
@@ -36,6 +37,17 @@ def main():
     parser.add_argument("--db-idle", action="store_true")
     parser.add_argument("--sched", action="store_true")
     args = parser.parse_args()
+    login = json.dumps({"username": "bench-user", "password": run.PASSWORD})
+    with tempfile.NamedTemporaryFile("w", suffix=".lua") as lua:
+        lua.write(f'wrk.method = "POST"\nwrk.body = {json.dumps(login)}\n'
+                  'wrk.headers["Content-Type"] = "application/json"\n')
+        lua.flush()
+        for _ in range(args.rounds):
+            round_(args, lua.name)
+
+
+def round_(args, lua):
+    """One round on a database and an instance of its own, as in bench/run.py."""
     database = run.Database()
     allot = run.Allot(database, "warn")
     try:
@@ -44,42 +56,36 @@ def main():
             for task in os.listdir(f"/proc/{database.process.pid}/task"):
                 subprocess.run(["chrt", "-i", "-p", "0", task], check=True)
         status = run.mongo(database).client.admin
-        login = json.dumps({"username": "bench-user", "password": run.PASSWORD})
-        with tempfile.NamedTemporaryFile("w", suffix=".lua") as lua:
-            lua.write(f'wrk.method = "POST"\nwrk.body = {json.dumps(login)}\n'
-                      'wrk.headers["Content-Type"] = "application/json"\n')
-            lua.flush()
-            for _ in range(args.rounds):
-                idle = run.example("probe", allot.base + "/tests/hello", 500, 5)
-                with tempfile.TemporaryFile("w+") as out:
-                    load = subprocess.Popen(["wrk", "-t1", "-c8", "-d7s", "-s", lua.name,
-                                             allot.base + "/users/login"], stdout=out, text=True)
-                    time.sleep(1)
-                    ops = status.command("serverStatus")["opcounters"]
-                    before = (cpu_seconds(database.process.pid), cpu_seconds(allot.process.pid), time.time(),
-                              kernel_seconds(allot.process.pid))
-                    recorder = subprocess.Popen(
-                        ["perf", "sched", "record", "-a", "-o", SCHED_DATA, "--", "sleep", "5"],
-                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) if args.sched else None
-                    loaded = run.example("probe", allot.base + "/tests/hello", 500, 5)
-                    after = (cpu_seconds(database.process.pid), cpu_seconds(allot.process.pid), time.time(),
-                             kernel_seconds(allot.process.pid))
-                    ops = {key: value - ops[key] for key, value in status.command("serverStatus")["opcounters"].items()
-                           if isinstance(value, int) and value > ops[key]}
-                    load.wait()
-                    out.seek(0)
-                    logins = float(re.search(r"Requests/sec:\s+([\d.]+)", out.read()).group(1))
-                elapsed = after[2] - before[2]
-                per_second = {key: round(count / elapsed) for key, count in ops.items()}
-                print(f"hello p99 idle {idle['p99_ms']:.2f} ms, under logins {loaded['p99_ms']:.2f} ms "
-                      f"(ratio {loaded['p99_ms'] / idle['p99_ms']:.2f}); logins/s {logins:.0f}; "
-                      f"database CPU {100 * (after[0] - before[0]) / elapsed:.0f} %, "
-                      f"allot CPU {100 * (after[1] - before[1]) / elapsed:.0f} % "
-                      f"(kernel {100 * (after[3] - before[3]) / elapsed:.0f} %); "
-                      f"database operations/s {per_second}", flush=True)
-                if recorder:
-                    recorder.wait()
-                    print(delayed_wakeups(allot.process.pid), flush=True)
+        idle = run.example("probe", allot.base + "/tests/hello", 500, 5)
+        with tempfile.TemporaryFile("w+") as out:
+            load = subprocess.Popen(["wrk", "-t1", "-c8", "-d7s", "-s", lua,
+                                     allot.base + "/users/login"], stdout=out, text=True)
+            time.sleep(1)
+            ops = status.command("serverStatus")["opcounters"]
+            before = (cpu_seconds(database.process.pid), cpu_seconds(allot.process.pid), time.time(),
+                      kernel_seconds(allot.process.pid))
+            recorder = subprocess.Popen(
+                ["perf", "sched", "record", "-a", "-o", SCHED_DATA, "--", "sleep", "5"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) if args.sched else None
+            loaded = run.example("probe", allot.base + "/tests/hello", 500, 5)
+            after = (cpu_seconds(database.process.pid), cpu_seconds(allot.process.pid), time.time(),
+                     kernel_seconds(allot.process.pid))
+            ops = {key: value - ops[key] for key, value in status.command("serverStatus")["opcounters"].items()
+                   if isinstance(value, int) and value > ops[key]}
+            load.wait()
+            out.seek(0)
+            logins = float(re.search(r"Requests/sec:\s+([\d.]+)", out.read()).group(1))
+        elapsed = after[2] - before[2]
+        per_second = {key: round(count / elapsed) for key, count in ops.items()}
+        print(f"hello p99 idle {idle['p99_ms']:.2f} ms, under logins {loaded['p99_ms']:.2f} ms "
+              f"(ratio {loaded['p99_ms'] / idle['p99_ms']:.2f}); logins/s {logins:.0f}; "
+              f"database CPU {100 * (after[0] - before[0]) / elapsed:.0f} %, "
+              f"allot CPU {100 * (after[1] - before[1]) / elapsed:.0f} % "
+              f"(kernel {100 * (after[3] - before[3]) / elapsed:.0f} %); "
+              f"database operations/s {per_second}", flush=True)
+        if recorder:
+            recorder.wait()
+            print(delayed_wakeups(allot.process.pid), flush=True)
     finally:
         allot.stop()
         database.stop()
