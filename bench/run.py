@@ -6,7 +6,8 @@ Each budget line of the performance issue is measured as a ratio within one run:
      /tests/hello JSON (examples/floor.rs), interleaved (rps, CPU per request);
   2. allocation: POST /allocate vs the same round trips issued straight from the
      MongoDB driver (examples/raw_allocate.rs), each on a fresh database;
-  3. hashing: /tests/hello p99 at a fixed rate, idle vs while logins run flat out;
+  3. hashing: /tests/hello p99 at a fixed rate, idle vs while logins run flat out,
+     a fresh database and instance each round, the floor probed alike as reference;
   4. peak RSS, start-up time to /health, release binary size;
   5. growth: one sku whose batches already hold 0, 5,000 and 20,000 lines
      (preloaded straight into the database), sequential POST /allocate vs the
