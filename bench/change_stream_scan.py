@@ -18,18 +18,6 @@ import pymongo  # noqa: E402
 FOLLOWED = ["batches", "order_lines", "event_notes"]
 
 
-def database_cpu_seconds(pid):
-    """The database's threads' run time from schedstat (ns), not 10 ms ticks."""
-    total = 0
-    for task in os.listdir(f"/proc/{pid}/task"):
-        try:
-            with open(f"/proc/{pid}/task/{task}/schedstat") as schedstat:
-                total += int(schedstat.read().split()[0])
-        except FileNotFoundError:
-            pass
-    return total / 1e9
-
-
 def main():
     database = run.Database()
     try:
@@ -46,10 +34,10 @@ def main():
                 for _ in range(rounds):
                     for _ in range(writes):
                         db["login_failures"].update_one({"_id": "k"}, {"$inc": {"count": 1}}, upsert=True)
-                    before = database_cpu_seconds(database.process.pid)
+                    before = database.cpu_seconds_precise()
                     db.command({"getMore": stream["cursor"]["id"], "collection": "$cmd.aggregate",
                                 "batchSize": 100, "maxTimeMS": 1})
-                    spent += database_cpu_seconds(database.process.pid) - before
+                    spent += database.cpu_seconds_precise() - before
                 print(f"pre-images {'on ' if pre_images else 'off'}, {writes:3} unfollowed writes before it: "
                       f"{1000 * spent / rounds:.2f} ms of the database's CPU per getMore", flush=True)
     finally:

@@ -85,30 +85,6 @@ def http(method, url, body=None, token=None):
         return error.code, json.loads(error.read() or b"null")
 
 
-class Database:
-    """A fresh in-memory SecantusDB server (it slows down for good after ~10k updates)."""
-
-    def __init__(self):
-        self.port = free_port()
-        self.uri = f"mongodb://127.0.0.1:{self.port}/?directConnection=true"
-        self.process = subprocess.Popen(
-            [SECANTUSD, "--host", "127.0.0.1", "--port", str(self.port),
-             "--storage-path", ":memory:", "--log-level", "WARNING"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return
-            except OSError:
-                time.sleep(0.1)
-        raise RuntimeError("SecantusDB did not start")
-
-    def stop(self):
-        self.process.terminate()
-        self.process.wait()
-
-
 class Measured:
     """A server process whose CPU and memory are read from /proc."""
 
@@ -179,6 +155,30 @@ class Measured:
 
     def stop(self):
         self.process.send_signal(signal.SIGTERM)
+        self.process.wait()
+
+
+class Database(Measured):
+    """A fresh in-memory SecantusDB server (it slows down for good after ~10k updates)."""
+
+    def __init__(self):
+        self.port = free_port()
+        self.uri = f"mongodb://127.0.0.1:{self.port}/?directConnection=true"
+        self.process = subprocess.Popen(
+            [SECANTUSD, "--host", "127.0.0.1", "--port", str(self.port),
+             "--storage-path", ":memory:", "--log-level", "WARNING"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError("SecantusDB did not start")
+
+    def stop(self):
+        self.process.terminate()
         self.process.wait()
 
 
