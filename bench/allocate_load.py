@@ -21,12 +21,6 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import run  # noqa: E402  (bench/run.py: Database, Allot, add_stock, wrk)
 
 
-def cpu_seconds(pid):
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def main():
     mode = sys.argv[1] if len(sys.argv) > 1 else None
     database = run.Database()
@@ -51,10 +45,10 @@ def main():
         idle_from = (allot.cpu_seconds_precise(), time.time())
         time.sleep(3)
         idle = (allot.cpu_seconds_precise() - idle_from[0]) / (time.time() - idle_from[1])
-        before = (cpu_seconds(database.process.pid), cpu_seconds(allot.process.pid), time.time(),
+        before = (database.cpu_seconds(), allot.cpu_seconds(), time.time(),
                   allot.cpu_seconds_precise(), sum(allot.context_switches()))
         result = run.wrk(allot.base + "/allocate", 8, 32, script="allocate.lua", env=env, server=allot)
-        after = (cpu_seconds(database.process.pid), cpu_seconds(allot.process.pid), time.time(),
+        after = (database.cpu_seconds(), allot.cpu_seconds(), time.time(),
                  allot.cpu_seconds_precise(), sum(allot.context_switches()))
         elapsed = after[2] - before[2]
         net = (after[3] - before[3] - idle * elapsed) / result["requests"]

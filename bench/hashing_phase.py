@@ -18,17 +18,13 @@ more than 1 ms for a CPU, by what ran on that CPU meanwhile.
 
 import argparse
 import collections
-import json
 import os
-import re
 import subprocess
 import sys
-import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import run  # noqa: E402  (bench/run.py: Database, Allot, example)
-from allocate_load import cpu_seconds  # noqa: E402
+import run  # noqa: E402  (bench/run.py: Database, Allot, example, login_flood)
 
 
 def main():
@@ -37,16 +33,11 @@ def main():
     parser.add_argument("--db-idle", action="store_true")
     parser.add_argument("--sched", action="store_true")
     args = parser.parse_args()
-    login = json.dumps({"username": "bench-user", "password": run.PASSWORD})
-    with tempfile.NamedTemporaryFile("w", suffix=".lua") as lua:
-        lua.write(f'wrk.method = "POST"\nwrk.body = {json.dumps(login)}\n'
-                  'wrk.headers["Content-Type"] = "application/json"\n')
-        lua.flush()
-        for _ in range(args.rounds):
-            round_(args, lua.name)
+    for _ in range(args.rounds):
+        round_(args)
 
 
-def round_(args, lua):
+def round_(args):
     """One round on a database and an instance of its own, as in bench/run.py."""
     database = run.Database()
     allot = run.Allot(database, "warn")
@@ -57,24 +48,17 @@ def round_(args, lua):
                 subprocess.run(["chrt", "-i", "-p", "0", task], check=True)
         status = run.mongo(database).client.admin
         idle = run.example("probe", allot.base + "/tests/hello", 500, 5)
-        with tempfile.TemporaryFile("w+") as out:
-            load = subprocess.Popen(["wrk", "-t1", "-c8", "-d7s", "-s", lua,
-                                     allot.base + "/users/login"], stdout=out, text=True)
-            time.sleep(1)
+        with run.login_flood(allot, 7) as flood:
             ops = status.command("serverStatus")["opcounters"]
-            before = (cpu_seconds(database.process.pid), cpu_seconds(allot.process.pid), time.time(),
-                      kernel_seconds(allot.process.pid))
+            before = (database.cpu_seconds(), allot.cpu_seconds(), time.time(), allot.kernel_seconds())
             recorder = subprocess.Popen(
                 ["perf", "sched", "record", "-a", "-o", SCHED_DATA, "--", "sleep", "5"],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) if args.sched else None
             loaded = run.example("probe", allot.base + "/tests/hello", 500, 5)
-            after = (cpu_seconds(database.process.pid), cpu_seconds(allot.process.pid), time.time(),
-                     kernel_seconds(allot.process.pid))
+            after = (database.cpu_seconds(), allot.cpu_seconds(), time.time(), allot.kernel_seconds())
             ops = {key: value - ops[key] for key, value in status.command("serverStatus")["opcounters"].items()
                    if isinstance(value, int) and value > ops[key]}
-            load.wait()
-            out.seek(0)
-            logins = float(re.search(r"Requests/sec:\s+([\d.]+)", out.read()).group(1))
+        logins = flood["logins_per_sec"]
         elapsed = after[2] - before[2]
         per_second = {key: round(count / elapsed) for key, count in ops.items()}
         print(f"hello p99 idle {idle['p99_ms']:.2f} ms, under logins {loaded['p99_ms']:.2f} ms "
@@ -89,12 +73,6 @@ def round_(args, lua):
     finally:
         allot.stop()
         database.stop()
-
-
-def kernel_seconds(pid):
-    """The process's system time, from /proc (cpu_seconds is user + system)."""
-    with open(f"/proc/{pid}/stat") as stat:
-        return int(stat.read().rsplit(")", 1)[1].split()[12]) / os.sysconf("SC_CLK_TCK")
 
 
 SCHED_DATA = "/tmp/hashing_phase.sched.data"

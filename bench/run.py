@@ -31,6 +31,7 @@ observability (7), original (8).
 
 import argparse
 import concurrent.futures
+import contextlib
 import datetime
 from http.client import HTTPConnection, HTTPException
 import json
@@ -108,9 +109,17 @@ class Measured:
 
     def cpu_seconds(self):
         """User + system CPU time the process has used (steal time is not counted)."""
+        return sum(self._cpu_ticks()) / os.sysconf("SC_CLK_TCK")
+
+    def kernel_seconds(self):
+        """The system (kernel) part of cpu_seconds."""
+        return self._cpu_ticks()[1] / os.sysconf("SC_CLK_TCK")
+
+    def _cpu_ticks(self):
+        """User and system clock ticks, from /proc/<pid>/stat."""
         with open(f"/proc/{self.process.pid}/stat") as stat:
             fields = stat.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return int(fields[11]), int(fields[12])
 
     def cpu_seconds_precise(self):
         """The same, in nanoseconds rather than 10 ms clock ticks: the sum of the
@@ -245,6 +254,27 @@ class Floor(Measured):
         self.start([os.path.join(EXAMPLES, "floor"), str(self.port)], self.base + "/tests/hello")
 
 
+@contextlib.contextmanager
+def login_flood(allot, seconds):
+    """`wrk -t1 -c8` logging bench-user in flat out for `seconds`, entered once it has
+    run for 1 s; the dict it gives holds the flood's logins_per_sec when it has ended."""
+    login = json.dumps({"username": "bench-user", "password": PASSWORD})
+    flood = {}
+    with tempfile.NamedTemporaryFile("w", suffix=".lua") as lua, tempfile.TemporaryFile("w+") as out:
+        lua.write(f'wrk.method = "POST"\nwrk.body = {json.dumps(login)}\n'
+                  'wrk.headers["Content-Type"] = "application/json"\n')
+        lua.flush()
+        load = subprocess.Popen(["wrk", "-t1", "-c8", f"-d{seconds}s", "-s", lua.name,
+                                 allot.base + "/users/login"], stdout=out, text=True)
+        try:
+            time.sleep(1)
+            yield flood
+        finally:
+            load.wait()
+        out.seek(0)
+        flood["logins_per_sec"] = float(re.search(r"Requests/sec:\s+([\d.]+)", out.read()).group(1))
+
+
 def hashing_round(log_level, seconds, floor, peaks):
     """Budget 3's measurement: GET /tests/hello at 500/s (examples/probe), idle and while
     `wrk -c8` logs one user in flat out, on a database and an instance of its own. By this
@@ -258,28 +288,18 @@ def hashing_round(log_level, seconds, floor, peaks):
     allot = Allot(database, log_level)
     try:
         allot.user_token("bench-user")
-        login = json.dumps({"username": "bench-user", "password": PASSWORD})
         idle = example("probe", allot.base + "/tests/hello", 500, seconds)
         floor_idle = example("probe", floor.base + "/tests/hello", 500, seconds)
-        with tempfile.NamedTemporaryFile("w", suffix=".lua") as lua, tempfile.TemporaryFile("w+") as out:
-            lua.write(f'wrk.method = "POST"\nwrk.body = {json.dumps(login)}\n'
-                      'wrk.headers["Content-Type"] = "application/json"\n')
-            lua.flush()
-            load = subprocess.Popen(["wrk", "-t1", "-c8", f"-d{2 * seconds + 3}s", "-s", lua.name,
-                                     allot.base + "/users/login"], stdout=out, text=True)
-            time.sleep(1)
+        with login_flood(allot, 2 * seconds + 3) as flood:
             loaded = example("probe", allot.base + "/tests/hello", 500, seconds)
             floor_loaded = example("probe", floor.base + "/tests/hello", 500, seconds)
-            load.wait()
-            out.seek(0)
-            logins_per_sec = float(re.search(r"Requests/sec:\s+([\d.]+)", out.read()).group(1))
         peaks.append(allot.peak_rss_mib())
     finally:
         allot.stop()
         database.stop()
     round_ = {"idle_p99_ms": idle["p99_ms"], "loaded_p99_ms": loaded["p99_ms"],
               "floor_idle_p99_ms": floor_idle["p99_ms"], "floor_loaded_p99_ms": floor_loaded["p99_ms"],
-              "logins_per_sec": logins_per_sec,
+              "logins_per_sec": flood["logins_per_sec"],
               "errors": idle["errors"] + loaded["errors"] + floor_idle["errors"] + floor_loaded["errors"]}
     print(f"  hashing: {round_}", file=sys.stderr)
     return round_
